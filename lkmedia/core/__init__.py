@@ -8,10 +8,10 @@ from .edge import Edge, Policy
 from .errors import BuildError, GraphError, LinkError, LkmediaError, NodeError
 from .events import EOS, Gap
 from .graph import Graph
-from .node import InputPort, Node, OutputPort, Processor, Sink, Source, clone_packet
+from .node import InputPort, Node, OutputPort, Processor, Sink, Source, clone_packet, get_any
 
 __all__ = [
     "BuildError", "Caps", "Clock", "EOS", "Edge", "Gap", "Graph", "GraphError", "InputPort",
     "LinkError", "LkmediaError", "Node", "NodeError", "OutputPort", "Policy", "Processor",
-    "Sink", "Source", "clone_packet",
+    "Sink", "Source", "clone_packet", "get_any",
 ]

@@ -279,6 +279,28 @@ class Node:
             self.graph.notify(self, event, fields)
 
 
+async def get_any(ports: list[InputPort], start: int = 0) -> tuple[InputPort, Any]:
+    """The next item from whichever of ``ports`` has one (round robin from ``start``).
+    Ports at EOS must be removed by the caller once their EOS has been returned."""
+    n = len(ports)
+    while True:
+        for k in range(n):
+            p = ports[(start + k) % n]
+            item = p.get_nowait()
+            if item is not None:
+                return p, item
+        fut = asyncio.get_running_loop().create_future()
+        edges = [p.edge for p in ports if p.edge is not None]
+        for e in edges:
+            e._getter = fut
+        try:
+            await fut
+        finally:
+            for e in edges:
+                if e._getter is fut:
+                    e._getter = None
+
+
 def check_port(port: InputPort) -> None:
     caps = port.caps
     if port.accepts is None or caps is None:

@@ -1,0 +1,133 @@
+"""PacketSink: the base of every sink that muxes encoded packets.
+
+One stream per linked input. The header is written once the first packet of every
+input is known (its ``packet.stream`` is the encoder's or demuxer's template stream, so
+extradata comes along). Writing happens on the sink's own thread, in batches.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import av
+
+from ..core import EOS, Caps, Sink, get_any
+
+log = logging.getLogger("lkmedia.sinks")
+
+ALL_VIDEO = {"h264", "hevc", "vp8", "vp9", "av1"}
+ALL_AUDIO = {"aac", "opus", "mp3", "pcm_s16le", "vorbis", "flac", "pcm_mulaw", "pcm_alaw"}
+
+
+class PacketSink(Sink):
+    """Subclasses set ``codecs`` (media -> allowed codec names) and implement
+    ``open(templates)``, ``write(packets)`` and ``close()``, all run off the loop."""
+
+    codecs: dict[str, set[str]] = {"video": ALL_VIDEO, "audio": ALL_AUDIO}
+    #: Human name of the output kind, for error messages ("MP4", "HLS", ...).
+    kind = "output"
+    batch_max = 32
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(name)
+        self.packets = 0
+        self.bytes = 0
+        self.first_time: float | None = None
+        self.last_time: float | None = None
+
+    def accept_input(self, caps: Caps) -> str | None:
+        if not caps.encoded:
+            return f"{self.kind} takes encoded packets, got {caps.describe()}: put an encoder in between"
+        allowed = self.codecs.get(caps.media, set())
+        if caps.codec is not None and caps.codec not in allowed:
+            return (f"{self.kind} cannot carry {caps.media} codec {caps.codec!r} "
+                    f"(takes {', '.join(sorted(allowed)) or 'no ' + caps.media})")
+        media = [p.caps.media for p in self.inputs.values() if p.caps is not None]
+        if media.count(caps.media) > 1 and not self.multi_stream_ok(caps.media):
+            return f"{self.kind} takes one {caps.media} stream"
+        return None
+
+    def multi_stream_ok(self, media: str) -> bool:
+        return False
+
+    # -- hooks (run on the sink's thread) ------------------------------------
+    def open(self, templates: list[av.stream.Stream]) -> None:
+        raise NotImplementedError
+
+    def write(self, packets: list[av.Packet]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Cancelled: release what is open, keeping what is on disk (default: close)."""
+        self.close()
+
+    # -- run -----------------------------------------------------------------
+    def _count(self, packets: list[av.Packet]) -> None:
+        for p in packets:
+            self.packets += 1
+            self.bytes += p.size
+            if p.pts is not None and p.time_base is not None:
+                t = float(p.pts * p.time_base)
+                if self.first_time is None or t < self.first_time:
+                    self.first_time = t
+                if self.last_time is None or t > self.last_time:
+                    self.last_time = t
+
+    def _write(self, packets: list[av.Packet]) -> None:
+        self._count(packets)
+        self.write(packets)
+
+    async def run(self) -> None:
+        ports = list(self.inputs.values())
+        firsts: list[av.Packet] = []
+        for p in ports:
+            item = await p.get()
+            if item is not EOS:
+                firsts.append(item)
+        live = [p for p in ports if not p.eos]
+        if not firsts:
+            log.warning("%s: no media arrived, nothing written", self.name)
+            return
+        opened = False
+        try:
+            await self.offload(self.open, [pk.stream for pk in firsts])
+            opened = True
+            await self.offload(self._write, firsts)
+            rr = 0
+            while live:
+                port, item = await get_any(live, rr)
+                rr += 1
+                if item is EOS:
+                    live.remove(port)
+                    continue
+                batch = [item]
+                for q in live:
+                    while len(batch) < self.batch_max:
+                        nxt = q.get_nowait()
+                        if nxt is None or nxt is EOS:
+                            break
+                        batch.append(nxt)
+                await self.offload(self._write, batch)
+                for q in [q for q in live if q.eos]:
+                    live.remove(q)
+            await self.offload(self.close)
+            opened = False
+        finally:
+            if opened:
+                # Cancelled or failed: keep what is written (fragmented files stay playable).
+                try:
+                    self.abort()
+                except Exception:
+                    log.exception("%s: abort failed", self.name)
+
+    @property
+    def duration(self) -> float:
+        if self.first_time is None or self.last_time is None:
+            return 0.0
+        return self.last_time - self.first_time
+
+    def stats(self) -> dict[str, Any]:
+        return {"packets": self.packets, "bytes": self.bytes, "duration": round(self.duration, 3)}

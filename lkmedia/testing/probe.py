@@ -1,0 +1,154 @@
+"""Probe media the way a user's player would: ffprobe for structure, a full decode for
+errors, and flash/beep onsets (from SyntheticSource) for A/V offset."""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import numpy as np
+
+
+@dataclass
+class StreamProbe:
+    kind: str  # "video" | "audio"
+    codec: str
+    duration: float | None
+    frames: int | None
+    width: int | None = None
+    height: int | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+
+
+@dataclass
+class Probe:
+    path: str
+    format: str
+    duration: float | None
+    streams: list[StreamProbe] = field(default_factory=list)
+
+    def stream(self, kind: str) -> StreamProbe:
+        for s in self.streams:
+            if s.kind == kind:
+                return s
+        raise AssertionError(f"{self.path} has no {kind} stream (has {[s.kind for s in self.streams]})")
+
+    def has(self, kind: str) -> bool:
+        return any(s.kind == kind for s in self.streams)
+
+
+def _f(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def probe(path: str, count_frames: bool = True) -> Probe:
+    """ffprobe ``path``; frame counts come from reading every packet."""
+    cmd = ["ffprobe", "-v", "error", "-of", "json", "-show_format", "-show_streams"]
+    if count_frames:
+        cmd.append("-count_packets")
+    out = subprocess.run(cmd + [path], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise AssertionError(f"ffprobe failed on {path}: {out.stderr.strip()}")
+    j = json.loads(out.stdout)
+    p = Probe(path, j["format"].get("format_name", ""), _f(j["format"].get("duration")))
+    for s in j.get("streams", []):
+        if s.get("codec_type") not in ("video", "audio"):
+            continue
+        p.streams.append(StreamProbe(
+            kind=s["codec_type"], codec=s.get("codec_name", ""),
+            duration=_f(s.get("duration")),
+            frames=int(s["nb_read_packets"]) if "nb_read_packets" in s else None,
+            width=s.get("width"), height=s.get("height"),
+            sample_rate=int(s["sample_rate"]) if "sample_rate" in s else None,
+            channels=s.get("channels"),
+        ))
+    return p
+
+
+def decode_errors(path: str) -> str:
+    """Decode everything with the ffmpeg CLI; returns its error output ('' if clean)."""
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", path, "-f", "null", "-"],
+                         capture_output=True, text=True, timeout=300)
+    return (out.stderr.strip() + (f" (exit {out.returncode})" if out.returncode else "")).strip()
+
+
+def playable_seconds(path: str) -> float:
+    """How many seconds of video (or audio) actually decode."""
+    last = 0.0
+    try:
+        with av.open(path) as c:
+            s = c.streams.video[0] if c.streams.video else c.streams.audio[0]
+            for frame in c.decode(s):
+                if frame.time is not None:
+                    last = max(last, frame.time + (1 / float(s.average_rate) if s.type == "video" and s.average_rate else 0))
+    except av.FFmpegError:
+        pass
+    return last
+
+
+def flash_times(path: str, threshold: float = 200.0) -> list[float]:
+    """Times of the first bright frame of each flash (mean luma above ``threshold``)."""
+    times: list[float] = []
+    prev = False
+    with av.open(path) as c:
+        if not c.streams.video:
+            return []
+        for f in c.decode(c.streams.video[0]):
+            y = f.to_ndarray(format="gray") if f.format.name != "yuv420p" else np.frombuffer(f.planes[0], np.uint8)
+            bright = float(y.mean()) > threshold
+            if bright and not prev and f.time is not None:
+                times.append(float(f.time))
+            prev = bright
+    return times
+
+
+def beep_times(path: str, threshold: float = 0.1) -> list[float]:
+    """Onsets of each beep: first sample above ``threshold`` after at least 0.3 s of quiet."""
+    chunks: list[np.ndarray] = []
+    start: float | None = None
+    rate = 0
+    with av.open(path) as c:
+        if not c.streams.audio:
+            return []
+        for f in c.decode(c.streams.audio[0]):
+            if start is None:
+                start = float(f.time or 0.0)
+            rate = f.sample_rate
+            a = f.to_ndarray()
+            if a.dtype.kind == "i":
+                a = a.astype(np.float32) / 32768.0
+            if f.format.is_planar:
+                a = a.mean(axis=0)
+            else:
+                a = a.reshape(-1, len(f.layout.channels)).mean(axis=1)
+            chunks.append(a.astype(np.float32))
+    if not chunks or start is None:
+        return []
+    x = np.abs(np.concatenate(chunks))
+    loud = np.flatnonzero(x > threshold)
+    onsets: list[float] = []
+    last = -10 * rate
+    for i in loud:
+        if i - last > 0.3 * rate:
+            onsets.append(start + i / rate)
+        last = i
+    return onsets
+
+
+def av_offsets(path: str) -> list[float]:
+    """Audio onset minus video flash, seconds, for each flash with a beep within 0.5 s.
+    Positive: audio late."""
+    flashes = flash_times(path)
+    beeps = beep_times(path)
+    out: list[float] = []
+    for t in flashes:
+        near = [b - t for b in beeps if abs(b - t) < 0.5]
+        if near:
+            out.append(min(near, key=abs))
+    return out
