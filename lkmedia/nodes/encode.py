@@ -32,9 +32,9 @@ H264_PROFILES = {"baseline": "baseline", "h264_baseline": "baseline", "main": "m
 
 
 def _template_container() -> Any:
-    # MP4 sets AVFMT_GLOBALHEADER, so codecs put SPS/PPS (or AudioSpecificConfig) in
+    # Matroska sets AVFMT_GLOBALHEADER, so codecs put SPS/PPS (or AudioSpecificConfig) in
     # extradata, which every muxer we feed knows how to use.
-    return av.open(io.BytesIO(), "w", format="mp4")
+    return av.open(io.BytesIO(), "w", format="matroska")
 
 
 class VideoEncoder(Processor):
