@@ -1,0 +1,1 @@
+"""Benchmarks of lkmedia against ffmpeg and gst-launch: see bench/README.md."""
