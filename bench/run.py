@@ -177,7 +177,8 @@ def bench_transcode(ctx: Ctx) -> list[Row]:
             diff = d.get(key)
             same = ("same x264 settings" if diff == {} else
                     f"x264 settings differ in {', '.join(diff)}" if diff else "x264 settings not compared")
-            r.note = f"{same}; lkmedia start-up (interpreter + imports) {lk.report.get('setup_cpu', 0):.2f} s"
+            r.note = (f"{same}; lkmedia start-up (interpreter + imports) {lk.report.get('setup_cpu', 0):.2f} s; "
+                      f"wall {lk.wall:.1f} s vs {ff.wall:.1f} s (ffmpeg)")
     return rows
 
 
@@ -213,6 +214,9 @@ def bench_tee(ctx: Ctx) -> list[Row]:
             return c
         one = ctx.measure(cmd(f"mp4,hls,{third}", "one"), True)
         sep = [ctx.measure(cmd(o, o), True) for o in ("mp4", "hls", third)]
+        if server is not None:  # what reached the server, per publish
+            d["rtmp_recorded_bytes"] = {k: sum(os.path.getsize(f) for f in server.recordings(f"bench-{k}"))
+                                        for k in ("one", "rtmp")}
     finally:
         if server is not None:
             server.stop()
@@ -250,6 +254,8 @@ def bench_composite(ctx: Ctx) -> list[Row]:
     else:
         per.lkmedia, per.peer = round(lk.cpu / secs, 3), round(ff.cpu / secs, 3)
         per.ratio = round(lk.cpu / ff.cpu, 3)
+        per.note = (f"lkmedia / peer CPU; no goal. lkmedia start-up (interpreter + imports) "
+                    f"{lk.report.get('setup_cpu', 0):.2f} s included")
     rows = [per]
     if peers.have("gst-launch-1.0"):
         gs = ctx.measure(peers.gst_composite(tiles, outs["gst"]))

@@ -183,7 +183,7 @@ def composite(args: argparse.Namespace) -> None:
     from lkmedia.nodes.compose import Compositor
     from lkmedia.sinks.file import FileSink
     g = Graph()
-    comp = g.add(Compositor(layout="grid", size=(1280, 720), fps=FPS))
+    comp = g.add(Compositor(width=1280, height=720, fps=FPS, layout="grid"))
     timed = {"cpu": 0.0, "calls": 0}
     method = next((m for m in _COMPOSE_METHODS if callable(getattr(comp, m, None))), None)
     if method is not None:
