@@ -6,6 +6,7 @@ extradata comes along). Writing happens on the sink's own thread, in batches.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -64,6 +65,9 @@ class PacketSink(Sink):
         """Cancelled: release what is open, keeping what is on disk (default: close)."""
         self.close()
 
+    def stream_ended(self, template: av.stream.Stream) -> None:
+        """The input whose first packet had ``template`` as its stream reached EOS."""
+
     # -- run -----------------------------------------------------------------
     def _count(self, packets: list[av.Packet]) -> None:
         for p in packets:
@@ -83,10 +87,12 @@ class PacketSink(Sink):
     async def run(self) -> None:
         ports = list(self.inputs.values())
         firsts: list[av.Packet] = []
+        templates: dict[Any, Any] = {}
         for p in ports:
             item = await p.get()
             if item is not EOS:
                 firsts.append(item)
+                templates[p] = item.stream
         live = [p for p in ports if not p.eos]
         if not firsts:
             log.warning("%s: no media arrived, nothing written", self.name)
@@ -100,26 +106,28 @@ class PacketSink(Sink):
             while live:
                 port, item = await get_any(live, rr)
                 rr += 1
-                if item is EOS:
-                    live.remove(port)
-                    continue
-                batch = [item]
-                for q in live:
-                    while len(batch) < self.batch_max:
-                        nxt = q.get_nowait()
-                        if nxt is None or nxt is EOS:
-                            break
-                        batch.append(nxt)
-                await self.offload(self._write, batch)
+                if item is not EOS:
+                    batch = [item]
+                    for q in live:
+                        while len(batch) < self.batch_max:
+                            nxt = q.get_nowait()
+                            if nxt is None or nxt is EOS:
+                                break
+                            batch.append(nxt)
+                    await self.offload(self._write, batch)
                 for q in [q for q in live if q.eos]:
                     live.remove(q)
+                    await self.offload(self.stream_ended, templates[q])
             await self.offload(self.close)
             opened = False
         finally:
             if opened:
                 # Cancelled or failed: keep what is written (fragmented files stay playable).
+                # abort() runs on the sink thread, after any write still in progress there.
                 try:
-                    self.abort()
+                    await asyncio.wait_for(asyncio.shield(self.offload(self.abort)), 10)
+                except (asyncio.CancelledError, asyncio.TimeoutError):
+                    log.error("%s: abort did not complete", self.name)
                 except Exception:
                     log.exception("%s: abort failed", self.name)
 
