@@ -65,11 +65,10 @@ class Ctx:
     repeat: int
     cache: Path
     work: Path
-    encoder_defaults: bool = False
     details: dict[str, Any] = field(default_factory=dict)
 
     def encode_args(self) -> list[str]:
-        return ["--threads", str(peers.X264_THREADS)] + (["--encoder-defaults"] if self.encoder_defaults else [])
+        return ["--threads", str(peers.X264_THREADS)]
 
     def measure(self, cmd: list[str], lkmedia: bool = False) -> Measurement:
         """Run ``cmd`` ``repeat`` times; keep the run with the least CPU."""
@@ -359,9 +358,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None, help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     ap.add_argument("--repeat", type=int, default=1, help="runs per command; the least CPU is kept")
-    ap.add_argument("--encoder-defaults", action="store_true",
-                    help="keep VideoEncoder's x264 threading (PyAV: sliced threads) instead of the peers' "
-                         "frame threads")
     ap.add_argument("--cache", type=Path, default=peers.ROOT / "bench" / "results" / "inputs",
                     help="where generated inputs are kept between runs")
     args = ap.parse_args(argv)
@@ -375,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lkmedia-bench-") as work:
-        ctx = Ctx(args.seconds, args.repeat, args.cache, Path(work), args.encoder_defaults)
+        ctx = Ctx(args.seconds, args.repeat, args.cache, Path(work))
         rows = run_benchmarks(names, ctx)
     result = {
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -389,9 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"fps": peers.FPS, "gop": peers.GOP, "video_kbps": peers.VIDEO_KBPS,
                      "audio_kbps": peers.AUDIO_KBPS, "x264_preset": peers.X264_PRESET,
                      "x264_threads": peers.X264_THREADS, "bframes": peers.BFRAMES,
-                     "x264_threading": ("VideoEncoder default (PyAV thread_type SLICE: sliced threads)"
-                                        if args.encoder_defaults else
-                                        "frame threads on every side (lkmedia: x264-params sliced-threads=0)"),
+                     "x264_threading": "frame threads on every side (VideoEncoder's default)",
                      "mp4": "regular faststart MP4 on every side (lkmedia FileSink: fragmented, then remuxed)"},
         "results": [asdict(r) for r in rows],
         "details": ctx.details,

@@ -19,8 +19,6 @@ from typing import Any
 from lkmedia.core import EOS, Caps, Graph, Processor, Sink, Source
 
 RESULT_TAG = "BENCH_RESULT "
-#: Cleared by ``--encoder-defaults``: leave VideoEncoder's own x264 threading alone.
-MATCH_X264_THREADING = True
 
 
 def emit_result(**fields: Any) -> None:
@@ -107,11 +105,9 @@ def _stats(g: Graph) -> dict[str, Any]:
 def _video_encoder(threads: int) -> Any:
     from bench.peers import FPS, GOP, VIDEO_KBPS, X264_PRESET
     from lkmedia.nodes.encode import VideoEncoder
-    # PyAV opens codecs with thread_type SLICE, which makes libx264 use sliced threads;
-    # the ffmpeg CLI and x264enc use frame threads. Same x264 settings on every side:
-    opts = {"x264-params": "sliced-threads=0"} if MATCH_X264_THREADING else {}
+    # VideoEncoder uses x264 frame threads, as the ffmpeg CLI and x264enc do.
     return VideoEncoder("libx264", width=1280, height=720, fps=FPS, bitrate=VIDEO_KBPS * 1000,
-                        keyframe_interval=GOP / FPS, speed=X264_PRESET, threads=threads, options=opts)
+                        keyframe_interval=GOP / FPS, speed=X264_PRESET, threads=threads)
 
 
 def _audio_encoder() -> Any:
@@ -282,12 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--inputs", type=int, default=16)
     p.add_argument("--seconds", type=float, default=20.0)
     p.set_defaults(fn=mix)
-    for name in ("transcode", "tee", "composite"):
-        sub.choices[name].add_argument("--encoder-defaults", action="store_true",
-                                       help="keep VideoEncoder's x264 threading (sliced threads)")
     args = ap.parse_args(argv)
-    global MATCH_X264_THREADING
-    MATCH_X264_THREADING = not getattr(args, "encoder_defaults", False)
     args.fn(args)
 
 
