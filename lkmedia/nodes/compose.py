@@ -1,0 +1,402 @@
+"""Compositor: raw video inputs that come and go, laid out on one canvas at a fixed fps.
+
+Like GStreamer's compositor (an aggregator), output frames are made on a clock, not on
+arrival: frame i (media time i/fps) shows each input's newest frame with pts <= i/fps,
+holding the last one while nothing new comes. Non-live, frame i waits until every
+active input has a frame at or after i/fps (or is at EOS); live, it is made at graph-clock
+time i/fps + latency whatever has arrived.
+
+Layouts follow LiveKit's template: "grid", "speaker", "single-speaker", each with a
+"-light" variant (white background instead of dark). Inputs keep their aspect ratio
+(letterboxed in their cell). Each input is scaled only when its frame or cell changes,
+and planes are blitted with numpy into a new yuv420p frame on the node's thread.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from ..core import EOS, Caps, Gap, Node
+from ..core.edge import Policy
+from ..core.node import InputPort
+from .audio_mix import InputWaiter
+
+log = logging.getLogger("lkmedia.nodes.compose")
+
+VIDEO_TIME_BASE = Fraction(1, 90_000)
+LAYOUTS = ("grid", "speaker", "single-speaker", "grid-light", "speaker-light", "single-speaker-light")
+#: Background (Y, U, V): LiveKit's dark theme is near-black, "-light" is white.
+DARK = (16, 128, 128)
+LIGHT = (235, 128, 128)
+#: Speaker layout: share of the width for the speaker; the rest is the strip.
+SPEAKER_SHARE = 0.8
+_REBASE_SECONDS = 1.0
+
+Rect = tuple[int, int, int, int]  # x, y, w, h (even numbers)
+
+
+def _even(v: float) -> int:
+    return max(2, int(v) & ~1)
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """Columns, rows: 1, 2 side by side, then 2x2, 3x3, 4x4 ... as LiveKit's grid."""
+    if n <= 1:
+        return 1, 1
+    if n == 2:
+        return 2, 1
+    k = math.ceil(math.sqrt(n))
+    return k, k
+
+
+def layout_cells(layout: str, n: int, speaker: int, width: int, height: int) -> list[Rect | None]:
+    """The cell of each of ``n`` inputs (None: not shown) for a layout name."""
+    kind = layout.removesuffix("-light")
+    if n == 0:
+        return []
+    if kind == "single-speaker" or (kind == "speaker" and n == 1):
+        return [(0, 0, width, height) if i == speaker else None for i in range(n)]
+    if kind == "speaker":
+        main_w = _even(width * SPEAKER_SHARE)
+        strip_w = width - main_w
+        tile_h = _even(strip_w * height / width)
+        slots = max(1, height // tile_h)
+        cells: list[Rect | None] = []
+        k = 0
+        for i in range(n):
+            if i == speaker:
+                cells.append((0, 0, main_w, height))
+            elif k < slots:
+                cells.append((main_w, k * tile_h, strip_w, tile_h))
+                k += 1
+            else:
+                cells.append(None)
+        return cells
+    cols, rows = grid_shape(n)
+    cw, ch = _even(width / cols), _even(height / rows)
+    x0, y0 = ((width - cols * cw) // 2) & ~1, ((height - rows * ch) // 2) & ~1
+    return [(x0 + (i % cols) * cw, y0 + (i // cols) * ch, cw, ch) for i in range(n)]
+
+
+def letterbox(iw: int, ih: int, cell: Rect) -> Rect:
+    """The largest even rect of aspect iw:ih centred in ``cell``."""
+    x, y, cw, ch = cell
+    s = min(cw / iw, ch / ih)
+    w, h = min(cw, _even(iw * s + 0.5)), min(ch, _even(ih * s + 0.5))
+    return x + ((cw - w) // 2 & ~1), y + ((ch - h) // 2 & ~1), w, h
+
+
+def _planes(f: av.VideoFrame, w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Writable/readable numpy views of a yuv420p frame's Y, U, V (no copy)."""
+    out = []
+    for i, (pw, ph) in enumerate(((w, h), (w // 2, h // 2), (w // 2, h // 2))):
+        p = f.planes[i]
+        out.append(np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:ph, :pw])
+    return out[0], out[1], out[2]
+
+
+class _Video:
+    """One input: frames waiting for their time, the one shown, and its scaled cache."""
+
+    __slots__ = (
+        "cache_planes",
+        "cache_size",
+        "cache_src",
+        "covered",
+        "current",
+        "eos",
+        "frames",
+        "last_dur",
+        "last_pts",
+        "offset",
+        "port",
+        "queue",
+        "reformatter",
+    )
+
+    def __init__(self, port: InputPort) -> None:
+        self.port = port
+        self.queue: deque[tuple[int, Any]] = deque()
+        self.current: Any = None
+        self.last_pts: int | None = None  # newest frame pts received (90 kHz)
+        self.last_dur = 0
+        self.covered: int | None = None  # known up to here: newest pts or a Gap's end
+        self.eos = False
+        self.offset: int | None = None
+        self.reformatter = VideoReformatter()
+        self.cache_src: Any = None
+        self.cache_size: tuple[int, int] = (0, 0)
+        self.cache_planes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.frames = 0
+
+    def end(self) -> int | None:
+        """When a departed input leaves the picture: its last frame's end."""
+        if self.last_pts is None:
+            return self.covered
+        return max(self.last_pts + self.last_dur, self.covered or 0)
+
+    def scaled(self, frame: av.VideoFrame, w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if frame is self.cache_src and self.cache_size == (w, h) and self.cache_planes is not None:
+            return self.cache_planes
+        f = self.reformatter.reformat(frame, w, h, "yuv420p", interpolation="BILINEAR")
+        self.cache_src, self.cache_size = frame, (w, h)
+        self.cache_planes = _planes(f, w, h)
+        return self.cache_planes
+
+
+class Compositor(Node):
+    """Lay out raw video inputs on a ``width`` x ``height`` yuv420p canvas at ``fps``.
+
+    Output "out": frames with pts on a 1/90000 time base, exactly one per 1/fps from the
+    first output time. Inputs are linked before start or while running (Graph.link);
+    EOS on an input means it left, and it disappears after its last frame. Inputs are
+    shown in the order they joined; ``set_speaker`` picks the speaker of the speaker
+    layouts (default: the first input). Live inputs carry graph-clock timestamps; one
+    whose first timestamp is more than 1 s off is re-based to its arrival time. Live mode
+    ends on ``Graph.stop()``; non-live mode when every input is at EOS.
+    """
+
+    dynamic_inputs = True
+
+    def __init__(
+        self,
+        *,
+        width: int = 1280,
+        height: int = 720,
+        fps: float = 30,
+        layout: str = "grid",
+        live: bool = False,
+        latency: float = 0.1,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name)
+        if width % 2 or height % 2 or width < 16 or height < 16 or width > 7680 or height > 4320:
+            raise ValueError(f"{self.name}: width and height must be even, 16..7680 x 16..4320, got {width}x{height}")
+        self.fps = Fraction(fps).limit_denominator(1001)
+        if not 0 < self.fps <= 120:
+            raise ValueError(f"{self.name}: fps must be above 0 and at most 120, got {fps}")
+        if latency < 0 or latency > 10:
+            raise ValueError(f"{self.name}: latency must be 0..10 s, got {latency}")
+        self._check_layout(layout)
+        self.width, self.height = width, height
+        self.layout = layout
+        self.live = live
+        self.latency = latency
+        self.add_output("out", Caps("video", width=width, height=height, fps=self.fps, pix_fmt="yuv420p"))
+        self._states: dict[str, _Video] = {}
+        self._seen: set[str] = set()
+        self._speaker: str | None = None
+        self._waiter = InputWaiter()
+        self._stop = False
+        self._index: int | None = None  # next output frame number
+        self.frames = 0
+        self.late = 0
+        self.dropped = 0
+        self.joined = 0
+        self.compose_seconds = 0.0
+
+    # -- ports and control -------------------------------------------------
+    def new_input(self, src: Any) -> InputPort:
+        if self.live:  # live raw video: a stalled compositor drops, never blocks a room
+            return self.add_input(f"in{len(self.inputs)}", self.accept_input, Policy.DROP_OLDEST, 8)
+        return self.add_input(f"in{len(self.inputs)}", self.accept_input, capacity=4)
+
+    def accept_input(self, caps: Caps) -> str | None:
+        if caps.media != "video" or caps.encoded:
+            return f"{self.name} composes raw video, got {caps.describe()}: decode it first"
+        return None
+
+    def input_added(self, port: InputPort) -> None:
+        self._waiter.poke()
+
+    def request_stop(self) -> None:
+        self._stop = True
+        self._waiter.poke()
+
+    def _check_layout(self, layout: str) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"{self.name}: unknown layout {layout!r} (use one of {', '.join(LAYOUTS)})")
+
+    def set_layout(self, layout: str) -> None:
+        """Switch layout from the next output frame on."""
+        self._check_layout(layout)
+        self.layout = layout
+
+    def set_speaker(self, port: InputPort | str) -> None:
+        """Make an input (its port or port name) the speaker of the speaker layouts."""
+        name = port.name if isinstance(port, InputPort) else port
+        if name not in self.inputs:
+            raise ValueError(f"{self.name}: no input {name!r} (has {', '.join(self.inputs) or 'none'})")
+        self._speaker = name
+
+    # -- input side ---------------------------------------------------------
+    def _sync_inputs(self) -> None:
+        for name, port in self.inputs.items():
+            if name not in self._seen and port.edge is not None:
+                self._seen.add(name)
+                self._states[name] = _Video(port)
+                self.joined += 1
+
+    def _take(self, st: _Video, item: Any) -> None:
+        if item is EOS:
+            st.eos = True
+            return
+        if isinstance(item, Gap):  # nothing until item.end: hold the last frame
+            end = round(item.end * 90_000) + (st.offset or 0)
+            st.covered = end if st.covered is None else max(st.covered, end)
+            return
+        if item.pts is None or item.time_base is None:
+            raise ValueError(f"{self.name}: video frame without a timestamp on {st.port.name}")
+        pts = round(item.pts * item.time_base * 90_000)
+        if self.live and st.offset is None:
+            now = round(self.graph.clock.now() * 90_000) if self.graph else pts
+            st.offset = now - pts if abs(now - pts) > _REBASE_SECONDS * 90_000 else 0
+        pts += st.offset or 0
+        if st.last_pts is not None and pts <= st.last_pts:
+            self.dropped += 1  # repeated or out of order
+            return
+        st.last_dur = pts - st.last_pts if st.last_pts is not None else round(90_000 / self.fps)
+        st.last_pts = pts
+        st.covered = pts if st.covered is None else max(st.covered, pts)
+        st.queue.append((pts, item))
+        st.frames += 1
+
+    def _drain(self, states: list[_Video], until: int | None = None) -> int:
+        """Take queued items: all of them, or until an input has a frame at ``until``."""
+        got = 0
+        for st in states:
+            while not st.eos and (until is None or st.covered is None or st.covered < until):
+                item = st.port.get_nowait()
+                if item is None:
+                    break
+                self._take(st, item)
+                got += 1
+        return got
+
+    def _pts(self, i: int) -> int:
+        return round(i * 90_000 / self.fps)
+
+    # -- picking what to show (event loop) ----------------------------------
+    def _pick(self, t: int) -> list[tuple[_Video, Any]]:
+        """Advance every input to time ``t``; the inputs on screen with their frames."""
+        shown: list[tuple[_Video, Any]] = []
+        for name, st in list(self._states.items()):
+            q = st.queue
+            while q and q[0][0] <= t:
+                st.current = q.popleft()[1]
+            if st.eos and not q:
+                end = st.end()
+                if end is None or t >= end:
+                    del self._states[name]  # departed: out of the layout
+                    continue
+            if st.current is not None:
+                shown.append((st, st.current))
+        return shown
+
+    def _plan(self, shown: list[tuple[_Video, Any]]) -> list[tuple[_Video, Any, Rect]]:
+        names = [st.port.name for st, _ in shown]
+        speaker = names.index(self._speaker) if self._speaker in names else 0
+        cells = layout_cells(self.layout, len(shown), speaker, self.width, self.height)
+        return [(st, f, letterbox(f.width, f.height, c)) for (st, f), c in zip(shown, cells) if c is not None]
+
+    # -- composing (node thread) ----------------------------------------------
+    def compose(self, pts: int, plan: list[tuple[_Video, Any, Rect]]) -> av.VideoFrame:
+        t0 = time.perf_counter()
+        W, H = self.width, self.height
+        out = av.VideoFrame(W, H, "yuv420p")
+        Y, U, V = _planes(out, W, H)
+        bg = LIGHT if self.layout.endswith("-light") else DARK
+        Y[:] = bg[0]
+        U[:] = bg[1]
+        V[:] = bg[2]
+        for st, frame, (x, y, w, h) in plan:
+            sy, su, sv = st.scaled(frame, w, h)
+            Y[y:y + h, x:x + w] = sy
+            x2, y2, w2, h2 = x // 2, y // 2, w // 2, h // 2
+            U[y2:y2 + h2, x2:x2 + w2] = su
+            V[y2:y2 + h2, x2:x2 + w2] = sv
+        out.pts = pts
+        out.time_base = VIDEO_TIME_BASE
+        self.compose_seconds += time.perf_counter() - t0
+        return out
+
+    async def _emit_frame(self) -> None:
+        assert self._index is not None
+        t = self._pts(self._index)
+        plan = self._plan(self._pick(t))
+        frame = await self.offload(self.compose, t, plan)
+        self._index += 1
+        self.frames += 1
+        await self.outputs["out"].emit(frame)
+
+    # -- run ------------------------------------------------------------------
+    async def run(self) -> None:
+        if self.live:
+            await self._run_live()
+        else:
+            await self._run_files()
+
+    async def _run_files(self) -> None:
+        while True:
+            self._sync_inputs()
+            states = list(self._states.values())
+            if self._index is None:
+                waiting = [st for st in states if st.covered is None and not st.eos]
+                if waiting:
+                    if not self._drain(waiting, -(1 << 62)):
+                        await self._waiter.wait([st.port for st in waiting])
+                    continue
+                firsts = [st.queue[0][0] for st in states if st.queue]
+                if not firsts:
+                    return  # nothing linked, or every input ended without a frame
+                self._index = math.ceil(min(firsts) * self.fps / 90_000 - 1e-6)
+            t = self._pts(self._index)
+            need = [st for st in states if not st.eos and (st.covered is None or st.covered < t)]
+            if need:
+                if not self._drain(need, t):
+                    await self._waiter.wait([st.port for st in need])
+                continue
+            if all(st.eos for st in states):
+                ends = [e for st in states if (e := st.end()) is not None]
+                if not ends or t >= max(ends):
+                    return
+            await self._emit_frame()
+
+    async def _run_live(self) -> None:
+        assert self.graph is not None
+        clock = self.graph.clock
+        now = clock.now()
+        self._index = 0 if now < self.latency else math.ceil(now * self.fps)
+        stop_at: float | None = None
+        while True:
+            self._sync_inputs()
+            self._drain(list(self._states.values()))
+            now = clock.now()
+            due = float(self._index / self.fps) + self.latency
+            if now >= due:
+                if now - due > 1 / float(self.fps):
+                    self.late += 1  # we are behind: the frame goes out late but goes out
+                await self._emit_frame()
+                continue
+            if self._stop:
+                if stop_at is None:
+                    stop_at = now
+                t = self._pts(self._index)
+                left = [st for st in self._states.values() if not st.eos or st.queue
+                        or (st.end() or 0) > t]
+                if not left or now > stop_at + self.latency + 1.0:
+                    return
+            await self._waiter.wait([], max(0.0, due - clock.now()))
+
+    def stats(self) -> dict[str, Any]:
+        return {"inputs": len(self._states), "joined": self.joined, "frames": self.frames, "late": self.late,
+                "dropped": self.dropped,
+                "compose_ms": round(1000 * self.compose_seconds / self.frames, 3) if self.frames else 0.0}

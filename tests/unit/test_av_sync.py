@@ -1,0 +1,95 @@
+"""A/V sync through the mixer and compositor: flash/beep sources -> encode -> file -> probe.
+
+MKV carries the encoders' timestamps as they are, so it measures what the mixer and
+compositor do. FileSink's fragmented MP4 currently shifts video by the B-frame delay and
+audio by the AAC priming (no edit list): -45 ms with or without a mixer. So for MP4 the
+test checks that mixing and compositing add nothing to the direct path's offset, and
+the absolute check is an expected failure until FileSink compensates.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from lkmedia.core import Graph
+from lkmedia.nodes.audio_mix import AudioMixer
+from lkmedia.nodes.compose import Compositor
+from lkmedia.nodes.encode import AudioEncoder, VideoEncoder
+from lkmedia.sinks.file import FileSink
+from lkmedia.sources.synthetic import SyntheticSource
+from lkmedia.testing.probe import av_offsets, decode_errors, probe
+
+SECONDS = 5
+
+
+async def record(path: Path, sources: int, width: int, direct: bool = False) -> tuple[AudioMixer, Compositor]:
+    """``sources`` synthetic sources -> AudioMixer + Compositor -> H.264 + AAC -> FileSink.
+    direct: one source straight to the encoders (the reference without mixing)."""
+    g = Graph()
+    mix = AudioMixer()
+    comp = Compositor(width=width, height=360, fps=30)
+    sink = FileSink(path)
+    venc = VideoEncoder("libx264", width=width, height=360, fps=30, bitrate=800_000)
+    aenc = AudioEncoder("aac", bitrate=96_000)
+    srcs = [SyntheticSource(width=640, height=360, fps=30, duration=SECONDS, name=f"src{i}") for i in range(sources)]
+    if direct:
+        g.chain(srcs[0].out("video"), venc, sink)
+        g.chain(srcs[0].out("audio"), aenc, sink)
+    else:
+        for src in srcs:
+            g.link(src.out("video"), comp)
+            g.link(src.out("audio"), mix)
+        g.chain(comp, venc, sink)
+        g.chain(mix, aenc, sink)
+    await asyncio.wait_for(g.run(), 50)
+    return mix, comp
+
+
+def check(path: Path, width: int, absolute: bool = True) -> list[float]:
+    p = probe(str(path))
+    v, a = p.stream("video"), p.stream("audio")
+    assert (v.codec, v.width, v.height) == ("h264", width, 360)
+    assert a.codec == "aac" and a.sample_rate == 48_000 and a.channels == 2
+    assert v.frames == 30 * SECONDS
+    assert abs((p.duration or 0) - SECONDS) < 0.2
+    assert a.frames is not None and abs(a.frames * 1024 / 48_000 - SECONDS) < 0.2  # AAC packets
+    assert decode_errors(str(path)) == ""
+    offsets = av_offsets(str(path))
+    assert len(offsets) >= 4, offsets
+    if absolute:
+        assert all(abs(o) <= 0.020 for o in offsets), offsets
+    return offsets
+
+
+async def test_one_source_through_mixer_and_compositor_stays_in_sync(tmp_path: Path) -> None:
+    out = tmp_path / "one.mkv"
+    mix, comp = await record(out, 1, 640)
+    check(out, 640)
+    assert comp.stats()["frames"] == 30 * SECONDS
+    assert mix.stats()["windows"] == 100 * SECONDS and mix.stats()["late_dropped"] == 0
+
+
+async def test_two_sources_mixed_and_composited_stay_in_sync(tmp_path: Path) -> None:
+    # Side by side on 1280x360: two 640x360 cells, so a flash fills the whole picture.
+    out = tmp_path / "two.mkv"
+    mix, comp = await record(out, 2, 1280)
+    check(out, 1280)
+    assert mix.stats()["joined"] == 2 and comp.stats()["joined"] == 2
+
+
+async def test_mp4_mixing_adds_no_offset_to_the_direct_path(tmp_path: Path) -> None:
+    await record(tmp_path / "direct.mp4", 1, 640, direct=True)
+    await record(tmp_path / "mixed.mp4", 1, 640)
+    ref = check(tmp_path / "direct.mp4", 640, absolute=False)
+    got = check(tmp_path / "mixed.mp4", 640, absolute=False)
+    assert len(got) == len(ref)
+    assert all(abs(a - b) <= 0.005 for a, b in zip(got, ref)), (got, ref)
+
+
+@pytest.mark.xfail(reason="FileSink MP4: B-frame delay and AAC priming not compensated (-45 ms)", strict=False)
+async def test_mp4_through_mixer_and_compositor_within_20ms(tmp_path: Path) -> None:
+    out = tmp_path / "one.mp4"
+    await record(out, 1, 640)
+    check(out, 640)
