@@ -242,9 +242,10 @@ class AudioMixer(Node):
                 st.end = e  # the buffer is silence there already
             return
         st.frames += 1
-        if item.pts is None or item.time_base is None:
+        pts, tb = item.pts, item.time_base  # read once: PyAV builds a Fraction per read
+        if pts is None or tb is None:
             raise ValueError(f"{self.name}: audio frame without a timestamp on {st.port.name}")
-        start = _to_samples(item.pts, item.time_base, self.sample_rate)
+        start = _to_samples(pts, tb, self.sample_rate)
         if self.live and st.offset is None:
             now = round(self.graph.clock.now() * self.sample_rate) if self.graph else start
             off = now - start
@@ -258,7 +259,9 @@ class AudioMixer(Node):
         layout = self.layout if route == "both" else "mono"
         if (st.resampler is None and item.format.name == "s16" and item.layout.name == layout
                 and item.sample_rate == self.sample_rate):
-            self._place(st, start, self._pcm(item))
+            n = item.samples
+            ch = self.channels if route == "both" else 1
+            self._place(st, start, np.frombuffer(item.planes[0], np.int16, n * ch).reshape(n, ch))
             return
         if st.resampler is None:
             st.resampler = AudioResampler(format="s16", layout=layout, rate=self.sample_rate)

@@ -39,6 +39,8 @@ LIGHT = (235, 128, 128)
 #: Speaker layout: share of the width for the speaker; the rest is the strip.
 SPEAKER_SHARE = 0.8
 _REBASE_SECONDS = 1.0
+#: Live: most frames waiting for their time per input.
+_LIVE_QUEUE = 60
 
 Rect = tuple[int, int, int, int]  # x, y, w, h (even numbers)
 
@@ -266,6 +268,9 @@ class Compositor(Node):
         st.last_dur = pts - st.last_pts if st.last_pts is not None else round(90_000 / self.fps)
         st.last_pts = pts
         st.covered = pts if st.covered is None else max(st.covered, pts)
+        if self.live and len(st.queue) >= _LIVE_QUEUE:
+            st.queue.popleft()  # stamped far ahead of the clock: keep memory bounded
+            self.dropped += 1
         st.queue.append((pts, item))
         st.frames += 1
 
