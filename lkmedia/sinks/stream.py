@@ -260,6 +260,7 @@ class Destination:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._templates: dict[str, Any] = {}
+        self._container: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None
 
@@ -428,7 +429,7 @@ class Destination:
         return self._container
 
     def _close(self, failed: bool) -> None:
-        c, self._container = getattr(self, "_container", None), None
+        c, self._container = self._container, None
         if c is not None:
             try:
                 c.close()
@@ -530,7 +531,7 @@ class StreamSink(Sink):
         """Start streaming to ``url`` (now, if running). Returns the redacted URL."""
         parsed = parse_stream_url(url)
         with self._lock:
-            if any(d.url.url == parsed.url and not d.terminal for d in self._dests):
+            if any(d.url.url == parsed.url and not (d.terminal or d.removed) for d in self._dests):
                 raise StreamURLError(f"{self.name}: already streaming to {parsed.redacted}")
             d = Destination(parsed, self)
             self._dests.append(d)
