@@ -14,7 +14,7 @@ from typing import Any
 
 import av
 
-from ..core import Caps, LinkError, Processor
+from ..core import Caps, Processor
 
 log = logging.getLogger("lkmedia.nodes.decode")
 
@@ -158,8 +158,8 @@ class Decoder(Processor):
     def negotiate(self) -> None:
         super().negotiate()
         caps = self.inputs["in"].caps
-        if caps is None:
-            raise LinkError(f"{self.name}: its input has no caps: cannot tell what it decodes")
+        if caps is None:  # learnt from the first packet's stream instead
+            return
         self._kind = caps.media
         self._codec = caps.codec
         self.outputs["out"].caps = Caps(

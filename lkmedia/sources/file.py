@@ -152,6 +152,11 @@ class FileSource(Source):
 
     def _pick_streams(self, c: Any) -> None:
         found = {kind: c.streams.best(kind) for kind in ("video", "audio")}
+        v = found["video"]
+        if v is not None and v.disposition & av.stream.Disposition.attached_pic:
+            # Cover art (an MP3's picture) is one still image, not a video track.
+            moving = [s for s in c.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+            found["video"] = moving[0] if moving else None
         have = [k for k, s in found.items() if s is not None]
         if not have:
             raise SourceOpenError(f"{self.name}: {self.display} has no video or audio stream "

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import http.server
 import itertools
 import random
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -43,7 +47,7 @@ class Collect(Sink):
 
 
 def ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True, timeout=60)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -128,15 +132,46 @@ async def test_mpegts_starts_near_zero_and_keeps_av_offset(media: dict[str, Path
     assert len(s["video"].items) == 120
 
 
-async def test_only_enabled_and_present_outputs(media: dict[str, Path]) -> None:
+async def test_only_enabled_and_present_outputs(media: dict[str, Path], tmp_path: Path) -> None:
     assert set(FileSource(media["mp4"], audio=False).outputs) == {"video"}
     src = FileSource(media["m4a"])
     src.open()  # learn what the input has before linking
     assert set(src.outputs) == {"audio"}
+    cover = tmp_path / "cover.mp3"  # an MP3 with cover art: the picture is no video track
+    ffmpeg("-f", "lavfi", "-i", "sine=sample_rate=44100:duration=1", "-f", "lavfi", "-i",
+           "testsrc2=size=64x64:rate=1:duration=1", "-map", "0:a", "-map", "1:v", "-c:a", "libmp3lame",
+           "-c:v", "mjpeg", "-disposition:v", "attached_pic", str(cover))
+    src = FileSource(cover)
+    src.open()
+    assert set(src.outputs) == {"audio"} and src.outputs["audio"].caps.sample_rate == 44_100
     g = Graph()
     g.link(FileSource(media["m4a"], name="song").out("video"), Collect())
     with pytest.raises(SourceOpenError, match="has no video stream"):
         g.build()
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A local HTTP server on ``tmp_path``."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield tmp_path, f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+async def test_reads_hls_over_http(media: dict[str, Path], http_root: tuple[Path, str]) -> None:
+    root, base = http_root
+    (root / "hls").mkdir()
+    ffmpeg("-i", str(media["mp4"]), "-c", "copy", "-f", "hls", "-hls_time", "1", "-hls_list_size", "0",
+           str(root / "hls" / "index.m3u8"))
+    src, s = await read_all(f"{base}/hls/index.m3u8?token=SECRET")
+    assert len(s["video"].items) == 90
+    assert abs(sum(f.samples for f in s["audio"].items) - 3 * 48_000) <= 2048
+    assert "SECRET" not in repr(src) and "SECRET" not in src.display
 
 
 # -- passthrough ------------------------------------------------------------------
@@ -243,6 +278,20 @@ async def test_bad_inputs_fail_at_build_with_clear_messages(tmp_path: Path) -> N
         assert time.monotonic() - t0 < 3
 
 
+async def test_silent_server_times_out_at_build() -> None:
+    with socket.socket() as srv:  # accepts connections, never answers
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        url = f"rtmp://127.0.0.1:{srv.getsockname()[1]}/live/sk_secret"
+        g = Graph()
+        g.link(FileSource(url, timeout=1.0).out("video"), Collect())
+        t0 = time.monotonic()
+        with pytest.raises(SourceOpenError, match=r"no answer within 1 s") as ei:
+            g.build()
+        assert 0.9 < time.monotonic() - t0 < 3
+        assert "sk_secret" not in str(ei.value) and "/live/***" in str(ei.value)
+
+
 def test_redact_url() -> None:
     assert redact_url("rtmp://a.example/live/sk_123") == "rtmp://a.example/live/***"
     assert redact_url("https://u:p@h.example:8443/x.m3u8?sig=abc") == "https://***@h.example:8443/x.m3u8?***"
@@ -272,3 +321,9 @@ async def test_corrupt_packets_are_skipped_then_the_source_gives_up(media: dict[
     with pytest.raises(GraphError, match="corrupt packets in a row"):
         await asyncio.wait_for(g.run(), 30)
     assert sink.finalised and len(sink.items) > 10  # what came before stays delivered
+    # The Decoder node skips the same bad packets when the source passes them through.
+    g = Graph()
+    dec, sink = Decoder(), Collect()
+    g.chain(FileSource(bad, video=False, decode=False), dec, sink)
+    await asyncio.wait_for(g.run(), 30)
+    assert dec.stats()["errors"] > 5 and sink.items[-1].pts / 48_000 > 3.5
