@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 
 from .clock import Clock
 from .edge import Edge, Policy
-from .errors import BuildError, GraphError, LinkError, NodeError
+from .errors import BuildError, GraphError, LinkError, LkmediaError, NodeError
 from .node import InputPort, Node, OutputPort, Sink, Source, check_port
 
 log = logging.getLogger("lkmedia.graph")
@@ -173,7 +173,7 @@ class Graph:
             node.failed = e
             err = NodeError(node.name, e, node.error_scope)
             self.errors.append(err)
-            log.error("node failed: %s", err, exc_info=not isinstance(e, (OSError, ValueError)))
+            log.error("node failed: %s", err, exc_info=not isinstance(e, (OSError, ValueError, LkmediaError)))
             self.notify(node, "failed", {"error": str(e), "scope": node.error_scope})
             if node.error_scope == "graph":
                 self.request_stop()
