@@ -187,7 +187,7 @@ async def execute(graph: Graph, stop_after: float | None = None, progress: bool 
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
-    bar = Progress(graph, sys.stderr) if progress else None
+    bar = Progress(graph, sys.stderr)
     ticker: asyncio.Task[None] | None = None
     try:
         try:
@@ -199,7 +199,7 @@ async def execute(graph: Graph, stop_after: float | None = None, progress: bool 
             stop("signal during start")
         if stop_after is not None:
             loop.call_later(stop_after, stop, f"--stop-after {stop_after:g} s")
-        ticker = loop.create_task(_tick(graph, bar))
+        ticker = loop.create_task(_tick(bar, progress))
         try:
             await graph.wait()
         except GraphError:
@@ -214,7 +214,7 @@ async def execute(graph: Graph, stop_after: float | None = None, progress: bool 
         if ticker is not None:
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
-        if bar is not None:
+        if progress and ticker is not None:
             bar.clear()
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -229,16 +229,16 @@ async def execute(graph: Graph, stop_after: float | None = None, progress: bool 
     return out
 
 
-async def _tick(graph: Graph, bar: Progress | None) -> None:
+async def _tick(bar: Progress, tty: bool) -> None:
     """Refresh the TTY line twice a second; without a TTY, log progress every 10 s."""
     n = 0
     while True:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5 if tty else 10)
         n += 1
-        if bar is not None:
+        if tty:
             bar.draw()
-        elif n % 20 == 0:
-            log.info("progress", extra={"sinks": {s.name: s.stats().get("bytes", 0) for s in graph.sinks()}})
+        else:
+            log.info("progress %s", bar.line())
 
 
 # -- summary --------------------------------------------------------------------

@@ -31,4 +31,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
+# Skip pip when this checkout is already installed (editable) for the same pyproject.toml.
+stamp=.cache/setup.$(sha256sum pyproject.toml | cut -c1-16)
+here=$(pwd -P)
+if [ -f "$stamp" ] && "$PY" - "$here" <<'PYCHECK' 2>/dev/null; then exit 0; fi
+import sys, lkmedia, pytest, pytest_asyncio, pytest_timeout, yaml, av
+sys.exit(0 if lkmedia.__file__.startswith(sys.argv[1] + "/") else 1)
+PYCHECK
 "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
+mkdir -p .cache && rm -f .cache/setup.* && touch "$stamp"
