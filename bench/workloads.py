@@ -226,10 +226,56 @@ def _tone(freq: float, seconds: float, rate: int = 48_000, frame: int = 960) -> 
 
 
 def mix(args: argparse.Namespace) -> None:
+    """run_cpu: the whole graph (16 replaying sources + mixer + sink). mixer_cpu: the
+    mixer's own work, timed where it runs (its coroutine steps on the loop thread plus
+    the mixing it offloads), in a second run; sources_cpu and sink_cpu come from that
+    run too, so that the sources' cost is reported beside it, not folded into it.
+    baseline_cpu (the graph without the mixer) is kept for comparison only: its sink
+    takes all 16 x N frames, so subtracting it credits the mixer with that sink's work."""
     caps = Caps("audio", sample_rate=48_000, layout="stereo", sample_fmt="s16")
     tones = [_tone(220.0 * (k + 1), args.seconds) for k in range(4)]  # shared, never mutated
 
-    def graph(with_mixer: bool) -> tuple[Graph, Drain]:
+    class Steps:
+        """Awaits a coroutine, adding the thread CPU of each of its steps to ``acc``."""
+
+        def __init__(self, coro: Any, acc: dict[str, float]) -> None:
+            self.coro, self.acc = coro, acc
+
+        def __await__(self) -> Any:
+            coro, acc, tt = self.coro, self.acc, time.thread_time
+            value: Any = None
+            exc: BaseException | None = None
+            while True:
+                t0 = tt()
+                try:
+                    step = coro.throw(exc) if exc is not None else coro.send(value)
+                except StopIteration as e:
+                    return e.value
+                finally:
+                    acc["cpu"] += tt() - t0
+                try:
+                    value, exc = (yield step), None
+                except BaseException as e:  # noqa: BLE001 - handed to the coroutine
+                    value, exc = None, e
+
+    def timed(node: Any, acc: dict[str, float]) -> None:
+        run, offload = node.run, node.offload
+
+        async def timed_run() -> None:
+            await Steps(run(), acc)
+
+        async def timed_offload(fn: Callable[..., Any], *a: Any) -> Any:
+            def call(*a: Any) -> Any:  # on the node's thread: not in its coroutine's steps
+                c0 = time.thread_time()
+                try:
+                    return fn(*a)
+                finally:
+                    acc["cpu"] += time.thread_time() - c0
+            return await offload(call, *a)
+
+        node.run, node.offload = timed_run, timed_offload
+
+    def graph(with_mixer: bool, parts: dict[str, dict[str, float]] | None = None) -> tuple[Graph, Drain]:
         g = Graph()
         sink = Drain()
         mixer: Any = None
@@ -238,14 +284,29 @@ def mix(args: argparse.Namespace) -> None:
             mixer = g.add(AudioMixer(sample_rate=48_000, channels=2))
             g.link(mixer, sink)
         for i in range(args.inputs):
-            g.link(g.add(Replay(f"in{i}", tones[i % len(tones)], caps)), mixer or sink)
+            src = g.add(Replay(f"in{i}", tones[i % len(tones)], caps))
+            g.link(src, mixer or sink)
+            if parts is not None:
+                timed(src, parts["sources"])
+        if parts is not None:
+            timed(sink, parts["sink"])
+            if mixer is not None:
+                timed(mixer, parts["mixer"])
         return g, sink
 
     base_g, base_sink = graph(False)
     base_cpu, _ = asyncio.run(run_graph(base_g))
     g, sink = graph(True)
     cpu, wall = asyncio.run(run_graph(g))
+    parts: dict[str, dict[str, float]] = {k: {"cpu": 0.0} for k in ("mixer", "sources", "sink")}
+    tg, tsink = graph(True, parts)
+    timed_cpu, _ = asyncio.run(run_graph(tg))
+    if sink.items != tsink.items:
+        raise SystemExit(f"mix: the timed run made {tsink.items} frames, the plain one {sink.items}")
     emit_result(run_cpu=cpu, run_wall=wall, baseline_cpu=base_cpu, media_seconds=args.seconds,
+                mixer_cpu=parts["mixer"]["cpu"], sources_cpu=parts["sources"]["cpu"],
+                sink_cpu=parts["sink"]["cpu"], timed_run_cpu=timed_cpu,
+                mixer_realtime=args.seconds / parts["mixer"]["cpu"] if parts["mixer"]["cpu"] > 0 else None,
                 inputs=args.inputs, out_frames=sink.items, in_frames=base_sink.items, stats=_stats(g))
 
 

@@ -2,7 +2,8 @@
 
 Like GStreamer's audioaggregator, the mix runs on timestamps and a deadline, not on
 arrival: each input frame is written at its pts into that input's row of one shared
-int16 buffer, and a window is mixed as a single numpy sum over the rows. A silent,
+int16 ring buffer, and a window is mixed as a single numpy sum over the rows (then
+zeroed: that part of the ring is the far future now). A silent,
 late or departed participant never stalls the mix.
 
 Non-live (files, tests): a window is emitted once every active input has data covering
@@ -23,6 +24,8 @@ from av.audio.resampler import AudioResampler
 
 from ..core import EOS, Caps, Gap, Node
 from ..core.node import InputPort
+
+_AudioFrame = av.AudioFrame
 
 log = logging.getLogger("lkmedia.nodes.audio_mix")
 
@@ -86,25 +89,14 @@ class InputWaiter:
 class _Input:
     """One participant: its row in the shared buffer and where its data ends."""
 
-    __slots__ = (
-        "dst",
-        "end",
-        "eos",
-        "frames",
-        "offset",
-        "pending",
-        "port",
-        "res_expected",
-        "res_next",
-        "resampler",
-        "route",
-        "row",
-    )
+    __slots__ = ("dst", "end", "eos", "flat", "frames", "offset", "pending", "port", "res_expected",
+                 "res_next", "resampler", "route", "row")
 
     def __init__(self, port: InputPort, row: int) -> None:
         self.port = port
         self.row = row
         self.dst: np.ndarray | None = None  # where its samples go: its row, or one channel of it
+        self.flat: memoryview | None = None  # its row as bytes, when it is heard on both channels
         self.end: int | None = None  # output-timeline sample up to which content is known
         self.route = "both"
         self.resampler: AudioResampler | None = None
@@ -166,9 +158,14 @@ class AudioMixer(Node):
         self._states: dict[str, _Input] = {}
         self._seen: set[str] = set()
         self._free_rows: list[int] = []
-        cap = round(sample_rate * (_READ_AHEAD + max(latency, 0.1) + 1.0)) + frame * _BATCH_WINDOWS
+        if live:  # data may arrive up to latency + jitter ahead of the mix
+            cap = round(sample_rate * (_READ_AHEAD + max(latency, 0.1) + 1.0)) + frame * _BATCH_WINDOWS
+        else:  # inputs are read up to frame + _READ_AHEAD ahead, plus one piece (see _place)
+            cap = frame + round(sample_rate * _READ_AHEAD) + frame * _BATCH_WINDOWS
         self._cap = cap
         self._buf = np.zeros((0, cap, channels), np.int16)
+        self._acc = np.empty((0, channels), np.int32)  # _mix's sum and its clipped copy
+        self._pcm16 = np.empty((0, channels), np.int16)
         self._rows = 0  # rows in use are below this
         self._head = 0  # buffer index of self._out_t
         self._out_t: int | None = None  # next output sample
@@ -208,28 +205,35 @@ class AudioMixer(Node):
 
     # -- input side (on the event loop) ------------------------------------
     def _sync_inputs(self) -> None:
-        for name, port in self.inputs.items():
-            if name not in self._seen and port.edge is not None:
-                self._seen.add(name)
-                row = self._free_rows.pop() if self._free_rows else self._grow_rows()
-                st = self._states[name] = _Input(port, row)
-                self._route(st)
-                self.joined += 1
-                self._rows = max(self._rows, row + 1)
+        new = [(n, p) for n, p in self.inputs.items() if n not in self._seen and p.edge is not None]
+        if len(new) > len(self._free_rows):  # grow once for all of them: no repeated copies
+            self._grow_rows(len(new) - len(self._free_rows))
+        for name, port in new:
+            self._seen.add(name)
+            row = self._free_rows.pop()
+            st = self._states[name] = _Input(port, row)
+            self._route(st)
+            self.joined += 1
+            self._rows = max(self._rows, row + 1)
 
     def _route(self, st: _Input) -> None:
         row = self._buf[st.row]
         st.dst = row if st.route == "both" else row[:, 0:1] if st.route == "left" else row[:, 1:2]
+        st.flat = memoryview(row).cast("B") if st.route == "both" else None
 
-    def _grow_rows(self) -> int:
+    def _grow_rows(self, need: int) -> None:
+        """Room for ``need`` more rows (free rows are kept highest first)."""
         rows = self._buf.shape[0]
-        buf = np.zeros((max(4, rows * 2), self._cap, self.channels), np.int16)
-        buf[:rows] = self._buf
+        size = max(4, rows * 2)
+        while size < rows + need:
+            size *= 2
+        buf = np.zeros((size, self._cap, self.channels), np.int16)
+        if self._rows:
+            buf[:self._rows] = self._buf[:self._rows]  # rows above are all zero
         self._buf = buf
-        self._free_rows.extend(range(buf.shape[0] - 1, rows, -1))
+        self._free_rows = sorted(self._free_rows + list(range(rows, size)), reverse=True)
         for st in self._states.values():
             self._route(st)
-        return rows
 
     def _take(self, st: _Input, item: Any) -> None:
         if item is EOS:
@@ -281,12 +285,11 @@ class AudioMixer(Node):
     def _place(self, st: _Input, start: int, pcm: np.ndarray) -> None:
         n = len(pcm)
         out_t = self._out_t
-        if start == st.end and out_t is not None and start >= out_t and not st.pending:
-            pos = self._head + start - out_t  # the common case: contiguous, in the buffer
-            if pos + n <= self._cap:
-                st.dst[pos:pos + n] = pcm  # type: ignore[index]
-                st.end = start + n
-                return
+        if (start == st.end and out_t is not None and start >= out_t and not st.pending
+                and start - out_t + n <= self._cap):  # the common case: contiguous, in the buffer
+            self._put(st, start, pcm)
+            st.end = start + n
+            return
         step = self.frame * _BATCH_WINDOWS
         if n > step:  # a very long frame: keep each piece smaller than the buffer
             for k in range(0, len(pcm), step):
@@ -313,15 +316,22 @@ class AudioMixer(Node):
     def _write(self, st: _Input, start: int, pcm: np.ndarray) -> bool:
         """Copy into the input's row; False if it lies beyond the buffer for now."""
         assert self._out_t is not None
-        pos = self._head + start - self._out_t
-        n = len(pcm)
-        if pos + n > self._cap:
-            self._compact()
-            pos = start - self._out_t
-            if pos + n > self._cap:
-                return False
-        st.dst[pos:pos + n] = pcm  # type: ignore[index]
+        if start - self._out_t + len(pcm) > self._cap:
+            return False
+        self._put(st, start, pcm)
         return True
+
+    def _put(self, st: _Input, start: int, pcm: np.ndarray) -> None:
+        """Copy samples [start, start+len) (out_t <= start, end within the ring) in place."""
+        cap = self._cap
+        pos = (self._head + start - self._out_t) % cap  # type: ignore[operator]
+        n = len(pcm)
+        if pos + n <= cap:
+            st.dst[pos:pos + n] = pcm  # type: ignore[index]
+        else:  # wraps around the end of the ring
+            k = cap - pos
+            st.dst[pos:] = pcm[:k]  # type: ignore[index]
+            st.dst[:n - k] = pcm[k:]  # type: ignore[index]
 
     def _flush_pending(self) -> None:
         for st in self._states.values():
@@ -338,35 +348,33 @@ class AudioMixer(Node):
                     break
                 st.pending.pop(0)
 
-    def _compact(self) -> None:
-        h = self._head
-        if h == 0:
-            return
-        keep = self._cap - h
-        self._buf[:, :keep] = self._buf[:, h:]
-        self._buf[:, keep:] = 0
-        self._head = 0
-
     # -- mixing (pure numpy; may run on the node's thread) -------------------
     def _mix(self, t0: int, n: int) -> list[av.AudioFrame]:
         """Mix [t0, t0+n) into frames of ``self.frame`` samples (the last may be short)."""
-        h = self._head
-        if h + n > self._cap:
-            self._compact()
-            h = 0
-        acc = self._buf[:self._rows, h:h + n].sum(axis=0, dtype=np.int32)
-        np.clip(acc, -32768, 32767, out=acc)
-        pcm = acc.astype(np.int16).reshape(-1)
-        self._head = h + n
-        ch, F = self.channels, self.frame
+        h, cap, rows = self._head, self._cap, self._rows
+        if self._acc.shape[0] < n:  # kept between calls: no fresh pages per batch
+            self._acc = np.empty((n, self.channels), np.int32)
+            self._pcm16 = np.empty((n, self.channels), np.int16)
+        acc, pcm = self._acc[:n], self._pcm16[:n]
+        k = min(n, cap - h)  # the part before the end of the ring; the rest wraps to 0
+        for a, b, into in ((h, h + k, acc[:k]), (0, n - k, acc[k:])):
+            if b > a:
+                part = self._buf[:rows, a:b]
+                np.add.reduce(part, axis=0, dtype=np.int32, out=into)
+                part[...] = 0  # free for the samples cap ahead
+        np.clip(acc, -32768, 32767, out=pcm, casting="unsafe")
+        self._head = (h + n) % cap
+        src = memoryview(pcm).cast("B")
+        bpf, F = 2 * self.channels, self.frame
+        sr, tb, layout = self.sample_rate, self.time_base, self.layout
         out: list[av.AudioFrame] = []
         for k in range(0, n, F):
             m = min(F, n - k)
-            f = av.AudioFrame(format="s16", layout=self.layout, samples=m)
-            np.frombuffer(f.planes[0], np.int16, m * ch)[:] = pcm[k * ch:(k + m) * ch]
-            f.sample_rate = self.sample_rate
+            f = av.AudioFrame(format="s16", layout=layout, samples=m)
+            memoryview(f.planes[0])[:m * bpf] = src[k * bpf:(k + m) * bpf]
+            f.sample_rate = sr
             f.pts = t0 + k
-            f.time_base = self.time_base
+            f.time_base = tb
             out.append(f)
         return out
 
@@ -400,16 +408,65 @@ class AudioMixer(Node):
     # -- waiting -------------------------------------------------------------
     def _drain(self, states: list[_Input], limit: int | None = None, ahead: bool = False) -> int:
         """Take what is queued: everything (``ahead``), or until an input's data reaches
-        ``limit`` (None: until its first data), so that inputs far ahead wait upstream."""
+        ``limit`` (None: until its first data), so that inputs far ahead wait upstream.
+
+        The common frame (packed s16 in the mix layout and rate, time base 1/rate, right
+        after the input's previous data, inside the buffer) is copied straight into the
+        input's row here: this loop runs for every input frame, so it reads each PyAV
+        attribute at most once and never builds the time base (a Fraction per read).
+        Anything else goes through ``_take``, which handles every case."""
         got = 0
+        sr, bpf, layout = self.sample_rate, 2 * self.channels, self.layout
+        out_t, head, cap = self._out_t, self._head, self._cap  # only _mix changes them
         for st in states:
-            while not st.eos and (ahead or st.end is None or (limit is not None and st.end < limit)):
-                item = st.port.get_nowait()
+            if st.eos:
+                continue
+            get, meta = st.port.get_nowait, st.port.meta
+            end, off, flat = st.end, st.offset or 0, self._direct(st)
+            taken = 0
+            while ahead or end is None or (limit is not None and end < limit):
+                item = get()
                 if item is None:
                     break
-                self._take(st, item)
                 got += 1
+                if flat is not None and type(item) is _AudioFrame:
+                    pts = item.pts
+                    # ``time`` is pts * time_base as a float, computed in C: equal to
+                    # pts / rate (pts != 0) only when time_base is 1/rate, since any other
+                    # int32 rational differs by far more than the float rounding.
+                    if pts and item.time == pts / sr:
+                        start = pts + off
+                        n = item.samples
+                        rel = start - out_t  # type: ignore[operator]
+                        if (start == end and rel >= 0 and rel + n <= cap and item.sample_rate == sr
+                                and item.format.name == "s16" and item.layout.name == layout
+                                and (not meta or meta.get("channel", "both") == "both")):
+                            pos = head + rel
+                            if pos >= cap:
+                                pos -= cap
+                            if pos + n <= cap:  # else it wraps: _take splits it
+                                pos *= bpf
+                                nb = n * bpf
+                                plane = item.planes[0]
+                                if plane.buffer_size == nb:
+                                    flat[pos:pos + nb] = plane
+                                else:  # padded line
+                                    flat[pos:pos + nb] = memoryview(plane)[:nb]
+                                end = st.end = start + n
+                                taken += 1
+                                continue
+                self._take(st, item)
+                if st.eos:
+                    break
+                end, off, flat = st.end, st.offset or 0, self._direct(st)
+            st.frames += taken
         return got
+
+    def _direct(self, st: _Input) -> memoryview | None:
+        """The input's row as bytes if its frames may be copied in by ``_drain`` itself
+        (what decides it changes only in ``_take``)."""
+        ok = st.resampler is None and not st.pending and self._out_t is not None
+        return st.flat if ok and not (self.live and st.offset is None) else None
 
     # -- run -------------------------------------------------------------
     async def run(self) -> None:
