@@ -12,12 +12,16 @@ from typing import Any
 
 import av
 
-from ..core import EOS, Caps, Sink, get_any
+from ..core import EOS, Caps, LkmediaError, Sink, get_any
 
 log = logging.getLogger("lkmedia.sinks")
 
 ALL_VIDEO = {"h264", "hevc", "vp8", "vp9", "av1"}
 ALL_AUDIO = {"aac", "opus", "mp3", "pcm_s16le", "vorbis", "flac", "pcm_mulaw", "pcm_alaw"}
+
+
+class SinkStartError(LkmediaError):
+    """One input of a sink never started while the others did."""
 
 
 class PacketSink(Sink):
@@ -84,22 +88,57 @@ class PacketSink(Sink):
         self._count(packets)
         self.write(packets)
 
+    #: How much media may queue on one input while another has not started yet.
+    max_start_skew = 20.0
+    max_start_packets = 5000
+
+    async def _first_packets(
+        self, ports: list[Any]
+    ) -> tuple[dict[Any, Any], list[av.Packet]] | None:
+        """Read all inputs at once until each has delivered its first packet (or EOS).
+
+        Reading one input at a time deadlocks: an encoder with a delay waits for frames
+        that its source cannot send while a sibling edge to this sink is full.
+        Returns the template stream per input and the packets read so far, in order.
+        """
+        templates: dict[Any, Any] = {}
+        early: list[av.Packet] = []
+        live = list(ports)
+        rr = 0
+        lo = hi = None
+        while live and any(p not in templates for p in live):
+            port, item = await get_any(live, rr)
+            rr += 1
+            if item is EOS:
+                live.remove(port)
+                continue
+            templates.setdefault(port, item.stream)
+            early.append(item)
+            if item.pts is not None and item.time_base is not None:
+                t = float(item.pts * item.time_base)
+                lo = t if lo is None else min(lo, t)
+                hi = t if hi is None else max(hi, t)
+            span = (hi - lo) if lo is not None and hi is not None else 0.0
+            if len(early) > self.max_start_packets or span > self.max_start_skew:
+                waiting = ", ".join(repr(p.upstream) for p in live if p not in templates)
+                raise SinkStartError(
+                    f"{self.name}: no media from {waiting} while {span:.1f} s arrived on the other inputs"
+                )
+        if not early:
+            return None
+        return templates, early
+
     async def run(self) -> None:
         ports = list(self.inputs.values())
-        firsts: list[av.Packet] = []
-        templates: dict[Any, Any] = {}
-        for p in ports:
-            item = await p.get()
-            if item is not EOS:
-                firsts.append(item)
-                templates[p] = item.stream
-        live = [p for p in ports if not p.eos]
-        if not firsts:
+        early = await self._first_packets(ports)
+        if early is None:
             log.warning("%s: no media arrived, nothing written", self.name)
             return
+        templates, firsts = early
+        live = [p for p in ports if not p.eos]
         opened = False
         try:
-            await self.offload(self.open, [pk.stream for pk in firsts])
+            await self.offload(self.open, [templates[p] for p in ports if p in templates])
             opened = True
             await self.offload(self._write, firsts)
             rr = 0
