@@ -153,6 +153,7 @@ class AudioMixer(Node):
         self.live = live
         self.latency = latency
         self.time_base = Fraction(1, sample_rate)
+        self._fmt, self._layout = av.AudioFormat("s16"), av.AudioLayout(self.layout)  # parsed once
         self.add_output("out", Caps("audio", sample_rate=sample_rate, layout=self.layout, sample_fmt="s16"))
         self._tol = max(1, sample_rate // 1000)  # 1 ms of jitter counts as contiguous
         self._states: dict[str, _Input] = {}
@@ -366,11 +367,11 @@ class AudioMixer(Node):
         self._head = (h + n) % cap
         src = memoryview(pcm).cast("B")
         bpf, F = 2 * self.channels, self.frame
-        sr, tb, layout = self.sample_rate, self.time_base, self.layout
+        sr, tb, fmt, layout = self.sample_rate, self.time_base, self._fmt, self._layout
         out: list[av.AudioFrame] = []
         for k in range(0, n, F):
             m = min(F, n - k)
-            f = av.AudioFrame(format="s16", layout=layout, samples=m)
+            f = av.AudioFrame(format=fmt, layout=layout, samples=m)
             memoryview(f.planes[0])[:m * bpf] = src[k * bpf:(k + m) * bpf]
             f.sample_rate = sr
             f.pts = t0 + k
