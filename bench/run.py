@@ -295,14 +295,20 @@ def bench_mix(ctx: Ctx) -> list[Row]:
         row.status = _fail(m, "mix workload")
         return [row]
     r = m.report
-    row.lkmedia = round(r["media_seconds"] / r["run_cpu"], 1)
-    net = r["run_cpu"] - r["baseline_cpu"]
-    row.note = (f"whole graph run (16 replaying sources + mixer + sink, process_time); mixer alone "
-                f"(minus the same graph without it): {r['media_seconds'] / net:.0f}x" if net > 0 else "")
+    # The goal is about the mix itself: the mixer node's CPU (its loop and its worker
+    # thread), timed per node in the same run. The whole graph is reported beside it.
+    row.metric = f"AudioMixer, {n} inputs of 48 kHz stereo: media seconds / mixer CPU seconds"
+    row.lkmedia = round(r["media_seconds"] / r["mixer_cpu"], 1)
+    row.note = f"mixer CPU {r['mixer_cpu'] * 1000:.0f} ms for {r['media_seconds']:g} s"
     want = round(r["media_seconds"] * 100)  # 10 ms windows
     if abs(r["out_frames"] - want) > 2:
         row.note += f"; output has {r['out_frames']} frames, expected {want}"
-    return [row.judge()]
+        row.status = "fail: wrong output length"
+        return [row]
+    whole = Row("mix/graph", f"{n} replaying sources + mixer + sink: media seconds / CPU seconds",
+                "x realtime", lkmedia=round(r["media_seconds"] / r["run_cpu"], 1), status="info",
+                note=f"sources {r['sources_cpu'] * 1000:.0f} ms, sink {r['sink_cpu'] * 1000:.0f} ms")
+    return [row.judge(), whole]
 
 
 #: name -> (benchmark, lkmedia modules it needs; missing ones make it "skipped").
