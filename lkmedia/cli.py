@@ -26,6 +26,7 @@ from typing import Any, NoReturn, TextIO
 from . import __version__
 from .core import Graph, GraphError, LkmediaError, NodeError, Source
 from .graphspec import GraphSpecError, LoadedGraph, graph_from_yaml, load_graph
+from .redact import redact_text
 
 log = logging.getLogger("lkmedia.cli")
 
@@ -83,13 +84,7 @@ def setup_logging(level: str, json_log: bool, debug: bool, stream: TextIO | None
     root.setLevel("DEBUG" if debug else level.upper())
 
 
-_SECRET_PARAM = re.compile(r"((?:streamid|passphrase|token|key|access_token|secret)=)[^&\s'\"]+", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """Hide stream keys (the last path element of a streaming URL) and secret parameters."""
-    text = _SECRET_PARAM.sub(r"\1{redacted}", text)
-    return re.sub(r"\b((?:rtmps?)://[^\s'\"/]+/[^\s'\"/]+/)[^\s'\"]+", r"\1{redacted}", text)
+redact = redact_text
 
 
 # -- running a graph ------------------------------------------------------------

@@ -11,7 +11,24 @@ from .graph import Graph
 from .node import InputPort, Node, OutputPort, Processor, Sink, Source, clone_packet, get_any
 
 __all__ = [
-    "BuildError", "Caps", "Clock", "EOS", "Edge", "Gap", "Graph", "GraphError", "InputPort",
-    "LinkError", "LkmediaError", "Node", "NodeError", "OutputPort", "Policy", "Processor",
-    "Sink", "Source", "clone_packet", "get_any",
+    "EOS",
+    "BuildError",
+    "Caps",
+    "Clock",
+    "Edge",
+    "Gap",
+    "Graph",
+    "GraphError",
+    "InputPort",
+    "LinkError",
+    "LkmediaError",
+    "Node",
+    "NodeError",
+    "OutputPort",
+    "Policy",
+    "Processor",
+    "Sink",
+    "Source",
+    "clone_packet",
+    "get_any",
 ]

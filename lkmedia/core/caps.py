@@ -26,7 +26,7 @@ class Caps:
     layout: str | None = None
     sample_fmt: str | None = None
 
-    def with_(self, **kw: Any) -> "Caps":
+    def with_(self, **kw: Any) -> Caps:
         return replace(self, **kw)
 
     def describe(self) -> str:

@@ -33,14 +33,23 @@ class Edge:
     """
 
     __slots__ = (
-        "src", "dst", "capacity", "policy", "_q", "_getter", "_putters",
-        "closed", "eos_sent", "dropped", "passed",
+        "_getter",
+        "_putters",
+        "_q",
+        "capacity",
+        "closed",
+        "dropped",
+        "dst",
+        "eos_sent",
+        "passed",
+        "policy",
+        "src",
     )
 
     def __init__(
         self,
-        src: "OutputPort | None",
-        dst: "InputPort | None",
+        src: OutputPort | None,
+        dst: InputPort | None,
         capacity: int = 8,
         policy: Policy = Policy.BLOCK,
     ) -> None:

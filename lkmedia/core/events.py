@@ -8,9 +8,9 @@ class _Eos:
     """End of stream: the last item an edge ever carries."""
 
     __slots__ = ()
-    _instance: "_Eos | None" = None
+    _instance: _Eos | None = None
 
-    def __new__(cls) -> "_Eos":
+    def __new__(cls) -> _Eos:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance

@@ -4,7 +4,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .clock import Clock
 from .edge import Edge, Policy
@@ -123,7 +124,7 @@ class Graph:
             raise BuildError(f"the graph has a cycle through {', '.join(stuck)}")
         return order
 
-    def build(self) -> "Graph":
+    def build(self) -> Graph:
         if not self.nodes:
             raise BuildError("the graph has no nodes")
         order = self.topo_order()
@@ -276,7 +277,7 @@ class Graph:
     def stats(self) -> dict[str, dict[str, Any]]:
         return {name: n.stats() for name, n in self.nodes.items()}
 
-    async def __aenter__(self) -> "Graph":
+    async def __aenter__(self) -> Graph:
         return self
 
     async def __aexit__(self, et: Any, ev: Any, tb: Any) -> None:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import av
 
 from .caps import Caps
 from .edge import Edge, Policy
-from .events import EOS
 from .errors import LinkError
+from .events import EOS
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -40,9 +41,9 @@ def clone_packet(p: av.Packet) -> av.Packet:
 
 
 class OutputPort:
-    __slots__ = ("node", "name", "caps", "edges", "emitted")
+    __slots__ = ("caps", "edges", "emitted", "name", "node")
 
-    def __init__(self, node: "Node", name: str, caps: Caps | None = None) -> None:
+    def __init__(self, node: Node, name: str, caps: Caps | None = None) -> None:
         self.node = node
         self.name = name
         self.caps = caps
@@ -88,11 +89,11 @@ class OutputPort:
 
 
 class InputPort:
-    __slots__ = ("node", "name", "accepts", "edge", "policy", "capacity", "eos", "meta")
+    __slots__ = ("accepts", "capacity", "edge", "eos", "meta", "name", "node", "policy")
 
     def __init__(
         self,
-        node: "Node",
+        node: Node,
         name: str,
         accepts: Callable[[Caps], str | None] | None = None,
         policy: Policy = Policy.BLOCK,
@@ -163,7 +164,7 @@ class Node:
         self.name = name
         self.inputs: dict[str, InputPort] = {}
         self.outputs: dict[str, OutputPort] = {}
-        self.graph: "Graph | None" = None
+        self.graph: Graph | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.failed: BaseException | None = None
         self.finished = False
@@ -403,7 +404,7 @@ class Source(Node):
         try:
             await asyncio.wait_for(self._stop_event.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
 

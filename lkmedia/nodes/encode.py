@@ -7,8 +7,9 @@ so one encode can feed MP4, MPEG-TS, FLV and WebM muxers at once.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from fractions import Fraction
-from typing import Any, Iterable
+from typing import Any
 
 import av
 from av.audio.resampler import AudioResampler

@@ -165,7 +165,7 @@ class PacketSink(Sink):
                 # abort() runs on the sink thread, after any write still in progress there.
                 try:
                     await asyncio.wait_for(asyncio.shield(self.offload(self.abort)), 10)
-                except (asyncio.CancelledError, asyncio.TimeoutError):
+                except (TimeoutError, asyncio.CancelledError):
                     log.error("%s: abort did not complete", self.name)
                 except Exception:
                     log.exception("%s: abort failed", self.name)

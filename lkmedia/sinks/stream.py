@@ -28,6 +28,7 @@ import av
 
 from ..core import EOS, Caps, InputPort, Sink, clone_packet, get_any
 from ..core.errors import LkmediaError
+from ..redact import redact_key
 
 log = logging.getLogger("lkmedia.sinks.stream")
 
@@ -52,14 +53,6 @@ class StreamURLError(LkmediaError, ValueError):
 
 class StreamFailed(LkmediaError, ConnectionError):
     """Every destination of a StreamSink failed (ends that sink's branch only)."""
-
-
-def redact_key(key: str) -> str:
-    """LiveKit's RedactIdentifier: a few first and last characters, the rest hidden."""
-    for n in (3, 2, 1):
-        if len(key) >= n * 3:
-            return f"{{{key[:n]}...{key[-n:]}}}"
-    return "{...}"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import json
 import logging
 from collections import deque
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import av
 from av.audio.resampler import AudioResampler
@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from ..core import EOS, Caps, Gap, LkmediaError, Sink
+from ..redact import redact_url
 
 log = logging.getLogger("lkmedia.sinks.websocket")
 
@@ -29,20 +30,6 @@ CONTENT_TYPE = "audio/x-raw"  # egress types.MimeTypeRawAudio
 
 class WebSocketError(LkmediaError):
     """The WebSocket destination could not be reached or was lost for good."""
-
-
-def redact_url(url: str) -> str:
-    """The URL without credentials or query (tokens live there): safe for logs."""
-    try:
-        u = urlsplit(url)
-        host = u.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        if u.port:
-            host += f":{u.port}"
-    except ValueError:
-        return "<invalid url>"
-    return urlunsplit((u.scheme, host, u.path, "", "")) + ("?<redacted>" if u.query else "")
 
 
 def _mute_message(muted: bool) -> str:

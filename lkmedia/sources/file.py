@@ -13,13 +13,13 @@ import os
 from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
-from urllib.parse import urlsplit
 
 import av
 
 from ..core import BuildError, Caps, LinkError, LkmediaError, OutputPort, Source
 from ..core.memory import tune_malloc
 from ..nodes.decode import VIDEO_TIME_BASE, Retimer, codec_name
+from ..redact import redact_url
 
 log = logging.getLogger("lkmedia.sources.file")
 
@@ -38,24 +38,6 @@ class SourceOpenError(BuildError):
 class SourceReadError(LkmediaError, OSError):
     """The input failed while being read (too much corrupt data, connection lost).
     An OSError too: the graph reports it without a traceback, like other I/O errors."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` fit for logs and errors: no password, no query string, no RTMP stream key."""
-    parts = urlsplit(url)
-    if len(parts.scheme) <= 1 or parts.scheme == "file":  # a local path (or C:\...)
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    if parts.username or parts.password:
-        host = f"***@{host}"
-    path = parts.path
-    segs = path.split("/")
-    if parts.scheme in _RTMP_SCHEMES and len([s for s in segs if s]) >= 2:
-        segs[-1] = "***"  # rtmp://host/app/<stream key>
-        path = "/".join(segs)
-    return f"{parts.scheme}://{host}{path}" + ("?***" if parts.query else "")
 
 
 def _reason(e: BaseException, timeout: float) -> str:

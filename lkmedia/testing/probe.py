@@ -92,7 +92,7 @@ def playable_seconds(path: str) -> float:
     return last
 
 
-def flash_times(path: str, threshold: float = 200.0) -> list[float]:
+def flash_times(path: str, threshold: float = 175.0) -> list[float]:
     """Times of the first bright frame of each flash (mean luma above ``threshold``)."""
     times: list[float] = []
     prev = False

@@ -34,7 +34,7 @@ def test_overhead_and_mix_write_json(tmp_path: Path) -> None:
     assert res["versions"]["pyav"]
     assert res["versions"]["ffmpeg_cli"] is None or "ffmpeg" in res["versions"]["ffmpeg_cli"]
     rows = {r["name"]: r for r in res["results"]}
-    assert set(rows) == {"overhead", "mix"}
+    assert set(rows) == {"overhead", "mix", "mix/graph"}
     for r in rows.values():
         assert set(r) == ROW_FIELDS
         assert r["status"] in ("pass", "fail", "info") or r["status"].startswith("skipped: "), r

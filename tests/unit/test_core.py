@@ -7,7 +7,17 @@ from typing import Any
 import pytest
 
 from lkmedia.core import (
-    EOS, BuildError, Caps, Edge, Graph, GraphError, LinkError, Policy, Processor, Sink, Source,
+    EOS,
+    BuildError,
+    Caps,
+    Edge,
+    Graph,
+    GraphError,
+    LinkError,
+    Policy,
+    Processor,
+    Sink,
+    Source,
 )
 
 
