@@ -14,7 +14,7 @@ from typing import Any
 import av
 import pytest
 
-import lkmedia.sinks.stream as stream_mod
+import lkmedia.sinks.stream_url as stream_mod
 from lkmedia.core import Graph
 from lkmedia.nodes.encode import AudioEncoder, VideoEncoder
 from lkmedia.sinks.file import FileSink
