@@ -27,6 +27,9 @@ a number); quote it where the value may hold YAML syntax.
 Output paths are relative to the output directory (``out_dir``, else the YAML file's
 directory) and may not contain ``..``; input paths are relative to the YAML file's
 directory. Outputs are checked for writability and inputs for readability at load.
+A file sink's path may be a LiveKit filename template ({room_name}-{time}.mp4, or "dir/"),
+filled from the top-level ``fields`` mapping; it can never resolve outside the output
+directory.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ import yaml
 
 from .core import Graph, LkmediaError, Node
 from .core.errors import BuildError, LinkError
+from .sinks.template import render_filename
 
 
 class GraphSpecError(LkmediaError):
@@ -87,7 +91,7 @@ REGISTRY: dict[str, NodeType] = {
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-_TOP_KEYS = {"nodes", "links"}
+_TOP_KEYS = {"nodes", "links", "fields"}
 
 
 @dataclass
@@ -142,7 +146,10 @@ def graph_from_yaml(
                              f"(expected {', '.join(sorted(_TOP_KEYS))})")
     base = Path(base_dir).resolve()
     out = Path(out_dir).resolve() if out_dir is not None else base
-    builder = _Builder(source, base, out)
+    fields = doc.get("fields") or {}
+    if not isinstance(fields, dict):
+        raise GraphSpecError(f"{source}: 'fields' must be a mapping like {{room_name: demo}}")
+    builder = _Builder(source, base, out, {str(k): None if v is None else str(v) for k, v in fields.items()})
     return builder.build(doc.get("nodes"), doc.get("links"))
 
 
@@ -204,10 +211,11 @@ def substitute(text: str, lookup: _Lookup, source: str) -> str:
 
 
 class _Builder:
-    def __init__(self, source: str, base: Path, out: Path) -> None:
+    def __init__(self, source: str, base: Path, out: Path, fields: dict[str, str | None] | None = None) -> None:
         self.source = source
         self.base = base
         self.out = out
+        self.fields = fields or {}
         self.graph = Graph()
         self.outputs: dict[str, list[Path]] = {}
 
@@ -287,6 +295,13 @@ class _Builder:
             v = args.get(key)
             if not isinstance(v, (str, os.PathLike)) or _is_url(str(v)):
                 continue
+            if key in spec.files and ("{" in str(v) or str(v).endswith("/")):
+                # A LiveKit filename template: {room_name}-{time}.mp4, or a directory "rec/".
+                ext = str(args.get("format") or Path(str(v)).suffix or "mp4")
+                try:
+                    v = render_filename(str(v), self.fields, ext, str(self.out))
+                except ValueError as e:
+                    raise self.err(f"node {name!r}: {e}") from None
             rel = Path(v)
             if ".." in rel.parts:
                 raise self.err(f"node {name!r}: output path {str(v)!r} contains '..'; "

@@ -153,3 +153,35 @@ def test_custom_class_by_import_path(tmp_path: Path) -> None:
     loaded = graph_from_yaml(text, base_dir=tmp_path, env={})
     assert type(loaded.graph.nodes["src"]).__name__ == "SyntheticSource"
     assert "is not available" in spec_error(text.replace("sources.synthetic", "sources.nothing"), tmp_path)
+
+
+TEMPLATED = """
+fields: {room_name: standup, room_id: RM_1}
+nodes:
+  src: {type: synthetic, width: 64, height: 48, duration: 1, audio: false}
+  venc: {type: video_encoder, width: 64, height: 48, bitrate: 100000}
+  mp4: {type: file, path: "PATH"}
+links:
+  - [src.video, venc, mp4]
+"""
+
+
+def test_output_paths_take_livekit_filename_templates(tmp_path: Path) -> None:
+    loaded = graph_from_yaml(TEMPLATED.replace("PATH", "rec/{room_name}-{room_id}-{time}.mkv"),
+                             base_dir=tmp_path, env={})
+    (out,) = loaded.outputs["mp4"]
+    assert out.parent == tmp_path / "rec" and out.name.startswith("standup-RM_1-")
+    assert out.suffix == ".mkv"  # the container given by the extension is kept
+    loaded = graph_from_yaml(TEMPLATED.replace("PATH", "rec/"), base_dir=tmp_path, env={})
+    (out,) = loaded.outputs["mp4"]
+    assert out.parent == tmp_path / "rec" and out.name.startswith("standup-") and out.suffix == ".mp4"
+
+
+@pytest.mark.parametrize("path,needle", [
+    ("{room_name}/../../../etc/x.mp4", "escapes the output directory"),
+    ("/tmp/{room_name}.mp4", "escapes the output directory"),
+    ("{room}.mp4", "room"),
+])
+def test_template_traversal_and_typos_are_refused(tmp_path: Path, path: str, needle: str) -> None:
+    msg = spec_error(TEMPLATED.replace("PATH", path), tmp_path)
+    assert "'mp4'" in msg and needle in msg
