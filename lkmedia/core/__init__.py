@@ -8,7 +8,7 @@ from .edge import Edge, Policy
 from .errors import BuildError, GraphError, LinkError, LkmediaError, NodeError
 from .events import EOS, Gap
 from .graph import Graph
-from .node import InputPort, Node, OutputPort, Processor, Sink, Source, clone_packet, get_any
+from .node import InputPort, InputWaiter, Node, OutputPort, Processor, Sink, Source, clone_packet, get_any
 
 __all__ = [
     "EOS",
@@ -20,6 +20,7 @@ __all__ = [
     "Graph",
     "GraphError",
     "InputPort",
+    "InputWaiter",
     "LinkError",
     "LkmediaError",
     "Node",

@@ -302,6 +302,41 @@ async def get_any(ports: list[InputPort], start: int = 0) -> tuple[InputPort, An
                     e._getter = None
 
 
+class InputWaiter:
+    """Sleep until an item arrives on one of some input ports, or ``poke()`` (an input
+    joined, stop was asked), or a timeout. For aggregators whose inputs come and go."""
+
+    def __init__(self) -> None:
+        self._fut: asyncio.Future[None] | None = None
+
+    def poke(self) -> None:
+        if self._fut is not None and not self._fut.done():
+            self._fut.set_result(None)
+
+    async def wait(self, ports: list[InputPort], timeout: float | None = None) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._fut = fut
+        edges = [p.edge for p in ports if p.edge is not None]
+        for e in edges:
+            if len(e):
+                fut.set_result(None)
+                break
+            e._getter = fut  # the wake-up hook get_any uses too
+        try:
+            if not fut.done():
+                if timeout is None:
+                    await fut
+                else:
+                    await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._fut = None
+            for e in edges:
+                if e._getter is fut:
+                    e._getter = None
+
+
 def check_port(port: InputPort) -> None:
     caps = port.caps
     if port.accepts is None or caps is None:

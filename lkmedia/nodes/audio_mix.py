@@ -13,7 +13,6 @@ counted in ``late_dropped``; what never arrived is silence.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from fractions import Fraction
 from typing import Any
@@ -22,7 +21,7 @@ import av
 import numpy as np
 from av.audio.resampler import AudioResampler
 
-from ..core import EOS, Caps, Gap, Node
+from ..core import EOS, Caps, Gap, InputWaiter, Node
 from ..core.node import InputPort
 
 _AudioFrame = av.AudioFrame
@@ -49,41 +48,6 @@ def _to_samples(pts: int, tb: Fraction, rate: int) -> int:
     if num == 1 and den == rate:
         return pts
     return (2 * pts * num * rate + den) // (2 * den)
-
-
-class InputWaiter:
-    """Sleep until an item arrives on one of some input ports, or ``poke()`` (an input
-    joined, stop was asked), or a timeout. For aggregators whose inputs come and go."""
-
-    def __init__(self) -> None:
-        self._fut: asyncio.Future[None] | None = None
-
-    def poke(self) -> None:
-        if self._fut is not None and not self._fut.done():
-            self._fut.set_result(None)
-
-    async def wait(self, ports: list[InputPort], timeout: float | None = None) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        self._fut = fut
-        edges = [p.edge for p in ports if p.edge is not None]
-        for e in edges:
-            if len(e):
-                fut.set_result(None)
-                break
-            e._getter = fut  # the wake-up hook core.node.get_any uses too
-        try:
-            if not fut.done():
-                if timeout is None:
-                    await fut
-                else:
-                    await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            pass
-        finally:
-            self._fut = None
-            for e in edges:
-                if e._getter is fut:
-                    e._getter = None
 
 
 class _Input:

@@ -24,10 +24,9 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from ..core import EOS, Caps, Gap, Node
+from ..core import EOS, Caps, Gap, InputWaiter, Node
 from ..core.edge import Policy
 from ..core.node import InputPort
-from .audio_mix import InputWaiter
 
 log = logging.getLogger("lkmedia.nodes.compose")
 
