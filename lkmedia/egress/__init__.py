@@ -1,0 +1,1 @@
+"""LiveKit egress: requests -> validated config -> graph recipes."""

@@ -1,0 +1,34 @@
+"""Errors with the psrpc codes and messages the Go egress uses, so callers see the same."""
+from __future__ import annotations
+
+from ..core.errors import LkmediaError
+
+
+class EgressError(LkmediaError):
+    """An error that reaches the API caller (and EgressInfo.error) with a psrpc code."""
+
+    code = "internal"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(EgressError):
+    code = "invalid_argument"
+
+
+def invalid_input(field: str) -> InvalidRequest:
+    return InvalidRequest(f"request has missing or invalid field: {field}")
+
+
+def incompatible(fmt: str, codec: str) -> InvalidRequest:
+    return InvalidRequest(f"format {fmt} incompatible with codec {codec}")
+
+
+def not_supported(feature: str) -> InvalidRequest:
+    return InvalidRequest(f"{feature} is not yet supported")
+
+
+NO_COMPATIBLE_CODEC = "no supported codec is compatible with all outputs"
