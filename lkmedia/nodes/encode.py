@@ -61,6 +61,7 @@ class VideoEncoder(Processor):
         speed: str = "veryfast",
         threads: int = 0,
         options: dict[str, str] | None = None,
+        size_from_input: bool = False,
         name: str | None = None,
         capacity: int = 4,
         policy: Policy = Policy.BLOCK,
@@ -89,6 +90,8 @@ class VideoEncoder(Processor):
         self.speed = speed
         self.threads = threads
         self.options = dict(options or {})
+        #: Keep the size of the first frame (track egress records a track as it is sent).
+        self.size_from_input = size_from_input
         self.outputs["out"].caps = Caps("video", True, self.codec, self.width, self.height, self.fps)
         self._container: Any = None
         self.stream: Any = None
@@ -104,7 +107,8 @@ class VideoEncoder(Processor):
         return None
 
     async def setup(self) -> None:
-        await self.offload(self._open)
+        if not self.size_from_input:
+            await self.offload(self._open)
 
     def _open(self) -> None:
         gop = max(1, round(float(self.fps) * self.keyframe_interval))
@@ -142,6 +146,8 @@ class VideoEncoder(Processor):
         if isinstance(frame, Gap):
             return ()
         if self.stream is None:
+            if self.size_from_input:
+                self.width, self.height = frame.width & ~1, frame.height & ~1
             self._open()
         self.frames_in += 1
         if frame.width != self.width or frame.height != self.height or frame.format.name != "yuv420p":

@@ -1,0 +1,150 @@
+"""Layer three: a validated EgressConfig -> the graph that records or streams it.
+
+Sources are not made here: the job links them (LiveKit tracks, or synthetic media in
+tests) to ``Recipe.video_in`` / ``Recipe.audio_in`` (or to ``Recipe.mixer`` for an
+audio-only room composite, where tracks come and go). Everything downstream of the
+raw frames is built here: one encode per media feeding every output (STYLE point 5's
+error scope: a failed RTMP URL ends only its branch; the file beside it continues).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+
+from ..core import Graph, Node, Sink
+from ..nodes.audio_mix import AudioMixer
+from ..nodes.encode import AudioEncoder, VideoEncoder
+from ..nodes.tee import Tee
+from ..sinks.file import FileSink
+from ..sinks.images import ImageSink
+from ..sinks.segments import HLSSink
+from ..sinks.stream import StreamSink
+from ..sinks.template import render_filename
+from ..sinks.websocket import WebSocketSink
+from .config import EgressConfig
+
+#: Track egress keeps the track's codec family: Opus -> OGG, VP8/VP9 -> WebM, H.264 -> MP4.
+#: livekit.rtc hands us decoded frames, so the codec is re-encoded (cost measured in bench/).
+TRACK_FORMATS = {"opus": ("ogg", "opus"), "vp8": ("webm", "libvpx"), "vp9": ("webm", "libvpx-vp9"),
+                 "h264": ("mp4", "libx264"), "av1": ("mp4", "libx264"), "pcmu": ("ogg", "opus"),
+                 "pcma": ("ogg", "opus")}
+
+
+@dataclass
+class Recipe:
+    graph: Graph
+    sinks: dict[str, Sink] = field(default_factory=dict)
+    video_in: Node | None = None
+    audio_in: Node | None = None
+    mixer: AudioMixer | None = None
+    encoders: dict[str, Node] = field(default_factory=dict)
+
+
+def filename_fields(cfg: EgressConfig, identity: str = "", track: dict[str, str] | None = None) -> dict[str, str | None]:
+    t = track or {}
+    return {"room_name": cfg.room_name, "room_id": cfg.room_id, "publisher_identity": identity or cfg.identity,
+            "track_id": t.get("track_id", cfg.track_id), "track_type": t.get("track_type"),
+            "track_source": t.get("track_source")}
+
+
+def build_recipe(
+    cfg: EgressConfig,
+    out_dir: str,
+    *,
+    live: bool = True,
+    track_codec: str | None = None,
+    track_kind: str | None = None,
+    fields: dict[str, str | None] | None = None,
+    now: dt.datetime | None = None,
+) -> Recipe:
+    """The graph for ``cfg``, writing local files under ``out_dir``. For a track egress,
+    ``track_codec`` (opus, vp8, h264 ...) and ``track_kind`` (audio|video) say what the
+    subscribed track is."""
+    g = Graph()
+    r = Recipe(g)
+    f = fields or filename_fields(cfg)
+    os.makedirs(out_dir, exist_ok=True)
+    if cfg.request_type == "track":
+        _track(cfg, r, out_dir, f, now, track_codec, track_kind)
+        return r
+    e = cfg.encoding
+    if cfg.video_enabled:
+        r.video_in = g.add(Tee(name="video"))
+        if cfg.file or cfg.segments or cfg.stream:
+            venc = VideoEncoder("libx264", width=e.width, height=e.height, fps=e.fps,
+                                bitrate=e.video_bitrate * 1000, keyframe_interval=e.keyframe_interval or None,
+                                profile=e.profile, name="video_encoder")
+            g.link(r.video_in, venc)
+            r.encoders["video"] = venc
+    if cfg.audio_enabled:
+        if cfg.request_type == "room_composite":
+            r.mixer = AudioMixer(sample_rate=48_000, channels=2, live=live, name="mixer")
+            r.audio_in = g.add(r.mixer)
+        else:
+            r.audio_in = g.add(Tee(name="audio"))
+        codec = e.audio_codec or "aac"
+        rate = 48_000 if codec == "opus" else e.audio_frequency
+        aenc = AudioEncoder(codec, bitrate=e.audio_bitrate * 1000, sample_rate=rate, name="audio_encoder")
+        g.link(r.audio_in, aenc)
+        r.encoders["audio"] = aenc
+    if cfg.file is not None:
+        path = render_filename(cfg.file.filepath, f, cfg.file.file_type or "mp4", out_dir, now=now)
+        _add_sink(r, "file", FileSink(path, name="file"))
+    if cfg.segments is not None:
+        s = cfg.segments
+        prefix_path = render_filename(s.filename_prefix or "", f, ".ts", out_dir, now=now)
+        directory, prefix = os.path.split(prefix_path[: -len(".ts")])
+        playlist = s.playlist_name or f"{prefix}.m3u8"
+        playlist = os.path.basename(render_filename(playlist, f, ".m3u8", out_dir, now=now))
+        live_pl = os.path.basename(render_filename(s.live_playlist_name, f, ".m3u8", out_dir, now=now)) \
+            if s.live_playlist_name else None
+        _add_sink(r, "segments", HLSSink(directory, filename_prefix=prefix, playlist_name=playlist,
+                                         live_playlist_name=live_pl, segment_duration=float(s.segment_duration),
+                                         suffix=s.suffix, name="segments"))
+    if cfg.stream is not None:
+        _add_sink(r, "stream", StreamSink(cfg.stream.urls, name="stream"))
+    for i, img in enumerate(cfg.images):
+        prefix_path = render_filename(img.filename_prefix or "", f, ".jpeg", out_dir, now=now)
+        directory, prefix = os.path.split(prefix_path[: -len(".jpeg")])
+        sink = ImageSink(directory, filename_prefix=prefix, capture_interval=float(img.capture_interval),
+                         width=img.width or None, height=img.height or None, suffix=img.suffix, name=f"images{i}")
+        g.link(r.video_in, sink)  # type: ignore[arg-type]
+        r.sinks[f"images{i}"] = sink
+    return r
+
+
+def _add_sink(r: Recipe, key: str, sink: Sink) -> None:
+    for enc in r.encoders.values():
+        r.graph.link(enc, sink)
+    r.sinks[key] = sink
+
+
+def _track(cfg: EgressConfig, r: Recipe, out_dir: str, f: dict[str, str | None], now: dt.datetime | None,
+           codec: str | None, kind: str | None) -> None:
+    g = r.graph
+    if cfg.websocket is not None:
+        if kind != "audio":
+            raise ValueError("websocket output takes an audio track")
+        r.audio_in = g.add(Tee(name="audio"))
+        sink = WebSocketSink(cfg.websocket.urls[0], name="websocket")
+        g.link(r.audio_in, sink)
+        r.sinks["websocket"] = sink
+        return
+    assert cfg.file is not None
+    fmt, encoder = TRACK_FORMATS.get((codec or "").lower(), ("mp4", "libx264") if kind == "video" else ("ogg", "opus"))
+    cfg.file.file_type = fmt
+    path = render_filename(cfg.file.filepath, f, fmt, out_dir, now=now)
+    tee = g.add(Tee(name=kind or "media"))
+    if kind == "video":
+        r.video_in = tee
+        enc: Node = VideoEncoder(encoder, width=cfg.encoding.width, height=cfg.encoding.height,
+                                 fps=cfg.encoding.fps, bitrate=cfg.encoding.video_bitrate * 1000,
+                                 size_from_input=True, name="video_encoder")
+        r.encoders["video"] = enc
+    else:
+        r.audio_in = tee
+        enc = AudioEncoder("opus" if encoder == "opus" else encoder, sample_rate=48_000, name="audio_encoder")
+        r.encoders["audio"] = enc
+    g.link(tee, enc)
+    _add_sink(r, "file", FileSink(path, name="file"))

@@ -1,0 +1,77 @@
+"""Config -> recipe -> graph, driven by synthetic sources; outputs probed, EgressInfo filled."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import pytest
+from livekit.protocol import egress as lk
+
+from lkmedia.egress.config import egress_config
+from lkmedia.egress.info import fill_results
+from lkmedia.egress.recipe import build_recipe
+from lkmedia.sources.synthetic import SyntheticSource
+from lkmedia.testing.probe import av_offsets, decode_errors, probe
+
+NOW = dt.datetime(2026, 11, 21, 6, 0, 0, tzinfo=dt.timezone.utc)
+
+
+async def test_participant_recipe_writes_mp4_hls_and_images(tmp_path: Path) -> None:
+    req = lk.ParticipantEgressRequest(
+        room_name="standup", identity="alice",
+        advanced=lk.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=800),
+        file_outputs=[lk.EncodedFileOutput(filepath="{room_name}/{publisher_identity}-{time}.mp4")],
+        segment_outputs=[lk.SegmentedFileOutput(filename_prefix="{room_name}/hls/seg", playlist_name="index.m3u8",
+                                                segment_duration=2)],
+        image_outputs=[lk.ImageOutput(capture_interval=1, width=320, height=180, filename_prefix="{room_name}/img")])
+    cfg = egress_config("EG_test", "RM_1", req)
+    r = build_recipe(cfg, str(tmp_path), live=False, now=NOW)
+    src = SyntheticSource(width=640, height=360, fps=30, duration=4)
+    r.graph.link(src.out("video"), r.video_in)  # type: ignore[arg-type]
+    r.graph.link(src.out("audio"), r.audio_in)  # type: ignore[arg-type]
+    assert not await r.graph.run()
+    info = lk.EgressInfo(egress_id="EG_test")
+    fill_results(info, r)
+    (f,) = info.file_results
+    assert f.location == str(tmp_path / "standup" / "alice-2026-11-21T060000.mp4")
+    p = probe(f.location)
+    assert p.stream("video").frames == 120 and p.stream("audio").codec == "aac"
+    assert f.duration / 1e9 == pytest.approx(4.0, abs=0.2) and f.size == os.path.getsize(f.location)
+    assert all(abs(o) <= 0.02 for o in av_offsets(f.location))
+    (s,) = info.segment_results
+    assert s.segment_count == 2 and s.playlist_name == "index.m3u8"
+    assert s.duration / 1e9 == pytest.approx(4.0, abs=0.2) and decode_errors(s.playlist_location) == ""
+    (i,) = info.image_results
+    assert i.image_count == 4 and i.filename_prefix == "img"
+    assert (tmp_path / "standup" / "img_00000.jpeg").exists()
+
+
+async def test_audio_only_room_composite_mixes_tracks_into_ogg(tmp_path: Path) -> None:
+    req = lk.RoomCompositeEgressRequest(room_name="r", audio_only=True,
+                                        file_outputs=[lk.EncodedFileOutput(filepath="mix")])
+    cfg = egress_config("EG_2", "", req)
+    r = build_recipe(cfg, str(tmp_path), live=False, now=NOW)
+    assert r.mixer is not None and cfg.file is not None and cfg.file.file_type == "ogg"
+    for k in range(2):
+        src = SyntheticSource(video=False, duration=3, name=f"p{k}")
+        r.graph.link(src.out("audio"), r.mixer)
+    await r.graph.run()
+    info = lk.EgressInfo()
+    fill_results(info, r)
+    p = probe(info.file_results[0].location)
+    assert info.file_results[0].filename == "mix.ogg" and p.stream("audio").codec == "opus"
+    assert p.duration == pytest.approx(3.0, abs=0.2) and not p.has("video")
+
+
+@pytest.mark.parametrize("codec,fmt,vcodec", [("vp8", "webm", "vp8"), ("h264", "mp4", "h264")])
+async def test_track_egress_keeps_the_codec_family_and_size(tmp_path: Path, codec: str, fmt: str, vcodec: str) -> None:
+    cfg = egress_config("EG_3", "", lk.TrackEgressRequest(room_name="r", track_id="TR_v",
+                                                          file=lk.DirectFileOutput(filepath="t/{track_id}")))
+    r = build_recipe(cfg, str(tmp_path), live=False, track_codec=codec, track_kind="video", now=NOW)
+    src = SyntheticSource(width=320, height=240, duration=2, audio=False)
+    r.graph.link(src.out("video"), r.video_in)  # type: ignore[arg-type]
+    await r.graph.run()
+    out = tmp_path / "t" / f"TR_v.{fmt}"
+    v = probe(str(out)).stream("video")
+    assert (v.codec, v.width, v.height, v.frames) == (vcodec, 320, 240, 60)
