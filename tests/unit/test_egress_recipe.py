@@ -14,7 +14,7 @@ from lkmedia.egress.recipe import build_recipe
 from lkmedia.sources.synthetic import SyntheticSource
 from lkmedia.testing.probe import av_offsets, decode_errors, probe
 
-NOW = dt.datetime(2026, 11, 21, 6, 0, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 21, 6, 0, 0, tzinfo=dt.UTC)
 
 
 async def test_participant_recipe_writes_mp4_hls_and_images(tmp_path: Path) -> None:
