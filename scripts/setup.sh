@@ -12,6 +12,7 @@ PACKAGES=(
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
   gstreamer1.0-libav
   nginx libnginx-mod-rtmp
+  redis-server
 )
 
 missing=()
