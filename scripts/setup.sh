@@ -31,6 +31,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+bash scripts/install_s3_server.sh
+
 PY=${PYTHON:-python3}
 # Skip pip when this checkout is already installed (editable) for the same pyproject.toml.
 stamp=.cache/setup.$(sha256sum pyproject.toml | cut -c1-16)
