@@ -1,0 +1,614 @@
+"""The Go egress's service configuration, read so that a Go egress config file starts lkmedia unchanged.
+
+Key names, defaults and the "zero means default" rules follow livekit/egress ``pkg/config``
+(``base.go``, ``service.go``, ``storage.go``), livekit/protocol ``redis``/``logger`` and
+livekit/storage. Where the Go service is lax we are too (it ignores unknown keys: we warn,
+naming the dotted path); where a value cannot work we stop start-up with a ``ConfigError``
+naming the key. Secret values never appear in errors, warnings or ``repr``; log ``redacted()``.
+
+Sources, as ``cmd/server/main.go`` resolves them: a config body (``--config-body`` or
+``EGRESS_CONFIG_BODY``) wins over a config file (``--config`` or ``EGRESS_CONFIG_FILE``; the
+flag beats the variable). ``LIVEKIT_API_KEY``/``_SECRET``/``_WS_URL`` only fill ``api_key``,
+``api_secret``, ``ws_url`` when the YAML does not set them (Go sets them first, then unmarshals).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import re
+import secrets as _random
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NewType
+
+import yaml
+
+from lkmedia.redact import redact_key
+
+log = logging.getLogger("lkmedia.service.config")
+
+Seconds = NewType("Seconds", float)
+"""A Go ``time.Duration`` read from a string like ``"3h"`` or ``"150ms"``, kept in seconds."""
+
+
+class ConfigError(ValueError):
+    """A config that cannot start the service; the message names the key."""
+
+
+def _secret(default: Any = "") -> Any:
+    return field(default=default, repr=False, metadata={"secret": True})
+
+
+def _partial(default: str = "") -> Any:
+    """An identifier such as an access key: shown as {abc...xyz} in the redacted view."""
+    return field(default=default, repr=False, metadata={"partial": True})
+
+
+def _checked(default: Any, check: typing.Callable[[Any], str | None]) -> Any:
+    return field(default=default, metadata={"check": check})
+
+
+def _port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a port number 0-65535"
+
+
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else "must not be negative"
+
+
+def _utilization(v: float) -> str | None:
+    return None if 0 < v <= 1 else "must be in (0, 1]"
+
+
+@dataclass
+class ProxyConfig:
+    url: str = ""
+    username: str = ""
+    password: str = _secret()
+
+
+@dataclass
+class S3Config:
+    access_key: str = _partial()
+    secret: str = _secret()
+    session_token: str = _secret()
+    assume_role_arn: str = ""
+    assume_role_external_id: str = ""
+    region: str = ""
+    endpoint: str = ""
+    bucket: str = ""
+    force_path_style: bool = False
+    proxy_config: ProxyConfig | None = None
+    max_retries: int = _checked(5, _non_negative)  # code default 5 (README says 3)
+    max_retry_delay: Seconds = _checked(Seconds(5.0), _non_negative)
+    min_retry_delay: Seconds = _checked(Seconds(0.1), _non_negative)  # code 100 ms (README 500 ms)
+    metadata: dict[str, str] = field(default_factory=dict)
+    tagging: str = ""
+    content_disposition: str = ""
+    aws_log_level: str = ""  # README key; read, unused
+    proxy: str = ""  # deprecated plain proxy URL
+
+
+@dataclass
+class GCPConfig:
+    credentials_json: str = _secret()
+    bucket: str = ""
+    proxy_config: ProxyConfig | None = None
+
+
+@dataclass
+class AzureConfig:
+    account_name: str = ""
+    account_key: str = _secret()
+    container_name: str = ""
+
+
+@dataclass
+class AliOSSConfig:
+    access_key: str = _partial()
+    secret: str = _secret()
+    region: str = ""  # README key (the Go struct has none)
+    endpoint: str = ""
+    bucket: str = ""
+
+
+@dataclass
+class StorageConfig:
+    prefix: str = ""
+    generate_presigned_url: bool = False
+    s3: S3Config | None = None
+    azure: AzureConfig | None = None
+    gcp: GCPConfig | None = None
+    alioss: AliOSSConfig | None = None
+
+    def is_local(self) -> bool:
+        return self.s3 is None and self.azure is None and self.gcp is None and self.alioss is None
+
+
+@dataclass
+class DebugConfig(StorageConfig):
+    """``debug:`` with its storage keys inline (where dot files and pprof go)."""
+    enable_profiling: bool = False
+    enable_track_logging: bool = False
+    enable_stream_logging: bool = False
+    enable_chrome_logging: bool = False
+    path_prefix: str = ""  # pre-1.9 name of prefix
+
+
+@dataclass
+class TLSConfig:
+    enabled: bool = False
+    insecure: bool = False
+    server_name: str = ""
+    ca_cert_file: str = ""
+    client_cert_file: str = ""
+    client_key_file: str = ""
+
+
+@dataclass
+class RedisConfig:
+    address: str = ""
+    username: str = ""
+    password: str = _secret()
+    db: int = _checked(0, _non_negative)
+    use_tls: bool = False
+    tls: TLSConfig | None = None
+    sentinel_master_name: str = ""
+    sentinel_username: str = ""
+    sentinel_password: str = _secret()
+    sentinel_addresses: list[str] = field(default_factory=list)
+    cluster_addresses: list[str] = field(default_factory=list)
+    dial_timeout: int = _checked(0, _non_negative)  # milliseconds, as in Go
+    read_timeout: int = _checked(0, _non_negative)
+    write_timeout: int = _checked(0, _non_negative)
+    max_redirects: int | None = None
+    pool_timeout: Seconds = _checked(Seconds(0.0), _non_negative)
+    pool_size: int = _checked(0, _non_negative)
+
+    def is_configured(self) -> bool:
+        return bool(self.address or self.sentinel_addresses or self.cluster_addresses)
+
+
+_LEVELS = ("debug", "info", "warn", "warning", "error", "dpanic", "panic", "fatal")
+
+
+@dataclass
+class LoggingConfig:
+    level: str = _checked("info", lambda v: None if v.lower() in _LEVELS else f"must be one of {_LEVELS}")
+    json: bool = False
+    sample: bool = False
+    component_levels: dict[str, str] = field(default_factory=dict)
+    sample_initial: int = 0
+    sample_interval: int = 0
+    item_sample_seconds: int = 0
+    item_sample_initial: int = 0
+    item_sample_interval: int = 0
+
+
+@dataclass
+class CPUCostConfig:
+    """``cpu_cost:``; a zero or absent cost means the Go default (set in ``_apply_defaults``)."""
+    max_cpu_utilization: float = _checked(0.0, _utilization)  # absent = 0.8
+    max_memory: float = _checked(0.0, _non_negative)  # GB, 0 = no memory check
+    memory_cost: float = _checked(0.0, _non_negative)  # GB
+    room_composite_cpu_cost: float = _checked(0.0, _non_negative)
+    audio_room_composite_cpu_cost: float = _checked(0.0, _non_negative)
+    sdk_audio_room_composite_cpu_cost: float = _checked(0.0, _non_negative)
+    sdk_audio_room_composite_memory_cost: float = _checked(0.0, _non_negative)
+    web_cpu_cost: float = _checked(0.0, _non_negative)
+    audio_web_cpu_cost: float = _checked(0.0, _non_negative)
+    participant_cpu_cost: float = _checked(0.0, _non_negative)
+    track_composite_cpu_cost: float = _checked(0.0, _non_negative)
+    track_cpu_cost: float = _checked(0.0, _non_negative)
+    max_pulse_clients: int = 0
+    memory_source: str = ""  # proc_rss | cgroup
+    memory_kill_grace_sec: int = _checked(0, _non_negative)
+    cpu_kill_grace_sec: int = 0
+
+
+@dataclass
+class SessionLimits:
+    file_output_max_duration: Seconds = _checked(Seconds(0.0), _non_negative)  # 0 = no limit
+    file_output_max_size: int = _checked(0, _non_negative)  # bytes
+    stream_output_max_duration: Seconds = _checked(Seconds(0.0), _non_negative)
+    segment_output_max_duration: Seconds = _checked(Seconds(0.0), _non_negative)
+    image_output_max_duration: Seconds = _checked(Seconds(0.0), _non_negative)
+
+
+@dataclass
+class LatencyConfig:
+    jitter_buffer_latency: Seconds = _checked(Seconds(0.0), _non_negative)
+    audio_mixer_latency: Seconds = _checked(Seconds(0.0), _non_negative)
+    pipeline_latency: Seconds = _checked(Seconds(0.0), _non_negative)
+    old_packet_threshold: Seconds = _checked(Seconds(0.0), _non_negative)
+    # Go tags these three `ymal:` (typo), so YAML cannot set them there; we accept them.
+    rtp_max_allowed_ts_diff: Seconds = _checked(Seconds(0.0), _non_negative)
+    rtp_max_drift_adjustment: Seconds = _checked(Seconds(0.0), _non_negative)
+    rtp_drift_adjustment_window_percent: float = 0.0
+
+
+@dataclass
+class AudioTempoController:
+    enabled: bool = False
+    adjustment_rate: float = 0.0
+
+
+@dataclass
+class ServiceConfig:
+    api_key: str = _partial()
+    api_secret: str = _secret()
+    ws_url: str = ""
+    redis: RedisConfig | None = None
+    health_port: int = _checked(0, _port)
+    template_port: int = _checked(0, _port)
+    prometheus_port: int = _checked(0, _port)
+    debug_handler_port: int = _checked(0, _port)
+    template_base: str = ""
+    cluster_id: str = ""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    enable_chrome_sandbox: bool = False
+    insecure: bool = False
+    chrome_flags: dict[str, Any] = field(default_factory=dict)
+    max_upload_queue: int = 0  # minutes
+    disallow_local_storage: bool = False
+    io_create_timeout: Seconds = _checked(Seconds(0.0), _non_negative)
+    io_update_timeout: Seconds = _checked(Seconds(0.0), _non_negative)
+    io_selection_timeout: Seconds = _checked(Seconds(0.0), _non_negative)
+    io_workers: int = 0
+    session_limits: SessionLimits = field(default_factory=SessionLimits)
+    storage: StorageConfig | None = None
+    backup: StorageConfig | None = None
+    s3_assume_role_key: str = _partial()
+    s3_assume_role_secret: str = _secret()
+    s3_assume_role_arn: str = ""
+    s3_assume_role_external_id: str = ""
+    cpu_cost: CPUCostConfig = field(default_factory=CPUCostConfig)
+    pulse_sink_reap_grace_sec: int = 0
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    latency_overrides: dict[str, LatencyConfig] = field(default_factory=dict)
+    video_encoder_threads: int = _checked(0, _non_negative)
+    enable_one_shot_sender_report_sync: bool = False
+    enable_sync_engine: bool = False
+    audio_tempo_controller: AudioTempoController = field(default_factory=AudioTempoController)
+    test_overrides: dict[str, Any] = field(default_factory=dict)
+    # legacy keys older Go releases read (mapped, with a warning)
+    s3: S3Config | None = None
+    azure: AzureConfig | None = None
+    gcp: GCPConfig | None = None
+    alioss: AliOSSConfig | None = None
+    backup_storage: str = ""
+    log_level: str = ""
+    # not from YAML
+    node_id: str = field(default="", metadata={"internal": True})
+    source: str = field(default="", metadata={"internal": True})
+    warnings: list[str] = field(default_factory=list, metadata={"internal": True})
+
+    def redacted(self) -> dict[str, Any]:
+        """A plain dict fit for logs: secrets replaced, identifiers shortened."""
+        return _redact(self)
+
+
+_LATENCY_TYPES = ("template", "web", "media", "room_composite", "participant", "track_composite", "track")
+_DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)([a-zµμ]+)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # shortuuid's, as Go NewGuid
+
+
+def parse_duration(text: str) -> float:
+    """Go's ``time.ParseDuration`` (``"1h30m"``, ``"150ms"``, ``"0"``) in seconds; ValueError if bad."""
+    s = text.strip()
+    sign = -1.0 if s.startswith("-") else 1.0
+    s = s[1:] if s[:1] in "+-" else s
+    if s == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(s):
+        m = _DURATION.match(s, pos)
+        if not m or m.group(1) in ("", ".") or m.group(2) not in _UNITS:
+            raise ValueError(f"not a duration like '90s', '1h30m' or '150ms': {text!r}")
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not s:
+        raise ValueError("empty duration")
+    return sign * total
+
+
+def _is_secret(f: dataclasses.Field[Any]) -> bool:
+    return bool(f.metadata.get("secret") or f.metadata.get("partial"))
+
+
+class _Decoder:
+    """Walks the composed YAML nodes against the dataclasses, as yaml.v3 decodes into Go structs."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self.present: set[str] = set()
+        self._loader = yaml.SafeLoader("")
+
+    def warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        log.warning("config: %s", msg)
+
+    def struct(self, cls: type, node: yaml.Node, path: str) -> Any:
+        if not isinstance(node, yaml.MappingNode):
+            raise ConfigError(f"{path or 'config'}: must be a mapping of keys, got {_kind(node)}")
+        seen: set[str] = set()
+        for knode, _ in node.value:
+            if knode.tag != "tag:yaml.org,2002:merge" and (key := str(knode.value)) in seen:
+                kpath = f"{path}.{key}" if path else key  # yaml.v3: "mapping key already defined"
+                raise ConfigError(f"{kpath}: key given twice (line {knode.start_mark.line + 1})")
+            seen.add(str(knode.value))
+        self._loader.flatten_mapping(node)  # YAML merge keys (<<), as yaml.v3 supports
+        pairs = {str(k.value): (k, v) for k, v in node.value}  # a key after a merge overrides it
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        values: dict[str, Any] = {}
+        for key, (knode, vnode) in pairs.items():
+            kpath = f"{path}.{key}" if path else key
+            if key not in fields:
+                self.warn(f"unknown key {kpath!r} (line {knode.start_mark.line + 1}) ignored")
+                continue
+            f = fields[key]
+            value = self.value(hints[key], vnode, kpath, _is_secret(f))
+            if value is None and not _optional(hints[key]):
+                continue  # `key:` with nothing after it leaves the default (or the env value), as in Go
+            if not path:
+                self.present.add(key)
+            check = f.metadata.get("check")
+            if value is not None and check is not None and (problem := check(value)):
+                shown = "" if _is_secret(f) else f", got {_show(value)}"
+                raise ConfigError(f"{kpath}: {problem}{shown}")
+            values[key] = value
+        return cls(**values)
+
+    def value(self, tp: Any, node: yaml.Node, path: str, secret: bool = False) -> Any:
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return None
+        if _optional(tp):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if tp is Any:
+            return self._loader.construct_document(node)
+        if dataclasses.is_dataclass(tp):
+            return self.struct(tp, node, path)  # type: ignore[arg-type]
+        origin = typing.get_origin(tp)
+        if origin is dict:
+            if not isinstance(node, yaml.MappingNode):
+                raise ConfigError(f"{path}: must be a mapping, got {_kind(node)}")
+            vtype = typing.get_args(tp)[1]
+            out = {}
+            for k, v in node.value:
+                out[str(k.value)] = self.value(vtype, v, f"{path}.{k.value}")
+            return out
+        if origin is list:
+            if not isinstance(node, yaml.SequenceNode):
+                raise ConfigError(f"{path}: must be a list, got {_kind(node)}")
+            return [self.value(typing.get_args(tp)[0], v, f"{path}[{i}]") for i, v in enumerate(node.value)]
+        if not isinstance(node, yaml.ScalarNode):
+            raise ConfigError(f"{path}: must be a single value, got {_kind(node)}")
+        return self.scalar(tp, node, path, secret)
+
+    def scalar(self, tp: Any, node: yaml.ScalarNode, path: str, secret: bool) -> Any:
+        tag = node.tag.rsplit(":", 1)[-1]
+        shown = "" if secret else f", got {node.value!r}"
+        if tp is str:
+            return node.value  # any scalar, as written (yaml.v3 does the same)
+        if tp is Seconds:
+            if tag == "int" and self._loader.construct_object(node) == 0:
+                return Seconds(0.0)
+            if tag != "str":
+                raise ConfigError(f"{path}: must be a duration string like '3h' or '500ms'{shown}")
+            try:
+                return Seconds(parse_duration(node.value))
+            except ValueError:
+                raise ConfigError(f"{path}: must be a duration string like '3h' or '500ms'{shown}") from None
+        if tp is bool:
+            if tag != "bool":
+                raise ConfigError(f"{path}: must be true or false{shown}")
+            return self._loader.construct_object(node)
+        if tp is int:
+            if tag != "int":
+                raise ConfigError(f"{path}: must be an integer{shown}")
+            return int(self._loader.construct_object(node))
+        if tp is float:
+            if tag not in ("int", "float"):
+                raise ConfigError(f"{path}: must be a number{shown}")
+            v = float(self._loader.construct_object(node))
+            if not math.isfinite(v):
+                raise ConfigError(f"{path}: must be a finite number{shown}")
+            return v
+        raise TypeError(f"no decoder for {tp!r} at {path}")
+
+
+def _optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _kind(node: yaml.Node) -> str:
+    return {yaml.MappingNode: "a mapping", yaml.SequenceNode: "a list"}.get(type(node), "a single value")
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_address(addr: str, path: str) -> None:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{path}: must be host:port (e.g. 127.0.0.1:6379), got {addr!r}")
+
+
+def _apply_defaults(c: ServiceConfig, d: _Decoder) -> None:
+    """Go's ``InitDefaults`` plus the legacy mappings, then the checks that span keys."""
+    if c.log_level:
+        d.warn("log_level is deprecated: use logging.level")
+        if "logging" not in d.present:
+            c.logging.level = c.log_level
+    legacy = [k for k in ("s3", "azure", "gcp", "alioss") if getattr(c, k) is not None]
+    if legacy:
+        d.warn(f"top-level {', '.join(legacy)} is deprecated: move it under storage:")
+        if c.storage is None:
+            c.storage = StorageConfig(s3=c.s3, azure=c.azure, gcp=c.gcp, alioss=c.alioss)
+    if c.backup_storage:
+        d.warn("backup_storage (a local path) is obsolete: use backup: with a storage config")
+    for sc in (c.storage, c.backup, c.debug, c.s3 and StorageConfig(s3=c.s3)):
+        if sc is not None and sc.s3 is not None:  # zero means the upload code's default
+            sc.s3.max_retries = sc.s3.max_retries or 5
+            sc.s3.max_retry_delay = sc.s3.max_retry_delay or Seconds(5.0)
+            sc.s3.min_retry_delay = sc.s3.min_retry_delay or Seconds(0.1)
+    if c.debug.path_prefix and not c.debug.prefix:
+        c.debug.prefix = c.debug.path_prefix
+    if not c.template_port:
+        c.template_port = 7980
+    if not c.template_base:
+        c.template_base = f"http://localhost:{c.template_port}/"
+    c.io_create_timeout = c.io_create_timeout or Seconds(15.0)
+    c.io_update_timeout = c.io_update_timeout or Seconds(30.0)
+    if c.io_workers <= 0:
+        c.io_workers = 5
+    if c.max_upload_queue <= 0:
+        c.max_upload_queue = 60
+    if c.pulse_sink_reap_grace_sec == 0:
+        c.pulse_sink_reap_grace_sec = 30
+    cc = c.cpu_cost
+    cc.max_cpu_utilization = cc.max_cpu_utilization or 0.8
+    for name, default in (("room_composite_cpu_cost", 4.0), ("audio_room_composite_cpu_cost", 1.0),
+                          ("web_cpu_cost", 4.0), ("audio_web_cpu_cost", 1.0), ("participant_cpu_cost", 2.0),
+                          ("track_composite_cpu_cost", 1.0), ("track_cpu_cost", 0.5)):
+        if getattr(cc, name) <= 0:
+            setattr(cc, name, default)
+    cc.sdk_audio_room_composite_cpu_cost = (cc.sdk_audio_room_composite_cpu_cost
+                                            or cc.audio_room_composite_cpu_cost)
+    cc.sdk_audio_room_composite_memory_cost = cc.sdk_audio_room_composite_memory_cost or cc.memory_cost
+    if cc.max_pulse_clients == 0:
+        cc.max_pulse_clients = 60
+    if cc.cpu_kill_grace_sec <= 0:
+        cc.cpu_kill_grace_sec = 30
+    if cc.memory_source not in ("", "proc_rss", "cgroup"):
+        d.warn(f"cpu_cost.memory_source {cc.memory_source!r} unknown, using proc_rss (as the Go egress does)")
+        cc.memory_source = ""
+    cc.memory_source = cc.memory_source or "proc_rss"
+    for lat in (c.latency, *c.latency_overrides.values()):
+        _latency_defaults(lat)
+    for key in c.latency_overrides:
+        if key not in _LATENCY_TYPES:
+            d.warn(f"latency_overrides.{key}: not a request type {_LATENCY_TYPES}, never used")
+    atc = c.audio_tempo_controller
+    if atc.enabled and not 0 < atc.adjustment_rate <= 0.2:
+        atc.adjustment_rate = 0.05
+    if c.redis is not None:
+        if c.redis.address:
+            _check_address(c.redis.address, "redis.address")
+        for key in ("sentinel_addresses", "cluster_addresses"):
+            for i, addr in enumerate(getattr(c.redis, key)):
+                _check_address(addr, f"redis.{key}[{i}]")
+    if c.ws_url and not re.match(r"(?i)^(wss?|https?)://[^/\s]+", c.ws_url):
+        raise ConfigError(f"ws_url: must be a ws://, wss://, http:// or https:// URL, got {c.ws_url!r}")
+
+
+def _latency_defaults(lat: LatencyConfig) -> None:
+    lat.jitter_buffer_latency = lat.jitter_buffer_latency or Seconds(2.0)
+    lat.audio_mixer_latency = lat.audio_mixer_latency or Seconds(2.75)
+    lat.pipeline_latency = lat.pipeline_latency or Seconds(3.0)
+    lat.rtp_max_allowed_ts_diff = Seconds(max(lat.rtp_max_allowed_ts_diff or 5.0, lat.jitter_buffer_latency))
+    lat.rtp_max_drift_adjustment = lat.rtp_max_drift_adjustment or Seconds(0.005)
+    lat.old_packet_threshold = lat.old_packet_threshold or Seconds(2.2)
+
+
+def new_node_id() -> str:
+    """``NE_`` + 12 characters, the shape of the Go egress's node IDs."""
+    return "NE_" + "".join(_random.choice(_ID_ALPHABET) for _ in range(12))
+
+
+def parse_config(text: str, *, source: str = "<body>", env: Mapping[str, str] | None = None,
+                 require_connection: bool = True) -> ServiceConfig:
+    """YAML text → validated ``ServiceConfig`` with Go's defaults; ``ConfigError`` names the bad key."""
+    env = os.environ if env is None else env
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:  # report the place, never the line itself (it may hold a secret)
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({type(e).__name__})") from None
+    d = _Decoder()
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
+        conf = ServiceConfig()
+    else:
+        conf = d.struct(ServiceConfig, root, "")
+    for key, var in (("api_key", "LIVEKIT_API_KEY"), ("api_secret", "LIVEKIT_API_SECRET"),
+                     ("ws_url", "LIVEKIT_WS_URL")):
+        if key not in d.present and env.get(var):
+            setattr(conf, key, env[var])
+    _apply_defaults(conf, d)
+    if require_connection:
+        _check_connection(conf)
+    conf.node_id = new_node_id()
+    conf.source = source
+    conf.warnings = d.warnings
+    return conf
+
+
+def _check_connection(c: ServiceConfig) -> None:
+    env_names = (("api_key", "LIVEKIT_API_KEY"), ("api_secret", "LIVEKIT_API_SECRET"), ("ws_url", "LIVEKIT_WS_URL"))
+    missing = [f"{k} (or {v})" for k, v in env_names if not getattr(c, k)]
+    if c.redis is None or not c.redis.is_configured():
+        missing.append("redis.address (the Redis livekit-server uses)")
+    if missing:
+        raise ConfigError("required config missing: " + ", ".join(missing))
+
+
+def load_config(config_file: str | None = None, config_body: str | None = None, *,
+                env: Mapping[str, str] | None = None, require_connection: bool = True) -> ServiceConfig:
+    """The service config from flags or env, resolved the way the Go egress resolves them."""
+    env = os.environ if env is None else env
+    body = config_body or env.get("EGRESS_CONFIG_BODY") or ""
+    path = config_file or env.get("EGRESS_CONFIG_FILE") or ""
+    if body:
+        if path:
+            log.warning("config: both a config body and a config file (%s) given; using the body, "
+                        "as the Go egress does", path)
+        return parse_config(body, source="EGRESS_CONFIG_BODY" if not config_body else "--config-body",
+                            env=env, require_connection=require_connection)
+    if not path:
+        raise ConfigError("no config: pass --config FILE, or set EGRESS_CONFIG_FILE or EGRESS_CONFIG_BODY")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror or e}") from None
+    return parse_config(text, source=path, env=env, require_connection=require_connection)
+
+
+def embedded_default(env: Mapping[str, str] | None = None) -> ServiceConfig:
+    """The local dev stack: ``livekit-server --dev`` keys, its URL and a local Redis."""
+    body = ("api_key: devkey\napi_secret: secret\nws_url: ws://127.0.0.1:7880\n"
+            "redis:\n  address: 127.0.0.1:6379\n")
+    return parse_config(body, source="<embedded default>", env={} if env is None else env)
+
+
+def _redact(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if f.name == "warnings":
+                continue
+            if f.metadata.get("secret"):
+                out[f.name] = "***" if v else ""
+            elif f.metadata.get("partial"):
+                out[f.name] = redact_key(v) if v else ""
+            else:
+                out[f.name] = _redact(v)
+        return out
+    if isinstance(obj, dict):
+        return {k: _redact(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_redact(v) for v in obj]
+    return obj
