@@ -398,8 +398,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", default="1280x720", metavar="WxH", help="video size (default: 1280x720)")
     demo.add_argument("--live", action="store_true", help="pace the source in real time")
     demo.set_defaults(func=cmd_demo)
-    # egress / ingress / bench subcommands are added here as those packages land.
+    egress = sub.add_parser("egress", parents=[common], help="the egress service livekit-server drives over Redis",
+                            description="Serve LiveKit egress requests from livekit-server over Redis, with the "
+                                        "Go egress's config (--config, EGRESS_CONFIG_FILE or EGRESS_CONFIG_BODY).")
+    egress.add_argument("--config", metavar="FILE", help="egress config YAML (Go egress keys)")
+    egress.add_argument("--config-body", metavar="YAML", help="egress config as YAML text")
+    egress.add_argument("--dev", action="store_true",
+                        help="no config: the local dev stack (devkey/secret, ws://127.0.0.1:7880, redis :6379)")
+    egress.set_defaults(func=cmd_egress)
+    # ingress / bench subcommands are added here as those packages land.
     return p
+
+
+def cmd_egress(args: argparse.Namespace) -> int:
+    from .service.config import ConfigError, embedded_default, load_config
+    from .service.egress import EgressService
+
+    try:
+        conf = embedded_default() if args.dev else load_config(args.config, args.config_body)
+    except (ConfigError, OSError) as e:
+        raise UsageError(f"egress config: {e}") from None
+    if args.log_level == "warning" and not args.debug:
+        logging.getLogger().setLevel(conf.logging.level.upper() if conf.logging.level else "INFO")
+    log.info("egress config: %s", json.dumps(conf.redacted(), default=str))
+    asyncio.run(EgressService(conf).run())
+    return EXIT_OK
 
 
 def fail(message: str, code: int) -> NoReturn:

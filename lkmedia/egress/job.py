@@ -1,0 +1,282 @@
+"""One egress, from STARTING to COMPLETE / FAILED / ABORTED / LIMIT_REACHED.
+
+The job subscribes (livekit.rtc sources), runs the recipe's graph, uploads what it wrote
+and reports every status change through ``on_update`` (the service sends it to
+livekit-server as IOInfo.UpdateEgress). Nothing it recorded is deleted before a
+confirmed upload (lkmedia.storage.Uploader).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from livekit import api
+from livekit.protocol import egress as lk
+
+from ..core import GraphError
+from ..sources.livekit import RoomSource, TrackSource
+from ..storage.factory import StorageSettings, storage_for_request
+from ..storage.manifest import Manifest
+from ..storage.uploader import Uploader
+from .config import EgressConfig
+from .errors import EgressError
+from .info import fill_results
+from .recipe import Recipe, build_recipe, filename_fields
+
+log = logging.getLogger("lkmedia.egress")
+S = lk.EgressStatus
+
+UpdateFn = Callable[[lk.EgressInfo], Awaitable[None]]
+#: How long a job waits for its participant or track to appear before failing.
+SUBSCRIBE_TIMEOUT = 30.0
+
+
+def egress_token(cfg: EgressConfig, api_key: str, api_secret: str) -> str:
+    """A hidden recorder's join token, as the Go egress builds it (identity = egress ID)."""
+    grants = api.VideoGrants(room_join=True, room=cfg.room_name, can_subscribe=True, can_publish=False,
+                             hidden=True, recorder=True)
+    return (api.AccessToken(api_key, api_secret).with_identity(cfg.egress_id).with_name("lkmedia egress")
+            .with_grants(grants).with_kind("egress").to_jwt())
+
+
+class EgressJob:
+    def __init__(self, cfg: EgressConfig, info: lk.EgressInfo, *, ws_url: str, api_key: str, api_secret: str,
+                 tmp_dir: str, storage: StorageSettings | None, on_update: UpdateFn,
+                 max_duration: float = 0.0) -> None:
+        self.cfg, self.info = cfg, info
+        self.ws_url, self.api_key, self.api_secret = ws_url, api_key, api_secret
+        self.dir = os.path.join(tmp_dir, cfg.egress_id)
+        self.storage_settings = storage
+        self.on_update = on_update
+        self.max_duration = max_duration
+        self.recipe: Recipe | None = None
+        self.source: Any = None
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._limit = False
+        self.task: asyncio.Task[None] | None = None
+        self.active_at: float | None = None
+
+    # -- control ---------------------------------------------------------------------
+    def start(self) -> asyncio.Task[None]:
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"egress:{self.cfg.egress_id}")
+        return self.task
+
+    async def stop(self, reason: str = "StopEgress API") -> lk.EgressInfo:
+        """Drain: ENDING now, COMPLETE once every output is finalised and uploaded."""
+        if self.info.status in (S.EGRESS_STARTING, S.EGRESS_ACTIVE):
+            self._stop_reason = reason
+            if self.info.status == S.EGRESS_ACTIVE:
+                await self._set(S.EGRESS_ENDING)
+            self._stop.set()
+        return self.info
+
+    def update_stream(self, add: list[str], remove: list[str]) -> lk.EgressInfo:
+        if self.recipe is None or "stream" not in self.recipe.sinks:
+            raise EgressError("UpdateStream called on non-streaming egress", "invalid_argument")
+        sink = self.recipe.sinks["stream"]
+        for u in add:
+            sink.add_url(u)  # type: ignore[attr-defined]
+        for u in remove:
+            sink.remove_url(u)  # type: ignore[attr-defined]
+        fill_results(self.info, self.recipe)
+        return self.info
+
+    # -- the job ---------------------------------------------------------------------
+    async def _set(self, status: int, error: str = "") -> None:
+        self.info.status = status  # type: ignore[assignment]
+        self.info.updated_at = time.time_ns()
+        if error:
+            self.info.error = error
+        if status in (S.EGRESS_COMPLETE, S.EGRESS_FAILED, S.EGRESS_ABORTED, S.EGRESS_LIMIT_REACHED):
+            self.info.ended_at = self.info.updated_at
+        try:
+            await self.on_update(self.info)
+        except Exception:  # reporting must never take the recording down
+            log.exception("egress %s: status update failed", self.cfg.egress_id)
+
+    async def _run(self) -> None:
+        uploader: Uploader | None = None
+        try:
+            uploader = await self._uploader()
+            self.recipe = await self._build()
+            g = self.recipe.graph
+            await g.start()
+            await self._wait_active(g)
+            limit = asyncio.ensure_future(asyncio.sleep(self.max_duration)) if self.max_duration > 0 else None
+            stop = asyncio.ensure_future(self._stop.wait())
+            done_graph = asyncio.ensure_future(g.wait())
+            waiters = [x for x in (limit, stop, done_graph) if x is not None]
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if limit is not None and limit in done:
+                self._limit = True
+                await self._set(S.EGRESS_ENDING)
+            for w in (limit, stop):
+                if w is not None and not w.done():
+                    w.cancel()
+            errors = await g.stop() if done_graph not in done else []
+            if done_graph in done:
+                errors = done_graph.result()
+            await self._finish(uploader, [str(e) for e in errors])
+        except asyncio.CancelledError:
+            await self._abort("egress aborted")
+            raise
+        except GraphError as e:
+            await self._finish(uploader, [], fatal=str(e))
+        except EgressError as e:
+            await self._fail(str(e), uploader)
+        except Exception as e:
+            log.exception("egress %s failed", self.cfg.egress_id)
+            await self._fail(f"{type(e).__name__}: {e}", uploader)
+        finally:
+            if uploader is not None:
+                await uploader.close()
+
+    async def _uploader(self) -> Uploader | None:
+        out = self.cfg.file or self.cfg.segments
+        if out is None:
+            return None
+        storage = storage_for_request(getattr(out, "storage", None), self.storage_settings)
+        up = Uploader(storage, backup=self.storage_settings.backup if self.storage_settings else None,
+                      delete_after_upload=storage is not None, name=f"{self.cfg.egress_id}-uploads")
+        if storage is not None:
+            try:
+                await up.preflight()  # a bad bucket or key fails now, not at the end
+            except Exception as e:
+                await up.close()
+                raise EgressError(str(e), "invalid_argument") from None
+        return up
+
+    async def _build(self) -> Recipe:
+        cfg = self.cfg
+        token = egress_token(cfg, self.api_key, self.api_secret)
+        track = None
+        if cfg.request_type == "track":
+            track = await self._find_track(cfg.track_id)
+        fields = filename_fields(cfg, identity=track["identity"] if track else "", track=track)
+        r = build_recipe(cfg, self.dir, live=True, fields=fields,
+                         track_codec=track["codec"] if track else None, track_kind=track["kind"] if track else None)
+        g = r.graph
+        if cfg.request_type == "room_composite":
+            src = RoomSource(self.ws_url, token, name="room")
+            src.on_track(kind="audio", link=r.mixer)
+            g.add(src)
+        else:
+            kw: dict[str, Any] = {"name": "tracks", "wait_timeout": SUBSCRIBE_TIMEOUT}
+            if cfg.request_type == "participant":
+                kw.update(participant_identity=cfg.identity, screen_share=cfg.screen_share)
+            elif cfg.request_type == "track_composite":
+                kw.update(audio_track_id=cfg.audio_track_id or None, video_track_id=cfg.video_track_id or None)
+            else:
+                kw.update(track_id=cfg.track_id, kind=track["kind"] if track else None)
+            src = TrackSource(self.ws_url, token, **kw)
+            if "video" in src.outputs and r.video_in is not None:
+                g.link(src.out("video"), r.video_in)
+            if "audio" in src.outputs and r.audio_in is not None:
+                g.link(src.out("audio"), r.audio_in)
+        self.source = src
+        return r
+
+    async def _find_track(self, track_id: str) -> dict[str, str]:
+        http = self.ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+        async with api.LiveKitAPI(http, self.api_key, self.api_secret) as lkapi:
+            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=self.cfg.room_name))
+        for p in res.participants:
+            for t in p.tracks:
+                if t.sid == track_id:
+                    kind = "audio" if t.type == 0 else "video"
+                    codec = (t.mime_type.split("/", 1)[-1] or ("opus" if kind == "audio" else "vp8")).lower()
+                    return {"identity": p.identity, "kind": kind, "codec": codec, "track_id": t.sid,
+                            "track_type": kind, "track_source": api.TrackSource.Name(t.source).lower()}
+        raise EgressError(f"track {track_id} not found", "not_found")
+
+    async def _wait_active(self, g: Any) -> None:
+        """ACTIVE once media reaches the encoders (the Go egress: pipeline playing)."""
+        while not (self._stop.is_set() or g._done.is_set()):
+            if any(n.stats().get("frames_in") or n.stats().get("samples_in") for n in self.recipe.encoders.values()) \
+                    or any(s.stats().get("packets") or s.stats().get("bytes_sent") for s in self.recipe.sinks.values()):
+                self.active_at = time.time()
+                await self._set(S.EGRESS_ACTIVE)
+                return
+            await asyncio.sleep(0.05)
+
+    async def _finish(self, uploader: Uploader | None, errors: list[str], fatal: str = "") -> None:
+        assert self.recipe is not None
+        locations = await self._upload(uploader)
+        fill_results(self.info, self.recipe, locations)
+        if uploader is not None:
+            self.info.backup_storage_used = uploader.backup_storage_used
+        if fatal or (errors and not self._any_output()):
+            await self._set(S.EGRESS_FAILED, fatal or "; ".join(errors))
+        elif self.info.status == S.EGRESS_STARTING and not self._stop_reason:
+            await self._set(S.EGRESS_FAILED, "no media arrived")
+        else:
+            if errors:
+                self.info.error = "; ".join(errors)
+            if self._stop_reason:
+                self.info.details = f"End reason: {self._stop_reason}"
+            await self._set(S.EGRESS_LIMIT_REACHED if self._limit else S.EGRESS_COMPLETE)
+
+    def _any_output(self) -> bool:
+        assert self.recipe is not None
+        return any(not s.failed for s in self.recipe.sinks.values())
+
+    async def _upload(self, uploader: Uploader | None) -> dict[str, str]:
+        """Upload file outputs and the HLS set; keep local copies unless confirmed."""
+        locations: dict[str, str] = {}
+        if uploader is None or self.recipe is None:
+            return locations
+        cfg = self.cfg
+        man = Manifest(egress_id=cfg.egress_id, room_id=cfg.room_id, room_name=cfg.room_name,
+                       started_at=self.info.started_at, publisher_identity=cfg.identity,
+                       audio_track_id=cfg.audio_track_id, video_track_id=cfg.video_track_id, track_id=cfg.track_id)
+        first_name = ""
+        for key, sink in self.recipe.sinks.items():
+            res = sink.result or {}
+            paths: list[str] = []
+            if key == "file" and res.get("location"):
+                paths = [res["location"]]
+            elif key == "segments" and res.get("playlist_location"):
+                d = os.path.dirname(res["playlist_location"])
+                paths = [os.path.join(d, s["filename"]) for s in res.get("segments", [])]
+                paths += [p for p in (res.get("playlist_location"), res.get("live_playlist_location")) if p]
+            for p in paths:
+                if not os.path.exists(p):
+                    continue
+                name = os.path.relpath(p, self.dir)
+                r = await uploader.upload_file(p, name)
+                locations[p] = r.location
+                if key == "file":
+                    man.add_file(name, r.location)
+                first_name = first_name or name
+        if first_name and not (cfg.file and cfg.file.disable_manifest):
+            m = await man.upload(uploader, first_name, ended_at=time.time_ns(), local_dir=self.dir)
+            self.info.manifest_location = m.location
+        return locations
+
+    async def _fail(self, error: str, uploader: Uploader | None) -> None:
+        if self.recipe is not None and self.recipe.graph._started:
+            try:
+                await self.recipe.graph.stop(timeout=10)
+            except GraphError:
+                pass
+            try:
+                fill_results(self.info, self.recipe, await self._upload(uploader))
+            except Exception:
+                log.exception("egress %s: could not save partial outputs", self.cfg.egress_id)
+        await self._set(S.EGRESS_FAILED, error)
+
+    async def _abort(self, reason: str) -> None:
+        if self.recipe is not None and self.recipe.graph._started:
+            await self.recipe.graph.cancel()
+        await self._set(S.EGRESS_ABORTED, reason)
+
+    def cleanup(self) -> None:
+        """Remove the job's local directory once nothing in it is kept for later."""
+        if os.path.isdir(self.dir) and not os.listdir(self.dir):
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,257 @@
+"""``lkmedia egress``: the drop-in egress service livekit-server drives over Redis.
+
+It serves EgressInternal.StartEgress (affinity from the Go cpu_cost admission) and
+ListActiveEgress, and one EgressHandler topic per running egress (StopEgress,
+UpdateStream). Every status goes to livekit-server as IOInfo.CreateEgress (once,
+first) and IOInfo.UpdateEgress (ACTIVE, ENDING, then the terminal status), which is
+what turns into the egress_started / egress_updated / egress_ended webhooks.
+Jobs run in this process for now; one process per job comes with the fleet work.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import tempfile
+import time
+from typing import Any
+
+from livekit.protocol import egress as lk
+
+from ..egress.config import egress_config
+from ..egress.errors import EgressError
+from ..egress.job import EgressJob
+from ..rpc import RedisBus, RequestContext, RpcError
+from ..rpc.egress import EgressHandlerServer, EgressInternalServer, IOInfoClient
+from ..rpc.messages import StartEgressRequest, unpack_start_egress
+from ..storage.factory import StorageSettings, settings_from_yaml
+from .admission import Admission, AdmissionError
+from .config import ServiceConfig
+from .health import HealthServer, request_json, status_body
+from .metrics import EgressMetrics, MetricsServer
+
+log = logging.getLogger("lkmedia.service")
+S = lk.EgressStatus
+TERMINAL = (S.EGRESS_COMPLETE, S.EGRESS_FAILED, S.EGRESS_ABORTED, S.EGRESS_LIMIT_REACHED)
+RESULTS = {S.EGRESS_COMPLETE: "completed", S.EGRESS_LIMIT_REACHED: "completed", S.EGRESS_ABORTED: "aborted",
+           S.EGRESS_FAILED: "process_error"}
+
+
+class EgressService:
+    def __init__(self, conf: ServiceConfig, *, tmp_dir: str | None = None) -> None:
+        self.conf = conf
+        self.node_id = conf.node_id or f"NE_{os.getpid()}"
+        self.tmp_dir = tmp_dir or os.path.join(tempfile.gettempdir(), "lkmedia-egress")
+        r = conf.redis
+        if r is None or not r.address:
+            raise ValueError("redis.address is required: livekit-server reaches egress through Redis")
+        self.bus = RedisBus(r.address, username=r.username or None, password=r.password or None, db=r.db)
+        self.admission = Admission(conf.cpu_cost)
+        self.io = IOInfoClient(self.bus, create_timeout=float(conf.io_create_timeout) or 15.0,
+                               update_timeout=float(conf.io_update_timeout) or 30.0)
+        self.internal = EgressInternalServer(self.bus, start_egress=self._start_egress, affinity=self._affinity,
+                                             list_active=lambda: list(self.jobs), cluster_id=conf.cluster_id)
+        self.jobs: dict[str, EgressJob] = {}
+        self._requests: dict[str, tuple[str, Any]] = {}
+        self._handlers: dict[str, EgressHandlerServer] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.shutting_down = False
+        self.storage = self._storage_settings()
+        self.metrics = EgressMetrics(self.node_id, conf.cluster_id, is_idle=lambda: not self.jobs,
+                                     can_accept=lambda: not self.shutting_down,
+                                     is_disabled=lambda: not self.io.healthy, is_terminating=lambda: self.shutting_down)
+        self.health = HealthServer(conf.health_port, self._health) if conf.health_port else None
+        self.prom = MetricsServer(self.metrics, conf.prometheus_port) if conf.prometheus_port else None
+
+    def _storage_settings(self) -> StorageSettings:
+        d: dict[str, Any] = {}
+        for key in ("storage", "backup"):
+            v = getattr(self.conf, key)
+            if v is not None:
+                d[key] = {k: x for k, x in dataclasses.asdict(v).items() if x not in (None, "", {}, [])}
+        return settings_from_yaml(d)
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        await self.bus.start()
+        await self.io.start()
+        await self.internal.start()
+        for srv in (self.health, self.prom):
+            if srv is not None:
+                await srv.start()
+        log.info("egress service %s ready (redis %s)", self.node_id, self.bus.address)
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT: then stop taking requests and drain running jobs."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await self.close()
+
+    async def close(self, drain_timeout: float = 60.0) -> None:
+        self.shutting_down = True
+        await self.internal.stop_accepting()
+        for job in list(self.jobs.values()):
+            await job.stop("shutdown")
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=drain_timeout)
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for srv in (self.health, self.prom):
+            if srv is not None:
+                await srv.stop()
+        await self.internal.close()
+        await self.io.close()
+        await self.bus.close()
+
+    # -- StartEgress ---------------------------------------------------------------
+    def _affinity(self, req: StartEgressRequest) -> float:
+        if self.shutting_down:
+            return -1.0
+        try:
+            _, inner = unpack_start_egress(req)
+        except RpcError:
+            return 1.0  # claim it so the caller gets the decoding error
+        return self.admission.affinity(inner, disabled=not self.io.healthy,
+                                       estimated_cpu=req.estimated_cpu or None)
+
+    async def _start_egress(self, req: StartEgressRequest, ctx: RequestContext) -> lk.EgressInfo:
+        kind, inner = unpack_start_egress(req)
+        if req.egress_id in self.jobs:
+            raise RpcError("already_exists", "egress already exists")
+        try:
+            cfg = egress_config(req.egress_id, req.room_id, inner)
+        except EgressError as e:
+            raise RpcError(e.code, str(e)) from None
+        try:
+            self.admission.accept(req.egress_id, inner, req.estimated_cpu or None)
+        except AdmissionError as e:
+            raise RpcError(e.code, str(e)) from None
+        now = time.time_ns()
+        info = lk.EgressInfo(egress_id=req.egress_id, room_id=req.room_id, room_name=cfg.room_name,
+                             source_type=lk.EgressSourceType.EGRESS_SOURCE_TYPE_SDK, status=S.EGRESS_STARTING,
+                             started_at=now, updated_at=now)
+        getattr(info, kind).CopyFrom(_redacted(inner))
+        job = EgressJob(cfg, info, ws_url=req.ws_url or self.conf.ws_url, api_key=self.conf.api_key,
+                        api_secret=self.conf.api_secret, tmp_dir=self.tmp_dir, storage=self.storage,
+                        on_update=self._update, max_duration=self._limit_for(cfg))
+        try:
+            await self.io.create_egress(info)
+        except RpcError:
+            self.admission.ended(req.egress_id)
+            raise
+        handler = EgressHandlerServer(self.bus, req.egress_id, stop_egress=self._stop_egress,
+                                      update_stream=self._update_stream)
+        await handler.start()
+        self.jobs[req.egress_id] = job
+        self._requests[req.egress_id] = (kind, inner)
+        self._handlers[req.egress_id] = handler
+        self.metrics.request_started(kind)
+        self.admission.started(req.egress_id)
+        task = asyncio.get_running_loop().create_task(self._supervise(job, kind))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return lk.EgressInfo.FromString(info.SerializeToString())
+
+    def _limit_for(self, cfg: Any) -> float:
+        lim = self.conf.session_limits
+        values = []
+        if cfg.file is not None:
+            values.append(float(lim.file_output_max_duration or 0))
+        if cfg.segments is not None:
+            values.append(float(lim.segment_output_max_duration or 0))
+        if cfg.stream is not None or cfg.websocket is not None:
+            values.append(float(lim.stream_output_max_duration or 0))
+        if cfg.images:
+            values.append(float(lim.image_output_max_duration or 0))
+        set_ = [v for v in values if v > 0]
+        return min(set_) if set_ else 0.0
+
+    async def _supervise(self, job: EgressJob, kind: str) -> None:
+        egress_id = job.cfg.egress_id
+        try:
+            await job.start()
+        except Exception:
+            log.exception("egress %s: job crashed", egress_id)
+            if job.info.status not in TERMINAL:
+                job.info.status = S.EGRESS_FAILED
+                job.info.error = "egress job crashed"
+                job.info.ended_at = job.info.updated_at = time.time_ns()
+                await self._update(job.info)
+        finally:
+            handler = self._handlers.pop(egress_id, None)
+            if handler is not None:
+                await handler.close()
+            self.jobs.pop(egress_id, None)
+            self._requests.pop(egress_id, None)
+            self.admission.ended(egress_id)
+            self.metrics.request_ended(kind)
+            self.metrics.handler_result(kind, RESULTS.get(job.info.status, "process_error"))
+            job.cleanup()
+
+    async def _update(self, info: lk.EgressInfo) -> None:
+        await self.io.update_egress(lk.EgressInfo.FromString(info.SerializeToString()))
+
+    # -- EgressHandler -------------------------------------------------------------
+    async def _stop_egress(self, req: lk.StopEgressRequest, ctx: RequestContext) -> lk.EgressInfo:
+        job = self.jobs.get(req.egress_id)
+        if job is None:
+            raise RpcError("not_found", "egress not found")
+        return lk.EgressInfo.FromString((await job.stop()).SerializeToString())
+
+    async def _update_stream(self, req: lk.UpdateStreamRequest, ctx: RequestContext) -> lk.EgressInfo:
+        job = self.jobs.get(req.egress_id)
+        if job is None:
+            raise RpcError("not_found", "egress not found")
+        try:
+            info = job.update_stream(list(req.add_output_urls), list(req.remove_output_urls))
+        except (EgressError, ValueError) as e:
+            raise RpcError(getattr(e, "code", "invalid_argument"), str(e)) from None
+        await self._update(info)
+        return lk.EgressInfo.FromString(info.SerializeToString())
+
+    # -- health --------------------------------------------------------------------
+    def _health(self) -> dict[str, Any]:
+        return status_body(self.admission.available_cpu(),
+                           {eid: request_json(kind, msg) for eid, (kind, msg) in self._requests.items()})
+
+
+def _redacted(msg: Any) -> Any:
+    """A copy of the request fit for EgressInfo: stream keys and storage secrets removed."""
+    from ..redact import redact_url
+
+    out = type(msg).FromString(msg.SerializeToString())
+    for so in list(getattr(out, "stream_outputs", [])) + ([out.stream] if _has(out, "stream") else []):
+        urls = [redact_url(u) for u in so.urls]
+        del so.urls[:]
+        so.urls.extend(urls)
+    for field in ("file_outputs", "segment_outputs", "image_outputs"):
+        for o in getattr(out, field, []):
+            _scrub_upload(o)
+    for field in ("file", "segments"):
+        if _has(out, field):
+            _scrub_upload(getattr(out, field))
+    return out
+
+
+def _has(msg: Any, field: str) -> bool:
+    return field in msg.DESCRIPTOR.fields_by_name and msg.HasField(field)
+
+
+def _scrub_upload(o: Any) -> None:
+    for provider, keys in (("s3", ("secret", "session_token")), ("azure", ("account_key",)),
+                           ("gcp", ("credentials",)), ("aliOSS", ("secret",))):
+        if _has(o, provider):
+            sub = getattr(o, provider)
+            for k in keys:
+                if getattr(sub, k, ""):
+                    setattr(sub, k, "{redacted}")

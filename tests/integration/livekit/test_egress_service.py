@@ -1,0 +1,108 @@
+"""The egress service driven by an unmodified livekit-server through the public API.
+
+livekit-api (Twirp) -> livekit-server -> Redis -> lkmedia EgressService -> livekit.rtc
+subscription -> graph -> MP4; status back through IOInfo, read with ListEgress.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from livekit import api
+from livekit.protocol import egress as lk
+
+from lkmedia.service.config import parse_config
+from lkmedia.service.egress import EgressService
+from lkmedia.testing.devstack import DevStack, free_port
+from lkmedia.testing.probe import av_offsets, decode_errors, probe
+
+S = lk.EgressStatus
+
+
+@pytest.fixture
+async def service(livekit_stack: DevStack, tmp_path: Path) -> AsyncIterator[EgressService]:
+    body = (f"api_key: {livekit_stack.api_key}\napi_secret: {livekit_stack.api_secret}\n"
+            f"ws_url: {livekit_stack.url}\nredis:\n  address: {livekit_stack.redis_address}\n"
+            f"health_port: {free_port()}\nprometheus_port: {free_port()}\n")
+    svc = EgressService(parse_config(body), tmp_dir=str(tmp_path / "egress"))
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.close(drain_timeout=20)
+
+
+async def wait_status(lkapi: api.LiveKitAPI, egress_id: str, want: set[int], timeout: float = 20) -> lk.EgressInfo:
+    deadline = time.monotonic() + timeout
+    while True:
+        res = await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=egress_id))
+        if res.items and res.items[0].status in want:
+            return res.items[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"egress {egress_id} never reached {want}: {res.items[0] if res.items else None}")
+        await asyncio.sleep(0.1)
+
+
+async def test_participant_egress_records_an_mp4_through_the_real_api(
+    livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str
+) -> None:
+    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
+        req = lk.ParticipantEgressRequest(
+            room_name=room_name, identity="pub",
+            advanced=lk.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=1000),
+            file_outputs=[lk.EncodedFileOutput(filepath="{room_name}/{publisher_identity}.mp4")])
+        t0 = time.monotonic()
+        info = await lkapi.egress.start_participant_egress(req)
+        assert info.status == S.EGRESS_STARTING and info.egress_id.startswith("EG_")
+        active = await wait_status(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
+        t_active = time.monotonic()
+        start_latency = t_active - t0
+        # the health endpoint lists the running egress (Go's JSON shape)
+        port = service.conf.health_port
+        raw = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read())
+        health = json.loads(raw)
+        assert "CpuLoad" in health and info.egress_id in health
+        await asyncio.sleep(5)
+        stopped = await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+        t_stop = time.monotonic()
+        assert stopped.status in (S.EGRESS_ENDING, S.EGRESS_ACTIVE)
+        done = await wait_status(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
+    assert done.status == S.EGRESS_COMPLETE, done.error
+    assert active.started_at > 0 and done.ended_at > done.started_at
+    (f,) = done.file_results
+    p = probe(f.location)
+    assert p.has("video") and p.has("audio") and p.stream("video").codec == "h264"
+    assert p.duration == pytest.approx(t_stop - t_active, abs=0.5), (p.duration, t_stop - t_active)
+    assert f.duration / 1e9 == pytest.approx(p.duration, abs=0.3)
+    assert decode_errors(f.location) == ""
+    offsets = av_offsets(f.location)
+    assert len(offsets) >= 3 and all(abs(o) <= 0.040 for o in offsets), offsets
+    assert "End reason: StopEgress API" in done.details
+    print(f"start latency API -> ACTIVE: {start_latency:.2f} s; A/V offsets {offsets}")
+
+
+async def test_invalid_requests_fail_with_a_message_and_the_service_keeps_serving(
+    livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str
+) -> None:
+    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
+        bad = lk.ParticipantEgressRequest(room_name=room_name, identity="pub",
+                                          stream_outputs=[lk.StreamOutput(urls=["rtmp://nohost"])])
+        with pytest.raises(api.TwirpError) as ei:
+            await lkapi.egress.start_participant_egress(bad)
+        assert "invalid url" in ei.value.message
+        info = await lkapi.egress.start_track_egress(lk.TrackEgressRequest(
+            room_name=room_name, track_id="TR_doesnotexist", file=lk.DirectFileOutput(filepath="x")))
+        failed = await wait_status(lkapi, info.egress_id, {S.EGRESS_FAILED, S.EGRESS_COMPLETE})
+        assert failed.status == S.EGRESS_FAILED and "TR_doesnotexist not found" in failed.error
+        # the next valid request still works
+        ok = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
+            room_name=room_name, identity="pub", file_outputs=[lk.EncodedFileOutput(filepath="ok.mp4")]))
+        await wait_status(lkapi, ok.egress_id, {S.EGRESS_ACTIVE})
+        await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=ok.egress_id))
+        done = await wait_status(lkapi, ok.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
+        assert done.status == S.EGRESS_COMPLETE, done.error
