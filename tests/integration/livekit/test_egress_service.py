@@ -106,3 +106,88 @@ async def test_invalid_requests_fail_with_a_message_and_the_service_keeps_servin
         await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=ok.egress_id))
         done = await wait_status(lkapi, ok.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
         assert done.status == S.EGRESS_COMPLETE, done.error
+
+
+async def test_lk_cli_starts_an_egress_that_lkmedia_records(
+    livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str, tmp_path: Path
+) -> None:
+    """`lk egress start` (livekit-cli v2.18.2, a client nobody here wrote) against lkmedia."""
+    from lkmedia.testing.devstack import find_binary
+
+    lk_bin = find_binary("lk")
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({"room_name": room_name, "identity": "pub",
+                               "file_outputs": [{"filepath": "cli/{room_name}.mp4"}]}))
+    env = {"LIVEKIT_URL": livekit_stack.http_url, "LIVEKIT_API_KEY": livekit_stack.api_key,
+           "LIVEKIT_API_SECRET": livekit_stack.api_secret, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = await asyncio.create_subprocess_exec(lk_bin, "egress", "start", "--type", "participant", str(req),
+                                                env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text
+    egress_id = next(w for w in text.replace('"', " ").split() if w.startswith("EG_"))
+    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
+        await wait_status(lkapi, egress_id, {S.EGRESS_ACTIVE})
+        await asyncio.sleep(3)
+        proc = await asyncio.create_subprocess_exec(lk_bin, "egress", "stop", "--id", egress_id, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, out.decode(errors="replace")
+        done = await wait_status(lkapi, egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
+    assert done.status == S.EGRESS_COMPLETE, done.error
+    p = probe(done.file_results[0].location)
+    assert p.has("video") and p.has("audio") and p.duration == pytest.approx(3.0, abs=1.0)
+
+
+async def test_webhooks_arrive_in_order(tmp_path: Path) -> None:
+    """egress_started, egress_updated (ACTIVE), egress_ended, posted by livekit-server."""
+    from aiohttp import web
+
+    from lkmedia.testing.publisher import SyntheticPublisher
+
+    events: list[tuple[str, int]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("event", "").startswith("egress_"):
+            events.append((body["event"], S.Value(body["egressInfo"].get("status", "EGRESS_STARTING"))))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    stack = DevStack(webhook_urls=[f"http://127.0.0.1:{port}/hook"])
+    stack.start()
+    try:
+        body = (f"api_key: {stack.api_key}\napi_secret: {stack.api_secret}\nws_url: {stack.url}\n"
+                f"redis:\n  address: {stack.redis_address}\n")
+        svc = EgressService(parse_config(body), tmp_dir=str(tmp_path / "eg"))
+        await svc.start()
+        pub = SyntheticPublisher(stack.url, stack.token("pub", "hooks"))
+        await pub.start()
+        try:
+            async with api.LiveKitAPI(stack.http_url, stack.api_key, stack.api_secret) as lkapi:
+                info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
+                    room_name="hooks", identity="pub", file_outputs=[lk.EncodedFileOutput(filepath="h.mp4")]))
+                await wait_status(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
+                await asyncio.sleep(2)
+                await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+                await wait_status(lkapi, info.egress_id, {S.EGRESS_COMPLETE}, timeout=30)
+            deadline = time.monotonic() + 10
+            while not any(e == "egress_ended" for e, _ in events) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        finally:
+            await pub.stop()
+            await svc.close(drain_timeout=10)
+    finally:
+        stack.cleanup()
+        await runner.cleanup()
+    names = [e for e, _ in events]
+    assert names[0] == "egress_started" and names[-1] == "egress_ended", events
+    assert "egress_updated" in names and names.index("egress_updated") < names.index("egress_ended")
+    assert events[-1][1] == S.EGRESS_COMPLETE
