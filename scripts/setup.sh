@@ -32,6 +32,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 bash scripts/install_s3_server.sh
+bash scripts/install_livekit.sh
 
 PY=${PYTHON:-python3}
 # Skip pip when this checkout is already installed (editable) for the same pyproject.toml.

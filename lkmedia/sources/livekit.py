@@ -1,0 +1,585 @@
+"""LiveKit sources: subscribe with ``livekit.rtc`` and emit PyAV frames on the graph clock.
+
+``RoomSource`` follows a whole room: each subscribed track gets an output port, created
+and linked while the graph runs (``on_track(kind=..., link=node)``), as participants come.
+``TrackSource`` follows one participant or one or two tracks on fixed "video"/"audio"
+outputs (participant, track composite and track egress).
+
+Timing. Video carries the receiver's render time (``timestamp_us``, WebRTC's monotonic
+clock, already synchronised with audio playout by WebRTC); audio is stamped at arrival,
+which is its playout time, then counted in samples so that it stays continuous. Both are
+seconds on ``graph.clock``, so audio and video of one participant stay aligned.
+
+Continuity (egress #210). A track that is unpublished and republished, or a participant
+who leaves and comes back within ``rejoin_grace`` seconds, keeps feeding the same output:
+the hole becomes ``Gap`` items, never an EOS, so one recording continues. Mutes become
+``Gap(muted=True)``. Raw video edges drop the oldest frame when full (live).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+from livekit import rtc
+
+from ..core import Caps, Gap, LkmediaError, Node, OutputPort, Policy, Source
+
+log = logging.getLogger("lkmedia.sources.livekit")
+
+VIDEO_TIME_BASE = Fraction(1, 90_000)
+SAMPLE_RATE = 48_000
+GAP_TICK = 0.5          # how often a silent feed reports the time it covers
+GAP_MIN = 0.1           # a hole shorter than this needs no Gap before the next frame
+AUDIO_RESYNC = 0.02     # counted audio further than this from its playout time re-anchors
+STATS_EVERY = 0.25      # how often the audio jitter-buffer delay is read
+VIDEO_TS_TRUST = 1.0    # a render time further than this from arrival is not used
+
+_SOURCES = {rtc.TrackSource.SOURCE_CAMERA: "camera", rtc.TrackSource.SOURCE_MICROPHONE: "microphone",
+            rtc.TrackSource.SOURCE_SCREENSHARE: "screen_share",
+            rtc.TrackSource.SOURCE_SCREENSHARE_AUDIO: "screen_share_audio"}
+
+
+_ROOM_ENDED = (rtc.DisconnectReason.ROOM_DELETED, rtc.DisconnectReason.ROOM_CLOSED,
+               rtc.DisconnectReason.CLIENT_INITIATED)
+
+
+class LiveKitSourceError(LkmediaError):
+    """The room could not be joined, or what was asked for never appeared."""
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    """What is known about a subscribed track when its output is made."""
+
+    kind: str                 # "audio" | "video"
+    participant: str          # identity
+    participant_kind: int     # rtc.ParticipantKind value (agents, SIP, ...)
+    source: str               # camera, microphone, screen_share, screen_share_audio, unknown
+    track_sid: str
+    name: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """What a returning track must match to continue an output."""
+        return (self.participant, self.kind, self.source if self.source != "unknown" else self.name)
+
+
+@dataclass
+class _Feed:
+    """One output fed by one track at a time; a track that comes back takes over."""
+
+    port: OutputPort
+    info: TrackInfo
+    track_sid: str | None = None
+    stream: Any = None
+    task: asyncio.Task[None] | None = None
+    covered: float | None = None      # graph seconds up to which media or gaps were sent
+    next_audio: float | None = None   # where counted audio continues
+    last_pts: int = -1
+    track: Any = None
+    jb_delay: float = 0.0             # audio: the receiver's current jitter-buffer delay (s)
+    jb_seen: tuple[float, int] = (0.0, 0)
+    stats_at: float = 0.0
+    fps_dur: float = 1 / 30
+    muted: bool = False
+    hole_muted: bool = False          # the hole being closed was a mute
+    lost_at: float | None = None      # graph time the track went away
+    ended: bool = False
+    frames: int = 0
+    gaps: int = 0
+    gap_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def video_to_av(frame: rtc.VideoFrame) -> av.VideoFrame:
+    """An rtc frame as a yuv420p av frame; even-sized I420 is wrapped without a copy."""
+    if frame.type != rtc.VideoBufferType.I420:
+        frame = frame.convert(rtc.VideoBufferType.I420)
+    w, h = frame.width, frame.height
+    data = np.frombuffer(frame.data, np.uint8)
+    if w % 2 == 0 and h % 2 == 0:
+        return av.VideoFrame.from_numpy_buffer(data[: w * h * 3 // 2].reshape(h * 3 // 2, w), format="yuv420p")
+    out = av.VideoFrame(w, h, "yuv420p")
+    cw, ch = (w + 1) // 2, (h + 1) // 2
+    off = 0
+    for i, (pw, ph) in enumerate(((w, h), (cw, ch), (cw, ch))):
+        plane = out.planes[i]
+        dst = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+        dst[:ph, :pw] = data[off : off + pw * ph].reshape(ph, pw)
+        off += pw * ph
+    return out
+
+
+def audio_to_av(frame: rtc.AudioFrame) -> av.AudioFrame:
+    """An rtc frame (s16 interleaved) as a packed s16 av frame, pts unset."""
+    ch = frame.num_channels
+    pcm = np.frombuffer(frame.data, np.int16)[: frame.samples_per_channel * ch]
+    out = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="stereo" if ch == 2 else "mono")
+    out.sample_rate = frame.sample_rate
+    return out
+
+
+class _LiveKitSource(Source):
+    """Joins a room and feeds output ports from subscribed tracks (see module doc)."""
+
+    live = True
+
+    def __init__(self, url: str, token: str, *, name: str | None = None, channels: int = 2,
+                 rejoin_grace: float = 5.0, connect_timeout: float = 10.0) -> None:
+        super().__init__(name)
+        if not url.startswith(("ws://", "wss://", "http://", "https://")):
+            raise ValueError(f"{self.name}: LiveKit URL must start with ws://, wss://, http:// or https://")
+        if not token:
+            raise ValueError(f"{self.name}: a join token is needed")
+        if channels not in (1, 2):
+            raise ValueError(f"{self.name}: channels must be 1 or 2")
+        self.url = url
+        self._token = token
+        self.channels = channels
+        self.rejoin_grace = rejoin_grace
+        self.connect_timeout = connect_timeout
+        self.room: rtc.Room | None = None
+        self.feeds: dict[Any, _Feed] = {}
+        self._by_sid: dict[str, _Feed] = {}
+        self._readers: set[asyncio.Task[None]] = set()
+        self._t0 = 0.0  # time.monotonic() at graph time 0
+        self._disconnected: str | None = None
+
+    # -- hooks for subclasses ------------------------------------------------
+    def _feed_for(self, info: TrackInfo) -> _Feed | None:
+        """The feed a newly subscribed track continues or starts; None to ignore it."""
+        raise NotImplementedError
+
+    def _tick(self, now: float) -> None:
+        """Called every GAP_TICK seconds after gaps are reported."""
+
+    # -- helpers ---------------------------------------------------------------
+    def _now(self) -> float:
+        assert self.graph is not None
+        return self.graph.clock.now()
+
+    def _safe(self, text: str) -> str:
+        return text.replace(self._token, "***")
+
+    def _audio_caps(self) -> Caps:
+        return Caps("audio", sample_rate=SAMPLE_RATE, layout="stereo" if self.channels == 2 else "mono",
+                    sample_fmt="s16")
+
+    @staticmethod
+    def _video_caps() -> Caps:
+        return Caps("video", pix_fmt="yuv420p")
+
+    def negotiate(self) -> None:
+        super().negotiate()
+        for port in self.outputs.values():
+            if port.caps is not None and port.caps.media == "video":
+                for e in port.edges:  # live raw video: never make the room wait
+                    if e.policy is Policy.BLOCK:
+                        e.policy = Policy.DROP_OLDEST
+
+    # -- run -------------------------------------------------------------------
+    async def run(self) -> None:
+        assert self.graph is not None
+        self._t0 = time.monotonic() - self.graph.clock.now()
+        room = rtc.Room()
+        self.room = room
+        room.on("track_subscribed", self._on_subscribed)
+        room.on("track_unsubscribed", lambda track, pub, part: self._lose(pub.sid))
+        room.on("track_unpublished", lambda pub, part: self._lose(pub.sid))
+        room.on("participant_disconnected", self._on_participant_left)
+        room.on("track_muted", lambda part, pub: self._set_muted(pub.sid, True))
+        room.on("track_unmuted", lambda part, pub: self._set_muted(pub.sid, False))
+        room.on("disconnected", self._on_disconnected)
+        try:
+            await self._connect(room)
+            for part in list(room.remote_participants.values()):
+                for pub in list(part.track_publications.values()):
+                    if pub.track is not None and pub.subscribed:
+                        self._on_subscribed(pub.track, pub, part)
+            while not self.stop_requested and self._disconnected is None:
+                await self.wait_stop(GAP_TICK / 2)
+                now = self._now()
+                for feed in list(self.feeds.values()):
+                    self._report_gap(feed, now)
+                    if feed.track is not None and feed.info.kind == "audio" and now - feed.stats_at >= STATS_EVERY:
+                        feed.stats_at = now
+                        self._spawn(self._read_delay(feed, feed.track))
+                self._tick(now)
+            if self._disconnected is not None and not self.stop_requested:
+                raise LiveKitSourceError(f"{self.name}: disconnected from the room ({self._disconnected})")
+        finally:
+            await self._close(room)
+
+    async def _connect(self, room: rtc.Room) -> None:
+        opts = rtc.RoomOptions(auto_subscribe=True, connect_timeout=self.connect_timeout)
+        try:
+            await asyncio.wait_for(room.connect(self.url, self._token, opts), self.connect_timeout + 5)
+        except TimeoutError:
+            raise LiveKitSourceError(f"{self.name}: could not join the room within "
+                                     f"{self.connect_timeout:g} s") from None
+        except Exception as e:
+            raise LiveKitSourceError(f"{self.name}: could not join the room: {self._safe(str(e))}") from None
+        self.report("connected", room=room.name)
+
+    async def _close(self, room: rtc.Room) -> None:
+        for feed in self.feeds.values():
+            await self._detach(feed)
+        while self._readers:
+            await asyncio.gather(*list(self._readers), return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(room.disconnect(), 5.0)
+        self.room = None
+
+    # -- room events (sync callbacks from the SDK) ------------------------------
+    def _on_subscribed(self, track: rtc.Track, pub: rtc.RemoteTrackPublication,
+                       part: rtc.RemoteParticipant) -> None:
+        if pub.sid in self._by_sid or self.stop_requested:
+            return
+        kind = "video" if track.kind == rtc.TrackKind.KIND_VIDEO else "audio"
+        info = TrackInfo(kind, part.identity, int(part.kind), _SOURCES.get(pub.source, "unknown"),
+                         pub.sid, pub.name)
+        try:
+            feed = self._feed_for(info)
+        except LkmediaError as e:  # a link made now failed its caps check: skip this track
+            log.error("%s: cannot take %s track %s of %s: %s", self.name, kind, pub.sid, part.identity, e)
+            self.report("track_refused", participant=part.identity, kind=kind, error=str(e))
+            return
+        if feed is None:
+            return
+        if feed.task is not None:  # a second track for one output: keep the first
+            return
+        feed.track_sid, feed.lost_at, feed.muted = pub.sid, None, bool(pub.muted)
+        feed.track, feed.jb_seen, feed.stats_at = track, (0.0, 0), -STATS_EVERY
+        self._by_sid[pub.sid] = feed
+        if kind == "video":
+            feed.stream = rtc.VideoStream(track, capacity=4, format=rtc.VideoBufferType.I420)
+            feed.task = asyncio.get_running_loop().create_task(self._read_video(feed, feed.stream))
+        else:
+            feed.stream = rtc.AudioStream(track, capacity=50, sample_rate=SAMPLE_RATE,
+                                          num_channels=self.channels)
+            feed.task = asyncio.get_running_loop().create_task(self._read_audio(feed, feed.stream))
+        self._track_task(feed.task)
+        self.report("track_subscribed", participant=info.participant, kind=kind, track_sid=pub.sid,
+                    output=feed.port.name)
+
+    def _lose(self, sid: str) -> None:
+        feed = self._by_sid.pop(sid, None)
+        if feed is None:
+            return
+        if feed.lost_at is None:
+            feed.lost_at = self._now()
+        feed.track_sid = feed.track = None
+        self._spawn(self._detach(feed))
+        self.report("track_lost", participant=feed.info.participant, kind=feed.info.kind, track_sid=sid)
+
+    def _on_participant_left(self, part: rtc.RemoteParticipant) -> None:
+        for sid, feed in list(self._by_sid.items()):
+            if feed.info.participant == part.identity:
+                self._lose(sid)
+
+    def _set_muted(self, sid: str, muted: bool) -> None:
+        feed = self._by_sid.get(sid)
+        if feed is not None and feed.muted != muted:
+            feed.muted = muted
+            feed.hole_muted = feed.hole_muted or muted
+            if muted:
+                self._report_gap(feed, self._now(), force=True)
+            self.report("track_muted" if muted else "track_unmuted", participant=feed.info.participant,
+                        kind=feed.info.kind)
+
+    def _on_disconnected(self, reason: Any = None) -> None:
+        if reason in _ROOM_ENDED:  # the room is over: the recording ends normally
+            self.report("room_ended", reason=rtc.DisconnectReason.Name(reason))
+            self.request_stop()
+            return
+        try:
+            self._disconnected = rtc.DisconnectReason.Name(reason)
+        except (ValueError, TypeError):
+            self._disconnected = str(reason)
+        if self._stop_event is not None:
+            self._stop_event.set()  # wake run() up: it ends with an error unless stopping
+
+    # -- reading -----------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        self._track_task(asyncio.get_running_loop().create_task(coro))
+
+    def _track_task(self, task: asyncio.Task[None]) -> None:
+        """Every helper task is kept until done and awaited when the source closes."""
+        self._readers.add(task)
+        task.add_done_callback(self._readers.discard)
+
+    def _detach(self, feed: _Feed) -> Any:
+        """Take the feed's reader off it now (a returning track may arrive any moment);
+        returns the coroutine that closes the old stream and task."""
+        stream, task = feed.stream, feed.task
+        feed.stream = feed.task = None
+        return self._close_reader(stream, task)
+
+    @staticmethod
+    async def _close_reader(stream: Any, task: asyncio.Task[None] | None) -> None:
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _report_gap(self, feed: _Feed, now: float, force: bool = False) -> None:
+        """A feed with nothing arriving (muted, lost) tells what time it covers."""
+        if feed.ended or feed.covered is None:
+            return
+        silent = feed.muted or feed.lost_at is not None
+        if feed.info.kind == "audio":
+            now -= feed.jb_delay  # audio time is playout time less the jitter buffer
+        if not silent or (not force and now - feed.covered < GAP_TICK):
+            return
+        if now > feed.covered:
+            self._put(feed, Gap(feed.covered, now, muted=feed.muted and feed.lost_at is None))
+
+    def _close_gap(self, feed: _Feed, start: float) -> None:
+        """Media resumes at ``start``: say what the hole was, if there was one."""
+        if feed.covered is not None and start - feed.covered > GAP_MIN:
+            self._put(feed, Gap(feed.covered, start, muted=feed.muted or feed.hole_muted))
+        feed.hole_muted = False
+
+    @staticmethod
+    def _put(feed: _Feed, item: Gap) -> None:
+        """Queue a Gap without waiting (a full blocking edge skips it: gaps are advisory)."""
+        feed.gaps += 1
+        feed.gap_seconds += item.end - item.start
+        feed.covered = max(feed.covered or 0.0, item.end)
+        for e in feed.port.edges:
+            e.put_nowait(item)
+
+
+    async def _read_video(self, feed: _Feed, stream: rtc.VideoStream) -> None:
+        async for ev in stream:
+            arrival = self._now()
+            t = arrival
+            if ev.timestamp_us > 0:
+                ts = ev.timestamp_us / 1e6 - self._t0
+                if abs(ts - arrival) < VIDEO_TS_TRUST:
+                    t = ts
+            pts = round(t * 90_000)
+            if pts <= feed.last_pts:
+                continue
+            frame = video_to_av(ev.frame)
+            frame.pts, frame.time_base = pts, VIDEO_TIME_BASE
+            if feed.last_pts >= 0:
+                feed.fps_dur = min(0.2, max(0.005, (pts - feed.last_pts) / 90_000))
+            self._close_gap(feed, t)
+            feed.last_pts = pts
+            feed.covered = max(feed.covered or 0.0, t + feed.fps_dur)
+            feed.frames += 1
+            await feed.port.emit(frame)
+
+    async def _read_delay(self, feed: _Feed, track: rtc.Track) -> None:
+        """Audio is handed over at playout, a jitter buffer after it was captured; video
+        render times have that wait taken out already (no receive-side lip sync between
+        separately published tracks), so audio is dated back by the buffer's delay."""
+        try:
+            stats = await asyncio.wait_for(track.get_stats(), 2.0)
+        except Exception:  # stats are a refinement: keep the last figure
+            return
+        for st in stats:
+            if st.WhichOneof("stats") != "inbound_rtp":
+                continue
+            rtp = st.inbound_rtp.inbound
+            total, count = rtp.jitter_buffer_delay, rtp.jitter_buffer_emitted_count
+            d_total, d_count = total - feed.jb_seen[0], count - feed.jb_seen[1]
+            if d_count > 0 and feed.track is track:
+                feed.jb_delay = min(1.0, max(0.0, d_total / d_count))
+                feed.jb_seen = (total, count)
+            return
+
+    async def _read_audio(self, feed: _Feed, stream: rtc.AudioStream) -> None:
+        async for ev in stream:
+            rf = ev.frame
+            n = rf.samples_per_channel
+            if n == 0:
+                continue
+            played = self._now() - feed.jb_delay
+            if feed.muted:
+                continue  # the muted time is reported as gaps, not as silence
+            start = feed.next_audio
+            if start is not None and start - played > AUDIO_RESYNC:
+                continue  # the buffer grew (stretched audio): drop 10 ms to stay in step
+            if start is None or played - start > AUDIO_RESYNC:
+                start = max(played, feed.covered or played)  # never back into a reported gap
+                self._close_gap(feed, start)
+            feed.hole_muted = False
+            frame = audio_to_av(rf)
+            frame.pts = round(start * rf.sample_rate)
+            frame.time_base = Fraction(1, rf.sample_rate)
+            feed.next_audio = start + n / rf.sample_rate
+            feed.covered = feed.next_audio
+            feed.frames += 1
+            await feed.port.emit(frame)
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"gaps": sum(f.gaps for f in self.feeds.values())}
+        for f in self.feeds.values():
+            out[f"{f.port.name}.frames"] = f.frames
+            out[f"{f.port.name}.gap_seconds"] = round(f.gap_seconds, 3)
+        return out
+
+
+Linker = Callable[["RoomSource", OutputPort, TrackInfo], None]
+
+
+@dataclass
+class _Rule:
+    kind: str | None
+    participant: str | None
+    source: str | None
+    link: Node | None
+    callback: Linker | None
+    capacity: int | None
+    policy: Policy | None
+
+    def matches(self, info: TrackInfo) -> bool:
+        return ((self.kind is None or self.kind == info.kind)
+                and (self.participant is None or self.participant == info.participant)
+                and (self.source is None or self.source == info.source))
+
+
+class RoomSource(_LiveKitSource):
+    """Every track of a room, one output port each, linked as tracks appear.
+
+    ``on_track(kind="audio", link=mixer)`` links matching tracks to ``mixer`` (a node
+    with dynamic inputs); ``on_track(callback=fn)`` calls ``fn(source, port, info)`` to
+    link it some other way. A track no rule matches is not read. A feed whose track is
+    gone longer than ``rejoin_grace`` seconds ends with EOS (the participant left).
+    """
+
+    def __init__(self, url: str, token: str, **kw: Any) -> None:
+        super().__init__(url, token, **kw)
+        self._rules: list[_Rule] = []
+
+    def on_track(self, *, kind: str | None = None, link: Node | None = None, callback: Linker | None = None,
+                 participant: str | None = None, source: str | None = None,
+                 capacity: int | None = None, policy: Policy | str | None = None) -> None:
+        if kind not in (None, "audio", "video"):
+            raise ValueError(f"{self.name}: kind must be 'audio' or 'video', not {kind!r}")
+        if (link is None) == (callback is None):
+            raise ValueError(f"{self.name}: on_track needs exactly one of link= or callback=")
+        if link is not None and not link.dynamic_inputs:
+            raise ValueError(f"{self.name}: {link.name} takes no new inputs; use callback= to link it")
+        self._rules.append(_Rule(kind, participant, source, link, callback, capacity,
+                                 Policy(policy) if policy is not None else None))
+
+    def _feed_for(self, info: TrackInfo) -> _Feed | None:
+        feed = self.feeds.get(info.key)
+        if feed is not None and not feed.ended:
+            if feed.lost_at is not None:
+                self.report("track_resumed", participant=info.participant, kind=info.kind,
+                            gap=round(self._now() - feed.lost_at, 3))
+            return feed
+        rule = next((r for r in self._rules if r.matches(info)), None)
+        if rule is None or self.graph is None:
+            return None
+        base = f"{info.kind}:{info.participant}:{info.key[2]}"
+        name, k = base, 1
+        while name in self.outputs:
+            k += 1
+            name = f"{base}#{k}"
+        port = self.add_output(name, self._video_caps() if info.kind == "video" else self._audio_caps())
+        feed = _Feed(port, info)
+        self.feeds[info.key] = feed
+        if rule.link is not None:
+            policy = rule.policy or (Policy.DROP_OLDEST if info.kind == "video" else None)
+            self.graph.link(port, rule.link, capacity=rule.capacity, policy=policy)
+        else:
+            assert rule.callback is not None
+            rule.callback(self, port, info)
+        return feed
+
+    def _tick(self, now: float) -> None:
+        for feed in self.feeds.values():
+            if feed.ended or feed.lost_at is None or now - feed.lost_at < self.rejoin_grace:
+                continue
+            feed.ended = True
+            self._spawn(feed.port.eos())
+            self.report("track_ended", participant=feed.info.participant, kind=feed.info.kind)
+
+
+class TrackSource(_LiveKitSource):
+    """One participant's camera and microphone, or given tracks, on fixed outputs.
+
+    participant_identity: follow that participant's camera and microphone (``kind`` None:
+    both outputs; ``screen_share``: its screen share and screen-share audio instead).
+    track_id + kind: one track (track egress). audio_track_id / video_track_id: a track
+    composite. The source ends when what it follows has been gone ``rejoin_grace`` s, or
+    fails if nothing appeared within ``wait_timeout`` s (None: wait until stopped).
+    """
+
+    def __init__(self, url: str, token: str, *, participant_identity: str | None = None,
+                 track_id: str | None = None, audio_track_id: str | None = None,
+                 video_track_id: str | None = None, kind: str | None = None,
+                 screen_share: bool = False, wait_timeout: float | None = None, **kw: Any) -> None:
+        super().__init__(url, token, **kw)
+        if kind not in (None, "audio", "video"):
+            raise ValueError(f"{self.name}: kind must be 'audio' or 'video', not {kind!r}")
+        if track_id and (audio_track_id or video_track_id):
+            raise ValueError(f"{self.name}: give track_id, or audio_track_id/video_track_id, not both")
+        if track_id and kind is None:
+            raise ValueError(f"{self.name}: track_id needs kind='audio' or kind='video'")
+        if not (participant_identity or track_id or audio_track_id or video_track_id):
+            raise ValueError(f"{self.name}: give participant_identity, track_id or audio/video_track_id")
+        self.participant_identity = participant_identity
+        self.track_ids = {"audio": audio_track_id, "video": video_track_id}
+        if track_id:
+            self.track_ids[kind] = track_id  # type: ignore[index]
+        kinds = [k for k in ("video", "audio") if (kind is None or k == kind)
+                 and (participant_identity or self.track_ids[k])]
+        for k in kinds:
+            self.add_output(k, self._video_caps() if k == "video" else self._audio_caps())
+        self.wait_timeout = wait_timeout
+        self._sources = ({"video": ("screen_share", "unknown"), "audio": ("screen_share_audio", "unknown")}
+                         if screen_share else {"video": ("camera", "unknown"), "audio": ("microphone", "unknown")})
+
+    def _feed_for(self, info: TrackInfo) -> _Feed | None:
+        port = self.outputs.get(info.kind)
+        if port is None:
+            return None
+        feed = self.feeds.get(info.kind)
+        # A republished track gets a new sid: the same participant's same source continues.
+        same = feed is not None and feed.info.key == info.key
+        want_sid = self.track_ids[info.kind]
+        if want_sid is not None:
+            if info.track_sid != want_sid and not same:
+                return None
+        elif info.participant != self.participant_identity:
+            return None
+        elif feed is not None and not same:
+            return None  # a second track of this kind (a screen share beside the camera)
+        elif feed is None and info.source not in self._sources[info.kind]:
+            return None
+        if feed is None:
+            feed = _Feed(port, info)
+            self.feeds[info.kind] = feed
+        elif feed.lost_at is not None:
+            self.report("track_resumed", participant=info.participant, kind=info.kind,
+                        gap=round(self._now() - feed.lost_at, 3))
+        feed.info = info
+        return feed
+
+    def _tick(self, now: float) -> None:
+        if not self.feeds:
+            if self.wait_timeout is not None and now > self.wait_timeout:
+                what = self.participant_identity or ", ".join(s for s in self.track_ids.values() if s)
+                raise LiveKitSourceError(f"{self.name}: {what} did not appear within {self.wait_timeout:g} s")
+            return
+        gone = [f for f in self.feeds.values() if f.lost_at is not None]
+        if len(gone) == len(self.feeds) and all(now - f.lost_at >= self.rejoin_grace for f in gone):  # type: ignore[operator]
+            self.report("source_gone", seconds=self.rejoin_grace)
+            self.request_stop()

@@ -1,0 +1,330 @@
+"""A LiveKit dev stack on loopback: redis-server and livekit-server, on free ports.
+
+Tests, benchmarks and the demo drive the real server rather than mocks. The binaries come
+from ``scripts/install_livekit.sh`` (``<repo>/.cache/bin``); redis-server is the Debian
+package, started here as a private instance, never as the system service.
+
+    async with DevStack() as stack:
+        async with stack.api() as lk:
+            await lk.room.list_rooms(api.ListRoomsRequest())
+        token = stack.token("alice", "room1")
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+REPO_BIN = Path(__file__).resolve().parents[2] / ".cache" / "bin"
+DEV_KEY = "devkey"
+DEV_SECRET = "secret"  # livekit-server's own dev-mode secret: not a real credential
+
+
+class StackError(RuntimeError):
+    """A part of the dev stack is missing or did not come up."""
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def find_binary(name: str, *fallbacks: str) -> str:
+    """``name`` from LKMEDIA_LIVEKIT_BIN or <repo>/.cache/bin, else the first of
+    ``fallbacks`` on PATH."""
+    for d in (os.environ.get("LKMEDIA_LIVEKIT_BIN"), str(REPO_BIN)):
+        if d and os.access(os.path.join(d, name), os.X_OK):
+            return os.path.join(d, name)
+    for f in fallbacks:
+        p = shutil.which(f)
+        if p:
+            return p
+    raise StackError(f"{name!r} not found in {REPO_BIN}: run scripts/install_livekit.sh")
+
+
+def _tail(path: Path, n: int = 20) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+class _Process:
+    """A child process whose output goes to a log file, stopped with SIGTERM then SIGKILL."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.log_path = log_path
+        self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            list(argv), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+
+    def check_alive(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            raise StackError(f"{self.name} exited with code {code}; log {self.log_path}:\n{_tail(self.log_path)}")
+
+    def stop(self, timeout: float = 5.0, signals: Iterable[int] = (signal.SIGTERM,)) -> int | None:
+        """SIGTERM (each of ``signals`` in turn, a second apart), then SIGKILL at ``timeout``."""
+        p = self.proc
+        deadline = time.monotonic() + timeout
+        for sig in signals:
+            if p.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+        if p.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(max(0.0, deadline - time.monotonic()))
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            p.wait()
+        self._log.close()
+        return p.returncode
+
+
+def _wait(what: str, ok: Any, proc: _Process, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.check_alive()
+        try:
+            if ok():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise StackError(f"{what} did not answer within {timeout:g} s; log {proc.log_path}:\n"
+                             f"{_tail(proc.log_path)}")
+        time.sleep(0.05)
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port, no persistence."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self._proc: _Process | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _ping(self) -> bool:
+        with socket.create_connection((self.host, self.port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    def start(self, timeout: float = 10.0) -> None:
+        exe = find_binary("redis-server", "redis-server")
+        argv = [exe, "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
+                "--dir", str(self.workdir), "--protected-mode", "yes"]
+        self._proc = _Process("redis-server", argv, self.workdir / "redis.log")
+        _wait(f"redis-server on {self.address}", self._ping, self._proc, timeout)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.stop(timeout=5.0)
+            self._proc = None
+
+
+class DevStack:
+    """redis-server + livekit-server (dev mode, keys devkey/secret) on loopback.
+
+    webhook_urls: livekit-server posts its webhooks there (signed with api_key).
+    redis_address: use this Redis instead of starting one.
+    config: extra livekit-server YAML keys merged over the generated config.
+    """
+
+    def __init__(
+        self,
+        *,
+        webhook_urls: Sequence[str] = (),
+        redis_address: str | None = None,
+        config: dict[str, Any] | None = None,
+        workdir: str | Path | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.api_key = DEV_KEY
+        self.api_secret = DEV_SECRET
+        self.webhook_urls = list(webhook_urls)
+        self.extra_config = config or {}
+        self.start_timeout = start_timeout
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="lkm-devstack-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.redis: RedisServer | None = None
+        self._redis_address = redis_address
+        self._server: _Process | None = None
+        self.http_port = 0
+        self.rtc_tcp_port = 0
+        self.rtc_udp_port = 0
+        self.host = "127.0.0.1"
+
+    # -- addresses ---------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The signalling URL clients join with (ws://)."""
+        return f"ws://{self.host}:{self.http_port}"
+
+    @property
+    def http_url(self) -> str:
+        """The Twirp API base URL server SDKs call."""
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def redis_address(self) -> str:
+        if self._redis_address is not None:
+            return self._redis_address
+        assert self.redis is not None, "stack not started"
+        return self.redis.address
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "livekit-server.log"
+
+    def server_config(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {
+            "port": self.http_port,
+            "bind_addresses": [self.host],
+            "keys": {self.api_key: self.api_secret},
+            "redis": {"address": self.redis_address},
+            "rtc": {
+                "tcp_port": self.rtc_tcp_port,
+                "udp_port": self.rtc_udp_port,
+                "node_ip": self.host,
+                "use_external_ip": False,
+                "enable_loopback_candidate": True,
+            },
+            "logging": {"level": "info"},
+        }
+        if self.webhook_urls:
+            conf["webhook"] = {"api_key": self.api_key, "urls": self.webhook_urls}
+        for k, v in self.extra_config.items():
+            if isinstance(v, dict) and isinstance(conf.get(k), dict):
+                conf[k] = {**conf[k], **v}
+            else:
+                conf[k] = v
+        return conf
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> DevStack:
+        """Start both processes and wait until livekit-server answers HTTP."""
+        exe = find_binary("server", "livekit-server")
+        try:
+            if self._redis_address is None:
+                self.redis = RedisServer(self.workdir)
+                self.redis.start()
+            for attempt in range(3):  # a free port can be taken between probe and bind
+                self.http_port = free_port()
+                self.rtc_tcp_port = free_port()
+                self.rtc_udp_port = free_port(socket.SOCK_DGRAM)
+                body = yaml.safe_dump(self.server_config(), sort_keys=False)
+                # The config (it holds the secret) goes by environment, not argv.
+                self._server = _Process("livekit-server", [exe, "--dev"], self.log_path, {"LIVEKIT_CONFIG": body})
+                try:
+                    _wait(f"livekit-server on {self.http_url}", self._http_ok, self._server, self.start_timeout)
+                    return self
+                except StackError:
+                    log = _tail(self.log_path, 200)
+                    self._server.stop(timeout=2.0)
+                    self._server = None
+                    if "address already in use" not in log or attempt == 2:
+                        raise
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _http_ok(self) -> bool:
+        with urllib.request.urlopen(self.http_url + "/", timeout=1.0) as r:
+            return r.status == 200
+
+    def stop(self) -> None:
+        """SIGTERM (twice: the second skips waiting for participants), then SIGKILL."""
+        if self._server is not None:
+            self._server.stop(timeout=8.0, signals=(signal.SIGTERM, signal.SIGTERM))
+            self._server = None
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def cleanup(self) -> None:
+        """Stop and remove the work dir (logs included) if this stack made it."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None and self._server.proc.poll() is None
+
+    def __enter__(self) -> DevStack:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> DevStack:
+        import asyncio
+
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.stop)
+
+    # -- clients -----------------------------------------------------------
+    def api(self) -> Any:
+        """A ``livekit.api.LiveKitAPI`` for this server (call inside the event loop;
+        ``async with`` it or ``await .aclose()``)."""
+        from livekit import api
+
+        return api.LiveKitAPI(self.http_url, self.api_key, self.api_secret)
+
+    def token(
+        self,
+        identity: str,
+        room: str,
+        grants: Any = None,
+        *,
+        name: str | None = None,
+        ttl_seconds: int = 3600,
+    ) -> str:
+        """A join token. ``grants``: a ``livekit.api.VideoGrants`` (default: join ``room``,
+        publish and subscribe)."""
+        import datetime
+
+        from livekit import api
+
+        if grants is None:
+            grants = api.VideoGrants(room_join=True, room=room, can_publish=True, can_subscribe=True)
+        elif not grants.room:
+            grants.room = room
+        tok = (api.AccessToken(self.api_key, self.api_secret).with_identity(identity)
+               .with_grants(grants).with_ttl(datetime.timedelta(seconds=ttl_seconds)))
+        if name:
+            tok = tok.with_name(name)
+        return tok.to_jwt()

@@ -1,0 +1,332 @@
+"""Publishers for tests and the demo: a Python participant sending the synthetic
+flash/beep A/V, and ``lk load-test`` as an independent client nobody here wrote.
+
+The Python publisher keeps one media timeline from its start: frame i is sent at
+t0 + i/fps and audio sample s at t0 + s/rate, so flashes and beeps leave together and an
+output's A/V offset (lkmedia.testing.probe.av_offsets) measures the egress, not us. A drop
+(``drop_for``) pauses sending while the timeline runs on, as a real camera would.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from livekit import rtc
+
+from ..sources.synthetic import SyntheticSource
+from .devstack import DevStack, find_binary
+
+log = logging.getLogger("lkmedia.testing.publisher")
+
+AUDIO_CHUNK_MS = 10
+
+
+def to_rtc_video(frame: av.VideoFrame) -> rtc.VideoFrame:
+    """A yuv420p av frame as a packed I420 rtc frame (planes back to back, no padding)."""
+    if frame.format.name != "yuv420p":
+        frame = frame.reformat(format="yuv420p")
+    w, h = frame.width, frame.height
+    cw, ch = (w + 1) // 2, (h + 1) // 2
+    buf = bytearray(w * h + 2 * cw * ch)
+    out = np.frombuffer(buf, np.uint8)
+    off = 0
+    for i, (pw, ph) in enumerate(((w, h), (cw, ch), (cw, ch))):
+        plane = frame.planes[i]
+        src = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:ph, :pw]
+        out[off : off + pw * ph].reshape(ph, pw)[:] = src
+        off += pw * ph
+    return rtc.VideoFrame(w, h, rtc.VideoBufferType.I420, buf)
+
+
+def to_rtc_audio(frame: av.AudioFrame) -> rtc.AudioFrame:
+    """A packed s16 av frame as an rtc frame (interleaved int16)."""
+    if frame.format.name != "s16":
+        raise ValueError(f"expected packed s16 audio, got {frame.format.name}")
+    channels = len(frame.layout.channels)
+    data = bytes(frame.planes[0])[: frame.samples * channels * 2]
+    return rtc.AudioFrame(data, frame.sample_rate, channels, frame.samples)
+
+
+class SyntheticPublisher:
+    """Joins a room and publishes SyntheticSource's flash/beep A/V in real time.
+
+    ``drop_for(s, mode="rejoin")`` disconnects and rejoins with the same identity after
+    ``s`` seconds; ``mode="republish"`` unpublishes the tracks and publishes new ones.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        video: bool = True,
+        audio: bool = True,
+        width: int = 640,
+        height: int = 360,
+        fps: float = 30,
+        sample_rate: int = 48_000,
+        channels: int = 1,
+        video_codec: str = "vp8",
+        video_bitrate: int = 1_500_000,
+    ) -> None:
+        if not (video or audio):
+            raise ValueError("SyntheticPublisher needs video, audio or both")
+        codecs = {"vp8": rtc.VideoCodec.VP8, "vp9": rtc.VideoCodec.VP9, "h264": rtc.VideoCodec.H264,
+                  "av1": rtc.VideoCodec.AV1}
+        if video_codec not in codecs:
+            raise ValueError(f"unknown video codec {video_codec!r}; use one of {sorted(codecs)}")
+        self.url = url
+        self._token = token
+        self.video, self.audio = video, audio
+        self.fps = fps
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.video_codec = codecs[video_codec]
+        self.video_bitrate = video_bitrate
+        self.gen = SyntheticSource(width=width, height=height, fps=fps, sample_rate=sample_rate,
+                                   channels=channels, video=video, audio=audio,
+                                   audio_frame_samples=sample_rate * AUDIO_CHUNK_MS // 1000)
+        self.room: rtc.Room | None = None
+        self._vsrc: rtc.VideoSource | None = None
+        self._asrc: rtc.AudioSource | None = None
+        self.video_pub: rtc.LocalTrackPublication | None = None
+        self.audio_pub: rtc.LocalTrackPublication | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sending = False
+        self._t0 = 0.0
+        self.frames_sent = 0
+        self.samples_sent = 0
+        self.drops = 0
+        self.last_absence = 0.0  # seconds the last drop_for sent nothing (leave to media again)
+
+    # -- properties --------------------------------------------------------
+    @property
+    def identity(self) -> str:
+        assert self.room is not None, "publisher not started"
+        return self.room.local_participant.identity
+
+    @property
+    def video_sid(self) -> str | None:
+        return self.video_pub.sid if self.video_pub is not None else None
+
+    @property
+    def audio_sid(self) -> str | None:
+        return self.audio_pub.sid if self.audio_pub is not None else None
+
+    # -- lifecycle ---------------------------------------------------------
+    async def start(self) -> SyntheticPublisher:
+        """Join, publish, and start sending on the media timeline (t = 0 now)."""
+        if self.video:
+            self._vsrc = rtc.VideoSource(self.gen.width, self.gen.height)
+        if self.audio:
+            self._asrc = rtc.AudioSource(self.sample_rate, self.channels, queue_size_ms=0)
+        await self._join()
+        await self._publish()
+        self._t0 = time.monotonic()
+        self._sending = True
+        if self.video:
+            self._tasks.append(asyncio.create_task(self._video_loop(), name="publisher-video"))
+        if self.audio:
+            self._tasks.append(asyncio.create_task(self._audio_loop(), name="publisher-audio"))
+        return self
+
+    async def stop(self) -> None:
+        """Stop sending, leave the room, free the sources."""
+        self._sending = False
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.room is not None:
+            with contextlib.suppress(Exception):
+                await self.room.disconnect()
+            self.room = None
+        for src in (self._vsrc, self._asrc):
+            if src is not None:
+                with contextlib.suppress(Exception):
+                    await src.aclose()
+        self._vsrc = self._asrc = None
+
+    async def __aenter__(self) -> SyntheticPublisher:
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    async def _join(self) -> None:
+        self.room = rtc.Room()
+        await self.room.connect(self.url, self._token, rtc.RoomOptions(auto_subscribe=False))
+
+    async def _publish(self) -> None:
+        assert self.room is not None
+        lp = self.room.local_participant
+        if self._vsrc is not None:
+            track = rtc.LocalVideoTrack.create_video_track("synthetic-video", self._vsrc)
+            opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, video_codec=self.video_codec,
+                                           simulcast=False)
+            opts.video_encoding.max_bitrate = self.video_bitrate
+            opts.video_encoding.max_framerate = float(self.fps)
+            self.video_pub = await lp.publish_track(track, opts)
+        if self._asrc is not None:
+            track = rtc.LocalAudioTrack.create_audio_track("synthetic-audio", self._asrc)
+            opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE, dtx=False)
+            self.audio_pub = await lp.publish_track(track, opts)
+
+    # -- drops and mutes ---------------------------------------------------
+    async def drop_for(self, seconds: float, mode: str = "rejoin") -> None:
+        """Go away for ``seconds`` and come back (egress #210): "rejoin" disconnects the
+        participant; "republish" unpublishes and republishes its tracks."""
+        if mode not in ("rejoin", "republish"):
+            raise ValueError(f"drop mode must be 'rejoin' or 'republish', not {mode!r}")
+        assert self.room is not None, "publisher not started"
+        self.drops += 1
+        self._sending = False
+        t_left = time.monotonic()
+        t_back = t_left + seconds
+        if mode == "rejoin":
+            await self.room.disconnect()
+        else:
+            for pub in (self.video_pub, self.audio_pub):
+                if pub is not None:
+                    await self.room.local_participant.unpublish_track(pub.sid)
+        self.video_pub = self.audio_pub = None
+        await asyncio.sleep(max(0.0, t_back - time.monotonic()))
+        if mode == "rejoin":
+            await self._join()
+        await self._publish()
+        self._sending = True
+        self.last_absence = time.monotonic() - t_left
+
+    def set_muted(self, muted: bool, kind: str | None = None) -> None:
+        """Mute or unmute the audio, the video, or both (kind None)."""
+        for k, pub in (("video", self.video_pub), ("audio", self.audio_pub)):
+            if pub is None or (kind is not None and kind != k):
+                continue
+            track = pub.track
+            if track is not None:
+                track.mute() if muted else track.unmute()  # type: ignore[union-attr]
+
+    # -- sending -----------------------------------------------------------
+    async def _video_loop(self) -> None:
+        assert self._vsrc is not None
+        period = 1.0 / float(self.gen.fps)
+        i = 0
+        while True:
+            t = self._t0 + i * period
+            delay = t - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.5:  # far behind (machine stalled): skip ahead, keep the timeline
+                i = int((time.monotonic() - self._t0) / period)
+                continue
+            if self._sending:
+                self._vsrc.capture_frame(to_rtc_video(self.gen.video_frame(i)))
+                self.frames_sent += 1
+            i += 1
+
+    async def _audio_loop(self) -> None:
+        assert self._asrc is not None
+        n = self.gen.audio_frame_samples
+        s = 0
+        while True:
+            t = self._t0 + s / self.sample_rate
+            delay = t - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.5:
+                s = int((time.monotonic() - self._t0) * self.sample_rate) // n * n
+                continue
+            if self._sending:
+                await self._asrc.capture_frame(to_rtc_audio(self.gen.audio_frame(s)))
+                self.samples_sent += n
+            s += n
+
+
+class LkLoadTest:
+    """``lk perf load-test`` publishing into a room: an independent client (Go SDK, its own
+    pre-encoded media) for interop tests. Identities are ``<identity_prefix>_pub_<n>``-like.
+
+    Runs as a child process (logs in ``log_path``); ``stop()`` sends SIGINT, then SIGKILL.
+    """
+
+    def __init__(
+        self,
+        stack: DevStack,
+        room: str,
+        *,
+        video_publishers: int = 1,
+        audio_publishers: int = 1,
+        identity_prefix: str = "lk",
+        video_codec: str | None = "vp8",
+        video_resolution: str = "low",
+        simulcast: bool = False,
+        duration: float | None = None,
+        extra_args: Sequence[str] = (),
+        log_path: str | Path | None = None,
+    ) -> None:
+        self.stack = stack
+        self.room = room
+        self.argv = [
+            find_binary("lk"), "perf", "load-test", "--room", room,
+            "--video-publishers", str(video_publishers), "--audio-publishers", str(audio_publishers),
+            "--subscribers", "0", "--identity-prefix", identity_prefix, "--video-resolution", video_resolution,
+        ]
+        if video_codec:
+            self.argv += ["--video-codec", video_codec]
+        if not simulcast:
+            self.argv.append("--no-simulcast")
+        if duration is not None:
+            self.argv += ["--duration", f"{duration:g}s"]
+        self.argv += list(extra_args)
+        self.log_path = Path(log_path) if log_path else stack.workdir / f"lk-load-test-{room}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> LkLoadTest:
+        # Keys by environment, so that the secret is not on a command line.
+        with open(self.log_path, "wb") as logf:
+            self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=_lk_env(self.stack), start_new_session=True)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        p = self.proc
+        if p is None:
+            return None
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.proc = None
+        return p.returncode
+
+    def __enter__(self) -> LkLoadTest:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def run_lk(stack: DevStack, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run ``lk <args>`` against the stack (url and keys from the stack, keys by env)."""
+    return subprocess.run([find_binary("lk"), *args], capture_output=True, text=True, env=_lk_env(stack),
+                          timeout=timeout)
+
+
+def _lk_env(stack: DevStack) -> dict[str, str]:
+    # By environment, so that the secret is not on a command line.
+    return {**os.environ, "LIVEKIT_URL": stack.url, "LIVEKIT_API_KEY": stack.api_key,
+            "LIVEKIT_API_SECRET": stack.api_secret}
