@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..core import Graph, Node, Sink
 from ..nodes.audio_mix import AudioMixer
+from ..nodes.convert import FpsConverter
 from ..nodes.encode import AudioEncoder, VideoEncoder
 from ..nodes.tee import Tee
 from ..sinks.file import FileSink
@@ -75,14 +76,15 @@ def build_recipe(
             venc = VideoEncoder("libx264", width=e.width, height=e.height, fps=e.fps,
                                 bitrate=e.video_bitrate * 1000, keyframe_interval=e.keyframe_interval or None,
                                 profile=e.profile, name="video_encoder")
-            g.link(r.video_in, venc)
+            # A constant frame rate: live tracks arrive bunched after a stall or a rejoin.
+            g.chain(r.video_in, FpsConverter(e.fps, name="fps"), venc)
             r.encoders["video"] = venc
     if cfg.audio_enabled:
-        if cfg.request_type == "room_composite":
-            r.mixer = AudioMixer(sample_rate=48_000, channels=2, live=live, name="mixer")
-            r.audio_in = g.add(r.mixer)
-        else:
-            r.audio_in = g.add(Tee(name="audio"))
+        # A clock-driven mixer in front of the encoder, even for one track: audio that
+        # arrives late or not at all becomes silence in its place on the timeline, so the
+        # track never slides against the video (and tracks can come and go).
+        r.mixer = AudioMixer(sample_rate=48_000, channels=2, live=live, name="mixer")
+        r.audio_in = g.add(r.mixer)
         codec = e.audio_codec or "aac"
         rate = 48_000 if codec == "opus" else e.audio_frequency
         aenc = AudioEncoder(codec, bitrate=e.audio_bitrate * 1000, sample_rate=rate, name="audio_encoder")

@@ -485,18 +485,21 @@ class AudioMixer(Node):
             self._drain(list(self._states.values()), ahead=True)
             self._flush_pending()
             now = clock.now()
+            if self._stop and stop_at is None:
+                # The recording ends where stop was asked: windows after it would only be
+                # silence while the sources disconnect.
+                stop_at = now
+            end = None if stop_at is None else max(self._out_t, int(stop_at * sr) // F * F)
+            if end is not None and self._out_t >= end:
+                return
             # Window [t, t+F) is due at clock time t + latency, whatever has arrived.
             late_by = int((now - self.latency) * sr) - self._out_t
             if late_by >= 0:
-                await self._emit_span(min(late_by // F + 1, _BATCH_WINDOWS) * F)
+                span = min(late_by // F + 1, _BATCH_WINDOWS) * F
+                if end is not None:
+                    span = min(span, end - self._out_t)
+                await self._emit_span(span)
                 continue
-            if self._stop:
-                if stop_at is None:
-                    stop_at = now
-                left = [st for st in self._states.values() if not st.eos or st.pending
-                        or (st.end is not None and st.end > self._out_t)]
-                if not left or now > stop_at + self.latency + 1.0:
-                    return
             deadline = self._out_t / sr + self.latency
             await self._waiter.wait([], max(0.0, deadline - clock.now()))
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import av
 from av.audio.resampler import AudioResampler
+from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
 from ..core import Caps, Gap, Processor
@@ -97,6 +98,7 @@ class VideoEncoder(Processor):
         self.stream: Any = None
         self._reformatter = VideoReformatter()
         self._last_pts = -1
+        self._next_key: int | None = None
         self.frames_in = 0
         self.frames_out = 0
         self.bytes_out = 0
@@ -111,10 +113,13 @@ class VideoEncoder(Processor):
             await self.offload(self._open)
 
     def _open(self) -> None:
+        # Key frames are forced by timestamp (process()), so live sources whose frame rate
+        # wanders still get one every keyframe_interval seconds (HLS segments, stream GOPs);
+        # the codec's own GOP is only a backstop.
         gop = max(1, round(float(self.fps) * self.keyframe_interval))
-        opts: dict[str, str] = {"g": str(gop)}
+        opts: dict[str, str] = {"g": str(gop * 4)}
         if self.encoder_name == "libx264":
-            opts.update({"preset": self.speed, "keyint_min": str(gop), "sc_threshold": "0",
+            opts.update({"preset": self.speed, "sc_threshold": "0", "forced-idr": "1",
                          "bf": "0" if self.profile == "baseline" else "2"})
             # VBV so the rate holds for live streams (RTMP wants CBR-like output).
             opts.update({"maxrate": str(self.bitrate), "bufsize": str(self.bitrate * 2)})
@@ -161,6 +166,16 @@ class VideoEncoder(Processor):
         if pts <= self._last_pts:  # libx264 refuses timestamps that go back
             return ()
         self._last_pts = pts
+        if self._next_key is None or pts >= self._next_key:
+            # Frames may be shared by several encoders; a forced key frame there is harmless.
+            # The schedule stays on the grid of the first key frame: no drift over hours.
+            frame.pict_type = PictureType.I
+            step = round(self.keyframe_interval * 90_000)
+            self._next_key = pts + step if self._next_key is None else self._next_key + step
+            while self._next_key <= pts:
+                self._next_key += step
+        elif frame.pict_type == PictureType.I:
+            frame.pict_type = PictureType.NONE
         if frame.time_base != VIDEO_TIME_BASE:
             # Frames may be shared by several encoders: every video encoder uses the
             # same time base, so this rewrite is the same value whoever makes it.

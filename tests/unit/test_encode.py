@@ -146,3 +146,22 @@ def test_synthetic_flash_and_beep_are_at_whole_seconds() -> None:
     a = src.audio_frame(48000).to_ndarray()
     assert abs(a).max() > 10000  # the beep at t = 1 s
     assert abs(src.audio_frame(48000 + 9600).to_ndarray()).max() == 0
+
+
+def test_keyframes_follow_time_when_the_frame_rate_wanders() -> None:
+    """A live track at ~17 fps into a 30 fps encoder: key frames stay 1 s apart."""
+    enc = VideoEncoder(width=320, height=240, fps=30, bitrate=300_000, keyframe_interval=1.0)
+    src = SyntheticSource(width=320, height=240, fps=30, audio=False)
+    enc._open()
+    pkts: list[av.Packet] = []
+    t = 0.0
+    import random
+    rnd = random.Random(1)
+    while t < 5.0:
+        f = src.video_frame(0)
+        f.pts = round(t * 90_000)
+        pkts.extend(enc.process(f))
+        t += rnd.uniform(0.04, 0.08)
+    pkts.extend(enc.flush())
+    keys = [float(p.pts * p.time_base) for p in pkts if p.is_keyframe]
+    assert len(keys) == 5 and all(abs(k - round(k)) < 0.09 for k in keys), keys

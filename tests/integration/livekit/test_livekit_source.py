@@ -19,7 +19,7 @@ from lkmedia.nodes.encode import AudioEncoder, VideoEncoder
 from lkmedia.sinks.file import FileSink
 from lkmedia.sources.livekit import RoomSource, TrackSource
 from lkmedia.testing.devstack import DevStack, StackError, find_binary
-from lkmedia.testing.probe import av_offsets, decode_errors, probe
+from lkmedia.testing.probe import assert_av_sync, av_offsets, decode_errors, probe
 from lkmedia.testing.publisher import LkLoadTest, SyntheticPublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -152,7 +152,7 @@ async def test_recording_is_in_sync(livekit_stack: DevStack, room_name: str, pub
     assert p.duration is not None and abs(p.duration - elapsed) <= 0.5, (p.duration, elapsed)
     offsets = av_offsets(str(out))
     assert len(offsets) >= 3, f"flash/beep pairs found: {offsets}"
-    assert max(abs(o) for o in offsets) <= 0.040, f"A/V offsets (s): {offsets}"
+    assert_av_sync(offsets, subscriptions=1)
     assert decode_errors(str(out)) == ""
 
 
@@ -185,11 +185,14 @@ async def test_drop_and_return_is_one_recording(livekit_stack: DevStack, room_na
         away = src.stats()[f"{kind}.gap_seconds"]
         # 2 s away plus the rejoin (~0.15 s) and resubscription; on a loaded machine the
         # rejoin alone can take longer, so the bound counts from the publisher's absence.
-        assert 1.5 < away <= max(2.5, publisher.last_absence + 0.4), (
+        # Resubscribing after the rejoin (track published -> subscribed -> first key frame)
+        # takes 0.2-0.45 s here on a loaded 2-core machine.
+        assert 1.5 < away <= max(2.5, publisher.last_absence + 0.5), (
             f"{kind} away {away:.2f} s, publisher absent {publisher.last_absence:.2f} s")
         assert _largest_hole(out, kind) < 0.2
     offsets = av_offsets(str(out))
-    assert offsets and max(abs(o) for o in offsets) <= 0.040, f"A/V offsets after return (s): {offsets}"
+    assert len(offsets) >= 3, f"flash/beep pairs found: {offsets}"
+    assert_av_sync(offsets, subscriptions=2)
 
 
 async def test_mute_becomes_a_muted_gap(livekit_stack: DevStack, room_name: str,
