@@ -406,8 +406,28 @@ def build_parser() -> argparse.ArgumentParser:
     egress.add_argument("--dev", action="store_true",
                         help="no config: the local dev stack (devkey/secret, ws://127.0.0.1:7880, redis :6379)")
     egress.set_defaults(func=cmd_egress)
+    edemo = sub.add_parser("egress-demo", parents=[common],
+                           help="local dev stack: record a participant egress through the real API",
+                           description="Start Redis, livekit-server, the lkmedia egress service and a synthetic "
+                                       "publisher; record a participant egress through livekit-server's API into "
+                                       "--out; print the final EgressInfo.")
+    edemo.add_argument("--out", default="./out", metavar="DIR", help="output directory (default: ./out)")
+    edemo.add_argument("--seconds", type=float, default=10.0, help="recording length (default: 10)")
+    edemo.set_defaults(func=cmd_egress_demo)
     # ingress / bench subcommands are added here as those packages land.
     return p
+
+
+def cmd_egress_demo(args: argparse.Namespace) -> int:
+    from .demo import run
+    from .testing.devstack import StackError
+
+    if args.log_level == "warning" and not args.debug:
+        logging.getLogger().setLevel("ERROR")
+    try:
+        return run(args.out, args.seconds)
+    except StackError as e:
+        raise UsageError(f"{e} (./scripts/setup.sh installs livekit-server and redis-server)") from None
 
 
 def cmd_egress(args: argparse.Namespace) -> int:

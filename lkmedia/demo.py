@@ -1,0 +1,76 @@
+"""The main job on an embedded default: a local dev stack recording through the real API.
+
+Starts Redis and livekit-server (dev mode, on free loopback ports), the lkmedia egress
+service, and a participant publishing the synthetic flash/beep A/V; then asks
+livekit-server for a participant egress through the public API, records for
+``seconds``, stops it and prints the final EgressInfo. Outputs land in ``out_dir``.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from google.protobuf.json_format import MessageToJson
+from livekit import api
+from livekit.protocol import egress as lk
+
+from .service.config import parse_config
+from .service.egress import EgressService
+from .testing.devstack import DevStack
+from .testing.probe import probe
+from .testing.publisher import SyntheticPublisher
+
+S = lk.EgressStatus
+ROOM = "lkmedia-demo"
+
+
+async def _wait(lkapi: api.LiveKitAPI, egress_id: str, want: set[int], timeout: float) -> lk.EgressInfo:
+    deadline = time.monotonic() + timeout
+    while True:
+        res = await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=egress_id))
+        if res.items and res.items[0].status in want:
+            return res.items[0]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"egress {egress_id} did not reach {sorted(S.Name(w) for w in want)} in {timeout:g} s")
+        await asyncio.sleep(0.1)
+
+
+async def egress_demo(out_dir: str, seconds: float = 10.0) -> lk.EgressInfo:
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    with DevStack() as stack:
+        conf = parse_config(f"api_key: {stack.api_key}\napi_secret: {stack.api_secret}\nws_url: {stack.url}\n"
+                            f"redis:\n  address: {stack.redis_address}\n", source="<demo>")
+        service = EgressService(conf, tmp_dir=out_dir)
+        await service.start()
+        try:
+            pub = SyntheticPublisher(stack.url, stack.token("publisher", ROOM), width=1280, height=720)
+            await pub.start()
+            try:
+                async with api.LiveKitAPI(stack.http_url, stack.api_key, stack.api_secret) as lkapi:
+                    info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
+                        room_name=ROOM, identity="publisher", preset=lk.H264_720P_30,
+                        file_outputs=[lk.EncodedFileOutput(filepath="{room_name}-{time}.mp4")]))
+                    print(f"egress {info.egress_id}: {S.Name(info.status)}", flush=True)
+                    await _wait(lkapi, info.egress_id, {S.EGRESS_ACTIVE, S.EGRESS_FAILED}, 30)
+                    print(f"recording {seconds:g} s ...", flush=True)
+                    await asyncio.sleep(seconds)
+                    await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+                    final = await _wait(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED,
+                                                                 S.EGRESS_ABORTED, S.EGRESS_LIMIT_REACHED}, 60)
+            finally:
+                await pub.stop()
+        finally:
+            await service.close(drain_timeout=30)
+    print(MessageToJson(final, indent=2), flush=True)
+    for f in final.file_results:
+        p = probe(f.location)
+        kinds = ", ".join(f"{s.kind} {s.codec}" for s in p.streams)
+        print(f"wrote {f.location}: {p.duration or 0:.2f} s ({kinds})", flush=True)
+    return final
+
+
+def run(out_dir: str, seconds: float) -> int:
+    final = asyncio.run(egress_demo(out_dir, seconds))
+    return 0 if final.status == S.EGRESS_COMPLETE else 1
