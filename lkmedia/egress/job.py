@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from livekit import api
+from livekit import api, rtc
 from livekit.protocol import egress as lk
 
 from ..core import GraphError
@@ -164,7 +164,7 @@ class EgressJob:
         g = r.graph
         if cfg.request_type == "room_composite":
             src = RoomSource(self.ws_url, token, name="room")
-            src.on_track(kind="audio", link=r.mixer)
+            src.on_track(kind="audio", callback=self._mix_router(r))
             g.add(src)
         else:
             kw: dict[str, Any] = {"name": "tracks", "wait_timeout": SUBSCRIBE_TIMEOUT}
@@ -181,6 +181,27 @@ class EgressJob:
                 g.link(src.out("audio"), r.audio_in)
         self.source = src
         return r
+
+    def _mix_router(self, r: Recipe) -> Any:
+        """AudioMixing: DEFAULT mixes every track into both channels; DUAL_CHANNEL_AGENT puts
+        agents on the left and everyone else on the right; DUAL_CHANNEL_ALTERNATE gives each
+        new track the other channel (the Go egress's pkg/pipeline/builder/audio.go rules)."""
+        mode = self.cfg.audio_mixing
+        count = 0
+
+        def link(src: Any, port: Any, info: Any) -> None:
+            nonlocal count
+            edge = src.graph.link(port, r.mixer)
+            if mode == "dual_channel_agent":
+                channel = "left" if info.participant_kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT else "right"
+            elif mode == "dual_channel_alternate":
+                channel = "left" if count % 2 == 0 else "right"
+                count += 1
+            else:
+                channel = "both"
+            r.mixer.set_channel(edge.dst, channel)  # type: ignore[union-attr]
+
+        return link
 
     async def _find_track(self, track_id: str) -> dict[str, str]:
         http = self.ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)

@@ -274,3 +274,56 @@ async def test_participant_egress_to_mp4_hls_and_rtmp_at_once(
     offsets = av_offsets(done.file_results[0].location)
     assert len(offsets) >= 4
     assert_av_sync(offsets)
+
+
+def _channel_energy(path: str) -> tuple[float, float]:
+    import av
+    import numpy as np
+
+    left = right = 0.0
+    with av.open(path) as c:
+        for f in c.decode(c.streams.audio[0]):
+            a = f.to_ndarray().astype(np.float64)
+            if not f.format.is_planar:
+                a = a.reshape(-1, 2).T
+            left += float(np.abs(a[0]).sum())
+            right += float(np.abs(a[1]).sum())
+    return left, right
+
+
+@pytest.mark.parametrize("mixing", ["DEFAULT_MIXING", "DUAL_CHANNEL_ALTERNATE"])
+async def test_audio_only_room_composite_mixes_in_process(
+    livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str, mixing: str
+) -> None:
+    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
+        done = await _record(lkapi, lkapi.egress.start_room_composite_egress(lk.RoomCompositeEgressRequest(
+            room_name=room_name, audio_only=True, audio_mixing=lk.AudioMixing.Value(mixing),
+            file_outputs=[lk.EncodedFileOutput(filepath=f"room/{mixing}")])), 3)
+    f = done.file_results[0]
+    p = probe(f.location)
+    assert f.filename.endswith(".ogg") and p.stream("audio").codec == "opus" and not p.has("video")
+    assert p.stream("audio").channels == 2 and p.duration == pytest.approx(3.0, abs=0.6)
+    left, right = _channel_energy(f.location)
+    assert left > 0
+    if mixing == "DEFAULT_MIXING":
+        assert right == pytest.approx(left, rel=0.05)  # the participant in both channels
+    else:
+        assert right < left * 0.01  # the first (only) track alternates to the left
+
+
+async def test_track_composite_egress(
+    livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str
+) -> None:
+    video_sid, audio_sid = await _wait_tracks(publisher)
+    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
+        done = await _record(lkapi, lkapi.egress.start_track_composite_egress(lk.TrackCompositeEgressRequest(
+            room_name=room_name, audio_track_id=audio_sid, video_track_id=video_sid,
+            preset=lk.H264_720P_30, file_outputs=[lk.EncodedFileOutput(filepath="tc/{room_name}")])), 4)
+    f = done.file_results[0]
+    p = probe(f.location)
+    assert f.filename.endswith(".mp4") and p.stream("video").codec == "h264" and p.stream("audio").codec == "aac"
+    assert (p.stream("video").width, p.stream("video").height) == (1280, 720)
+    assert p.duration == pytest.approx(4.0, abs=0.6)
+    offsets = av_offsets(f.location)
+    assert len(offsets) >= 3
+    assert_av_sync(offsets)
