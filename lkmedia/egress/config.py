@@ -139,6 +139,8 @@ def egress_config(egress_id: str, room_id: str, request: Any) -> EgressConfig:
     Raises InvalidRequest with the Go egress's message."""
     if not egress_id:
         raise invalid_input("egressID")
+    if isinstance(request, lk.StartEgressRequest):
+        return _v2_config(egress_id, room_id, request)
     kind = {
         lk.RoomCompositeEgressRequest: "room_composite", lk.ParticipantEgressRequest: "participant",
         lk.TrackCompositeEgressRequest: "track_composite", lk.TrackEgressRequest: "track",
@@ -185,9 +187,81 @@ def egress_config(egress_id: str, room_id: str, request: Any) -> EgressConfig:
     return c
 
 
+def _v2_config(egress_id: str, room_id: str, r: lk.StartEgressRequest) -> EgressConfig:
+    """The v2 StartEgress with a MediaSource, as the v1 request it amounts to: a
+    participant's video (+ that participant's audio), or a video track (+ audio tracks),
+    or audio only (tracks, or every track mixed). Per-output storage is kept."""
+    source = r.WhichOneof("source")
+    if source != "media":
+        raise not_supported(f"StartEgress with a {source or 'missing'} source (media sources are)")
+    if not r.room_name:
+        raise invalid_input("room_name")
+    m = r.media
+    audio = m.audio if m.HasField("audio") else None
+    routes = list(audio.routes) if audio is not None else []
+    for rt in routes:
+        if rt.channel != lk.AudioChannel.AUDIO_CHANNEL_BOTH or rt.WhichOneof("match") == "participant_kind":
+            raise not_supported("audio routes by channel or participant kind")
+    track_routes = [rt.track_id for rt in routes if rt.WhichOneof("match") == "track_id"]
+    who = [rt.participant_identity for rt in routes if rt.WhichOneof("match") == "participant_identity"]
+    c = EgressConfig(egress_id=egress_id, room_id=room_id, room_name=r.room_name, request_type="",
+                     request=r, webhooks=list(r.webhooks))
+    video = m.WhichOneof("video")
+    if video == "participant_video":
+        if not m.participant_video.identity:
+            raise invalid_input("participant_video.identity")
+        if track_routes or any(w != m.participant_video.identity for w in who):
+            raise not_supported("participant video with another participant's audio")
+        c.request_type, c.identity = "participant", m.participant_video.identity
+        c.screen_share = m.participant_video.prefer_screen_share
+        c.video_enabled, c.audio_enabled = True, bool(who) or bool(audio and audio.capture_all)
+    elif video == "video_track_id" or track_routes:
+        if len(track_routes) > 1 or who or (audio is not None and audio.capture_all):
+            raise not_supported("more than one audio track with a video track")
+        c.request_type = "track_composite"
+        c.video_track_id = m.video_track_id
+        c.audio_track_id = track_routes[0] if track_routes else ""
+        c.video_enabled, c.audio_enabled = bool(c.video_track_id), bool(c.audio_track_id)
+    elif audio is not None and audio.capture_all and not routes:
+        c.request_type, c.audio_enabled = "room_composite", True
+    else:
+        raise invalid_input("media source")
+    _encoding(c, r)
+    _v2_outputs(c, r)
+    _choose_codecs(c)
+    return c
+
+
+def _v2_outputs(c: EgressConfig, r: lk.StartEgressRequest) -> None:
+    """v2 outputs are one list; each may carry its own storage (else the request's)."""
+    shim = lk.ParticipantEgressRequest()
+    storages: dict[str, Any] = {}
+    for out in r.outputs:
+        which = out.WhichOneof("config")
+        st = out.storage if out.HasField("storage") else (r.storage if r.HasField("storage") else None)
+        if which == "file":  # v2 FileOutput: the same fields, no storage of its own
+            shim.file_outputs.add(file_type=out.file.file_type, filepath=out.file.filepath,
+                                  disable_manifest=out.file.disable_manifest)
+        elif which == "stream":
+            shim.stream_outputs.add().CopyFrom(out.stream)
+        elif which == "segments":
+            shim.segment_outputs.add().CopyFrom(out.segments)
+        elif which == "images":
+            shim.image_outputs.add().CopyFrom(out.images)
+        else:
+            raise invalid_input("output config")
+        storages.setdefault(which, st)
+    _encoded_outputs(c, shim)
+    for which, target in (("file", c.file), ("segments", c.segments)):
+        if target is not None and storages.get(which) is not None:
+            target.storage = storages[which]
+    for img in c.images:
+        img.storage = storages.get("images")
+
+
 def _encoding(c: EgressConfig, r: Any) -> None:
     e = c.encoding
-    which = r.WhichOneof("options")
+    which = r.WhichOneof("encoding" if isinstance(r, lk.StartEgressRequest) else "options")
     if which == "preset":
         if r.preset == lk.PASSTHROUGH:
             raise not_supported("PASSTHROUGH preset for this request type")

@@ -155,9 +155,9 @@ class EgressService:
         self.jobs[req.egress_id] = job
         self._requests[req.egress_id] = (kind, inner)
         self._handlers[req.egress_id] = handler
-        self.metrics.request_started(kind)
+        self.metrics.request_started("media" if kind == "egress" else kind)
         self.admission.started(req.egress_id)
-        task = asyncio.get_running_loop().create_task(self._supervise(job, kind))
+        task = asyncio.get_running_loop().create_task(self._supervise(job, "media" if kind == "egress" else kind))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return lk.EgressInfo.FromString(info.SerializeToString())
@@ -240,6 +240,18 @@ def _redacted(msg: Any) -> Any:
     for field in ("file", "segments"):
         if _has(out, field):
             _scrub_upload(getattr(out, field))
+    for o in getattr(out, "outputs", []):  # v2 StartEgress
+        if o.HasField("stream"):
+            urls = [redact_url(u) for u in o.stream.urls]
+            del o.stream.urls[:]
+            o.stream.urls.extend(urls)
+        for field in ("file", "segments", "images"):
+            if o.HasField(field):
+                _scrub_upload(getattr(o, field))
+        if o.HasField("storage"):
+            _scrub_upload(o.storage)
+    if _has(out, "storage"):
+        _scrub_upload(out.storage)
     return out
 
 

@@ -111,3 +111,30 @@ def test_track_egress_and_room_composite_audio() -> None:
     assert (c.audio_enabled, c.video_enabled, c.audio_mixing, c.file.file_type) == (  # type: ignore[union-attr]
         True, False, "dual_channel_agent", "mp4")
     assert c.encoding.audio_codec == "aac"
+
+
+def test_v2_media_sources_map_to_the_v1_shapes() -> None:
+    s3 = lk.StorageConfig(s3=lk.S3Upload(bucket="b", access_key="k", secret="s"))
+    req = lk.StartEgressRequest(
+        room_name="r", media=lk.MediaSource(
+            participant_video=lk.ParticipantVideo(identity="alice"),
+            audio=lk.AudioConfig(routes=[lk.AudioRoute(participant_identity="alice")])),
+        preset=lk.H264_1080P_30, storage=s3,
+        outputs=[lk.Output(file=lk.FileOutput(filepath="v2.mp4")),
+                 lk.Output(stream=lk.StreamOutput(urls=["rtmp://h/live/key"]))])
+    c = egress_config("EG_v2", "", req)
+    assert (c.request_type, c.identity, c.video_enabled, c.audio_enabled) == ("participant", "alice", True, True)
+    assert (c.encoding.width, c.encoding.height) == (1920, 1080) and c.encoding.keyframe_interval == 4.0
+    assert c.file is not None and c.file.storage.s3.bucket == "b" and c.stream is not None
+    tc = egress_config("EG_v2", "", lk.StartEgressRequest(room_name="r", media=lk.MediaSource(
+        video_track_id="TR_v", audio=lk.AudioConfig(routes=[lk.AudioRoute(track_id="TR_a")])),
+        outputs=[lk.Output(file=lk.FileOutput(filepath="x"))]))
+    assert (tc.request_type, tc.video_track_id, tc.audio_track_id) == ("track_composite", "TR_v", "TR_a")
+    mix = egress_config("EG_v2", "", lk.StartEgressRequest(room_name="r", media=lk.MediaSource(
+        audio=lk.AudioConfig(capture_all=True)), outputs=[lk.Output(file=lk.FileOutput(filepath="m"))]))
+    assert (mix.request_type, mix.video_enabled, mix.file.file_type) == ("room_composite", False, "ogg")  # type: ignore[union-attr]
+    with pytest.raises(InvalidRequest, match="web source"):
+        egress_config("EG_v2", "", lk.StartEgressRequest(room_name="r", web=lk.WebSource(url="https://x")))
+    with pytest.raises(InvalidRequest, match="audio routes by channel"):
+        egress_config("EG_v2", "", lk.StartEgressRequest(room_name="r", media=lk.MediaSource(audio=lk.AudioConfig(
+            routes=[lk.AudioRoute(track_id="a", channel=lk.AudioChannel.AUDIO_CHANNEL_LEFT)]))))

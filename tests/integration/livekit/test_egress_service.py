@@ -338,3 +338,19 @@ async def test_track_composite_egress(
     offsets = av_offsets(f.location)
     assert len(offsets) >= 3
     assert_av_sync(offsets)
+
+
+async def test_v2_start_egress_with_a_media_source(
+    livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str
+) -> None:
+    """livekit-server v1.13.5 routes the v2 StartEgress (rpc field 16) to lkmedia."""
+    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
+        done, interval = await _record_timed(lkapi, lkapi.egress.start_egress(lk.StartEgressRequest(
+            room_name=room_name, media=lk.MediaSource(
+                participant_video=lk.ParticipantVideo(identity="pub"),
+                audio=lk.AudioConfig(routes=[lk.AudioRoute(participant_identity="pub")])),
+            advanced=lk.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=800),
+            outputs=[lk.Output(file=lk.FileOutput(filepath="v2/{room_name}.mp4"))])), 3)
+    assert done.HasField("egress") and done.egress.media.participant_video.identity == "pub"
+    p = probe(done.file_results[0].location)
+    assert p.has("video") and p.has("audio") and p.duration == pytest.approx(interval, abs=0.5)
