@@ -329,11 +329,12 @@ async def test_track_composite_egress(
     async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
         done = await _record(lkapi, lkapi.egress.start_track_composite_egress(lk.TrackCompositeEgressRequest(
             room_name=room_name, audio_track_id=audio_sid, video_track_id=video_sid,
-            preset=lk.H264_720P_30, file_outputs=[lk.EncodedFileOutput(filepath="tc/{room_name}")])), 4)
+            advanced=lk.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=1000),
+            file_outputs=[lk.EncodedFileOutput(filepath="tc/{room_name}")])), 4)
     f = done.file_results[0]
     p = probe(f.location)
     assert f.filename.endswith(".mp4") and p.stream("video").codec == "h264" and p.stream("audio").codec == "aac"
-    assert (p.stream("video").width, p.stream("video").height) == (1280, 720)
+    assert (p.stream("video").width, p.stream("video").height) == (640, 360)
     assert p.duration == pytest.approx(4.0, abs=0.6)
     offsets = av_offsets(f.location)
     assert len(offsets) >= 3
