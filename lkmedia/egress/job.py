@@ -20,6 +20,7 @@ from livekit.protocol import egress as lk
 
 from ..core import GraphError
 from ..sources.livekit import RoomSource, TrackSource
+from ..storage.base import StorageConfigError
 from ..storage.factory import StorageSettings, storage_for_request
 from ..storage.manifest import Manifest
 from ..storage.uploader import Uploader
@@ -137,19 +138,51 @@ class EgressJob:
             if uploader is not None:
                 await uploader.close()
 
+    def _upload_storage(self, key: str) -> Any:
+        """The storage a request gave output ``key`` ("file", "segments"): an S3Upload /
+        ... message, or None for the server's ``storage:``."""
+        return getattr(getattr(self.cfg, key, None), "storage", None)
+
+    def _main_output(self) -> str | None:
+        return "file" if self.cfg.file is not None else "segments" if self.cfg.segments is not None else None
+
+    def _new_uploader(self, key: str) -> Uploader:
+        try:
+            storage = storage_for_request(self._upload_storage(key), self.storage_settings)
+        except StorageConfigError as e:
+            raise EgressError(str(e), "invalid_argument") from None
+        return Uploader(storage, backup=self.storage_settings.backup if self.storage_settings else None,
+                        delete_after_upload=storage is not None, name=f"{self.cfg.egress_id}-{key}-uploads")
+
     async def _uploader(self) -> Uploader | None:
-        out = self.cfg.file or self.cfg.segments
-        if out is None:
+        """The uploader of the file output (else of the segments). Each output has its own
+        storage in LiveKit's API (the request's, else the server's): another output whose
+        storage differs gets its own uploader in ``_upload``. Every storage is tried now,
+        so a bad bucket or key fails the egress at start, not at the end."""
+        main = self._main_output()
+        if main is None:
             return None
-        storage = storage_for_request(getattr(out, "storage", None), self.storage_settings)
-        up = Uploader(storage, backup=self.storage_settings.backup if self.storage_settings else None,
-                      delete_after_upload=storage is not None, name=f"{self.cfg.egress_id}-uploads")
-        if storage is not None:
-            try:
-                await up.preflight()  # a bad bucket or key fails now, not at the end
-            except Exception as e:
-                await up.close()
-                raise EgressError(str(e), "invalid_argument") from None
+        up = self._new_uploader(main)
+        checks = [up]
+        for key in ("file", "segments"):
+            if key != main and getattr(self.cfg, key, None) is not None \
+                    and self._upload_storage(key) != self._upload_storage(main):
+                checks.append(self._new_uploader(key))
+        try:
+            for u in checks:
+                if u.storage is not None:
+                    try:
+                        await u.preflight()
+                    except Exception as e:
+                        where = u.storage.describe()
+                        raise EgressError(str(e) or f"{where}: {type(e).__name__} in the test write",
+                                          "invalid_argument") from None
+        except BaseException:
+            for u in checks:
+                await u.close()
+            raise
+        for u in checks[1:]:
+            await u.close()
         return up
 
     async def _build(self) -> Recipe:
@@ -248,7 +281,8 @@ class EgressJob:
         return any(not s.failed for s in self.recipe.sinks.values())
 
     async def _upload(self, uploader: Uploader | None) -> dict[str, str]:
-        """Upload file outputs and the HLS set; keep local copies unless confirmed."""
+        """Upload file outputs and the HLS set, each to its output's storage; keep local
+        copies unless confirmed; then the manifest beside the first stored output."""
         locations: dict[str, str] = {}
         if uploader is None or self.recipe is None:
             return locations
@@ -256,28 +290,66 @@ class EgressJob:
         man = Manifest(egress_id=cfg.egress_id, room_id=cfg.room_id, room_name=cfg.room_name,
                        started_at=self.info.started_at, publisher_identity=cfg.identity,
                        audio_track_id=cfg.audio_track_id, video_track_id=cfg.video_track_id, track_id=cfg.track_id)
-        first_name = ""
-        for key, sink in self.recipe.sinks.items():
-            res = sink.result or {}
-            paths: list[str] = []
-            if key == "file" and res.get("location"):
-                paths = [res["location"]]
-            elif key == "segments" and res.get("playlist_location"):
-                d = os.path.dirname(res["playlist_location"])
-                paths = [os.path.join(d, s["filename"]) for s in res.get("segments", [])]
-                paths += [p for p in (res.get("playlist_location"), res.get("live_playlist_location")) if p]
-            for p in paths:
-                if not os.path.exists(p):
+        main = self._main_output()
+        extra: dict[str, Uploader] = {}
+        first: tuple[str, Uploader] | None = None
+        failures: list[str] = []
+        manifest_wanted = False
+        try:
+            for key, sink in self.recipe.sinks.items():
+                if key not in ("file", "segments"):
                     continue
-                name = os.path.relpath(p, self.dir)
-                r = await uploader.upload_file(p, name)
-                locations[p] = r.location
-                if key == "file":
-                    man.add_file(name, r.location)
-                first_name = first_name or name
-        if first_name and not (cfg.file and cfg.file.disable_manifest):
-            m = await man.upload(uploader, first_name, ended_at=time.time_ns(), local_dir=self.dir)
-            self.info.manifest_location = m.location
+                up = uploader
+                if key != main and self._upload_storage(key) != self._upload_storage(main or key):
+                    up = extra.get(key) or extra.setdefault(key, self._new_uploader(key))
+                res = sink.result or {}
+                paths: list[str] = []
+                playlist = None
+                if key == "file" and res.get("location"):
+                    paths = [res["location"]]
+                elif key == "segments" and res.get("playlist_location"):
+                    d = os.path.dirname(res["playlist_location"])
+                    paths = [os.path.join(d, s["filename"]) for s in res.get("segments", [])]
+                    paths += [p for p in (res.get("playlist_location"), res.get("live_playlist_location")) if p]
+                    playlist = man.add_playlist()
+                out = getattr(cfg, key, None)
+                manifest_wanted = manifest_wanted or not getattr(out, "disable_manifest", False)
+                for p in paths:
+                    if not os.path.exists(p):
+                        failures.append(f"{os.path.relpath(p, self.dir)}: not written")
+                        continue
+                    name = os.path.relpath(p, self.dir)
+                    r = await up.upload_file(p, name)
+                    locations[p] = r.location
+                    if not r.stored:
+                        failures.append(r.error or f"upload of {name} failed; kept at {r.location}")
+                        continue
+                    if key == "file":
+                        man.add_file(name, r.location)
+                    elif playlist is not None:
+                        if p == res.get("playlist_location"):
+                            playlist.update_location(r.location)
+                        elif p != res.get("live_playlist_location"):
+                            playlist.add_segment(name, r.location)
+                    if first is None:
+                        first = (name, up)
+            for up in extra.values():
+                if up.backup_storage_used:
+                    uploader.backup_storage_used = True  # the job reports one flag
+            # Written even with disable_manifest once the backup was used: it says what went where.
+            if first is not None and (manifest_wanted or uploader.backup_storage_used):
+                name, up = first
+                m = await man.upload(up, name, ended_at=time.time_ns(), local_dir=self.dir)
+                if m.stored:
+                    self.info.manifest_location = m.location
+                else:
+                    failures.append(f"manifest upload failed ({m.error})")
+        finally:
+            for up in extra.values():
+                await up.close()
+        if failures:
+            self.info.error = "; ".join(failures)
+            log.error("egress %s: %s", cfg.egress_id, self.info.error)
         return locations
 
     async def _fail(self, error: str, uploader: Uploader | None) -> None:
