@@ -311,6 +311,13 @@ def bench_mix(ctx: Ctx) -> list[Row]:
     return [row.judge(), whole]
 
 
+# -- 6. egress (bench/egress.py) ------------------------------------------------------
+def bench_egress(ctx: Ctx) -> list[Row]:
+    from bench.egress import bench_egress as run_egress
+
+    return run_egress(ctx, Row)
+
+
 #: name -> (benchmark, lkmedia modules it needs; missing ones make it "skipped").
 BENCHMARKS: dict[str, tuple[Callable[[Ctx], list[Row]], tuple[str, ...]]] = {
     "transcode": (bench_transcode, ("lkmedia.sources.file", "lkmedia.sinks.file")),
@@ -318,6 +325,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Ctx], list[Row]], tuple[str, ...]]] = {
     "mix": (bench_mix, ("lkmedia.nodes.audio_mix",)),
     "overhead": (bench_overhead, ("lkmedia.core",)),
     "tee": (bench_tee, ("lkmedia.sources.file", "lkmedia.sinks.file", "lkmedia.sinks.segments")),
+    "egress": (bench_egress, ("lkmedia.service.egress", "lkmedia.testing.devstack", "livekit.api")),
 }
 
 
