@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 from google.protobuf.json_format import MessageToJson
 from livekit import api
@@ -18,6 +17,7 @@ from livekit.protocol import egress as lk
 from .service.config import parse_config
 from .service.egress import EgressService
 from .testing.devstack import DevStack
+from .testing.egress import service_config_body, wait_egress
 from .testing.probe import probe
 from .testing.publisher import SyntheticPublisher
 
@@ -25,23 +25,11 @@ S = lk.EgressStatus
 ROOM = "lkmedia-demo"
 
 
-async def _wait(lkapi: api.LiveKitAPI, egress_id: str, want: set[int], timeout: float) -> lk.EgressInfo:
-    deadline = time.monotonic() + timeout
-    while True:
-        res = await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=egress_id))
-        if res.items and res.items[0].status in want:
-            return res.items[0]
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"egress {egress_id} did not reach {sorted(S.Name(w) for w in want)} in {timeout:g} s")
-        await asyncio.sleep(0.1)
-
-
 async def egress_demo(out_dir: str, seconds: float = 10.0) -> lk.EgressInfo:
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     with DevStack() as stack:
-        conf = parse_config(f"api_key: {stack.api_key}\napi_secret: {stack.api_secret}\nws_url: {stack.url}\n"
-                            f"redis:\n  address: {stack.redis_address}\n", source="<demo>")
+        conf = parse_config(service_config_body(stack), source="<demo>")
         service = EgressService(conf, tmp_dir=out_dir)
         await service.start()
         try:
@@ -53,11 +41,11 @@ async def egress_demo(out_dir: str, seconds: float = 10.0) -> lk.EgressInfo:
                         room_name=ROOM, identity="publisher", preset=lk.H264_720P_30,
                         file_outputs=[lk.EncodedFileOutput(filepath="{room_name}-{time}.mp4")]))
                     print(f"egress {info.egress_id}: {S.Name(info.status)}", flush=True)
-                    await _wait(lkapi, info.egress_id, {S.EGRESS_ACTIVE, S.EGRESS_FAILED}, 30)
+                    await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE, S.EGRESS_FAILED}, 30)
                     print(f"recording {seconds:g} s ...", flush=True)
                     await asyncio.sleep(seconds)
                     await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
-                    final = await _wait(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED,
+                    final = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED,
                                                                  S.EGRESS_ABORTED, S.EGRESS_LIMIT_REACHED}, 60)
             finally:
                 await pub.stop()

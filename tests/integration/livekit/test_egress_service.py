@@ -19,6 +19,7 @@ from livekit.protocol import egress as lk
 from lkmedia.service.config import parse_config
 from lkmedia.service.egress import EgressService
 from lkmedia.testing.devstack import DevStack, free_port
+from lkmedia.testing.egress import service_config_body, wait_egress
 from lkmedia.testing.probe import assert_av_sync, av_offsets, decode_errors, probe
 
 S = lk.EgressStatus
@@ -26,9 +27,7 @@ S = lk.EgressStatus
 
 @pytest.fixture
 async def service(livekit_stack: DevStack, tmp_path: Path) -> AsyncIterator[EgressService]:
-    body = (f"api_key: {livekit_stack.api_key}\napi_secret: {livekit_stack.api_secret}\n"
-            f"ws_url: {livekit_stack.url}\nredis:\n  address: {livekit_stack.redis_address}\n"
-            f"health_port: {free_port()}\nprometheus_port: {free_port()}\n")
+    body = service_config_body(livekit_stack, f"health_port: {free_port()}\nprometheus_port: {free_port()}\n")
     svc = EgressService(parse_config(body), tmp_dir=str(tmp_path / "egress"))
     await svc.start()
     try:
@@ -38,14 +37,7 @@ async def service(livekit_stack: DevStack, tmp_path: Path) -> AsyncIterator[Egre
 
 
 async def wait_status(lkapi: api.LiveKitAPI, egress_id: str, want: set[int], timeout: float = 20) -> lk.EgressInfo:
-    deadline = time.monotonic() + timeout
-    while True:
-        res = await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=egress_id))
-        if res.items and res.items[0].status in want:
-            return res.items[0]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"egress {egress_id} never reached {want}: {res.items[0] if res.items else None}")
-        await asyncio.sleep(0.1)
+    return await wait_egress(lkapi, egress_id, want, timeout)
 
 
 async def test_participant_egress_records_an_mp4_through_the_real_api(
@@ -169,8 +161,7 @@ async def test_webhooks_arrive_in_order(tmp_path: Path) -> None:
     stack = DevStack(webhook_urls=[f"http://127.0.0.1:{port}/hook"])
     stack.start()
     try:
-        body = (f"api_key: {stack.api_key}\napi_secret: {stack.api_secret}\nws_url: {stack.url}\n"
-                f"redis:\n  address: {stack.redis_address}\n")
+        body = service_config_body(stack)
         svc = EgressService(parse_config(body), tmp_dir=str(tmp_path / "eg"))
         await svc.start()
         pub = SyntheticPublisher(stack.url, stack.token("pub", "hooks"))

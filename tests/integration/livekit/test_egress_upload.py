@@ -24,6 +24,7 @@ from livekit.protocol import egress as lk
 from lkmedia.service.config import parse_config
 from lkmedia.service.egress import EgressService
 from lkmedia.testing.devstack import DevStack, free_port
+from lkmedia.testing.egress import service_config_body
 from lkmedia.testing.probe import decode_errors, probe
 from lkmedia.testing.s3_server import MinioServer, minio_binary
 
@@ -65,14 +66,12 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 async def service(livekit_stack: DevStack, minio: MinioServer, backup_dir: Path, tmp_path: Path,
                   logs: pytest.LogCaptureFixture) -> AsyncIterator[EgressService]:
     """The service with a Go-egress ``storage: {s3: ...}`` section and a local ``backup:``."""
-    body = (f"api_key: {livekit_stack.api_key}\napi_secret: {livekit_stack.api_secret}\n"
-            f"ws_url: {livekit_stack.url}\nredis:\n  address: {livekit_stack.redis_address}\n"
-            f"health_port: {free_port()}\n"
-            "storage:\n  s3:\n"
-            f"    access_key: {minio.access_key}\n    secret: {minio.secret}\n"
-            f"    endpoint: {minio.endpoint}\n    bucket: {BUCKET}\n"
-            "    force_path_style: true\n    region: us-east-1\n"
-            f"backup:\n  prefix: {backup_dir}\n")
+    body = service_config_body(livekit_stack, f"health_port: {free_port()}\n"
+                                              "storage:\n  s3:\n"
+                                              f"    access_key: {minio.access_key}\n    secret: {minio.secret}\n"
+                                              f"    endpoint: {minio.endpoint}\n    bucket: {BUCKET}\n"
+                                              "    force_path_style: true\n    region: us-east-1\n"
+                                              f"backup:\n  prefix: {backup_dir}\n")
     svc = EgressService(parse_config(body), tmp_dir=str(tmp_path / "egress"))
     await svc.start()
     try:

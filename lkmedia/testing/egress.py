@@ -1,0 +1,30 @@
+"""Helpers for driving the egress service through livekit-server's API (tests, demo, bench)."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from livekit import api
+from livekit.protocol import egress as lk
+
+S = lk.EgressStatus
+
+
+def service_config_body(stack: object, extra: str = "") -> str:
+    """Egress config YAML (Go keys) pointing at a DevStack's livekit-server and Redis."""
+    return (f"api_key: {stack.api_key}\napi_secret: {stack.api_secret}\n"  # type: ignore[attr-defined]
+            f"ws_url: {stack.url}\nredis:\n  address: {stack.redis_address}\n" + extra)  # type: ignore[attr-defined]
+
+
+async def wait_egress(lkapi: api.LiveKitAPI, egress_id: str, want: set[int], timeout: float = 20) -> lk.EgressInfo:
+    """Poll ListEgress until the egress reaches one of ``want``; TimeoutError names what it was."""
+    deadline = time.monotonic() + timeout
+    while True:
+        res = await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=egress_id))
+        if res.items and res.items[0].status in want:
+            return res.items[0]
+        if time.monotonic() > deadline:
+            seen = S.Name(res.items[0].status) if res.items else "nothing"
+            raise TimeoutError(f"egress {egress_id} did not reach {sorted(S.Name(w) for w in want)} "
+                               f"in {timeout:g} s (last: {seen})")
+        await asyncio.sleep(0.1)
