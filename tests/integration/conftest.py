@@ -15,7 +15,7 @@ def rtmp_server(tmp_path: Path) -> Iterator[NginxRtmp]:
     try:
         server = NginxRtmp(tmp_path / "nginx")
     except RuntimeError as e:
-        pytest.skip(str(e))
+        pytest.fail(f"{e} (scripts/setup.sh installs nginx and libnginx-mod-rtmp)")
     server.start()
     try:
         yield server

@@ -7,94 +7,28 @@ through the API; StopEgress / UpdateStream reach our EgressHandler on the egress
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
-import redis
-import yaml
 from livekit import api
 from livekit.protocol import egress as lk_egress
 
 from lkmedia.rpc import RedisBus, RequestContext, RpcError
 from lkmedia.rpc.egress import EgressHandlerServer, EgressInternalServer, IOInfoClient
 from lkmedia.rpc.messages import StartEgressRequest, unpack_start_egress
+from lkmedia.testing.devstack import DEV_KEY, DEV_SECRET, DevStack
 
 pytestmark = pytest.mark.integration
-BIN = Path(__file__).resolve().parents[2] / ".cache" / "bin" / "server"
-KEY, SECRET = "devkey", "secret"  # livekit-server's dev-mode pair, not a credential
+KEY, SECRET = DEV_KEY, DEV_SECRET
 S = lk_egress.EgressStatus
 
 
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(ok, what: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited: {log.read_text(errors='replace')[-2000:]}")
-        try:
-            if ok():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not come up in {timeout}s")
-
-
-@dataclass
-class Stack:
-    redis_address: str
-    url: str
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    exe = os.environ.get("LKMEDIA_LIVEKIT_SERVER") or str(BIN)
-    if not os.access(exe, os.X_OK) or shutil.which("redis-server") is None:
-        pytest.skip("livekit-server or redis-server missing (run scripts/install_livekit.sh)")
-    d = tmp_path_factory.mktemp("lk")
-    rport, port = _free_port(), _free_port()
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        rlog = d / "redis.log"
-        procs.append(subprocess.Popen(
-            ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(d)], stdout=rlog.open("wb"), stderr=subprocess.STDOUT))
-        _wait(lambda: redis.Redis(port=rport, socket_timeout=0.5).ping(), "redis-server", procs[0], rlog)
-        conf = {
-            "port": port, "bind_addresses": ["127.0.0.1"], "keys": {KEY: SECRET},
-            "redis": {"address": f"127.0.0.1:{rport}"},
-            "rtc": {"tcp_port": _free_port(), "udp_port": _free_port(socket.SOCK_DGRAM), "use_external_ip": False},
-            "logging": {"level": "debug"},
-        }
-        (d / "livekit.yaml").write_text(yaml.safe_dump(conf))
-        llog = d / "livekit.log"
-        procs.append(subprocess.Popen([exe, "--dev", "--config", str(d / "livekit.yaml")],
-                                      stdout=llog.open("wb"), stderr=subprocess.STDOUT))
-        url = f"http://127.0.0.1:{port}"
-        _wait(lambda: urllib.request.urlopen(url, timeout=1).status == 200, "livekit-server", procs[1], llog)
-        yield Stack(f"127.0.0.1:{rport}", url, procs)
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+def stack() -> Iterator[DevStack]:
+    """redis-server + livekit-server v1.13.5 (installed by scripts/install_livekit.sh)."""
+    with DevStack(config={"logging": {"level": "debug"}}) as st:
+        yield st
 
 
 class FakeEgress:
@@ -171,13 +105,13 @@ class FakeEgress:
 
 
 @pytest.fixture
-async def lk(stack: Stack) -> AsyncIterator[api.LiveKitAPI]:
-    async with api.LiveKitAPI(stack.url, KEY, SECRET) as client:
+async def lk(stack: DevStack) -> AsyncIterator[api.LiveKitAPI]:
+    async with api.LiveKitAPI(stack.http_url, KEY, SECRET) as client:
         yield client
 
 
 @pytest.fixture
-async def io_bus(stack: Stack) -> AsyncIterator[tuple[RedisBus, IOInfoClient]]:
+async def io_bus(stack: DevStack) -> AsyncIterator[tuple[RedisBus, IOInfoClient]]:
     async with RedisBus(stack.redis_address) as bus:
         io = IOInfoClient(bus)
         await io.start()

@@ -35,7 +35,7 @@ class Redis:
     def __init__(self, workdir: Path) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
-            pytest.skip("redis-server not installed (apt-get install redis-server)")
+            pytest.fail("redis-server not installed (scripts/install_livekit.sh installs it)")
         self.exe, self.dir, self.port = exe, workdir, _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -28,7 +28,7 @@ def livekit_stack() -> Iterator[DevStack]:
         find_binary("server", "livekit-server")
         find_binary("redis-server", "redis-server")
     except StackError as e:
-        pytest.skip(f"{e} (scripts/install_livekit.sh installs both)")
+        pytest.fail(f"{e} (scripts/install_livekit.sh installs both)")
     stack = DevStack()
     stack.start()
     try:

@@ -37,7 +37,7 @@ OTHER = "override-bucket"
 @pytest.fixture
 def minio(tmp_path: Path) -> Iterator[MinioServer]:
     if minio_binary() is None:
-        pytest.skip("MinIO is not installed (scripts/install_s3_server.sh)")
+        pytest.fail("MinIO is not installed (scripts/install_s3_server.sh builds it)")
     srv = MinioServer(root=tmp_path / "minio")
     srv.start()
     try:
