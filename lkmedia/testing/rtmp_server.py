@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Self
 
+from .process import kill_process, stop_process
+
 MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
 
 _CONF = """\
@@ -105,23 +107,12 @@ class NginxRtmp:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful quit (SIGQUIT): recordings are closed; publishers see the socket close."""
-        p = self.proc
-        if p is None or p.poll() is not None:
-            self.proc = None
-            return
-        p.send_signal(signal.SIGQUIT)
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop_process(self.proc, signal.SIGQUIT, timeout)
         self.proc = None
 
     def kill(self) -> None:
         """Hard stop (SIGKILL): connections are reset, recordings stay as written."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        kill_process(self.proc)
         self.proc = None
 
     def restart(self, down_for: float = 0.0) -> None:

@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Self
 
+from .process import kill_process, stop_process
 from .rtmp_server import free_port
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -93,23 +94,12 @@ class MinioServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGTERM): the port closes, the data stays."""
-        p = self.proc
-        if p is None or p.poll() is not None:
-            self.proc = None
-            return
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop_process(self.proc, signal.SIGTERM, timeout)
         self.proc = None
 
     def kill(self) -> None:
         """Hard stop (SIGKILL): connections are reset mid-request."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        kill_process(self.proc)
         self.proc = None
 
     def restart(self, down_for: float = 0.0) -> None:
