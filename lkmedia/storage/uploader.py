@@ -19,7 +19,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,43 +115,46 @@ class Uploader:
         if self.storage is None:
             return self._record(UploadResult(filename, self.key(filename), os.path.abspath(path), size,
                                              stored=True, local_path=path))
-        errors: list[str] = []
-        for target, is_backup in self._targets():
-            try:
-                obj = await target.upload_file(path, target.key(filename), content_type)
-                await self._confirm(target, obj)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                errors.append(self._failed(target, is_backup, filename, e))
-                continue
-            res = UploadResult(filename, obj.key, obj.location, obj.size, stored=True,
-                               backup_storage_used=is_backup, local_path=path,
-                               error="; ".join(errors) or None)
-            if delete:
-                self._delete_local(res, path)
-            return self._record(res)
-        return self._record(self._kept(filename, path, size, errors))
+        obj, is_backup, errors = await self._store(
+            filename, lambda target: target.upload_file(path, target.key(filename), content_type))
+        if obj is None:
+            return self._record(self._kept(filename, path, size, errors))
+        res = UploadResult(filename, obj.key, obj.location, obj.size, stored=True,
+                           backup_storage_used=is_backup, local_path=path, error="; ".join(errors) or None)
+        if delete:
+            self._delete_local(res, path)
+        return self._record(res)
 
     async def upload_bytes(self, data: bytes, filename: str, *, content_type: str | None = None) -> UploadResult:
         """Upload ``data`` (a manifest, a playlist) with the same primary/backup order."""
         if self.storage is None:
             return self._record(UploadResult(filename, self.key(filename), filename, len(data), stored=False,
                                              error="no storage configured"))
+        obj, is_backup, errors = await self._store(
+            filename, lambda target: target.upload_bytes(data, target.key(filename), content_type))
+        if obj is None:
+            return self._record(UploadResult(filename, self.key(filename), "", len(data), stored=False,
+                                             error="; ".join(errors)))
+        return self._record(UploadResult(filename, obj.key, obj.location, obj.size, stored=True,
+                                         backup_storage_used=is_backup, error="; ".join(errors) or None))
+
+    async def _store(self, filename: str, put: Callable[[Storage], Awaitable[StoredObject]]
+                     ) -> tuple[StoredObject | None, bool, list[str]]:
+        """Try the primary, then the backup; each upload is confirmed by its stored size.
+        Returns the stored object (None if every target failed), whether it is the backup,
+        and the errors met on the way."""
         errors: list[str] = []
         for target, is_backup in self._targets():
             try:
-                obj = await target.upload_bytes(data, target.key(filename), content_type)
+                obj = await put(target)
                 await self._confirm(target, obj)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 errors.append(self._failed(target, is_backup, filename, e))
                 continue
-            return self._record(UploadResult(filename, obj.key, obj.location, obj.size, stored=True,
-                                             backup_storage_used=is_backup, error="; ".join(errors) or None))
-        return self._record(UploadResult(filename, self.key(filename), "", len(data), stored=False,
-                                         error="; ".join(errors)))
+            return obj, is_backup, errors
+        return None, False, errors
 
     async def upload_file_data_locally(self, data: bytes, path: str, filename: str) -> UploadResult:
         """No storage: write ``data`` to the local ``path`` (atomically) and report it there."""
