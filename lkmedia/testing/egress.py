@@ -8,6 +8,11 @@ from livekit import api
 from livekit.protocol import egress as lk
 
 S = lk.EgressStatus
+TERMINAL = {S.EGRESS_COMPLETE, S.EGRESS_FAILED, S.EGRESS_ABORTED, S.EGRESS_LIMIT_REACHED}
+
+
+class EgressEnded(RuntimeError):
+    """The egress reached a final status other than the ones waited for."""
 
 
 def service_config_body(stack: object, extra: str = "") -> str:
@@ -17,12 +22,17 @@ def service_config_body(stack: object, extra: str = "") -> str:
 
 
 async def wait_egress(lkapi: api.LiveKitAPI, egress_id: str, want: set[int], timeout: float = 20) -> lk.EgressInfo:
-    """Poll ListEgress until the egress reaches one of ``want``; TimeoutError names what it was."""
+    """Poll ListEgress until the egress reaches one of ``want``. A final status not in
+    ``want`` raises EgressEnded at once (with its error); TimeoutError names the last one."""
     deadline = time.monotonic() + timeout
     while True:
         res = await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=egress_id))
         if res.items and res.items[0].status in want:
             return res.items[0]
+        if res.items and res.items[0].status in TERMINAL:
+            info = res.items[0]
+            raise EgressEnded(f"egress {egress_id} ended {S.Name(info.status)}, waited for "
+                              f"{sorted(S.Name(w) for w in want)}: {info.error}")
         if time.monotonic() > deadline:
             seen = S.Name(res.items[0].status) if res.items else "nothing"
             raise TimeoutError(f"egress {egress_id} did not reach {sorted(S.Name(w) for w in want)} "

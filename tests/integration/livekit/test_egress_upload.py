@@ -24,12 +24,11 @@ from livekit.protocol import egress as lk
 from lkmedia.service.config import parse_config
 from lkmedia.service.egress import EgressService
 from lkmedia.testing.devstack import DevStack, free_port
-from lkmedia.testing.egress import service_config_body
+from lkmedia.testing.egress import TERMINAL, service_config_body, wait_egress
 from lkmedia.testing.probe import decode_errors, probe
 from lkmedia.testing.s3_server import MinioServer, minio_binary
 
 S = lk.EgressStatus
-TERMINAL = {S.EGRESS_COMPLETE, S.EGRESS_FAILED, S.EGRESS_ABORTED, S.EGRESS_LIMIT_REACHED}
 BUCKET = "recordings"
 OTHER = "override-bucket"
 
@@ -85,17 +84,7 @@ def lkapi_for(stack: DevStack) -> api.LiveKitAPI:
 
 
 async def wait_status(lkapi: api.LiveKitAPI, egress_id: str, want: set[int], timeout: float = 20) -> lk.EgressInfo:
-    deadline = time.monotonic() + timeout
-    while True:
-        res = await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=egress_id))
-        if res.items and res.items[0].status in want:
-            return res.items[0]
-        if res.items and res.items[0].status in TERMINAL:
-            raise AssertionError(f"egress {egress_id} ended {S.Name(res.items[0].status)}, wanted {want}: "
-                                 f"{res.items[0].error}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"egress {egress_id} never reached {want}: {res.items[0] if res.items else None}")
-        await asyncio.sleep(0.1)
+    return await wait_egress(lkapi, egress_id, want, timeout)
 
 
 def assert_no_secret(secret: str, *texts: Any) -> None:
