@@ -271,6 +271,15 @@ class Graph:
             self._done.set()
 
     # -- observation -----------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def finished(self) -> bool:
+        """Every node has ended (or the graph was cancelled)."""
+        return self._done is not None and self._done.is_set()
+
     def sinks(self) -> Iterable[Sink]:
         return (n for n in self.nodes.values() if isinstance(n, Sink))
 
@@ -281,7 +290,7 @@ class Graph:
         return self
 
     async def __aexit__(self, et: Any, ev: Any, tb: Any) -> None:
-        if self._started and not (self._done and self._done.is_set()):
+        if self._started and not self.finished:
             if et is None:
                 await self.stop()
             else:

@@ -120,9 +120,12 @@ class EgressJob:
             for w in (limit, stop):
                 if w is not None and not w.done():
                     w.cancel()
-            errors = await g.stop() if done_graph not in done else []
-            if done_graph in done:
-                errors = done_graph.result()
+            try:
+                errors = done_graph.result() if done_graph in done else await g.stop()
+            finally:
+                # stop() ends the graph, so this wait has its answer too: collect it.
+                await asyncio.gather(done_graph, *(w for w in (limit, stop) if w is not None),
+                                     return_exceptions=True)
             await self._finish(uploader, [str(e) for e in errors])
         except asyncio.CancelledError:
             await self._abort("egress aborted")
@@ -251,7 +254,7 @@ class EgressJob:
 
     async def _wait_active(self, g: Any) -> None:
         """ACTIVE once media reaches the encoders (the Go egress: pipeline playing)."""
-        while not (self._stop.is_set() or g._done.is_set()):
+        while not (self._stop.is_set() or g.finished):
             if any(n.stats().get("frames_in") or n.stats().get("samples_in") for n in self.recipe.encoders.values()) \
                     or any(s.stats().get("packets") or s.stats().get("bytes_sent") for s in self.recipe.sinks.values()):
                 self.active_at = time.time()
@@ -353,7 +356,7 @@ class EgressJob:
         return locations
 
     async def _fail(self, error: str, uploader: Uploader | None) -> None:
-        if self.recipe is not None and self.recipe.graph._started:
+        if self.recipe is not None and self.recipe.graph.started:
             try:
                 await self.recipe.graph.stop(timeout=10)
             except GraphError:
@@ -365,7 +368,7 @@ class EgressJob:
         await self._set(S.EGRESS_FAILED, error)
 
     async def _abort(self, reason: str) -> None:
-        if self.recipe is not None and self.recipe.graph._started:
+        if self.recipe is not None and self.recipe.graph.started:
             await self.recipe.graph.cancel()
         await self._set(S.EGRESS_ABORTED, reason)
 
