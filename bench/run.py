@@ -318,6 +318,13 @@ def bench_egress(ctx: Ctx) -> list[Row]:
     return run_egress(ctx, Row)
 
 
+# -- 7. rejoin (bench/rejoin.py) ----------------------------------------------------
+def bench_rejoin(ctx: Ctx) -> list[Row]:
+    from bench.rejoin import bench_rejoin as run_rejoin
+
+    return run_rejoin(ctx, Row)
+
+
 #: name -> (benchmark, lkmedia modules it needs; missing ones make it "skipped").
 BENCHMARKS: dict[str, tuple[Callable[[Ctx], list[Row]], tuple[str, ...]]] = {
     "transcode": (bench_transcode, ("lkmedia.sources.file", "lkmedia.sinks.file")),
@@ -326,6 +333,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Ctx], list[Row]], tuple[str, ...]]] = {
     "overhead": (bench_overhead, ("lkmedia.core",)),
     "tee": (bench_tee, ("lkmedia.sources.file", "lkmedia.sinks.file", "lkmedia.sinks.segments")),
     "egress": (bench_egress, ("lkmedia.service.egress", "lkmedia.testing.devstack", "livekit.api")),
+    "rejoin": (bench_rejoin, ("lkmedia.sources.livekit", "lkmedia.testing.publisher")),
 }
 
 

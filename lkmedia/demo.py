@@ -19,7 +19,7 @@ from .service.egress import EgressService
 from .testing.devstack import DevStack
 from .testing.egress import service_config_body, wait_egress
 from .testing.probe import probe
-from .testing.publisher import SyntheticPublisher
+from .testing.publisher import PublisherProcess
 
 S = lk.EgressStatus
 ROOM = "lkmedia-demo"
@@ -33,7 +33,7 @@ async def egress_demo(out_dir: str, seconds: float = 10.0) -> lk.EgressInfo:
         service = EgressService(conf, tmp_dir=out_dir)
         await service.start()
         try:
-            pub = SyntheticPublisher(stack.url, stack.token("publisher", ROOM), width=1280, height=720)
+            pub = PublisherProcess(stack.url, stack.token("publisher", ROOM), width=1280, height=720)
             await pub.start()
             try:
                 async with api.LiveKitAPI(stack.http_url, stack.api_key, stack.api_secret) as lkapi:

@@ -227,10 +227,23 @@ def copy_video_frame(frame: av.VideoFrame) -> av.VideoFrame:
     return new
 
 
+PHASE_WEIGHT = 0.05  # the phase follows about the last 20 inputs
+PHASE_WRAP = 0.6  # slots: frames move by at most this much of a frame
+
+
 class FpsConverter(Processor):
     """Constant frame rate: frames are dropped or repeated so that output frame n has
-    pts n/fps (time base 1/90000); each output slot shows the last input frame that
-    starts at or before it. A jump of more than ``max_fill`` seconds is not filled.
+    pts n/fps (time base 1/90000); each output slot shows the last input frame mapped to
+    it. A jump of more than ``max_fill`` seconds is not filled.
+
+    Live input arrives at about the output rate with a few ms of jitter and an arbitrary
+    phase. Rounding each timestamp to the nearest slot would, for inputs that sit near a
+    slot boundary, put two frames in one slot and none in the next (a dropped frame and a
+    repeated one, many times a second). So the slots are centred on the input's phase: a
+    circular running mean of where inputs fall between slots, reset at each Gap (a new
+    subscription has a new phase). Inputs are then moved by at most half a frame, by the
+    same amount each time, and only a real rate difference drops or repeats a frame.
+    (Half a frame, up to PHASE_WRAP while a clock drift takes the phase past half a slot.)
     """
 
     threaded = True
@@ -247,6 +260,8 @@ class FpsConverter(Processor):
         self._held_used = False
         self._interval: Fraction | None = None
         self._next: int | None = None  # next output slot
+        self._pc = self._ps = 0.0  # running mean of the inputs' phase as a unit vector
+        self._phase = 0.0  # slots are centred on this (frames, in [-0.5, 0.5))
         self.frames_in = 0
         self.frames_out = 0
         self.dropped = 0
@@ -261,7 +276,32 @@ class FpsConverter(Processor):
         self.outputs["out"].caps = caps.with_(fps=self.fps)
 
     def _slot(self, t: Fraction) -> int:
-        return math.floor(t * self.fps + Fraction(1, 2))
+        return math.floor(t * self.fps - Fraction(self._phase) + Fraction(1, 2))
+
+    def _track_phase(self, t: Fraction) -> None:
+        """Fold this input's place between slots into the running phase."""
+        x = float(t * self.fps)
+        a = 2 * math.pi * (x - math.floor(x))
+        c, s = math.cos(a), math.sin(a)
+        if self._pc == 0.0 and self._ps == 0.0:
+            self._pc, self._ps = c, s
+        else:
+            self._pc += PHASE_WEIGHT * (c - self._pc)
+            self._ps += PHASE_WEIGHT * (s - self._ps)
+        # Inputs at a steady phase (input rate about the output rate) give a long mean
+        # vector; inputs all over the slot (60 in, 30 out) a short one: round plainly then.
+        if self._pc * self._pc + self._ps * self._ps > 0.25:
+            ph = math.atan2(self._ps, self._pc) / (2 * math.pi)
+            # Unwrapped next to the last phase: inputs hovering at half a slot must not
+            # flip between -0.5 and +0.5 (a drop and a repeat each time). Only a drift past
+            # PHASE_WRAP moves by a whole slot.
+            d = ph - self._phase
+            ph = self._phase + d - math.floor(d + 0.5)
+            if abs(ph) > PHASE_WRAP:
+                ph -= math.copysign(1.0, ph)
+            self._phase = ph
+        else:
+            self._phase = 0.0
 
     def _emit(self, n: int) -> Any:
         f = self._held
@@ -289,12 +329,14 @@ class FpsConverter(Processor):
 
     def process(self, frame: Any) -> Iterable[Any]:
         if isinstance(frame, Gap):
+            self._pc = self._ps = 0.0  # what comes after a hole has a phase of its own
             return (frame,)
         if frame.pts is None or frame.time_base is None:
             t = (self._held_t + (self._interval or 1 / self.fps)) if self._held_t is not None else Fraction(0)
         else:
             t = frame.pts * frame.time_base
         self.frames_in += 1
+        self._track_phase(t)
         s = self._slot(t)
         out: list[Any] = []
         if self._held is None:

@@ -10,6 +10,10 @@ clock, already synchronised with audio playout by WebRTC); audio is stamped at a
 which is its playout time, then counted in samples so that it stays continuous. Both are
 seconds on ``graph.clock``, so audio and video of one participant stay aligned.
 
+Subscription. Only the tracks a source wants are subscribed (``_wants``), not the whole
+room. A video track published while we are in the room gets its frame stream before it
+is subscribed, so that the first key frame is not missed (see ``_consider``).
+
 Continuity (egress #210). A track that is unpublished and republished, or a participant
 who leaves and comes back within ``rejoin_grace`` seconds, keeps feeding the same output:
 the hole becomes ``Gap`` items, never an EOS, so one recording continues. Mutes become
@@ -41,6 +45,7 @@ GAP_MIN = 0.1           # a hole shorter than this needs no Gap before the next 
 AUDIO_RESYNC = 0.02     # counted audio further than this from its playout time re-anchors
 STATS_EVERY = 0.25      # how often the audio jitter-buffer delay is read
 VIDEO_TS_TRUST = 1.0    # a render time further than this from arrival is not used
+STREAM_CLOSE_WAIT = 0.5  # seconds a closing FFI stream may take to say it has ended
 
 _SOURCES = {rtc.TrackSource.SOURCE_CAMERA: "camera", rtc.TrackSource.SOURCE_MICROPHONE: "microphone",
             rtc.TrackSource.SOURCE_SCREENSHARE: "screen_share",
@@ -152,8 +157,13 @@ class _LiveKitSource(Source):
         self._readers: set[asyncio.Task[None]] = set()
         self._t0 = 0.0  # time.monotonic() at graph time 0
         self._disconnected: str | None = None
+        self._early: dict[str, tuple[str, Any]] = {}  # publication sid -> (identity, video stream)
 
     # -- hooks for subclasses ------------------------------------------------
+    def _wants(self, info: TrackInfo) -> bool:
+        """Whether a published track is to be subscribed (no side effects)."""
+        raise NotImplementedError
+
     def _feed_for(self, info: TrackInfo) -> _Feed | None:
         """The feed a newly subscribed track continues or starts; None to ignore it."""
         raise NotImplementedError
@@ -191,6 +201,7 @@ class _LiveKitSource(Source):
         self._t0 = time.monotonic() - self.graph.clock.now()
         room = rtc.Room()
         self.room = room
+        room.on("track_published", lambda pub, part: self._consider(pub, part, fresh=True))
         room.on("track_subscribed", self._on_subscribed)
         room.on("track_unsubscribed", lambda track, pub, part: self._lose(pub.sid))
         room.on("track_unpublished", lambda pub, part: self._lose(pub.sid))
@@ -202,8 +213,7 @@ class _LiveKitSource(Source):
             await self._connect(room)
             for part in list(room.remote_participants.values()):
                 for pub in list(part.track_publications.values()):
-                    if pub.track is not None and pub.subscribed:
-                        self._on_subscribed(pub.track, pub, part)
+                    self._consider(pub, part, fresh=False)
             while not self.stop_requested and self._disconnected is None:
                 await self.wait_stop(GAP_TICK / 2)
                 now = self._now()
@@ -219,7 +229,8 @@ class _LiveKitSource(Source):
             await self._close(room)
 
     async def _connect(self, room: rtc.Room) -> None:
-        opts = rtc.RoomOptions(auto_subscribe=True, connect_timeout=self.connect_timeout)
+        # Only the tracks this source wants are subscribed (a room may have many).
+        opts = rtc.RoomOptions(auto_subscribe=False, connect_timeout=self.connect_timeout)
         try:
             await asyncio.wait_for(room.connect(self.url, self._token, opts), self.connect_timeout + 5)
         except TimeoutError:
@@ -230,8 +241,9 @@ class _LiveKitSource(Source):
         self.report("connected", room=room.name)
 
     async def _close(self, room: rtc.Room) -> None:
-        for feed in self.feeds.values():
-            await self._detach(feed)
+        early, self._early = list(self._early.values()), {}
+        await asyncio.gather(*(self._detach(feed) for feed in self.feeds.values()),
+                             *(self._close_reader(stream, None) for _, stream in early))
         while self._readers:
             await asyncio.gather(*list(self._readers), return_exceptions=True)
         with contextlib.suppress(Exception):
@@ -239,13 +251,39 @@ class _LiveKitSource(Source):
         self.room = None
 
     # -- room events (sync callbacks from the SDK) ------------------------------
+    @staticmethod
+    def _info(pub: rtc.RemoteTrackPublication, part: rtc.RemoteParticipant) -> TrackInfo:
+        kind = "video" if pub.kind == rtc.TrackKind.KIND_VIDEO else "audio"
+        return TrackInfo(kind, part.identity, int(part.kind), _SOURCES.get(pub.source, "unknown"),
+                         pub.sid, pub.name)
+
+    def _consider(self, pub: rtc.RemoteTrackPublication, part: rtc.RemoteParticipant, fresh: bool) -> None:
+        """Subscribe to a published track if this source wants it.
+
+        A video track published just now gets its frame stream before it is subscribed
+        (``VideoStream.from_participant``: the FFI attaches it the moment the track
+        arrives). Made after our track_subscribed callback, the stream missed the first
+        key frame in 3 of 10 rejoins here (the server forwards it ~15 ms after the
+        subscription is bound; the callback comes 10-50 ms after that). The receiver then
+        asks for another, which livekit-server's key-frame throttle (500 ms per track)
+        holds back: the picture came 0.65 s late instead of ~0.1 s."""
+        if self.stop_requested or pub.subscribed:
+            return
+        info = self._info(pub, part)
+        if not self._wants(info):
+            return
+        if fresh and info.kind == "video" and info.source != "unknown" and pub.sid not in self._early:
+            stream = rtc.VideoStream.from_participant(participant=part, track_source=pub.source, capacity=4,
+                                                      format=rtc.VideoBufferType.I420)
+            self._early[pub.sid] = (part.identity, stream)
+        pub.set_subscribed(True)
+
     def _on_subscribed(self, track: rtc.Track, pub: rtc.RemoteTrackPublication,
                        part: rtc.RemoteParticipant) -> None:
         if pub.sid in self._by_sid or self.stop_requested:
             return
-        kind = "video" if track.kind == rtc.TrackKind.KIND_VIDEO else "audio"
-        info = TrackInfo(kind, part.identity, int(part.kind), _SOURCES.get(pub.source, "unknown"),
-                         pub.sid, pub.name)
+        info = self._info(pub, part)
+        kind = info.kind
         try:
             feed = self._feed_for(info)
         except LkmediaError as e:  # a link made now failed its caps check: skip this track
@@ -260,7 +298,9 @@ class _LiveKitSource(Source):
         feed.track, feed.jb_seen, feed.stats_at = track, (0.0, 0), -STATS_EVERY
         self._by_sid[pub.sid] = feed
         if kind == "video":
-            feed.stream = rtc.VideoStream(track, capacity=4, format=rtc.VideoBufferType.I420)
+            early = self._early.pop(pub.sid, None)
+            feed.stream = (early[1] if early is not None
+                           else rtc.VideoStream(track, capacity=4, format=rtc.VideoBufferType.I420))
             feed.task = asyncio.get_running_loop().create_task(self._read_video(feed, feed.stream))
         else:
             feed.stream = rtc.AudioStream(track, capacity=50, sample_rate=SAMPLE_RATE,
@@ -271,6 +311,9 @@ class _LiveKitSource(Source):
                     output=feed.port.name)
 
     def _lose(self, sid: str) -> None:
+        early = self._early.pop(sid, None)
+        if early is not None:  # gone before it was subscribed
+            self._spawn(self._close_reader(early[1], None))
         feed = self._by_sid.pop(sid, None)
         if feed is None:
             return
@@ -281,6 +324,9 @@ class _LiveKitSource(Source):
         self.report("track_lost", participant=feed.info.participant, kind=feed.info.kind, track_sid=sid)
 
     def _on_participant_left(self, part: rtc.RemoteParticipant) -> None:
+        for sid, (identity, _) in list(self._early.items()):
+            if identity == part.identity:
+                self._lose(sid)
         for sid, feed in list(self._by_sid.items()):
             if feed.info.participant == part.identity:
                 self._lose(sid)
@@ -326,8 +372,10 @@ class _LiveKitSource(Source):
     @staticmethod
     async def _close_reader(stream: Any, task: asyncio.Task[None] | None) -> None:
         if stream is not None:
+            # A participant stream (VideoStream.from_participant) never gets its end event
+            # from the FFI after it is disposed: do not wait for it long.
             with contextlib.suppress(Exception):
-                await stream.aclose()
+                await asyncio.wait_for(stream.aclose(), STREAM_CLOSE_WAIT)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -477,6 +525,10 @@ class RoomSource(_LiveKitSource):
         self._rules.append(_Rule(kind, participant, source, link, callback, capacity,
                                  Policy(policy) if policy is not None else None))
 
+    def _wants(self, info: TrackInfo) -> bool:
+        feed = self.feeds.get(info.key)
+        return (feed is not None and not feed.ended) or any(r.matches(info) for r in self._rules)
+
     def _feed_for(self, info: TrackInfo) -> _Feed | None:
         feed = self.feeds.get(info.key)
         if feed is not None and not feed.ended:
@@ -547,23 +599,26 @@ class TrackSource(_LiveKitSource):
         self._sources = ({"video": ("screen_share", "unknown"), "audio": ("screen_share_audio", "unknown")}
                          if screen_share else {"video": ("camera", "unknown"), "audio": ("microphone", "unknown")})
 
-    def _feed_for(self, info: TrackInfo) -> _Feed | None:
-        port = self.outputs.get(info.kind)
-        if port is None:
-            return None
+    def _wants(self, info: TrackInfo) -> bool:
+        if info.kind not in self.outputs:
+            return False
         feed = self.feeds.get(info.kind)
         # A republished track gets a new sid: the same participant's same source continues.
         same = feed is not None and feed.info.key == info.key
         want_sid = self.track_ids[info.kind]
         if want_sid is not None:
-            if info.track_sid != want_sid and not same:
-                return None
-        elif info.participant != self.participant_identity:
+            return info.track_sid == want_sid or same
+        if info.participant != self.participant_identity:
+            return False
+        if feed is not None:
+            return same  # not a second track of this kind (a screen share beside the camera)
+        return info.source in self._sources[info.kind]
+
+    def _feed_for(self, info: TrackInfo) -> _Feed | None:
+        if not self._wants(info):
             return None
-        elif feed is not None and not same:
-            return None  # a second track of this kind (a screen share beside the camera)
-        elif feed is None and info.source not in self._sources[info.kind]:
-            return None
+        port = self.outputs[info.kind]
+        feed = self.feeds.get(info.kind)
         if feed is None:
             feed = _Feed(port, info)
             self.feeds[info.kind] = feed

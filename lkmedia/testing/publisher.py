@@ -8,12 +8,16 @@ output's A/V offset (lkmedia.testing.probe.av_offsets) measures the egress, not 
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -170,17 +174,25 @@ class SyntheticPublisher:
     async def _publish(self) -> None:
         assert self.room is not None
         lp = self.room.local_participant
-        if self._vsrc is not None:
+
+        async def video() -> None:
+            assert self._vsrc is not None
             track = rtc.LocalVideoTrack.create_video_track("synthetic-video", self._vsrc)
             opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, video_codec=self.video_codec,
                                            simulcast=False)
             opts.video_encoding.max_bitrate = self.video_bitrate
             opts.video_encoding.max_framerate = float(self.fps)
             self.video_pub = await lp.publish_track(track, opts)
-        if self._asrc is not None:
+
+        async def audio() -> None:
+            assert self._asrc is not None
             track = rtc.LocalAudioTrack.create_audio_track("synthetic-audio", self._asrc)
             opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE, dtx=False)
             self.audio_pub = await lp.publish_track(track, opts)
+
+        # Both at once, as a browser publishes its camera and microphone.
+        await asyncio.gather(*([video()] if self._vsrc is not None else []),
+                             *([audio()] if self._asrc is not None else []))
 
     # -- drops and mutes ---------------------------------------------------
     async def drop_for(self, seconds: float, mode: str = "rejoin") -> None:
@@ -250,6 +262,177 @@ class SyntheticPublisher:
                 await self._asrc.capture_frame(to_rtc_audio(self.gen.audio_frame(s)))
                 self.samples_sent += n
             s += n
+
+
+class PublisherProcess:
+    """A SyntheticPublisher in a child process: a client of its own, as a real publisher
+    is. In the egress's process it would share its CPU, GIL and livekit FFI runtime, and a
+    late subscriber set-up there loses the returning publisher's first key frame (then
+    livekit-server's PLI throttle holds the picture back another 0.5 s).
+
+    The same calls as SyntheticPublisher, all async; driven over the child's stdin and
+    stdout, one JSON object per line. The token goes by environment, never argv. The
+    child's log is kept in ``log_path`` (a temporary file unless given).
+    """
+
+    def __init__(self, url: str, token: str, *, log_path: str | Path | None = None, **options: Any) -> None:
+        self.url = url
+        self._token = token
+        self.options = options
+        self._log_arg = Path(log_path) if log_path else None
+        self.log_path: Path | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.state: dict[str, Any] = {}
+        self._lock = asyncio.Lock()
+
+    # -- the state the child last reported ------------------------------------
+    identity = property(lambda self: self.state.get("identity"))
+    video_sid = property(lambda self: self.state.get("video_sid"))
+    audio_sid = property(lambda self: self.state.get("audio_sid"))
+    last_absence = property(lambda self: float(self.state.get("last_absence", 0.0)))
+    frames_sent = property(lambda self: int(self.state.get("frames_sent", 0)))
+    samples_sent = property(lambda self: int(self.state.get("samples_sent", 0)))
+    drops = property(lambda self: int(self.state.get("drops", 0)))
+
+    async def start(self) -> PublisherProcess:
+        if self._log_arg is None:
+            fd, name = tempfile.mkstemp(prefix="lkmedia-publisher-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        else:
+            self.log_path = self._log_arg
+        env = {**os.environ, "LKM_PUBLISHER_TOKEN": self._token}
+        with open(self.log_path, "wb") as logf:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "lkmedia.testing.publisher", "--url", self.url,
+                "--options", json.dumps(self.options), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=logf, env=env, start_new_session=True)
+        try:
+            await self._reply(30.0)
+        except BaseException:
+            await self._kill()
+            raise
+        return self
+
+    async def drop_for(self, seconds: float, mode: str = "rejoin") -> None:
+        await self._call(seconds + 30.0, cmd="drop", seconds=seconds, mode=mode)
+
+    async def set_muted(self, muted: bool, kind: str | None = None) -> None:
+        await self._call(10.0, cmd="mute", muted=muted, kind=kind)
+
+    async def refresh(self) -> dict[str, Any]:
+        """Ask the child for its counters now."""
+        return await self._call(10.0, cmd="state")
+
+    async def stop(self, timeout: float = 10.0) -> int | None:
+        p = self.proc
+        if p is None:
+            return None
+        if p.returncode is None:
+            with contextlib.suppress(Exception):
+                await self._call(timeout, cmd="stop")
+            try:
+                await asyncio.wait_for(p.wait(), timeout)
+            except TimeoutError:
+                await self._kill()
+        self.proc = None
+        if p.returncode == 0 and self._log_arg is None and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+        return p.returncode
+
+    def tail(self, n: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    async def __aenter__(self) -> PublisherProcess:
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    async def _call(self, timeout: float, **cmd: Any) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None, "publisher not started"
+        async with self._lock:
+            self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+            await self.proc.stdin.drain()
+            return await self._reply(timeout)
+
+    async def _reply(self, timeout: float) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            code = await self.proc.wait()
+            raise RuntimeError(f"publisher exited with code {code}: {self.tail()}")
+        msg = json.loads(line)
+        if "error" in msg:
+            raise RuntimeError(f"publisher: {msg['error']}")
+        self.state = msg
+        return msg
+
+    async def _kill(self) -> None:
+        p = self.proc
+        if p is not None and p.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            await p.wait()
+
+
+async def _serve(url: str, options: dict[str, Any]) -> int:
+    """The child's side of PublisherProcess."""
+    token = os.environ.pop("LKM_PUBLISHER_TOKEN")
+    pub = SyntheticPublisher(url, token, **options)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def say(**msg: Any) -> None:
+        sys.stdout.write(json.dumps(msg) + "\n")
+        sys.stdout.flush()
+
+    def state() -> dict[str, Any]:
+        room = pub.room
+        return {"identity": room.local_participant.identity if room is not None else None,
+                "video_sid": pub.video_sid, "audio_sid": pub.audio_sid, "last_absence": pub.last_absence,
+                "frames_sent": pub.frames_sent, "samples_sent": pub.samples_sent, "drops": pub.drops}
+
+    try:
+        await pub.start()
+    except Exception as e:
+        say(error=f"could not start: {e}")
+        await pub.stop()
+        return 1
+    say(**state())
+    try:
+        while line := await reader.readline():  # EOF: the parent has gone
+            cmd = json.loads(line)
+            try:
+                if cmd["cmd"] == "stop":
+                    break
+                if cmd["cmd"] == "drop":
+                    await pub.drop_for(float(cmd["seconds"]), cmd.get("mode", "rejoin"))
+                elif cmd["cmd"] == "mute":
+                    pub.set_muted(bool(cmd["muted"]), cmd.get("kind"))
+                elif cmd["cmd"] != "state":
+                    raise ValueError(f"unknown command {cmd['cmd']!r}")
+            except Exception as e:
+                say(error=str(e))
+                continue
+            say(**state())
+    finally:
+        await pub.stop()
+    say(**state())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="The synthetic publisher as a child process "
+                                             "(token in LKM_PUBLISHER_TOKEN); see PublisherProcess.")
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--options", default="{}", help="SyntheticPublisher keyword arguments as JSON")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    return asyncio.run(_serve(args.url, json.loads(args.options)))
 
 
 class LkLoadTest:
@@ -330,3 +513,7 @@ def _lk_env(stack: DevStack) -> dict[str, str]:
     # By environment, so that the secret is not on a command line.
     return {**os.environ, "LIVEKIT_URL": stack.url, "LIVEKIT_API_KEY": stack.api_key,
             "LIVEKIT_API_SECRET": stack.api_secret}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

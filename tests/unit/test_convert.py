@@ -129,6 +129,34 @@ async def test_fps_converter_regularises_jittery_input() -> None:
     assert luma[4:8] == [9, 9, 9, 9] and luma[8] == 11
 
 
+@pytest.mark.parametrize("phase", [0.0, 0.3, 0.5, 0.7])
+async def test_fps_converter_keeps_every_frame_of_a_jittery_live_input(phase: float) -> None:
+    # 30 fps in, 30 fps out, +-4 ms of jitter around an arbitrary phase: a frame sitting on
+    # a slot boundary must not be dropped for its neighbour (and another repeated); a
+    # one-frame flash would vanish from the recording.
+    rng = np.random.default_rng(7)
+    times = [(i + phase) / 30 + rng.uniform(-0.004, 0.004) for i in range(90)]
+    conv = FpsConverter(30)
+    sink = await run_chain(Frames(times), conv)
+    assert conv.stats()["dropped"] == 0 and conv.stats()["duplicated"] == 0, conv.stats()
+    luma = [int(np.frombuffer(f.planes[0], np.uint8)[0]) for f in sink.items]
+    assert luma == list(range(90))
+    # Each frame moved by the same amount, at most 0.6 of a frame.
+    shift = [f.pts * float(VTB) - t for f, t in zip(sink.items, times)]
+    assert max(abs(x) for x in shift) <= 0.6 / 30 + 0.004
+    assert max(shift) - min(shift) <= 0.009
+
+
+async def test_fps_converter_drops_only_for_a_real_rate_difference() -> None:
+    # A publisher clock 1 % fast: 303 frames in 10 s, with jitter; 300 slots out.
+    rng = np.random.default_rng(3)
+    times = [i / 30.3 + rng.uniform(-0.004, 0.004) for i in range(303)]
+    conv = FpsConverter(30)
+    await run_chain(Frames(times), conv)
+    st = conv.stats()
+    assert st["duplicated"] == 0 and 2 <= st["dropped"] <= 4, st
+
+
 def test_copy_video_frame_is_a_true_copy() -> None:
     f = synth().video_frame(5)
     c = copy_video_frame(f)

@@ -44,10 +44,13 @@ def room_name() -> str:
 
 @pytest.fixture
 async def publisher(livekit_stack: DevStack, room_name: str) -> AsyncIterator[object]:
-    """The synthetic flash/beep participant ("pub") publishing 640x360 A/V in room_name."""
-    from lkmedia.testing.publisher import SyntheticPublisher
+    """The synthetic flash/beep participant ("pub") publishing 640x360 A/V in room_name,
+    from a child process."""
+    from lkmedia.testing.publisher import PublisherProcess
 
-    pub = SyntheticPublisher(livekit_stack.url, livekit_stack.token("pub", room_name))
+    # A separate process, as a real publisher is: it shares neither the GIL nor the
+    # livekit FFI runtime with the egress under test.
+    pub = PublisherProcess(livekit_stack.url, livekit_stack.token("pub", room_name))
     await pub.start()
     try:
         yield pub

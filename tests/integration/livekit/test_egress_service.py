@@ -141,7 +141,7 @@ async def test_webhooks_arrive_in_order(tmp_path: Path) -> None:
     """egress_started, egress_updated (ACTIVE), egress_ended, posted by livekit-server."""
     from aiohttp import web
 
-    from lkmedia.testing.publisher import SyntheticPublisher
+    from lkmedia.testing.publisher import PublisherProcess
 
     events: list[tuple[str, int]] = []
 
@@ -164,7 +164,7 @@ async def test_webhooks_arrive_in_order(tmp_path: Path) -> None:
         body = service_config_body(stack)
         svc = EgressService(parse_config(body), tmp_dir=str(tmp_path / "eg"))
         await svc.start()
-        pub = SyntheticPublisher(stack.url, stack.token("pub", "hooks"))
+        pub = PublisherProcess(stack.url, stack.token("pub", "hooks"))
         await pub.start()
         try:
             async with api.LiveKitAPI(stack.http_url, stack.api_key, stack.api_secret) as lkapi:

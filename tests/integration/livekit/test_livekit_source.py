@@ -20,9 +20,13 @@ from lkmedia.sinks.file import FileSink
 from lkmedia.sources.livekit import RoomSource, TrackSource
 from lkmedia.testing.devstack import DevStack, find_binary
 from lkmedia.testing.probe import assert_av_sync, av_offsets, decode_errors, probe
-from lkmedia.testing.publisher import LkLoadTest, SyntheticPublisher
+from lkmedia.testing.publisher import LkLoadTest, PublisherProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# The longest a returning track takes to show again once its publisher is back: a missed
+# first key frame waits out livekit-server's 500 ms key-frame throttle (see the drop test).
+RESUBSCRIBE_WORST = 0.8
 
 
 class Collect(Node):
@@ -82,7 +86,7 @@ async def test_stack_answers_the_api(livekit_stack: DevStack, room_name: str) ->
 
 
 async def test_track_source_receives_av(livekit_stack: DevStack, room_name: str,
-                                        publisher: SyntheticPublisher) -> None:
+                                        publisher: PublisherProcess) -> None:
     g = Graph()
     src = g.add(TrackSource(livekit_stack.url, livekit_stack.token("rec", room_name),
                             participant_identity="pub", wait_timeout=10))
@@ -113,7 +117,7 @@ async def test_room_source_links_tracks_as_they_appear(livekit_stack: DevStack, 
     room.on_track(kind="audio", link=sink)
     await g.start()  # nobody in the room yet: no outputs
     assert not room.outputs
-    async with SyntheticPublisher(livekit_stack.url, livekit_stack.token("late", room_name)):
+    async with PublisherProcess(livekit_stack.url, livekit_stack.token("late", room_name)):
         await asyncio.sleep(3.0)
     await g.stop()
     assert sorted(room.outputs) == ["audio:late:microphone", "video:late:camera"]
@@ -143,7 +147,7 @@ async def _record(stack: DevStack, room: str, path: Path, seconds_: float,
     return elapsed, g
 
 
-async def test_recording_is_in_sync(livekit_stack: DevStack, room_name: str, publisher: SyntheticPublisher,
+async def test_recording_is_in_sync(livekit_stack: DevStack, room_name: str, publisher: PublisherProcess,
                                     tmp_path: Path) -> None:
     out = tmp_path / "rec.mp4"
     elapsed, _ = await _record(livekit_stack, room_name, out, 5.0)
@@ -165,7 +169,7 @@ def _largest_hole(path: Path, kind: str) -> float:
 
 @pytest.mark.parametrize("mode", ["rejoin", "republish"])
 async def test_drop_and_return_is_one_recording(livekit_stack: DevStack, room_name: str,
-                                                publisher: SyntheticPublisher, tmp_path: Path,
+                                                publisher: PublisherProcess, tmp_path: Path,
                                                 mode: str) -> None:
     out = tmp_path / "rec.mp4"
 
@@ -183,11 +187,11 @@ async def test_drop_and_return_is_one_recording(livekit_stack: DevStack, room_na
     src = next(n for n in g.nodes.values() if isinstance(n, TrackSource))
     for kind in ("audio", "video"):
         away = src.stats()[f"{kind}.gap_seconds"]
-        # 2 s away plus the rejoin (~0.15 s) and resubscription; on a loaded machine the
-        # rejoin alone can take longer, so the bound counts from the publisher's absence.
-        # Resubscribing after the rejoin (track published -> subscribed -> first key frame)
-        # takes 0.2-0.45 s here on a loaded 2-core machine.
-        assert 1.5 < away <= max(2.5, publisher.last_absence + 0.5), (
+        # 2 s away plus the rejoin (~0.15 s, counted in the publisher's absence) plus our
+        # resubscription: 0.0-0.15 s after the publisher is back (bench/rejoin.py). About one
+        # rejoin in 20 the receiver misses the first key frame and livekit-server's key-frame
+        # throttle (one request per 500 ms per track) makes that 0.65 s: the bound allows it.
+        assert 1.5 < away <= max(2.5, publisher.last_absence + RESUBSCRIBE_WORST), (
             f"{kind} away {away:.2f} s, publisher absent {publisher.last_absence:.2f} s")
         assert _largest_hole(out, kind) < 0.2
     offsets = av_offsets(str(out))
@@ -196,7 +200,7 @@ async def test_drop_and_return_is_one_recording(livekit_stack: DevStack, room_na
 
 
 async def test_mute_becomes_a_muted_gap(livekit_stack: DevStack, room_name: str,
-                                        publisher: SyntheticPublisher) -> None:
+                                        publisher: PublisherProcess) -> None:
     g = Graph()
     src = g.add(TrackSource(livekit_stack.url, livekit_stack.token("rec", room_name),
                             participant_identity="pub", kind="audio", wait_timeout=10))
@@ -204,9 +208,9 @@ async def test_mute_becomes_a_muted_gap(livekit_stack: DevStack, room_name: str,
     g.link(src.out("audio"), sink)
     await g.start()
     await asyncio.sleep(1.5)
-    publisher.set_muted(True, "audio")
+    await publisher.set_muted(True, "audio")
     await asyncio.sleep(1.5)
-    publisher.set_muted(False, "audio")
+    await publisher.set_muted(False, "audio")
     await asyncio.sleep(1.5)
     await g.stop()
     items = sink.items["in0"]
