@@ -1,6 +1,10 @@
-# Placeholder image (the service image comes later): builds a wheel in one stage and
-# installs it with the runtime media tools in a slim Debian bookworm stage, run as a
-# non-root user.
+# lkmedia worker image: `lkmedia egress` (the default) reads the Go egress's config from
+# EGRESS_CONFIG_FILE / EGRESS_CONFIG_BODY, like livekit/egress.
+#
+# Stage 1 builds the wheel; stage 2 is the runtime: Debian bookworm with the media tools
+# the worker calls (ffmpeg for SRT relays, Chromium + fonts for web capture), run as a
+# non-root user. Checked with hadolint (tests/unit/test_deploy.py); see docs/deployment.md
+# for CPU/memory settings.
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -8,13 +12,19 @@ COPY lkmedia ./lkmedia
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim-bookworm
+ENV PYTHONUNBUFFERED=1 \
+    MALLOC_MMAP_THRESHOLD_=131072
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ffmpeg \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        ffmpeg chromium fonts-noto-core fonts-noto-color-emoji fonts-liberation2 tini ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 10001 lkmedia
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-USER lkmedia
+USER 10001
 WORKDIR /home/lkmedia
-ENTRYPOINT ["lkmedia"]
-CMD ["demo", "--out", "/home/lkmedia/out"]
+# health_port in the config (8080 here by convention) answers GET / with the Go egress's JSON.
+EXPOSE 8080
+# tini passes SIGTERM on (drain) and reaps ffmpeg/Chromium children.
+ENTRYPOINT ["/usr/bin/tini", "--", "lkmedia"]
+CMD ["egress"]

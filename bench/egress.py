@@ -205,21 +205,31 @@ async def _wait_published(lkapi: Any, publisher: Child, timeout: float = 30.0) -
         await asyncio.sleep(0.2)
 
 
-async def _one_egress(lkapi: Any, svc: Child, tmp_dir: Path, seconds: float, i: int) -> dict[str, Any]:
+async def _one_egress(lkapi: Any, svc: Child, tmp_dir: Path, seconds: float, i: int,
+                      track_id: str | None = None) -> dict[str, Any]:
+    """One participant egress (H264_720P_30 MP4), or with ``track_id`` one track egress
+    (the track's codec family: VP8 -> WebM, Opus -> OGG, re-encoded)."""
     from livekit.protocol import egress as lk
 
     S = lk.EgressStatus
     terminal = (S.EGRESS_COMPLETE, S.EGRESS_FAILED, S.EGRESS_ABORTED, S.EGRESS_LIMIT_REACHED)
-    req = lk.ParticipantEgressRequest(room_name=ROOM, identity=IDENTITY, preset=lk.H264_720P_30,
-                                      file_outputs=[lk.EncodedFileOutput(file_type=lk.MP4,
-                                                                         filepath=f"bench-{i}.mp4")])
     cpu0, t0 = proc_cpu(svc.pid), time.monotonic()
-    info = await lkapi.egress.start_participant_egress(req)
+    if track_id is None:
+        req = lk.ParticipantEgressRequest(room_name=ROOM, identity=IDENTITY, preset=lk.H264_720P_30,
+                                          file_outputs=[lk.EncodedFileOutput(file_type=lk.MP4,
+                                                                             filepath=f"bench-{i}.mp4")])
+        info = await lkapi.egress.start_participant_egress(req)
+    else:
+        info = await lkapi.egress.start_track_egress(lk.TrackEgressRequest(
+            room_name=ROOM, track_id=track_id, file=lk.DirectFileOutput(filepath=f"bench-track-{i}")))
     t_call = time.monotonic()
     egress_dir = tmp_dir / info.egress_id
     media: dict[str, float] = {}
 
     async def watch_media() -> None:
+        if track_id is not None:  # WebM/OGG: not timed
+            media["t"] = time.monotonic()
+            return
         while True:
             f = first_mp4(egress_dir)
             if f is not None and has_media(f):
@@ -300,7 +310,17 @@ async def _session(stack: Any, svc: Child, publisher: Child, tmp_dir: Path, seco
                 raise RuntimeError(f"publisher exited: {publisher.tail()}")
             out.append(await _one_egress(lkapi, svc, tmp_dir, seconds, i))
             await asyncio.sleep(1.0)
-    return {"idle": idle, "runs": out}
+        # Track egress re-encodes (livekit.rtc gives decoded frames): its cost per track.
+        res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=ROOM))
+        tracks: dict[str, dict[str, Any]] = {}
+        for p in res.participants:
+            if p.identity == IDENTITY:
+                for t in p.tracks:
+                    kind = "video" if t.type == 1 else "audio"
+                    tracks[kind] = await _one_egress(lkapi, svc, tmp_dir, seconds, len(tracks), track_id=t.sid)
+                    tracks[kind]["mime_type"] = t.mime_type
+                    await asyncio.sleep(1.0)
+    return {"idle": idle, "runs": out, "tracks": tracks}
 
 
 # -- the peer --------------------------------------------------------------------------
@@ -457,6 +477,43 @@ def bench_egress(ctx: Any, row: Callable[..., Any]) -> list[Any]:
                     status="info", note=f"runs {', '.join(f'{x:.3f}' for x in steady)}; idle "
                                         f"{idle_rate:.3f} cpu s/s (over {res['idle']['wall']:.0f} s); "
                                         f"by thread, cpu s/s: {_by_thread(runs)}"))
+    rows += _track_rows(ctx, row, res.get("tracks", {}), inp, work, seconds, idle_rate)
+    return rows
+
+
+def _track_rows(ctx: Any, row: Callable[..., Any], tracks: dict[str, dict[str, Any]], inp: Path, work: Path,
+                seconds: float, idle_rate: float) -> list[Any]:
+    """Track egress re-encodes (livekit.rtc gives decoded frames only): CPU per track,
+    against the ffmpeg CLI decoding and re-encoding the same codec with the same settings."""
+    from lkmedia.nodes.presets import DEFAULT_AUDIO_BITRATE
+
+    rows = []
+    common = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(inp)]
+    peers_cmd = {
+        "video": [*common, "-map", "0:v", "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8",
+                  "-lag-in-frames", "0", "-b:v", "3000k", "-maxrate", "3000k", "-bufsize", "6000k",
+                  str(work / "ffmpeg_track.webm")],
+        "audio": [*common, "-map", "0:a", "-c:a", "libopus", "-b:a", str(DEFAULT_AUDIO_BITRATE), "-ar", "48000",
+                  "-ac", "2", str(work / "ffmpeg_track.ogg")],
+    }
+    what = {"video": "VP8 track -> WebM (decode in libwebrtc, libvpx realtime re-encode, 3 Mbps)",
+            "audio": "Opus track -> OGG (decode in libwebrtc, libopus re-encode)"}
+    for kind in ("video", "audio"):
+        r = tracks.get(kind)
+        if r is None:
+            rows.append(row(f"egress/track-{kind}-cpu", what[kind], "cpu s / s", status="error: no such track"))
+            continue
+        media = r["file_duration_s"] or r["recording_wall_s"]
+        r["cpu_per_media_s"] = round((r["cpu_job"] - idle_rate * r["job_wall_s"]) / media, 4)
+        ff = ctx.measure(peers_cmd[kind])
+        rw = row(f"egress/track-{kind}-cpu", f"CPU s per media s of one track egress: {what[kind]}",
+                 "cpu s / s", lkmedia=round(r["cpu_per_media_s"], 3), peer_name="ffmpeg CLI", status="info",
+                 note=f"{r['mime_type']}; API call -> COMPLETE minus idle; lkmedia includes the WebRTC receive "
+                      f"and decode, ffmpeg decodes a file")
+        if ff.ok:
+            rw.peer = round(ff.cpu / seconds, 3)
+            rw.ratio = round(rw.lkmedia / rw.peer, 3) if rw.peer else None
+        rows.append(rw)
     return rows
 
 

@@ -60,6 +60,7 @@ class EgressJob:
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._limit = False
+        self._upload_failed = False  # an output reached no storage (kept locally)
         self.task: asyncio.Task[None] | None = None
         self.active_at: float | None = None
 
@@ -270,6 +271,10 @@ class EgressJob:
             self.info.backup_storage_used = uploader.backup_storage_used
         if fatal or (errors and not self._any_output()):
             await self._set(S.EGRESS_FAILED, fatal or "; ".join(errors))
+        elif self._upload_failed:
+            # As the Go egress: an output that reached no storage fails the egress. The
+            # error says where each file is kept (nothing recorded is deleted).
+            await self._set(S.EGRESS_FAILED, "; ".join([*errors, self.info.error]))
         elif self.info.status == S.EGRESS_STARTING and not self._stop_reason:
             await self._set(S.EGRESS_FAILED, "no media arrived")
         else:
@@ -352,6 +357,7 @@ class EgressJob:
                 await up.close()
         if failures:
             self.info.error = "; ".join(failures)
+            self._upload_failed = True
             log.error("egress %s: %s", cfg.egress_id, self.info.error)
         return locations
 

@@ -276,6 +276,8 @@ class ServiceConfig:
     enable_sync_engine: bool = False
     audio_tempo_controller: AudioTempoController = field(default_factory=AudioTempoController)
     test_overrides: dict[str, Any] = field(default_factory=dict)
+    # lkmedia's own keys
+    drain_timeout: Seconds = _checked(Seconds(0.0), _non_negative)  # SIGTERM: 0 = wait for every job
     # legacy keys older Go releases read (mapped, with a warning)
     s3: S3Config | None = None
     azure: AzureConfig | None = None

@@ -39,6 +39,10 @@ RESULTS = {S.EGRESS_COMPLETE: "completed", S.EGRESS_LIMIT_REACHED: "completed", 
            S.EGRESS_FAILED: "process_error"}
 
 
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
 class EgressService:
     def __init__(self, conf: ServiceConfig, *, tmp_dir: str | None = None) -> None:
         self.conf = conf
@@ -85,20 +89,57 @@ class EgressService:
         log.info("egress service %s ready (redis %s)", self.node_id, self.bus.address)
 
     async def run(self) -> None:
-        """Serve until SIGTERM/SIGINT: then stop taking requests and drain running jobs."""
+        """Serve until a signal. SIGTERM drains: no new requests; running jobs go on until
+        they end (StopEgress, the room closing, a limit) or ``drain_timeout`` passes. A
+        second SIGTERM, or SIGINT, stops every job now, each output finalised. Then exit."""
         await self.start()
-        stop = asyncio.Event()
+        term, now = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+
+        def on_term() -> None:
+            (now if term.is_set() else term).set()
+
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+        loop.add_signal_handler(signal.SIGINT, now.set)
         try:
-            await stop.wait()
+            waits = [asyncio.create_task(term.wait()), asyncio.create_task(now.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if not now.is_set():
+                await self.drain(float(self.conf.drain_timeout) or None, interrupt=now)
         finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
             await self.close()
 
+    async def _stop_accepting(self) -> None:
+        if not self.shutting_down:
+            self.shutting_down = True
+            await self.internal.stop_accepting()
+
+    async def drain(self, timeout: float | None = None, interrupt: asyncio.Event | None = None) -> None:
+        """Take no new requests and wait until every running job has ended by itself,
+        ``timeout`` seconds (None: no limit) have passed or ``interrupt`` is set."""
+        await self._stop_accepting()
+        log.info("draining: %d job(s) running, %s", len(self.jobs),
+                 f"stopping them in {timeout:g} s" if timeout else "waiting for them to end")
+        stop = asyncio.create_task(interrupt.wait()) if interrupt is not None else None
+        try:
+            deadline = None if timeout is None else loop_time() + timeout
+            while self._tasks and not (interrupt is not None and interrupt.is_set()):
+                left = None if deadline is None else deadline - loop_time()
+                if left is not None and left <= 0:
+                    log.info("drain timeout: stopping %d job(s)", len(self.jobs))
+                    break
+                await asyncio.wait([*self._tasks, *([stop] if stop else [])], timeout=left,
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if stop is not None:
+                stop.cancel()
+
     async def close(self, drain_timeout: float = 60.0) -> None:
-        self.shutting_down = True
-        await self.internal.stop_accepting()
+        await self._stop_accepting()
         for job in list(self.jobs.values()):
             await job.stop("shutdown")
         if self._tasks:

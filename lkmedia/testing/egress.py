@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
+from pathlib import Path
 
 from livekit import api
 from livekit.protocol import egress as lk
@@ -38,3 +44,73 @@ async def wait_egress(lkapi: api.LiveKitAPI, egress_id: str, want: set[int], tim
             raise TimeoutError(f"egress {egress_id} did not reach {sorted(S.Name(w) for w in want)} "
                                f"in {timeout:g} s (last: {seen})")
         await asyncio.sleep(0.1)
+
+
+class EgressServiceProcess:
+    """``python -m lkmedia egress`` as a child process, as it runs in production: config by
+    EGRESS_CONFIG_BODY (never argv), health port picked free, log in ``log_path``, its own
+    temporary directory. ``signal()`` / ``kill()`` for drain and crash tests."""
+
+    def __init__(self, body: str, work_dir: str | os.PathLike[str], *, name: str = "egress") -> None:
+        from .devstack import free_port
+
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.health_port = free_port()
+        self.body = body + f"health_port: {self.health_port}\n"
+        self.log_path = self.work_dir / f"{name}.log"
+        self.tmp_dir = self.work_dir / "tmp"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def egress_dir(self) -> Path:
+        """Where the service writes each egress (``<egress_id>/...``)."""
+        return self.tmp_dir / "lkmedia-egress"
+
+    def start(self, timeout: float = 60.0) -> EgressServiceProcess:
+        self.tmp_dir.mkdir(exist_ok=True)
+        env = {**os.environ, "EGRESS_CONFIG_BODY": self.body, "TMPDIR": str(self.tmp_dir)}
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen([sys.executable, "-m", "lkmedia", "egress"], stdout=logf,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"egress service exited with {self.proc.returncode}: {self.tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/", timeout=1):
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"egress service not healthy within {timeout:g} s: {self.tail()}")
+            time.sleep(0.1)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGINT (stop every job cleanly), then SIGKILL after ``timeout``."""
+        from .process import stop_process
+
+        stop_process(self.proc, signal.SIGINT, timeout)
+        return self.proc.returncode if self.proc is not None else None
+
+    def tail(self, n: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def __enter__(self) -> EgressServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -350,8 +350,9 @@ async def test_s3_down_without_backup_keeps_the_local_file_and_says_so(
     livekit_stack: DevStack, publisher: object, room_name: str, minio: MinioServer, tmp_path: Path,
     logs: pytest.LogCaptureFixture
 ) -> None:
-    """No ``backup:``: the recording stays on local disk, EgressInfo points at it and the
-    error names the bucket (``max_retries``/``max_retry_delay`` from the Go keys keep it short)."""
+    """No ``backup:``: the egress ends FAILED (as the Go egress), the recording stays on local
+    disk, EgressInfo points at it and the error names the bucket (``max_retries`` /
+    ``max_retry_delay`` from the Go keys keep it short)."""
     body = (f"api_key: {livekit_stack.api_key}\napi_secret: {livekit_stack.api_secret}\n"
             f"ws_url: {livekit_stack.url}\nredis:\n  address: {livekit_stack.redis_address}\n"
             "storage:\n  s3:\n"
@@ -371,6 +372,8 @@ async def test_s3_down_without_backup_keeps_the_local_file_and_says_so(
             done = await wait_status(lkapi, info.egress_id, TERMINAL, timeout=30)
     finally:
         await svc.close(drain_timeout=30)
+    # As the Go egress: an output that reached no storage fails the egress; the file is kept.
+    assert done.status == S.EGRESS_FAILED, S.Name(done.status)
     assert not done.backup_storage_used
     (f,) = done.file_results
     local = Path(svc.tmp_dir) / info.egress_id / "kept.mp4"
@@ -379,4 +382,3 @@ async def test_s3_down_without_backup_keeps_the_local_file_and_says_so(
     assert p.has("video") and p.has("audio") and p.duration > 1.5
     assert BUCKET in done.error and "kept at" in done.error and str(local) in done.error, done.error
     assert_no_secret(minio.secret, done, logs.text)
-    print(f"S3 down, no backup: {S.Name(done.status)}; error={done.error!r}")
