@@ -155,10 +155,10 @@ def av_offsets(path: str) -> list[float]:
 
 
 def assert_av_sync(offsets: list[float], *, subscriptions: int = 1, tolerance: float = 0.040,
-                   settling: float = 0.150) -> None:
+                   settling: float = 0.060) -> None:
     """Every |A/V offset| within ``tolerance``, except that the first flash after each of
     ``subscriptions`` (re)subscriptions to a live track may be off by up to ``settling``:
     a LiveKit source learns the receiver's audio jitter-buffer delay from WebRTC stats
-    within about a second (a known start-up limit)."""
+    while the buffer is still settling (first flashes seen: up to 37 ms)."""
     big = [o for o in offsets if abs(o) > tolerance]
     assert len(big) <= subscriptions and all(abs(o) <= settling for o in offsets), f"A/V offsets (s): {offsets}"
