@@ -406,6 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
     egress.add_argument("--dev", action="store_true",
                         help="no config: the local dev stack (devkey/secret, ws://127.0.0.1:7880, redis :6379)")
     egress.set_defaults(func=cmd_egress)
+    disp = sub.add_parser("dispatcher", parents=[common],
+                          help="queue egress requests while no worker has room (no media; lets a fleet "
+                               "scale from zero)",
+                          description="Claim StartEgress requests no egress worker can take, keep them in the "
+                                      "Redis start queue for the first worker with room, fail those queued "
+                                      "longer than queue.max_wait. Same config as `lkmedia egress`.")
+    disp.add_argument("--config", metavar="FILE", help="egress config YAML (Go egress keys)")
+    disp.add_argument("--config-body", metavar="YAML", help="egress config as YAML text")
+    disp.add_argument("--dev", action="store_true", help=argparse.SUPPRESS)
+    disp.set_defaults(func=cmd_dispatcher)
     edemo = sub.add_parser("egress-demo", parents=[common],
                            help="local dev stack: record a participant egress through the real API",
                            description="Start Redis, livekit-server, the lkmedia egress service and a synthetic "
@@ -441,8 +451,12 @@ def cmd_egress(args: argparse.Namespace) -> int:
     if args.log_level == "warning" and not args.debug:
         logging.getLogger().setLevel(conf.logging.level.upper() if conf.logging.level else "INFO")
     log.info("egress config: %s", json.dumps(conf.redacted(), default=str))
-    asyncio.run(EgressService(conf).run())
+    asyncio.run(EgressService(conf, dispatcher=args.func is cmd_dispatcher).run())
     return EXIT_OK
+
+
+def cmd_dispatcher(args: argparse.Namespace) -> int:
+    return cmd_egress(args)
 
 
 def fail(message: str, code: int) -> NoReturn:

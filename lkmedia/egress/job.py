@@ -45,6 +45,9 @@ def egress_token(cfg: EgressConfig, api_key: str, api_secret: str) -> str:
             .with_grants(grants).with_kind("egress").to_jwt())
 
 
+FIND_TRACK_WAIT = 5.0  # seconds a track egress looks for its track before failing
+
+
 class EgressJob:
     def __init__(self, cfg: EgressConfig, info: lk.EgressInfo, *, ws_url: str, api_key: str, api_secret: str,
                  tmp_dir: str, storage: StorageSettings | None, on_update: UpdateFn,
@@ -240,18 +243,24 @@ class EgressJob:
 
         return link
 
-    async def _find_track(self, track_id: str) -> dict[str, str]:
+    async def _find_track(self, track_id: str, wait: float = FIND_TRACK_WAIT) -> dict[str, str]:
+        """The track's participant, kind and codec from the room service. A track published
+        a moment ago is listed a little later (~0.5 s): look again for ``wait`` seconds."""
         http = self.ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+        deadline = time.monotonic() + wait
         async with api.LiveKitAPI(http, self.api_key, self.api_secret) as lkapi:
-            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=self.cfg.room_name))
-        for p in res.participants:
-            for t in p.tracks:
-                if t.sid == track_id:
-                    kind = "audio" if t.type == 0 else "video"
-                    codec = (t.mime_type.split("/", 1)[-1] or ("opus" if kind == "audio" else "vp8")).lower()
-                    return {"identity": p.identity, "kind": kind, "codec": codec, "track_id": t.sid,
-                            "track_type": kind, "track_source": api.TrackSource.Name(t.source).lower()}
-        raise EgressError(f"track {track_id} not found", "not_found")
+            while True:
+                res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=self.cfg.room_name))
+                for p in res.participants:
+                    for t in p.tracks:
+                        if t.sid == track_id:
+                            kind = "audio" if t.type == 0 else "video"
+                            codec = (t.mime_type.split("/", 1)[-1] or ("opus" if kind == "audio" else "vp8")).lower()
+                            return {"identity": p.identity, "kind": kind, "codec": codec, "track_id": t.sid,
+                                    "track_type": kind, "track_source": api.TrackSource.Name(t.source).lower()}
+                if time.monotonic() >= deadline or self._stop.is_set():
+                    raise EgressError(f"track {track_id} not found in room {self.cfg.room_name!r}", "not_found")
+                await asyncio.sleep(0.25)
 
     async def _wait_active(self, g: Any) -> None:
         """ACTIVE once media reaches the encoders (the Go egress: pipeline playing)."""

@@ -178,6 +178,11 @@ class RedisBus:
         self._last_rx = 0.0
         self.reconnects = 0
 
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The command connection (for keys beside psrpc: the start queue)."""
+        return self._redis
+
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         """Connects (failing fast with a clear error if Redis is not there) and starts the reader."""

@@ -238,6 +238,14 @@ class AudioTempoController:
 
 
 @dataclass
+class QueueConfig:
+    """lkmedia's own ``queue:`` section (lkmedia.service.queue)."""
+    enabled: bool = True
+    max_wait: Seconds = _checked(Seconds(600.0), _non_negative)  # then FAILED; 0 = wait for ever
+    dedup_window: Seconds = _checked(Seconds(30.0), _non_negative)  # 0 = no dedup
+
+
+@dataclass
 class ServiceConfig:
     api_key: str = _partial()
     api_secret: str = _secret()
@@ -278,6 +286,7 @@ class ServiceConfig:
     test_overrides: dict[str, Any] = field(default_factory=dict)
     # lkmedia's own keys
     drain_timeout: Seconds = _checked(Seconds(0.0), _non_negative)  # SIGTERM: 0 = wait for every job
+    queue: QueueConfig = field(default_factory=QueueConfig)
     # legacy keys older Go releases read (mapped, with a warning)
     s3: S3Config | None = None
     azure: AzureConfig | None = None

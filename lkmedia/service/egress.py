@@ -31,6 +31,7 @@ from .admission import Admission, AdmissionError
 from .config import ServiceConfig
 from .health import HealthServer, request_json, status_body
 from .metrics import EgressMetrics, MetricsServer
+from .queue import QUEUE_AFFINITY, StartQueue, dedup_key
 
 log = logging.getLogger("lkmedia.service")
 S = lk.EgressStatus
@@ -43,10 +44,19 @@ def loop_time() -> float:
     return asyncio.get_running_loop().time()
 
 
+PUMP_EVERY = 0.25  # seconds between looks at the start queue (sooner when a job ends)
+STOP_RACE = 10.0  # seconds after taking a queued request during which a relayed StopEgress is looked for
+
+
 class EgressService:
-    def __init__(self, conf: ServiceConfig, *, tmp_dir: str | None = None) -> None:
+    """``dispatcher=True``: ``lkmedia dispatcher``, no media. It claims every StartEgress
+    with the queue's low affinity, queues it, answers StopEgress for what it queued and
+    fails requests queued longer than ``queue.max_wait``: a fleet can sit at zero workers."""
+
+    def __init__(self, conf: ServiceConfig, *, tmp_dir: str | None = None, dispatcher: bool = False) -> None:
         self.conf = conf
-        self.node_id = conf.node_id or f"NE_{os.getpid()}"
+        self.dispatcher = dispatcher
+        self.node_id = conf.node_id or f"{'ND' if dispatcher else 'NE'}_{os.getpid()}"
         self.tmp_dir = tmp_dir or os.path.join(tempfile.gettempdir(), "lkmedia-egress")
         r = conf.redis
         if r is None or not r.address:
@@ -68,6 +78,14 @@ class EgressService:
                                      is_disabled=lambda: not self.io.healthy, is_terminating=lambda: self.shutting_down)
         self.health = HealthServer(conf.health_port, self._health) if conf.health_port else None
         self.prom = MetricsServer(self.metrics, conf.prometheus_port) if conf.prometheus_port else None
+        q = conf.queue
+        self.queue = (StartQueue(self.bus.redis, self.node_id, max_wait=float(q.max_wait),
+                                 dedup_window=float(q.dedup_window)) if q.enabled or dispatcher else None)
+        self._queued: dict[str, EgressHandlerServer] = {}  # requests this node queued: their handlers
+        self._from_queue: dict[str, float] = {}  # egress id -> when this node took it from the queue
+        self._pump_wake = asyncio.Event()
+        self._pump_lock = asyncio.Lock()
+        self._pump_task: asyncio.Task[None] | None = None
 
     def _storage_settings(self) -> StorageSettings:
         d: dict[str, Any] = {}
@@ -86,7 +104,10 @@ class EgressService:
         for srv in (self.health, self.prom):
             if srv is not None:
                 await srv.start()
-        log.info("egress service %s ready (redis %s)", self.node_id, self.bus.address)
+        if self.queue is not None:
+            self._pump_task = asyncio.create_task(self._pump(), name="start-queue")
+        log.info("egress %s %s ready (redis %s)", "dispatcher" if self.dispatcher else "service",
+                 self.node_id, self.bus.address)
 
     async def run(self) -> None:
         """Serve until a signal. SIGTERM drains: no new requests; running jobs go on until
@@ -147,6 +168,13 @@ class EgressService:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            await asyncio.gather(self._pump_task, return_exceptions=True)
+            self._pump_task = None
+        for handler in list(self._queued.values()):
+            await handler.close()
+        self._queued.clear()
         for srv in (self.health, self.prom):
             if srv is not None:
                 await srv.stop()
@@ -162,34 +190,81 @@ class EgressService:
             _, inner = unpack_start_egress(req)
         except RpcError:
             return 1.0  # claim it so the caller gets the decoding error
-        return self.admission.affinity(inner, disabled=not self.io.healthy,
-                                       estimated_cpu=req.estimated_cpu or None)
+        if not self.io.healthy:
+            return -1.0
+        if self.dispatcher:
+            return QUEUE_AFFINITY
+        if self.queue is not None:
+            # Every start goes through the queue, so the first claim can take it at once
+            # (livekit-server accepts an affinity of 1 without waiting for others): requests
+            # are queued in the order they were made, and workers with room start the oldest.
+            return 1.0
+        return self.admission.affinity(inner, estimated_cpu=req.estimated_cpu or None)
+
+    def _new_info(self, req: StartEgressRequest, kind: str, inner: Any, room_name: str) -> lk.EgressInfo:
+        now = time.time_ns()
+        info = lk.EgressInfo(egress_id=req.egress_id, room_id=req.room_id, room_name=room_name,
+                             source_type=lk.EgressSourceType.EGRESS_SOURCE_TYPE_SDK, status=S.EGRESS_STARTING,
+                             started_at=now, updated_at=now)
+        getattr(info, kind).CopyFrom(_redacted(inner))
+        return info
 
     async def _start_egress(self, req: StartEgressRequest, ctx: RequestContext) -> lk.EgressInfo:
         kind, inner = unpack_start_egress(req)
-        if req.egress_id in self.jobs:
+        if req.egress_id in self.jobs or req.egress_id in self._queued:
             raise RpcError("already_exists", "egress already exists")
         try:
             cfg = egress_config(req.egress_id, req.room_id, inner)
         except EgressError as e:
             raise RpcError(e.code, str(e)) from None
+        q = self.queue
+        if q is None:
+            return await self._launch(req, kind, inner, cfg, None)
+        key = dedup_key(kind, inner)
+        earlier = await q.dedup(key, req.egress_id)
+        if earlier is not None and earlier != req.egress_id:
+            info = await q.load_info(earlier)
+            if info is not None and info.status not in TERMINAL:
+                log.info("egress %s: the same request as %s within %g s: answering with that one",
+                         req.egress_id, earlier, q.dedup_window)
+                return info
+            await q.redirect(key, req.egress_id)
+        queued = await self._enqueue(req, kind, inner, cfg)
+        if not self.dispatcher:
+            await self._pump_now()  # room here and it is the oldest: it starts now
+            job = self.jobs.get(req.egress_id)
+            if job is not None:
+                return lk.EgressInfo.FromString(job.info.SerializeToString())
+        return queued
+
+    async def _launch(self, req: StartEgressRequest, kind: str, inner: Any, cfg: Any,
+                      queued: lk.EgressInfo | None) -> lk.EgressInfo:
+        """Start the job now; ``queued``: the EgressInfo it had while queued."""
         try:
             self.admission.accept(req.egress_id, inner, req.estimated_cpu or None)
         except AdmissionError as e:
             raise RpcError(e.code, str(e)) from None
-        now = time.time_ns()
-        info = lk.EgressInfo(egress_id=req.egress_id, room_id=req.room_id, room_name=cfg.room_name,
-                             source_type=lk.EgressSourceType.EGRESS_SOURCE_TYPE_SDK, status=S.EGRESS_STARTING,
-                             started_at=now, updated_at=now)
-        getattr(info, kind).CopyFrom(_redacted(inner))
+        if queued is None:
+            info = self._new_info(req, kind, inner, cfg.room_name)
+        else:
+            info = queued
+            info.status, info.details, info.updated_at = S.EGRESS_STARTING, "", time.time_ns()
         job = EgressJob(cfg, info, ws_url=req.ws_url or self.conf.ws_url, api_key=self.conf.api_key,
                         api_secret=self.conf.api_secret, tmp_dir=self.tmp_dir, storage=self.storage,
                         on_update=self._update, max_duration=self._limit_for(cfg))
         try:
-            await self.io.create_egress(info)
+            if queued is None:
+                await self.io.create_egress(info)
+            else:
+                await self.io.update_egress(lk.EgressInfo.FromString(info.SerializeToString()))
         except RpcError:
             self.admission.ended(req.egress_id)
             raise
+        if self.queue is not None:
+            await self.queue.save_info(info)
+        old = self._queued.pop(req.egress_id, None)
+        if old is not None:  # this node queued it: its queue handler gives way to the job's
+            await old.close()
         handler = EgressHandlerServer(self.bus, req.egress_id, stop_egress=self._stop_egress,
                                       update_stream=self._update_stream)
         await handler.start()
@@ -235,12 +310,137 @@ class EgressService:
             self.jobs.pop(egress_id, None)
             self._requests.pop(egress_id, None)
             self.admission.ended(egress_id)
+            self._pump_wake.set()  # room for the next queued request
             self.metrics.request_ended(kind)
             self.metrics.handler_result(kind, RESULTS.get(job.info.status, "process_error"))
             job.cleanup()
 
     async def _update(self, info: lk.EgressInfo) -> None:
+        copy = lk.EgressInfo.FromString(info.SerializeToString())
+        if self.queue is not None:
+            try:
+                await self.queue.save_info(copy)
+            except Exception as e:  # dedup answers may be stale; the update itself must go out
+                log.warning("egress %s: could not save its info for dedup: %s", info.egress_id, e)
+        await self.io.update_egress(copy)
+
+    # -- the start queue -------------------------------------------------------------
+    async def _enqueue(self, req: StartEgressRequest, kind: str, inner: Any, cfg: Any) -> lk.EgressInfo:
+        assert self.queue is not None
+        info = self._new_info(req, kind, inner, cfg.room_name)
+        pos = await self.queue.enqueue(req.egress_id, req.SerializeToString())
+        info.details = f"queued, position {pos}"
+        try:
+            await self.io.create_egress(info)
+        except RpcError:
+            await self.queue.remove(req.egress_id)
+            await self.queue.done(req.egress_id)
+            raise
+        await self.queue.save_info(info)
+        handler = EgressHandlerServer(self.bus, req.egress_id, stop_egress=self._stop_queued,
+                                      update_stream=self._update_queued)
+        await handler.start()
+        self._queued[req.egress_id] = handler
+        log.info("egress %s queued at position %d", req.egress_id, pos)
+        self._pump_wake.set()
+        return lk.EgressInfo.FromString(info.SerializeToString())
+
+    async def _end_queued(self, egress_id: str, status: int, error: str = "", details: str = "") -> lk.EgressInfo:
+        assert self.queue is not None
+        info = await self.queue.load_info(egress_id) or lk.EgressInfo(egress_id=egress_id)
+        info.status, info.error, info.details = status, error, details
+        info.ended_at = info.updated_at = time.time_ns()
+        await self.queue.save_info(info)
+        await self.queue.done(egress_id)
+        handler = self._queued.pop(egress_id, None)
+        if handler is not None:
+            asyncio.get_running_loop().create_task(handler.close())  # may be inside its handler
         await self.io.update_egress(lk.EgressInfo.FromString(info.SerializeToString()))
+        return info
+
+    async def _stop_queued(self, req: lk.StopEgressRequest, ctx: RequestContext) -> lk.EgressInfo:
+        assert self.queue is not None
+        eid = req.egress_id
+        if await self.queue.remove(eid):
+            log.info("egress %s: stopped while queued", eid)
+            return await self._end_queued(eid, S.EGRESS_ABORTED, details="stopped while queued")
+        if eid in self.jobs:
+            return await self._stop_egress(req, ctx)
+        # Another node has just taken it: it stops the job when it sees this.
+        await self.queue.request_stop(eid)
+        info = await self.queue.load_info(eid)
+        if info is None:
+            raise RpcError("not_found", "egress not found")
+        return info
+
+    async def _update_queued(self, req: lk.UpdateStreamRequest, ctx: RequestContext) -> lk.EgressInfo:
+        if req.egress_id in self.jobs:
+            return await self._update_stream(req, ctx)
+        raise RpcError("failed_precondition", "the egress is queued: update its streams once it is ACTIVE")
+
+    async def _pump(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._pump_wake.wait(), PUMP_EVERY)
+            except TimeoutError:
+                pass
+            self._pump_wake.clear()
+            try:
+                await self._pump_now()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # Redis away: the next round tries again
+                log.warning("start queue: %s: %s", type(e).__name__, e)
+
+    async def _pump_now(self) -> None:
+        async with self._pump_lock:  # one round at a time: admission is checked, then reserved
+            await self._pump_once()
+
+    async def _pump_once(self) -> None:
+        q = self.queue
+        assert q is not None
+        for eid in await q.take_expired():
+            log.warning("egress %s: queued longer than %g s: failing it", eid, q.max_wait)
+            await self._end_queued(eid, S.EGRESS_FAILED,
+                                   error=f"no egress worker had room for it within {q.max_wait:g} s "
+                                         f"(queue.max_wait)")
+        while not self.shutting_down and not self.dispatcher and self.io.healthy:
+            head = await q.head()
+            if head is None:
+                break
+            eid, raw = head
+            try:
+                req = StartEgressRequest.FromString(raw)
+                kind, inner = unpack_start_egress(req)
+            except Exception as e:
+                if await q.remove(eid):
+                    await self._end_queued(eid, S.EGRESS_FAILED, error=f"unreadable queued request: {e}")
+                continue
+            if not self.admission.check(inner, req.estimated_cpu or None).accept:
+                break  # first in, first out: nobody jumps the head
+            if await q.claim(eid) is None:
+                continue  # another node took it first
+            try:
+                cfg = egress_config(req.egress_id, req.room_id, inner)
+                await self._launch(req, kind, inner, cfg, await q.load_info(eid))
+                self._from_queue[eid] = time.monotonic()
+                log.info("egress %s: started from the queue", eid)
+            except Exception as e:
+                log.error("egress %s: could not start from the queue: %s", eid, e)
+                await self._end_queued(eid, S.EGRESS_FAILED, error=f"could not start: {e}")
+            await q.done(eid)
+        now = time.monotonic()
+        for eid, at in list(self._from_queue.items()):
+            if now - at > STOP_RACE or eid not in self.jobs:
+                del self._from_queue[eid]
+            elif await q.take_stop(eid):
+                log.info("egress %s: StopEgress reached the node that had queued it: stopping", eid)
+                await self.jobs[eid].stop()
+        for eid in list(self._queued):
+            if eid not in self.jobs and await q.position(eid) is None:
+                handler = self._queued.pop(eid)
+                await handler.close()  # taken by another node, which answers for it now
+        self.metrics.queue_state(await q.depth(), await q.oldest_wait(), self.admission.available_cpu())
 
     # -- EgressHandler -------------------------------------------------------------
     async def _stop_egress(self, req: lk.StopEgressRequest, ctx: RequestContext) -> lk.EgressInfo:

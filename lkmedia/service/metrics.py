@@ -78,6 +78,14 @@ class EgressMetrics:
                                            "number of segment uploads pending in channel", ("egress_id",))
         self._playlist_queue = self._gauge("livekit_egress_playlist_uploads_channel_size",
                                            "number of playlist updates pending in channel", ("egress_id",))
+        # lkmedia's own: autoscaling signals (the start queue is fleet-wide, read from Redis)
+        self.queue_depth = self._gauge("lkmedia_egress_queue_depth",
+                                       "Start requests waiting in the fleet's queue").labels(**self._const)
+        self.queue_oldest_wait = self._gauge("lkmedia_egress_queue_oldest_wait_seconds",
+                                             "How long the oldest queued start request has waited"
+                                             ).labels(**self._const)
+        self.capacity_free = self._gauge("lkmedia_egress_capacity_free_cpu",
+                                         "CPU this node can still admit, in cpu_cost units").labels(**self._const)
         self._init_psrpc()
 
     # --- service (monitor) ---------------------------------------------------------------------
@@ -85,6 +93,11 @@ class EgressMetrics:
         """``livekit_egress_requests{type}`` +1 (room_composite, web, participant, track_composite,
         track, template, media)."""
         self._requests.labels(type=request_type, **self._const).inc()
+
+    def queue_state(self, depth: int, oldest_wait: float, capacity_free: float) -> None:
+        self.queue_depth.set(depth)
+        self.queue_oldest_wait.set(oldest_wait)
+        self.capacity_free.set(capacity_free)
 
     def request_ended(self, request_type: str) -> None:
         self._requests.labels(type=request_type, **self._const).dec()

@@ -47,19 +47,22 @@ async def wait_egress(lkapi: api.LiveKitAPI, egress_id: str, want: set[int], tim
 
 
 class EgressServiceProcess:
-    """``python -m lkmedia egress`` as a child process, as it runs in production: config by
+    """``python -m lkmedia egress`` (or ``dispatcher``) as a child process, as it runs in production: config by
     EGRESS_CONFIG_BODY (never argv), health port picked free, log in ``log_path``, its own
     temporary directory. ``signal()`` / ``kill()`` for drain and crash tests."""
 
-    def __init__(self, body: str, work_dir: str | os.PathLike[str], *, name: str = "egress") -> None:
+    def __init__(self, body: str, work_dir: str | os.PathLike[str], *, name: str = "egress",
+                 command: str = "egress") -> None:
         from .devstack import free_port
 
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.health_port = free_port()
-        self.body = body + f"health_port: {self.health_port}\n"
+        self.prometheus_port = free_port()
+        self.body = body + f"health_port: {self.health_port}\nprometheus_port: {self.prometheus_port}\n"
         self.log_path = self.work_dir / f"{name}.log"
         self.tmp_dir = self.work_dir / "tmp"
+        self.command = command  # or "dispatcher"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,7 +74,7 @@ class EgressServiceProcess:
         self.tmp_dir.mkdir(exist_ok=True)
         env = {**os.environ, "EGRESS_CONFIG_BODY": self.body, "TMPDIR": str(self.tmp_dir)}
         with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen([sys.executable, "-m", "lkmedia", "egress"], stdout=logf,
+            self.proc = subprocess.Popen([sys.executable, "-m", "lkmedia", self.command], stdout=logf,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + timeout
         while True:
@@ -85,6 +88,14 @@ class EgressServiceProcess:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"egress service not healthy within {timeout:g} s: {self.tail()}")
             time.sleep(0.1)
+
+    def metric(self, name: str) -> float | None:
+        """A value from its Prometheus endpoint (the first sample of ``name``)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.prometheus_port}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + "{") or line.startswith(name + " "):
+                    return float(line.rsplit(" ", 1)[1])
+        return None
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -1,0 +1,164 @@
+"""The durable start queue and dedup (issue 4): no StartEgress is lost when the fleet is full.
+
+The Go egress answers a full fleet with "no response from servers". With the queue on,
+every StartEgress goes through it: the first worker to claim it (affinity 1, which
+livekit-server takes at once) stores it in Redis, in the order requests come; if it has
+room and the request is the oldest, it starts it before answering, else it answers with
+EgressInfo STARTING, details "queued, position N". Every worker with room starts the
+oldest queued request (first in, first out across the fleet). ``lkmedia dispatcher`` (no
+media) claims with QUEUE_AFFINITY, so it only wins when no worker runs. A request queued
+longer than ``queue.max_wait`` ends FAILED saying so; StopEgress on a queued egress
+removes it (ABORTED). With ``queue.enabled: false`` a worker claims as the Go egress does.
+
+Dedup: a start with the same request type and the same request bytes (room, outputs,
+options) as one made within ``queue.dedup_window`` returns that egress instead of a
+second one, while it has not ended.
+
+Redis keys (``lkmedia:egress:`` prefix; persistence as configured for Redis, see
+docs/deployment.md):
+  queue           LIST of queued egress ids, oldest first
+  req:<id>        HASH request (psrpc StartEgressRequest bytes), at (unix s), owner (node id)
+  info:<id>       STRING the latest EgressInfo (for dedup answers and queue expiry), 1 day
+  dedup:<sha256>  STRING egress id, expires after the window
+  stop:<id>       STRING set when a StopEgress reached the node that queued a request
+                  another node had just taken: that node stops the job when it sees it
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from livekit.protocol import egress as lk
+
+PREFIX = "lkmedia:egress:"
+QUEUE = PREFIX + "queue"
+QUEUE_AFFINITY = 0.01  # > 0 (0 never wins a psrpc selection); below any worker with room (0.5 / 1)
+INFO_TTL = 86_400
+
+# Take the oldest entry if it is ``eid`` (so that a node never skips the head it checked):
+# LPOP only if the head matches, then mark it claimed. Returns the request bytes or nil.
+_CLAIM = """
+local head = redis.call('LINDEX', KEYS[1], 0)
+if head ~= ARGV[1] then return false end
+redis.call('LPOP', KEYS[1])
+redis.call('HSET', KEYS[2], 'claimed_by', ARGV[2], 'claimed_at', ARGV[3])
+return redis.call('HGET', KEYS[2], 'req')
+"""
+
+
+def dedup_key(kind: str, inner: Any) -> str:
+    """Same request type and bytes (room, outputs, options): the same key."""
+    h = hashlib.sha256(kind.encode())
+    h.update(inner.SerializeToString(deterministic=True))
+    return h.hexdigest()
+
+
+class StartQueue:
+    def __init__(self, redis: Any, node_id: str, *, max_wait: float = 600.0, dedup_window: float = 30.0) -> None:
+        self.r = redis
+        self.node_id = node_id
+        self.max_wait = max_wait
+        self.dedup_window = dedup_window
+        self._claim = redis.register_script(_CLAIM)
+
+    # -- queue -----------------------------------------------------------------------------
+    async def enqueue(self, egress_id: str, request: bytes) -> int:
+        """Store and queue a request; its 1-based position."""
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(_req(egress_id), mapping={"req": request, "at": repr(time.time()), "owner": self.node_id})
+            p.rpush(QUEUE, egress_id)
+            _, n = await p.execute()
+        return int(n)
+
+    async def position(self, egress_id: str) -> int | None:
+        ids = await self.r.lrange(QUEUE, 0, -1)
+        key = egress_id.encode()
+        return ids.index(key) + 1 if key in ids else None
+
+    async def head(self) -> tuple[str, bytes] | None:
+        """The oldest queued request, without taking it."""
+        while True:
+            eid = await self.r.lindex(QUEUE, 0)
+            if eid is None:
+                return None
+            raw = await self.r.hget(_req(eid.decode()), "req")
+            if raw is not None:
+                return eid.decode(), raw
+            await self.r.lrem(QUEUE, 1, eid)  # its record is gone: drop the stray id
+
+    async def claim(self, egress_id: str) -> bytes | None:
+        """Take ``egress_id`` if it is still the oldest; its request bytes, or None."""
+        return await self._claim(keys=[QUEUE, _req(egress_id)],
+                                 args=[egress_id, self.node_id, repr(time.time())])
+
+    async def remove(self, egress_id: str) -> bool:
+        """Take a queued request out (StopEgress); False if it was no longer queued."""
+        return bool(await self.r.lrem(QUEUE, 1, egress_id))
+
+    async def done(self, egress_id: str) -> None:
+        """The request has started or ended: forget its record."""
+        await self.r.delete(_req(egress_id))
+
+    async def depth(self) -> int:
+        return int(await self.r.llen(QUEUE))
+
+    async def oldest_wait(self) -> float:
+        head = await self.r.lindex(QUEUE, 0)
+        if head is None:
+            return 0.0
+        at = await self.r.hget(_req(head.decode()), "at")
+        return max(0.0, time.time() - float(at)) if at else 0.0
+
+    async def take_expired(self) -> list[str]:
+        """Queued longer than max_wait: taken out of the queue (oldest first)."""
+        if self.max_wait <= 0:
+            return []
+        out = []
+        now = time.time()
+        for eid in await self.r.lrange(QUEUE, 0, 49):
+            at = await self.r.hget(_req(eid.decode()), "at")
+            if at is None or now - float(at) < self.max_wait:
+                break
+            if await self.r.lrem(QUEUE, 1, eid):
+                out.append(eid.decode())
+        return out
+
+    async def owner(self, egress_id: str) -> str | None:
+        v = await self.r.hget(_req(egress_id), "owner")
+        return v.decode() if v is not None else None
+
+    # -- dedup -----------------------------------------------------------------------------
+    async def dedup(self, key: str, egress_id: str) -> str | None:
+        """Record ``egress_id`` for ``key``; the id of an earlier one within the window, or None."""
+        if self.dedup_window <= 0:
+            return None
+        ms = max(1, int(self.dedup_window * 1000))
+        if await self.r.set(PREFIX + "dedup:" + key, egress_id, nx=True, px=ms):
+            return None
+        old = await self.r.get(PREFIX + "dedup:" + key)
+        return old.decode() if old is not None else None
+
+    async def redirect(self, key: str, egress_id: str) -> None:
+        """The earlier egress has ended: ``egress_id`` takes the key over."""
+        if self.dedup_window > 0:
+            await self.r.set(PREFIX + "dedup:" + key, egress_id, px=max(1, int(self.dedup_window * 1000)))
+
+    # -- EgressInfo --------------------------------------------------------------------------
+    async def save_info(self, info: lk.EgressInfo) -> None:
+        await self.r.set(PREFIX + "info:" + info.egress_id, info.SerializeToString(), ex=INFO_TTL)
+
+    async def load_info(self, egress_id: str) -> lk.EgressInfo | None:
+        raw = await self.r.get(PREFIX + "info:" + egress_id)
+        return lk.EgressInfo.FromString(raw) if raw is not None else None
+
+    # -- a StopEgress that raced a hand-over --------------------------------------------------
+    async def request_stop(self, egress_id: str) -> None:
+        await self.r.set(PREFIX + "stop:" + egress_id, self.node_id, ex=300)
+
+    async def take_stop(self, egress_id: str) -> bool:
+        return bool(await self.r.delete(PREFIX + "stop:" + egress_id))
+
+
+def _req(egress_id: str) -> str:
+    return PREFIX + "req:" + egress_id
