@@ -118,10 +118,14 @@ def _wait(what: str, ok: Any, proc: _Process, timeout: float) -> None:
 
 
 class RedisServer:
-    """A private redis-server on a free loopback port, no persistence."""
+    """A private redis-server on a free loopback port. ``persistent``: an append-only file
+    fsynced on every write (as production should run it for the start queue), so that a
+    restart keeps every key; otherwise no persistence."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, persistent: bool = False) -> None:
         self.workdir = workdir
+        self.persistent = persistent
+        self.starts = 0
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self._proc: _Process | None = None
@@ -137,9 +141,12 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> None:
         exe = find_binary("redis-server", "redis-server")
-        argv = [exe, "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
+        persist = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        argv = [exe, "--port", str(self.port), "--bind", self.host, "--save", "", *persist,
                 "--dir", str(self.workdir), "--protected-mode", "yes"]
-        self._proc = _Process("redis-server", argv, self.workdir / "redis.log")
+        self.starts += 1
+        log_name = "redis.log" if self.starts == 1 else f"redis-{self.starts}.log"
+        self._proc = _Process("redis-server", argv, self.workdir / log_name)
         _wait(f"redis-server on {self.address}", self._ping, self._proc, timeout)
 
     def stop(self) -> None:
@@ -164,6 +171,7 @@ class DevStack:
         config: dict[str, Any] | None = None,
         workdir: str | Path | None = None,
         start_timeout: float = 30.0,
+        redis_persistent: bool = False,
     ) -> None:
         self.api_key = DEV_KEY
         self.api_secret = DEV_SECRET
@@ -175,6 +183,7 @@ class DevStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.redis: RedisServer | None = None
         self._redis_address = redis_address
+        self.redis_persistent = redis_persistent
         self._server: _Process | None = None
         self.http_port = 0
         self.rtc_tcp_port = 0
@@ -233,7 +242,7 @@ class DevStack:
         exe = find_binary("server", "livekit-server")
         try:
             if self._redis_address is None:
-                self.redis = RedisServer(self.workdir)
+                self.redis = RedisServer(self.workdir, persistent=self.redis_persistent)
                 self.redis.start()
             for attempt in range(3):  # a free port can be taken between probe and bind
                 self.http_port = free_port()
@@ -255,6 +264,13 @@ class DevStack:
             self.stop()
             raise
         return self
+
+    def restart_redis(self, down: float = 1.0) -> None:
+        """Stop our redis-server, wait ``down`` seconds, start it again on the same port."""
+        assert self.redis is not None, "this stack did not start a Redis"
+        self.redis.stop()
+        time.sleep(down)
+        self.redis.start()
 
     def _http_ok(self) -> bool:
         with urllib.request.urlopen(self.http_url + "/", timeout=1.0) as r:
