@@ -8,6 +8,8 @@ confirmed upload (lkmedia.storage.Uploader).
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import os
 import shutil
@@ -46,6 +48,8 @@ def egress_token(cfg: EgressConfig, api_key: str, api_secret: str) -> str:
 
 
 FIND_TRACK_WAIT = 5.0  # seconds a track egress looks for its track before failing
+RECOVERY_FILE = "job.json"  # beside a running job's outputs: what a restarted worker needs
+MEDIA_EXTENSIONS = (".mp4", ".ogg", ".webm", ".mp3", ".mkv", ".flv", ".ts", ".m3u8", ".jpeg", ".jpg")
 
 
 class EgressJob:
@@ -66,6 +70,64 @@ class EgressJob:
         self._upload_failed = False  # an output reached no storage (kept locally)
         self.task: asyncio.Task[None] | None = None
         self.active_at: float | None = None
+
+    # -- crash recovery ------------------------------------------------------------------
+    def write_recovery(self, request: bytes, node_id: str) -> None:
+        """Leave what a restarted worker needs to report this job if this process dies
+        (SIGKILL, OOM): the request and the EgressInfo. Removed when the job ends."""
+        os.makedirs(self.dir, exist_ok=True)
+        body = {"request": base64.b64encode(request).decode(), "info": base64.b64encode(
+            self.info.SerializeToString()).decode(), "pid": os.getpid(), "node_id": node_id}
+        tmp = os.path.join(self.dir, RECOVERY_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(body, f)
+        os.replace(tmp, os.path.join(self.dir, RECOVERY_FILE))
+
+    def _drop_recovery(self) -> None:
+        try:
+            os.unlink(os.path.join(self.dir, RECOVERY_FILE))
+        except FileNotFoundError:
+            pass
+
+    async def recover(self) -> lk.EgressInfo:
+        """After the worker that ran this job died: its outputs as they were written
+        (fragmented MP4s play up to the last 0.5 s fragment), uploaded where the request
+        said, and the egress FAILED with what was saved. Returns the final EgressInfo."""
+        names = sorted(n for n in os.listdir(self.dir) if n.lower().endswith(MEDIA_EXTENSIONS))
+        uploader: Uploader | None = None
+        problems: list[str] = []
+        try:
+            uploader = await self._uploader()
+        except EgressError as e:
+            problems.append(str(e))
+        now = time.time_ns()
+        saved = []
+        try:
+            for name in names:
+                path = os.path.join(self.dir, name)
+                duration = _media_seconds(path)
+                location = path
+                if uploader is not None:
+                    r = await uploader.upload_file(path, name)
+                    location = r.location
+                    if not r.stored:
+                        problems.append(r.error or f"upload of {name} failed; kept at {r.location}")
+                if name.lower().endswith((".ts", ".m3u8", ".jpeg", ".jpg")):
+                    continue  # HLS segments and images: uploaded, not file results
+                self.info.file_results.append(lk.FileInfo(
+                    filename=name, location=location, size=os.path.getsize(path) if os.path.exists(path) else 0,
+                    duration=int(duration * 1e9), started_at=self.info.started_at, ended_at=now))
+                saved.append(f"{name} ({duration:.1f} s)")
+        finally:
+            if uploader is not None:
+                await uploader.close()
+        self.info.status = S.EGRESS_FAILED
+        self.info.error = ("the egress worker stopped unexpectedly (killed or crashed); "
+                           + (f"partial output saved: {', '.join(saved)}" if saved else "no output was saved")
+                           + ("; " + "; ".join(problems) if problems else ""))
+        self.info.ended_at = self.info.updated_at = now
+        self._drop_recovery()
+        return self.info
 
     # -- control ---------------------------------------------------------------------
     def start(self) -> asyncio.Task[None]:
@@ -144,6 +206,7 @@ class EgressJob:
         finally:
             if uploader is not None:
                 await uploader.close()
+            self._drop_recovery()
 
     def _upload_storage(self, key: str) -> Any:
         """The storage a request gave output ``key`` ("file", "segments"): an S3Upload /
@@ -391,3 +454,36 @@ class EgressJob:
         """Remove the job's local directory once nothing in it is kept for later."""
         if os.path.isdir(self.dir) and not os.listdir(self.dir):
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _media_seconds(path: str) -> float:
+    """Duration of a (possibly unfinished) media file, from its packets."""
+    import av
+
+    try:
+        with av.open(path) as c:
+            if not c.streams:
+                return 0.0
+            s = c.streams.video[0] if c.streams.video else c.streams[0]
+            first = last = None
+            for pk in c.demux(s):
+                if pk.pts is None:
+                    continue
+                t0 = float(pk.pts * pk.time_base)
+                t1 = t0 + float((pk.duration or 0) * pk.time_base)
+                first = t0 if first is None else min(first, t0)
+                last = t1 if last is None else max(last, t1)
+            return max(0.0, (last or 0.0) - (first or 0.0))
+    except Exception:  # unreadable: reported with no duration
+        return 0.0
+
+
+def read_recovery(job_dir: str) -> dict[str, Any] | None:
+    """A dead job's recovery record (request and EgressInfo bytes, pid), or None."""
+    try:
+        with open(os.path.join(job_dir, RECOVERY_FILE)) as f:
+            body = json.load(f)
+        return {"request": base64.b64decode(body["request"]), "info": base64.b64decode(body["info"]),
+                "pid": int(body.get("pid", 0)), "node_id": body.get("node_id", "")}
+    except (OSError, ValueError, KeyError):
+        return None

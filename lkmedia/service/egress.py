@@ -22,7 +22,7 @@ from livekit.protocol import egress as lk
 
 from ..egress.config import egress_config
 from ..egress.errors import EgressError
-from ..egress.job import EgressJob
+from ..egress.job import EgressJob, read_recovery
 from ..rpc import RedisBus, RequestContext, RpcError
 from ..rpc.egress import EgressHandlerServer, EgressInternalServer, IOInfoClient
 from ..rpc.messages import StartEgressRequest, unpack_start_egress
@@ -100,6 +100,8 @@ class EgressService:
         os.makedirs(self.tmp_dir, exist_ok=True)
         await self.bus.start()
         await self.io.start()
+        if not self.dispatcher:
+            await self._recover_orphans()
         await self.internal.start()
         for srv in (self.health, self.prom):
             if srv is not None:
@@ -260,6 +262,7 @@ class EgressService:
         except RpcError:
             self.admission.ended(req.egress_id)
             raise
+        job.write_recovery(req.SerializeToString(), self.node_id)
         if self.queue is not None:
             await self.queue.save_info(info)
         old = self._queued.pop(req.egress_id, None)
@@ -323,6 +326,35 @@ class EgressService:
             except Exception as e:  # dedup answers may be stale; the update itself must go out
                 log.warning("egress %s: could not save its info for dedup: %s", info.egress_id, e)
         await self.io.update_egress(copy)
+
+    # -- crash recovery -------------------------------------------------------------
+    async def _recover_orphans(self) -> None:
+        """Jobs a previous worker process left in our tmp dir when it died (SIGKILL, OOM,
+        a node crash with the volume kept): report each FAILED with the output it had
+        written, uploaded as its request said. Nothing recorded is lost."""
+        try:
+            names = sorted(os.listdir(self.tmp_dir))
+        except FileNotFoundError:
+            return
+        for name in names:
+            job_dir = os.path.join(self.tmp_dir, name)
+            rec = read_recovery(job_dir)
+            if rec is None or (rec["pid"] != os.getpid() and _alive(rec["pid"])):
+                continue
+            try:
+                req = StartEgressRequest.FromString(rec["request"])
+                _, inner = unpack_start_egress(req)
+                cfg = egress_config(req.egress_id, req.room_id, inner)
+                info = lk.EgressInfo.FromString(rec["info"])
+                job = EgressJob(cfg, info, ws_url=req.ws_url or self.conf.ws_url, api_key=self.conf.api_key,
+                                api_secret=self.conf.api_secret, tmp_dir=self.tmp_dir, storage=self.storage,
+                                on_update=self._update)
+                final = await job.recover()
+                log.warning("egress %s: its worker (pid %d) died; %s", req.egress_id, rec["pid"], final.error)
+                await self._update(final)
+                job.cleanup()
+            except Exception as e:
+                log.error("egress in %s: could not recover it: %s", job_dir, e)
 
     # -- the start queue -------------------------------------------------------------
     async def _enqueue(self, req: StartEgressRequest, kind: str, inner: Any, cfg: Any) -> lk.EgressInfo:
@@ -508,3 +540,15 @@ def _scrub_upload(o: Any) -> None:
             for k in keys:
                 if getattr(sub, k, ""):
                     setattr(sub, k, "{redacted}")
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,66 @@
+"""A worker killed with SIGKILL 20 s into a recording (issue 4): when it comes back (a
+container restart keeps its volume), the egress ends FAILED with the partial output,
+which plays at least 18 s; the egress on the other worker is not disturbed."""
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+from livekit import api
+from livekit.protocol import egress as lk
+
+from lkmedia.testing.devstack import DevStack
+from lkmedia.testing.egress import EgressServiceProcess, S, service_config_body, wait_egress
+from lkmedia.testing.probe import decode_errors, probe
+
+# One participant egress per worker (the second request waits for the other worker).
+ONE_JOB = "cpu_cost:\n  participant_cpu_cost: 1.5\n  max_cpu_utilization: 0.9\n"
+SMALL = lk.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=800)
+
+
+async def test_sigkill_mid_recording_keeps_the_partial_output(
+        livekit_stack: DevStack, publisher: object, room_name: str, tmp_path: Path) -> None:
+    body = service_config_body(livekit_stack, ONE_JOB)
+    w1 = EgressServiceProcess(body, tmp_path / "w1", name="w1").start()
+    w2 = EgressServiceProcess(body, tmp_path / "w2", name="w2").start()
+    try:
+        async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key,
+                                  livekit_stack.api_secret) as lkapi:
+            ids = []
+            for i in range(2):
+                info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
+                    room_name=room_name, identity="pub", advanced=SMALL,
+                    file_outputs=[lk.EncodedFileOutput(filepath=f"crash-{i}.mp4")]))
+                ids.append(info.egress_id)
+            for eid in ids:
+                await wait_egress(lkapi, eid, {S.EGRESS_ACTIVE}, 30)
+            t_active = time.monotonic()
+            victim = w1 if (w1.egress_dir / ids[0]).is_dir() else w2
+            other = w2 if victim is w1 else w1
+            assert (victim.egress_dir / ids[0]).is_dir() and (other.egress_dir / ids[1]).is_dir()
+            await asyncio.sleep(20.0)
+            victim.signal(signal.SIGKILL)
+            assert await asyncio.to_thread(victim.wait, 10) == -signal.SIGKILL
+            killed_after = time.monotonic() - t_active
+            await asyncio.sleep(2.0)
+            victim.start()  # the same volume: it finds the dead job and reports it
+            lost = await wait_egress(lkapi, ids[0], {S.EGRESS_FAILED}, 60)
+            await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=ids[1]))
+            recorded = time.monotonic() - t_active
+            kept = await wait_egress(lkapi, ids[1], {S.EGRESS_COMPLETE}, 60)
+    finally:
+        w1.stop()
+        w2.stop()
+    assert "stopped unexpectedly" in lost.error and "partial output saved" in lost.error, lost.error
+    (f,) = lost.file_results
+    p = probe(f.location)
+    assert p.has("video") and p.has("audio")
+    assert p.duration is not None and p.duration >= 18.0 and p.duration <= killed_after + 0.5, (p.duration,
+                                                                                              killed_after)
+    assert f.duration / 1e9 >= 18.0
+    assert decode_errors(f.location) == ""
+    (g,) = kept.file_results
+    q = probe(g.location)
+    assert q.duration is not None and abs(q.duration - recorded) <= 1.0, (q.duration, recorded)
