@@ -437,7 +437,10 @@ class Source(Node):
         if self._stop_event is None:
             self._stop_event = asyncio.Event()
         try:
-            await asyncio.wait_for(self._stop_event.wait(), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 a cancel meeting wait_for's timeout
+            # comes out as TimeoutError, and a caller's loop would go on after cancel().
+            async with asyncio.timeout(timeout):
+                await self._stop_event.wait()
             return True
         except TimeoutError:
             return False

@@ -85,6 +85,7 @@ class EgressService:
         self._from_queue: dict[str, float] = {}  # egress id -> when this node took it from the queue
         self._pump_wake = asyncio.Event()
         self._pump_lock = asyncio.Lock()
+        self._closing = False
         self._pump_task: asyncio.Task[None] | None = None
 
     def _storage_settings(self) -> StorageSettings:
@@ -124,6 +125,7 @@ class EgressService:
 
         loop.add_signal_handler(signal.SIGTERM, on_term)
         loop.add_signal_handler(signal.SIGINT, now.set)
+        loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
         try:
             waits = [asyncio.create_task(term.wait()), asyncio.create_task(now.wait())]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -135,6 +137,7 @@ class EgressService:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await self.close()
+            loop.remove_signal_handler(signal.SIGUSR1)
 
     async def _stop_accepting(self) -> None:
         if not self.shutting_down:
@@ -170,6 +173,7 @@ class EgressService:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._closing = True
         if self._pump_task is not None:
             self._pump_task.cancel()
             await asyncio.gather(self._pump_task, return_exceptions=True)
@@ -237,6 +241,7 @@ class EgressService:
             job = self.jobs.get(req.egress_id)
             if job is not None:
                 return lk.EgressInfo.FromString(job.info.SerializeToString())
+        await self._say_position(queued)
         return queued
 
     async def _launch(self, req: StartEgressRequest, kind: str, inner: Any, cfg: Any,
@@ -358,24 +363,32 @@ class EgressService:
 
     # -- the start queue -------------------------------------------------------------
     async def _enqueue(self, req: StartEgressRequest, kind: str, inner: Any, cfg: Any) -> lk.EgressInfo:
+        """livekit-server learns of the egress and its StopEgress handler is up before the
+        request enters the queue, where any worker may take it at once."""
         assert self.queue is not None
         info = self._new_info(req, kind, inner, cfg.room_name)
-        pos = await self.queue.enqueue(req.egress_id, req.SerializeToString())
-        info.details = f"queued, position {pos}"
-        try:
-            await self.io.create_egress(info)
-        except RpcError:
-            await self.queue.remove(req.egress_id)
-            await self.queue.done(req.egress_id)
-            raise
+        info.details = "queued"
+        await self.io.create_egress(info)
         await self.queue.save_info(info)
         handler = EgressHandlerServer(self.bus, req.egress_id, stop_egress=self._stop_queued,
                                       update_stream=self._update_queued)
         await handler.start()
         self._queued[req.egress_id] = handler
+        pos = await self.queue.enqueue(req.egress_id, req.SerializeToString())
+        info.details = f"queued, position {pos}"
         log.info("egress %s queued at position %d", req.egress_id, pos)
         self._pump_wake.set()
         return lk.EgressInfo.FromString(info.SerializeToString())
+
+    async def _say_position(self, info: lk.EgressInfo) -> None:
+        """Still queued after our own look: tell livekit-server (and dedup) the position."""
+        assert self.queue is not None
+        current = await self.queue.load_info(info.egress_id)
+        if current is None or current.status != S.EGRESS_STARTING or not current.details.startswith("queued"):
+            return  # taken meanwhile: its runner reports now
+        current.details, current.updated_at = info.details, time.time_ns()
+        await self.queue.save_info(current)
+        await self.io.update_egress(current)
 
     async def _end_queued(self, egress_id: str, status: int, error: str = "", details: str = "") -> lk.EgressInfo:
         assert self.queue is not None
@@ -411,9 +424,12 @@ class EgressService:
         raise RpcError("failed_precondition", "the egress is queued: update its streams once it is ACTIVE")
 
     async def _pump(self) -> None:
-        while True:
+        while not self._closing:
+            # asyncio.timeout, not wait_for: on 3.11 a cancel that meets wait_for's own
+            # timeout comes out as TimeoutError, and this loop would never end.
             try:
-                await asyncio.wait_for(self._pump_wake.wait(), PUMP_EVERY)
+                async with asyncio.timeout(PUMP_EVERY):
+                    await self._pump_wake.wait()
             except TimeoutError:
                 pass
             self._pump_wake.clear()
@@ -552,3 +568,13 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _log_tasks() -> None:
+    """SIGUSR1: log every asyncio task and where it waits (a hung shutdown, a stuck job)."""
+    import io
+
+    for t in asyncio.all_tasks():
+        buf = io.StringIO()
+        t.print_stack(limit=8, file=buf)
+        log.warning("task %s:\n%s", t.get_name(), buf.getvalue())

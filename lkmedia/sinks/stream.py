@@ -165,7 +165,8 @@ class StreamSink(Sink):
                 got = _poll(live, rr)
                 if got is None:
                     try:
-                        got = await asyncio.wait_for(get_any(live, rr), 0.5)
+                        async with asyncio.timeout(0.5):  # not wait_for: it can swallow a cancel on 3.11
+                            got = await get_any(live, rr)
                     except TimeoutError:
                         continue
                 port, item = got
