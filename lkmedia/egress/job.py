@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from ..sources.livekit import RoomSource, TrackSource
 from ..storage.base import StorageConfigError
 from ..storage.factory import StorageSettings, storage_for_request
 from ..storage.manifest import Manifest
+from ..storage.segments import SegmentUploader
 from ..storage.uploader import Uploader
 from .config import EgressConfig
 from .errors import EgressError
@@ -70,6 +72,8 @@ class EgressJob:
         self._upload_failed = False  # an output reached no storage (kept locally)
         self.task: asyncio.Task[None] | None = None
         self.active_at: float | None = None
+        self._manifest: Manifest | None = None
+        self._live_hls: tuple[SegmentUploader, Uploader] | None = None  # segments uploaded as written
 
     # -- crash recovery ------------------------------------------------------------------
     def write_recovery(self, request: bytes, node_id: str) -> None:
@@ -172,6 +176,7 @@ class EgressJob:
         try:
             uploader = await self._uploader()
             self.recipe = await self._build()
+            self._attach_live_hls(uploader)
             g = self.recipe.graph
             await g.start()
             await self._wait_active(g)
@@ -360,6 +365,30 @@ class EgressJob:
         assert self.recipe is not None
         return any(not s.failed for s in self.recipe.sinks.values())
 
+    def _new_manifest(self) -> Manifest:
+        cfg = self.cfg
+        return Manifest(egress_id=cfg.egress_id, room_id=cfg.room_id, room_name=cfg.room_name,
+                        started_at=self.info.started_at, publisher_identity=cfg.identity,
+                        audio_track_id=cfg.audio_track_id, video_track_id=cfg.video_track_id, track_id=cfg.track_id)
+
+    def _attach_live_hls(self, uploader: Uploader | None) -> None:
+        """HLS to storage uploads each segment, and the playlists after it, as it is
+        written (a live viewer reads them from the bucket), not at the end."""
+        assert self.recipe is not None
+        sink = self.recipe.sinks.get("segments")
+        if sink is None or uploader is None:
+            return
+        main = self._main_output()
+        up = uploader if main == "segments" or self._upload_storage("segments") == self._upload_storage(main) \
+            else self._new_uploader("segments")
+        if up.storage is None:  # local only: nothing to send
+            return
+        self._manifest = self._manifest or self._new_manifest()
+        playlists = [os.path.relpath(p, self.dir) for p in (sink.playlist_path, sink.live_playlist_path) if p]
+        seg = SegmentUploader(up, self.dir, playlists=playlists, manifest=self._manifest.add_playlist())
+        sink.on_segment = seg
+        self._live_hls = (seg, up)
+
     async def _upload(self, uploader: Uploader | None) -> dict[str, str]:
         """Upload file outputs and the HLS set, each to its output's storage; keep local
         copies unless confirmed; then the manifest beside the first stored output."""
@@ -367,11 +396,11 @@ class EgressJob:
         if uploader is None or self.recipe is None:
             return locations
         cfg = self.cfg
-        man = Manifest(egress_id=cfg.egress_id, room_id=cfg.room_id, room_name=cfg.room_name,
-                       started_at=self.info.started_at, publisher_identity=cfg.identity,
-                       audio_track_id=cfg.audio_track_id, video_track_id=cfg.video_track_id, track_id=cfg.track_id)
+        man = self._manifest = self._manifest or self._new_manifest()
         main = self._main_output()
         extra: dict[str, Uploader] = {}
+        if self._live_hls is not None and self._live_hls[1] is not uploader:
+            extra["segments"] = self._live_hls[1]
         first: tuple[str, Uploader] | None = None
         failures: list[str] = []
         manifest_wanted = False
@@ -383,6 +412,24 @@ class EgressJob:
                 if key != main and self._upload_storage(key) != self._upload_storage(main or key):
                     up = extra.get(key) or extra.setdefault(key, self._new_uploader(key))
                 res = sink.result or {}
+                out = getattr(cfg, key, None)
+                if key == "segments" and self._live_hls is not None:
+                    manifest_wanted = manifest_wanted or not getattr(out, "disable_manifest", False)
+                    summary = await self._live_hls[0].finish()
+                    for name, loc in summary["playlist_locations"].items():
+                        local = os.path.join(self.dir, name)
+                        locations[local] = loc
+                        if up.delete_after_upload:  # the final playlist is stored: no local copy
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(local)
+                    failures += summary["errors"]
+                    if summary["backup_storage_used"]:
+                        up.backup_storage_used = True
+                    stored = res.get("playlist_location")
+                    if first is None and stored and os.path.join(self.dir, os.path.relpath(stored, self.dir)) \
+                            in locations:
+                        first = (os.path.relpath(stored, self.dir), up)
+                    continue
                 paths: list[str] = []
                 playlist = None
                 if key == "file" and res.get("location"):
@@ -392,7 +439,6 @@ class EgressJob:
                     paths = [os.path.join(d, s["filename"]) for s in res.get("segments", [])]
                     paths += [p for p in (res.get("playlist_location"), res.get("live_playlist_location")) if p]
                     playlist = man.add_playlist()
-                out = getattr(cfg, key, None)
                 manifest_wanted = manifest_wanted or not getattr(out, "disable_manifest", False)
                 for p in paths:
                     if not os.path.exists(p):

@@ -168,6 +168,8 @@ async def test_participant_egress_uploads_mp4_hls_and_manifest_to_s3(
         try:
             active = await wait_status(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
             await asyncio.sleep(4)
+            # Live HLS: segments and the playlist are in the bucket while it records.
+            live = await asyncio.to_thread(keys, minio, BUCKET)
             await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
             wall_stop = time.time()
             done = await wait_status(lkapi, info.egress_id, TERMINAL, timeout=30)
@@ -191,6 +193,8 @@ async def test_participant_egress_uploads_mp4_hls_and_manifest_to_s3(
     assert p.duration == pytest.approx(window, abs=0.5), (p.duration, window)
     assert decode_errors(str(mp4)) == ""
 
+    live_segments = [k for k in live if k.startswith("up/hls/") and k.endswith(".ts")]
+    assert live_segments and "up/hls/index.m3u8" in live, sorted(live)
     # the HLS set: playlist and every segment it lists
     (seg,) = done.segment_results
     assert seg.playlist_location == f"{minio.endpoint}/{BUCKET}/up/hls/index.m3u8"
