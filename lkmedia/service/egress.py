@@ -45,6 +45,8 @@ def loop_time() -> float:
 
 
 PUMP_EVERY = 0.25  # seconds between looks at the start queue (sooner when a job ends)
+LEASE_TTL = 15.0  # a running egress whose worker has not renewed its lease this long is lost
+LEASE_EVERY = 3.0  # seconds between lease renewals (and looks for lost egresses)
 STOP_RACE = 10.0  # seconds after taking a queued request during which a relayed StopEgress is looked for
 
 
@@ -86,6 +88,7 @@ class EgressService:
         self._pump_wake = asyncio.Event()
         self._pump_lock = asyncio.Lock()
         self._closing = False
+        self._lease_at = 0.0
         self._pump_task: asyncio.Task[None] | None = None
 
     def _storage_settings(self) -> StorageSettings:
@@ -270,6 +273,7 @@ class EgressService:
         job.write_recovery(req.SerializeToString(), self.node_id)
         if self.queue is not None:
             await self.queue.save_info(info)
+            await self.queue.hold([req.egress_id], LEASE_TTL)
         old = self._queued.pop(req.egress_id, None)
         if old is not None:  # this node queued it: its queue handler gives way to the job's
             await old.close()
@@ -318,6 +322,11 @@ class EgressService:
             self.jobs.pop(egress_id, None)
             self._requests.pop(egress_id, None)
             self.admission.ended(egress_id)
+            if self.queue is not None:
+                try:
+                    await self.queue.release(egress_id)
+                except Exception as e:  # Redis away: the lease expires and take_lost sees it ended
+                    log.warning("egress %s: could not release its lease: %s", egress_id, e)
             self._pump_wake.set()  # room for the next queued request
             self.metrics.request_ended(kind)
             self.metrics.handler_result(kind, RESULTS.get(job.info.status, "process_error"))
@@ -488,7 +497,27 @@ class EgressService:
             if eid not in self.jobs and await q.position(eid) is None:
                 handler = self._queued.pop(eid)
                 await handler.close()  # taken by another node, which answers for it now
+        if now - self._lease_at >= LEASE_EVERY:
+            self._lease_at = now
+            await q.hold(list(self.jobs), LEASE_TTL)
+            for eid in await q.take_lost(set(self.jobs)):
+                await self._end_lost(eid)
         self.metrics.queue_state(await q.depth(), await q.oldest_wait(), self.admission.available_cpu())
+
+    async def _end_lost(self, egress_id: str) -> None:
+        """Its worker stopped renewing the lease (killed, its node gone) and has not come
+        back to report it: end it FAILED so that nobody waits on it for ever."""
+        assert self.queue is not None
+        info = await self.queue.load_info(egress_id)
+        if info is None or info.status in TERMINAL:
+            return
+        log.warning("egress %s: its worker has not been heard of for %g s: failing it", egress_id, LEASE_TTL)
+        info.status = S.EGRESS_FAILED
+        info.error = (f"the egress worker was lost (no heartbeat for {LEASE_TTL:g} s); what it recorded stays "
+                      f"on its volume and is reported when it restarts")
+        info.ended_at = info.updated_at = time.time_ns()
+        await self.queue.save_info(info)
+        await self.io.update_egress(info)
 
     # -- EgressHandler -------------------------------------------------------------
     async def _stop_egress(self, req: lk.StopEgressRequest, ctx: RequestContext) -> lk.EgressInfo:

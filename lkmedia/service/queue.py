@@ -22,6 +22,10 @@ docs/deployment.md):
   dedup:<sha256>  STRING egress id, expires after the window
   stop:<id>       STRING set when a StopEgress reached the node that queued a request
                   another node had just taken: that node stops the job when it sees it
+  running         SET of egress ids being recorded; lease:<id> STRING node id, renewed
+                  every few seconds by the worker. A lease that expires (the worker was
+                  killed and did not come back) lets one node (reaped:<id>) end the egress
+                  FAILED, saying its partial output stays on that worker's volume.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from livekit.protocol import egress as lk
 
 PREFIX = "lkmedia:egress:"
 QUEUE = PREFIX + "queue"
+RUNNING = PREFIX + "running"
 QUEUE_AFFINITY = 0.01  # > 0 (0 never wins a psrpc selection); below any worker with room (0.5 / 1)
 INFO_TTL = 86_400
 
@@ -151,6 +156,35 @@ class StartQueue:
     async def load_info(self, egress_id: str) -> lk.EgressInfo | None:
         raw = await self.r.get(PREFIX + "info:" + egress_id)
         return lk.EgressInfo.FromString(raw) if raw is not None else None
+
+    # -- leases: which running egress has a live worker ---------------------------------------
+    async def hold(self, egress_ids: list[str], ttl: float) -> None:
+        """Renew this node's lease on each of its running egresses."""
+        if not egress_ids:
+            return
+        async with self.r.pipeline(transaction=False) as p:
+            for eid in egress_ids:
+                p.set(PREFIX + "lease:" + eid, self.node_id, px=int(ttl * 1000))
+            p.sadd(RUNNING, *egress_ids)
+            await p.execute()
+
+    async def release(self, egress_id: str) -> None:
+        async with self.r.pipeline(transaction=True) as p:
+            p.srem(RUNNING, egress_id)
+            p.delete(PREFIX + "lease:" + egress_id)
+            await p.execute()
+
+    async def take_lost(self, mine: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Running egresses whose worker's lease expired; each is given to one node only."""
+        lost = []
+        for raw in await self.r.smembers(RUNNING):
+            eid = raw.decode()
+            if eid in mine or await self.r.exists(PREFIX + "lease:" + eid):
+                continue
+            if await self.r.set(PREFIX + "reaped:" + eid, self.node_id, nx=True, ex=INFO_TTL):
+                lost.append(eid)
+            await self.r.srem(RUNNING, eid)
+        return lost
 
     # -- a StopEgress that raced a hand-over --------------------------------------------------
     async def request_stop(self, egress_id: str) -> None:
