@@ -213,13 +213,25 @@ class EgressJob:
                 await uploader.close()
             self._drop_recovery()
 
+    def _output(self, key: str) -> Any:
+        """The output config for ``key``: "file", "segments" or "images<N>"."""
+        if key.startswith("images"):
+            i = int(key[6:] or 0)
+            return self.cfg.images[i] if i < len(self.cfg.images) else None
+        return getattr(self.cfg, key, None)
+
+    def _upload_keys(self) -> list[str]:
+        return [k for k in ("file", "segments", *(f"images{i}" for i in range(len(self.cfg.images))))
+                if self._output(k) is not None]
+
     def _upload_storage(self, key: str) -> Any:
-        """The storage a request gave output ``key`` ("file", "segments"): an S3Upload /
-        ... message, or None for the server's ``storage:``."""
-        return getattr(getattr(self.cfg, key, None), "storage", None)
+        """The storage a request gave output ``key`` ("file", "segments", "images<N>"): an
+        S3Upload / ... message, or None for the server's ``storage:``."""
+        return getattr(self._output(key), "storage", None)
 
     def _main_output(self) -> str | None:
-        return "file" if self.cfg.file is not None else "segments" if self.cfg.segments is not None else None
+        keys = self._upload_keys()
+        return keys[0] if keys else None
 
     def _new_uploader(self, key: str) -> Uploader:
         try:
@@ -239,9 +251,8 @@ class EgressJob:
             return None
         up = self._new_uploader(main)
         checks = [up]
-        for key in ("file", "segments"):
-            if key != main and getattr(self.cfg, key, None) is not None \
-                    and self._upload_storage(key) != self._upload_storage(main):
+        for key in self._upload_keys():
+            if key != main and self._upload_storage(key) != self._upload_storage(main):
                 checks.append(self._new_uploader(key))
         try:
             for u in checks:
@@ -406,13 +417,13 @@ class EgressJob:
         manifest_wanted = False
         try:
             for key, sink in self.recipe.sinks.items():
-                if key not in ("file", "segments"):
+                if key not in self._upload_keys():
                     continue
                 up = uploader
                 if key != main and self._upload_storage(key) != self._upload_storage(main or key):
                     up = extra.get(key) or extra.setdefault(key, self._new_uploader(key))
                 res = sink.result or {}
-                out = getattr(cfg, key, None)
+                out = self._output(key)
                 if key == "segments" and self._live_hls is not None:
                     manifest_wanted = manifest_wanted or not getattr(out, "disable_manifest", False)
                     summary = await self._live_hls[0].finish()
@@ -434,6 +445,9 @@ class EgressJob:
                 playlist = None
                 if key == "file" and res.get("location"):
                     paths = [res["location"]]
+                elif key.startswith("images"):
+                    names = dict.fromkeys(i["filename"] for i in res.get("images", []))  # overwrite: once
+                    paths = [os.path.join(sink.directory, n) for n in names]  # type: ignore[attr-defined]
                 elif key == "segments" and res.get("playlist_location"):
                     d = os.path.dirname(res["playlist_location"])
                     paths = [os.path.join(d, s["filename"]) for s in res.get("segments", [])]

@@ -161,7 +161,8 @@ async def test_participant_egress_uploads_mp4_hls_and_manifest_to_s3(
             advanced=lk.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=1000, key_frame_interval=2),
             file_outputs=[lk.EncodedFileOutput(filepath="up/{room_name}.mp4")],
             segment_outputs=[lk.SegmentedFileOutput(filename_prefix="up/hls/seg", playlist_name="index.m3u8",
-                                                    segment_duration=2)]))
+                                                    segment_duration=2)],
+            image_outputs=[lk.ImageOutput(capture_interval=1, width=320, height=180, filename_prefix="up/img/shot")]))
         job_dir = Path(service.tmp_dir) / info.egress_id
         watcher = LocalWatcher(job_dir, minio, BUCKET)
         watch = asyncio.create_task(asyncio.to_thread(watcher.run))
@@ -209,6 +210,11 @@ async def test_participant_egress_uploads_mp4_hls_and_manifest_to_s3(
     h = probe(str(tmp_path / "dl" / "up/hls/index.m3u8"))
     assert h.has("video") and h.has("audio")
     assert h.duration == pytest.approx(window, abs=0.5), (h.duration, window)
+
+    # the images: every JPEG the result counts, in the bucket
+    (img,) = done.image_results
+    jpegs = sorted(k for k in stored if k.startswith("up/img/") and k.endswith(".jpeg"))
+    assert len(jpegs) == img.image_count >= 3, (jpegs, img.image_count)
 
     # the manifest: where manifest_location says, listing the file with its location
     assert done.manifest_location.startswith(f"{minio.endpoint}/{BUCKET}/")
