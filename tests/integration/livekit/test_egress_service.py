@@ -346,3 +346,43 @@ async def test_v2_start_egress_with_a_media_source(
     assert done.HasField("egress") and done.egress.media.participant_video.identity == "pub"
     p = probe(done.file_results[0].location)
     assert p.has("video") and p.has("audio") and p.duration == pytest.approx(interval, abs=0.5)
+
+
+async def test_update_stream_adds_and_removes_destinations(
+    livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str, rtmp_server: object
+) -> None:
+    """UpdateStream through livekit-server: a destination added while streaming starts
+    receiving, a removed one ends FINISHED; neither key shows in EgressInfo."""
+    first, second = rtmp_server.url("first_key"), rtmp_server.url("second_key")  # type: ignore[attr-defined]
+    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
+        info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
+            room_name=room_name, identity="pub",
+            advanced=lk.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=800, key_frame_interval=2),
+            stream_outputs=[lk.StreamOutput(protocol=lk.StreamProtocol.RTMP, urls=[first])]))
+        await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE}, 30)
+        await asyncio.sleep(3)
+        upd = await lkapi.egress.update_stream(lk.UpdateStreamRequest(
+            egress_id=info.egress_id, add_output_urls=[second], remove_output_urls=[first]))
+        assert len(upd.stream_results) == 2, upd.stream_results
+        await asyncio.sleep(4)
+        await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+        done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE}, 30)
+    assert "first_key" not in str(done) and "second_key" not in str(done)
+    assert len(done.stream_results) == 2
+    assert all(r.status == lk.StreamInfo.FINISHED for r in done.stream_results), done.stream_results
+    (a,) = rtmp_server.recordings("first_key")  # type: ignore[attr-defined]
+    (b,) = rtmp_server.recordings("second_key")  # type: ignore[attr-defined]
+    # Media time each destination got (the added one starts mid-timeline: not from 0).
+    assert _span(str(a)) == pytest.approx(3.0, abs=1.0), _span(str(a))
+    # An added destination starts at the next key frame (every 2 s here): 2-4 s of the 4.
+    assert 1.5 <= _span(str(b)) <= 4.5, _span(str(b))
+    pb = probe(str(b))
+    assert pb.has("video") and pb.has("audio") and decode_errors(str(b)) == ""
+
+
+def _span(path: str) -> float:
+    import av
+
+    with av.open(path) as c:
+        t = [float(pk.pts * pk.time_base) for pk in c.demux(c.streams.video[0]) if pk.pts is not None]
+    return max(t) - min(t)
