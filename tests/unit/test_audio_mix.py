@@ -373,11 +373,9 @@ async def test_live_late_data_is_dropped_and_counted() -> None:
     check_contiguous(out.frames)
 
 
-def test_mix_speed_is_vectorised() -> None:
-    """The mixing core: 16 stereo inputs, 2 s, far above real time (a sanity bound
-    that survives a loaded CI machine; see the report for measured figures)."""
-    import time
-
+def test_mix_core_mixes_sixteen_inputs_in_half_second_spans() -> None:
+    """The mixing core on 16 stereo inputs, 2 s in 0.5 s spans, without the event loop.
+    Its speed is measured in bench/ (``python3 bench/run.py --only mix``), not here."""
     mix = AudioMixer()
     ports: list[Any] = [mix.add_input(f"in{i}") for i in range(16)]
     for p in ports:
@@ -385,7 +383,6 @@ def test_mix_speed_is_vectorised() -> None:
     mix._sync_inputs()
     mix._out_t = 0
     frames = [PcmSource(tone(200 + 50 * i, 1000, 960)).make(0, tone(200 + 50 * i, 1000, 960)) for i in range(16)]
-    t0 = time.perf_counter()
     out = []
     for k in range(0, 2 * SR, 960):
         for st, f in zip(mix._states.values(), frames):
@@ -395,6 +392,4 @@ def test_mix_speed_is_vectorised() -> None:
             mix._out_t += 24000
             out.extend(mix._mix(start, 24000))
             mix._flush_pending()
-    took = time.perf_counter() - t0
     assert len(out) == 200
-    assert took < 2.0 / 50  # at least 50x real time even on a busy machine
