@@ -438,8 +438,9 @@ def bench_egress(ctx: Any, row: Callable[..., Any]) -> list[Any]:
                         lkmedia=round(statistics.median(v), 3), status="info",
                         note=f"max {max(v):.3f} s; runs {', '.join(f'{x:.3f}' for x in v)}"))
     call = statistics.median(r["api_call_s"] for r in runs)
-    rows[0].note += (f"; the API call itself returns after {call:.3f} s (livekit-server waits its 500 ms "
-                     f"ShortCircuitTimeout on an idle egress's 0.5 affinity, as with the Go egress)")
+    rows[0].note += (f"; the API call itself returns after {call:.3f} s (with the start queue a worker claims "
+                     f"with affinity 1, which livekit-server takes at once; the Go egress's idle 0.5 claim waits "
+                     f"livekit-server's 500 ms ShortCircuitTimeout)")
     gap = statistics.median(r["to_first_media_s"] - r["to_active_s"] for r in runs)
     rows[1].note += (f"; ACTIVE -> first mdat {gap:.3f} s (ACTIVE = first frame at an encoder; the MP4 is "
                      f"written in 0.5 s fragments, moov with the first one, after x264's lookahead)")
