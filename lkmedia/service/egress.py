@@ -84,6 +84,7 @@ class EgressService:
         self.queue = (StartQueue(self.bus.redis, self.node_id, max_wait=float(q.max_wait),
                                  dedup_window=float(q.dedup_window)) if q.enabled or dispatcher else None)
         self._queued: dict[str, EgressHandlerServer] = {}  # requests this node queued: their handlers
+        self._positions: dict[str, int] = {}  # the queue position last reported for each of them
         self._from_queue: dict[str, float] = {}  # egress id -> when this node took it from the queue
         self._pump_wake = asyncio.Event()
         self._pump_lock = asyncio.Lock()
@@ -385,6 +386,7 @@ class EgressService:
         self._queued[req.egress_id] = handler
         pos = await self.queue.enqueue(req.egress_id, req.SerializeToString())
         info.details = f"queued, position {pos}"
+        self._positions[req.egress_id] = pos
         log.info("egress %s queued at position %d", req.egress_id, pos)
         self._pump_wake.set()
         return lk.EgressInfo.FromString(info.SerializeToString())
@@ -493,10 +495,19 @@ class EgressService:
             elif await q.take_stop(eid):
                 log.info("egress %s: StopEgress reached the node that had queued it: stopping", eid)
                 await self.jobs[eid].stop()
+        order = await q.positions() if self._queued else {}
         for eid in list(self._queued):
-            if eid not in self.jobs and await q.position(eid) is None:
+            if eid in self.jobs:
+                continue
+            pos = order.get(eid)
+            if pos is None:
                 handler = self._queued.pop(eid)
                 await handler.close()  # taken by another node, which answers for it now
+            elif self._positions.get(eid) != pos:
+                self._positions[eid] = pos
+                await self._say_position(lk.EgressInfo(egress_id=eid, details=f"queued, position {pos}"))
+        for eid in [e for e in self._positions if e not in self._queued]:
+            del self._positions[eid]
         if now - self._lease_at >= LEASE_EVERY:
             self._lease_at = now
             await q.hold(list(self.jobs), LEASE_TTL)

@@ -81,6 +81,10 @@ class StartQueue:
         key = egress_id.encode()
         return ids.index(key) + 1 if key in ids else None
 
+    async def positions(self) -> dict[str, int]:
+        """Every queued egress id and its 1-based position."""
+        return {eid.decode(): i + 1 for i, eid in enumerate(await self.r.lrange(QUEUE, 0, -1))}
+
     async def head(self) -> tuple[str, bytes] | None:
         """The oldest queued request, without taking it."""
         while True:

@@ -106,11 +106,19 @@ async def test_dispatcher_queues_until_a_worker_starts(livekit_stack: DevStack, 
     with EgressServiceProcess(body, tmp_path / "d", name="dispatcher", command="dispatcher") as disp:
         async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key,
                                   livekit_stack.api_secret) as lkapi:
-            info = await lkapi.egress.start_participant_egress(_request(room_name, "late"))
-            assert info.status == S.EGRESS_STARTING and info.details == "queued, position 1", info
             gone = await lkapi.egress.start_participant_egress(_request(room_name, "never"))
+            info = await lkapi.egress.start_participant_egress(_request(room_name, "late"))
+            assert info.status == S.EGRESS_STARTING and info.details == "queued, position 2", info
             stopped = await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=gone.egress_id))
             assert stopped.status == S.EGRESS_ABORTED, stopped
+            # The one behind moves up, and ListEgress says so.
+            deadline = time.monotonic() + 5
+            while True:
+                res = await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=info.egress_id))
+                if res.items[0].details == "queued, position 1" or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            assert res.items[0].details == "queued, position 1", res.items[0].details
             await asyncio.sleep(30)
             wait = disp.metric("lkmedia_egress_queue_oldest_wait_seconds")
             depth = disp.metric("lkmedia_egress_queue_depth")
