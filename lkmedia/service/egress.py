@@ -510,9 +510,17 @@ class EgressService:
             del self._positions[eid]
         if now - self._lease_at >= LEASE_EVERY:
             self._lease_at = now
+            await q.alive(LEASE_TTL)
             await q.hold(list(self.jobs), LEASE_TTL)
             for eid in await q.take_lost(set(self.jobs)):
                 await self._end_lost(eid)
+            for eid in await q.adopt_orphans():
+                if eid not in self._queued and not self.shutting_down:
+                    log.info("egress %s: its queueing node is gone: answering for it here", eid)
+                    handler = EgressHandlerServer(self.bus, eid, stop_egress=self._stop_queued,
+                                                  update_stream=self._update_queued)
+                    await handler.start()
+                    self._queued[eid] = handler
         self.metrics.queue_state(await q.depth(), await q.oldest_wait(), self.admission.available_cpu())
 
     async def _end_lost(self, egress_id: str) -> None:

@@ -17,7 +17,9 @@ second one, while it has not ended.
 Redis keys (``lkmedia:egress:`` prefix; persistence as configured for Redis, see
 docs/deployment.md):
   queue           LIST of queued egress ids, oldest first
-  req:<id>        HASH request (psrpc StartEgressRequest bytes), at (unix s), owner (node id)
+  req:<id>        HASH request (psrpc StartEgressRequest bytes), at (unix s), owner (node id:
+                  it answers StopEgress while the request waits; node:<id> says it is up,
+                  and another node adopts the requests of an owner that is gone)
   info:<id>       STRING the latest EgressInfo (for dedup answers and queue expiry), 1 day
   dedup:<sha256>  STRING egress id, expires after the window
   stop:<id>       STRING set when a StopEgress reached the node that queued a request
@@ -131,6 +133,24 @@ class StartQueue:
                 break
             if await self.r.lrem(QUEUE, 1, eid):
                 out.append(eid.decode())
+        return out
+
+    async def alive(self, ttl: float) -> None:
+        """This node is up (its queued requests have someone to answer StopEgress)."""
+        await self.r.set(PREFIX + "node:" + self.node_id, "1", px=int(ttl * 1000))
+
+    async def adopt_orphans(self) -> list[str]:
+        """Queued requests whose owner node is gone: this node takes them over (one node
+        each), so that a StopEgress for them still finds a handler."""
+        out = []
+        for raw in await self.r.lrange(QUEUE, 0, -1):
+            eid = raw.decode()
+            owner = await self.owner(eid)
+            if owner is None or owner == self.node_id or await self.r.exists(PREFIX + "node:" + owner):
+                continue
+            if await self.r.set(PREFIX + "adopt:" + eid + ":" + owner, self.node_id, nx=True, ex=INFO_TTL):
+                await self.r.hset(_req(eid), "owner", self.node_id)
+                out.append(eid)
         return out
 
     async def owner(self, egress_id: str) -> str | None:

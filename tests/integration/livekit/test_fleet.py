@@ -137,3 +137,41 @@ async def test_dispatcher_queues_until_a_worker_starts(livekit_stack: DevStack, 
     assert p.has("video") and p.duration and p.duration > 1.0
     res_gone = gone.egress_id
     assert res_gone != info.egress_id
+
+
+async def test_queued_request_outlives_its_dispatcher(livekit_stack: DevStack, publisher: object,
+                                                      room_name: str, tmp_path: Path) -> None:
+    """The dispatcher that queued a request is killed: the request stays queued, another
+    dispatcher adopts it (its StopEgress handler) once the first one's node lease lapses."""
+    import signal
+
+    body = service_config_body(livekit_stack, TWO_JOBS)
+    first = EgressServiceProcess(body, tmp_path / "d1", name="d1", command="dispatcher").start()
+    try:
+        async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key,
+                                  livekit_stack.api_secret) as lkapi:
+            info = await lkapi.egress.start_participant_egress(_request(room_name, "orphan"))
+            assert info.details.startswith("queued"), info
+            first.signal(signal.SIGKILL)
+            await asyncio.to_thread(first.wait, 10)
+            with EgressServiceProcess(body, tmp_path / "d2", name="d2", command="dispatcher") as second:
+                deadline = time.monotonic() + 40
+                while True:  # until the second has adopted it (node lease 15 s)
+                    try:
+                        stopped = await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+                        break
+                    except api.TwirpError:
+                        assert time.monotonic() < deadline, second.tail()
+                        await asyncio.sleep(1.0)
+                assert stopped.status == S.EGRESS_ABORTED, stopped
+                assert second.metric("lkmedia_egress_queue_depth") in (0.0, 1.0)
+    finally:
+        first.stop()
+    res = await _list(livekit_stack, info.egress_id)
+    assert res.status == S.EGRESS_ABORTED
+
+
+async def _list(stack: DevStack, egress_id: str) -> lk.EgressInfo:
+    async with api.LiveKitAPI(stack.http_url, stack.api_key, stack.api_secret) as lkapi:
+        res = await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=egress_id))
+    return res.items[0]
