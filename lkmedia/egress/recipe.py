@@ -149,4 +149,6 @@ def _track(cfg: EgressConfig, r: Recipe, out_dir: str, f: dict[str, str | None],
         enc = AudioEncoder("opus" if encoder == "opus" else encoder, sample_rate=48_000, name="audio_encoder")
         r.encoders["audio"] = enc
     g.link(tee, enc)
-    _add_sink(r, "file", FileSink(path, name="file"))
+    # One track, one stream: its file starts at 0 (an OGG that starts at 0.5 s reports
+    # a 0.5 s longer duration in players and ffprobe).
+    _add_sink(r, "file", FileSink(path, name="file", start_at_zero=True))

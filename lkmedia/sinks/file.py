@@ -90,9 +90,12 @@ class FileSink(PacketSink):
         *,
         fragment_seconds: float = 0.5,
         finalize: bool = True,
+        start_at_zero: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
+        self.start_at_zero = start_at_zero
+        self._shift: float | None = None  # seconds taken off every timestamp (start_at_zero)
         self.path = os.path.abspath(os.fspath(path))
         self.format = format_for(self.path, format)
         if not 0.05 <= fragment_seconds <= 60:
@@ -180,10 +183,20 @@ class FileSink(PacketSink):
             c = self._container
             if c is None:
                 return
+            if self.start_at_zero and self._shift is None:
+                # The first batch holds every input's first packet (PacketSink.run).
+                ts = [float(p.pts * p.time_base) for p in packets if p.pts is not None and p.time_base is not None]
+                self._shift = min(ts) if ts else 0.0
             for p in packets:
                 own = self._streams.get(id(p.stream))
                 if own is None:
                     raise ValueError("a packet came from a stream that was not there at the start")
+                if self._shift and p.time_base is not None:  # this sink owns the packet (it sets .stream)
+                    d = round(self._shift / float(p.time_base))
+                    if p.pts is not None:
+                        p.pts -= d
+                    if p.dts is not None:
+                        p.dts -= d
                 if p.pts is not None and p.time_base is not None:
                     t0 = float(p.pts * p.time_base)
                     end = t0 + (float(p.duration * p.time_base) if p.duration

@@ -11,7 +11,7 @@ from typing import Any
 import av
 import pytest
 
-from lkmedia.core import Graph, LinkError, NodeError
+from lkmedia.core import Graph, LinkError, NodeError, Processor
 from lkmedia.nodes.encode import AudioEncoder, VideoEncoder
 from lkmedia.sinks.file import FileSink, format_for
 from lkmedia.sources.synthetic import SyntheticSource
@@ -218,4 +218,26 @@ async def test_cancel_leaves_a_playable_fragmented_mp4(tmp_path: Path) -> None:
     assert sink.result["finalized"] is False and sink.result["size"] == path.stat().st_size
     assert "moof" in top_level_boxes(path)
     assert playable_seconds(str(path)) >= written - 0.6
+    assert decode_errors(str(path)) == ""
+
+
+class _Later(Processor):
+    """Moves every frame 1.5 s later: media that starts after the graph did."""
+
+    def process(self, frame: Any) -> Any:
+        frame.pts += round(1.5 / float(frame.time_base))
+        return (frame,)
+
+
+@pytest.mark.parametrize("start_at_zero, expect", [(True, 2.0), (False, 3.5)])
+async def test_start_at_zero_rebases_a_late_single_stream(tmp_path: Path, start_at_zero: bool,
+                                                          expect: float) -> None:
+    path = tmp_path / "late.ogg"
+    g = Graph()
+    src = g.add(SyntheticSource(video=False, duration=2.0))
+    g.chain(src.out("audio"), _Later(), AudioEncoder("opus"), FileSink(path, start_at_zero=start_at_zero))
+    await g.run()
+    p = probe(str(path))
+    # ffprobe counts an OGG from 0: without the rebase, the 1.5 s before the media show.
+    assert p.duration == pytest.approx(expect, abs=0.1), p.duration
     assert decode_errors(str(path)) == ""
