@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,11 +36,23 @@ class StackError(RuntimeError):
     """A part of the dev stack is missing or did not come up."""
 
 
+#: Below Linux's ephemeral range (32768-60999): a port handed out here is never taken by an
+#: outgoing connection (the test's own HTTP/Redis clients) before its server binds it, as
+#: the kernel's bind(0) choice was, seconds later, in a child that was still starting.
+PORT_RANGE = (20000, 32767)
+
+
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nobody uses right now, outside the kernel's ephemeral range."""
+    for _ in range(200):
+        port = random.randint(*PORT_RANGE)
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise StackError(f"no free port in {PORT_RANGE[0]}-{PORT_RANGE[1]} after 200 tries")
 
 
 def find_binary(name: str, *fallbacks: str) -> str:
