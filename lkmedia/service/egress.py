@@ -260,9 +260,7 @@ class EgressService:
         else:
             info = queued
             info.status, info.details, info.updated_at = S.EGRESS_STARTING, "", time.time_ns()
-        job = EgressJob(cfg, info, ws_url=req.ws_url or self.conf.ws_url, api_key=self.conf.api_key,
-                        api_secret=self.conf.api_secret, tmp_dir=self.tmp_dir, storage=self.storage,
-                        on_update=self._update, max_duration=self._limit_for(cfg))
+        job = self._new_job(req, cfg, info)
         try:
             if queued is None:
                 await self.io.create_egress(info)
@@ -284,12 +282,18 @@ class EgressService:
         self.jobs[req.egress_id] = job
         self._requests[req.egress_id] = (kind, inner)
         self._handlers[req.egress_id] = handler
-        self.metrics.request_started("media" if kind == "egress" else kind)
+        request_type = "media" if kind == "egress" else kind
+        self.metrics.request_started(request_type)
         self.admission.started(req.egress_id)
-        task = asyncio.get_running_loop().create_task(self._supervise(job, "media" if kind == "egress" else kind))
+        task = asyncio.get_running_loop().create_task(self._supervise(job, request_type))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return lk.EgressInfo.FromString(info.SerializeToString())
+
+    def _new_job(self, req: StartEgressRequest, cfg: Any, info: lk.EgressInfo) -> EgressJob:
+        return EgressJob(cfg, info, ws_url=req.ws_url or self.conf.ws_url, api_key=self.conf.api_key,
+                         api_secret=self.conf.api_secret, tmp_dir=self.tmp_dir, storage=self.storage,
+                         on_update=self._update, max_duration=self._limit_for(cfg))
 
     def _limit_for(self, cfg: Any) -> float:
         lim = self.conf.session_limits
@@ -360,10 +364,7 @@ class EgressService:
                 req = StartEgressRequest.FromString(rec["request"])
                 _, inner = unpack_start_egress(req)
                 cfg = egress_config(req.egress_id, req.room_id, inner)
-                info = lk.EgressInfo.FromString(rec["info"])
-                job = EgressJob(cfg, info, ws_url=req.ws_url or self.conf.ws_url, api_key=self.conf.api_key,
-                                api_secret=self.conf.api_secret, tmp_dir=self.tmp_dir, storage=self.storage,
-                                on_update=self._update)
+                job = self._new_job(req, cfg, lk.EgressInfo.FromString(rec["info"]))
                 final = await job.recover()
                 log.warning("egress %s: its worker (pid %d) died; %s", req.egress_id, rec["pid"], final.error)
                 await self._update(final)
@@ -380,16 +381,20 @@ class EgressService:
         info.details = "queued"
         await self.io.create_egress(info)
         await self.queue.save_info(info)
-        handler = EgressHandlerServer(self.bus, req.egress_id, stop_egress=self._stop_queued,
-                                      update_stream=self._update_queued)
-        await handler.start()
-        self._queued[req.egress_id] = handler
+        await self._answer_queued(req.egress_id)
         pos = await self.queue.enqueue(req.egress_id, req.SerializeToString())
         info.details = f"queued, position {pos}"
         self._positions[req.egress_id] = pos
         log.info("egress %s queued at position %d", req.egress_id, pos)
         self._pump_wake.set()
         return lk.EgressInfo.FromString(info.SerializeToString())
+
+    async def _answer_queued(self, egress_id: str) -> None:
+        """StopEgress / UpdateStream for a request while it waits in the queue."""
+        handler = EgressHandlerServer(self.bus, egress_id, stop_egress=self._stop_queued,
+                                      update_stream=self._update_queued)
+        await handler.start()
+        self._queued[egress_id] = handler
 
     async def _say_position(self, info: lk.EgressInfo) -> None:
         """Still queued after our own look: tell livekit-server (and dedup) the position."""
@@ -398,20 +403,18 @@ class EgressService:
         if current is None or current.status != S.EGRESS_STARTING or not current.details.startswith("queued"):
             return  # taken meanwhile: its runner reports now
         current.details, current.updated_at = info.details, time.time_ns()
-        await self.queue.save_info(current)
-        await self.io.update_egress(current)
+        await self._update(current)
 
     async def _end_queued(self, egress_id: str, status: int, error: str = "", details: str = "") -> lk.EgressInfo:
         assert self.queue is not None
         info = await self.queue.load_info(egress_id) or lk.EgressInfo(egress_id=egress_id)
         info.status, info.error, info.details = status, error, details
         info.ended_at = info.updated_at = time.time_ns()
-        await self.queue.save_info(info)
         await self.queue.done(egress_id)
         handler = self._queued.pop(egress_id, None)
         if handler is not None:
             asyncio.get_running_loop().create_task(handler.close())  # may be inside its handler
-        await self.io.update_egress(lk.EgressInfo.FromString(info.SerializeToString()))
+        await self._update(info)
         return info
 
     async def _stop_queued(self, req: lk.StopEgressRequest, ctx: RequestContext) -> lk.EgressInfo:
@@ -517,10 +520,7 @@ class EgressService:
             for eid in await q.adopt_orphans():
                 if eid not in self._queued and not self.shutting_down:
                     log.info("egress %s: its queueing node is gone: answering for it here", eid)
-                    handler = EgressHandlerServer(self.bus, eid, stop_egress=self._stop_queued,
-                                                  update_stream=self._update_queued)
-                    await handler.start()
-                    self._queued[eid] = handler
+                    await self._answer_queued(eid)
         self.metrics.queue_state(await q.depth(), await q.oldest_wait(), self.admission.available_cpu())
 
     async def _end_lost(self, egress_id: str) -> None:
@@ -535,8 +535,7 @@ class EgressService:
         info.error = (f"the egress worker was lost (no heartbeat for {LEASE_TTL:g} s); what it recorded stays "
                       f"on its volume and is reported when it restarts")
         info.ended_at = info.updated_at = time.time_ns()
-        await self.queue.save_info(info)
-        await self.io.update_egress(info)
+        await self._update(info)
 
     # -- EgressHandler -------------------------------------------------------------
     async def _stop_egress(self, req: lk.StopEgressRequest, ctx: RequestContext) -> lk.EgressInfo:

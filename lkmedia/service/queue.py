@@ -44,12 +44,11 @@ QUEUE_AFFINITY = 0.01  # > 0 (0 never wins a psrpc selection); below any worker 
 INFO_TTL = 86_400
 
 # Take the oldest entry if it is ``eid`` (so that a node never skips the head it checked):
-# LPOP only if the head matches, then mark it claimed. Returns the request bytes or nil.
+# LPOP only if the head matches. Returns the request bytes or nil.
 _CLAIM = """
 local head = redis.call('LINDEX', KEYS[1], 0)
 if head ~= ARGV[1] then return false end
 redis.call('LPOP', KEYS[1])
-redis.call('HSET', KEYS[2], 'claimed_by', ARGV[2], 'claimed_at', ARGV[3])
 return redis.call('HGET', KEYS[2], 'req')
 """
 
@@ -67,6 +66,7 @@ class StartQueue:
         self.node_id = node_id
         self.max_wait = max_wait
         self.dedup_window = dedup_window
+        self._dedup_ms = max(1, int(dedup_window * 1000))
         self._claim = redis.register_script(_CLAIM)
 
     # -- queue -----------------------------------------------------------------------------
@@ -77,11 +77,6 @@ class StartQueue:
             p.rpush(QUEUE, egress_id)
             _, n = await p.execute()
         return int(n)
-
-    async def position(self, egress_id: str) -> int | None:
-        ids = await self.r.lrange(QUEUE, 0, -1)
-        key = egress_id.encode()
-        return ids.index(key) + 1 if key in ids else None
 
     async def positions(self) -> dict[str, int]:
         """Every queued egress id and its 1-based position."""
@@ -100,8 +95,7 @@ class StartQueue:
 
     async def claim(self, egress_id: str) -> bytes | None:
         """Take ``egress_id`` if it is still the oldest; its request bytes, or None."""
-        return await self._claim(keys=[QUEUE, _req(egress_id)],
-                                 args=[egress_id, self.node_id, repr(time.time())])
+        return await self._claim(keys=[QUEUE, _req(egress_id)], args=[egress_id])
 
     async def remove(self, egress_id: str) -> bool:
         """Take a queued request out (StopEgress); False if it was no longer queued."""
@@ -162,8 +156,7 @@ class StartQueue:
         """Record ``egress_id`` for ``key``; the id of an earlier one within the window, or None."""
         if self.dedup_window <= 0:
             return None
-        ms = max(1, int(self.dedup_window * 1000))
-        if await self.r.set(PREFIX + "dedup:" + key, egress_id, nx=True, px=ms):
+        if await self.r.set(PREFIX + "dedup:" + key, egress_id, nx=True, px=self._dedup_ms):
             return None
         old = await self.r.get(PREFIX + "dedup:" + key)
         return old.decode() if old is not None else None
@@ -171,7 +164,7 @@ class StartQueue:
     async def redirect(self, key: str, egress_id: str) -> None:
         """The earlier egress has ended: ``egress_id`` takes the key over."""
         if self.dedup_window > 0:
-            await self.r.set(PREFIX + "dedup:" + key, egress_id, px=max(1, int(self.dedup_window * 1000)))
+            await self.r.set(PREFIX + "dedup:" + key, egress_id, px=self._dedup_ms)
 
     # -- EgressInfo --------------------------------------------------------------------------
     async def save_info(self, info: lk.EgressInfo) -> None:
