@@ -233,6 +233,11 @@ class EgressJob:
         keys = self._upload_keys()
         return keys[0] if keys else None
 
+    def _own_storage(self, key: str) -> bool:
+        """Output ``key`` goes elsewhere than the main output: it needs its own uploader."""
+        main = self._main_output()
+        return key != main and self._upload_storage(key) != self._upload_storage(main or key)
+
     def _new_uploader(self, key: str) -> Uploader:
         try:
             storage = storage_for_request(self._upload_storage(key), self.storage_settings)
@@ -251,9 +256,7 @@ class EgressJob:
             return None
         up = self._new_uploader(main)
         checks = [up]
-        for key in self._upload_keys():
-            if key != main and self._upload_storage(key) != self._upload_storage(main):
-                checks.append(self._new_uploader(key))
+        checks += [self._new_uploader(k) for k in self._upload_keys() if self._own_storage(k)]
         try:
             for u in checks:
                 if u.storage is not None:
@@ -389,9 +392,7 @@ class EgressJob:
         sink = self.recipe.sinks.get("segments")
         if sink is None or uploader is None:
             return
-        main = self._main_output()
-        up = uploader if main == "segments" or self._upload_storage("segments") == self._upload_storage(main) \
-            else self._new_uploader("segments")
+        up = self._new_uploader("segments") if self._own_storage("segments") else uploader
         if up.storage is None:  # local only: nothing to send
             return
         self._manifest = self._manifest or self._new_manifest()
@@ -408,7 +409,6 @@ class EgressJob:
             return locations
         cfg = self.cfg
         man = self._manifest = self._manifest or self._new_manifest()
-        main = self._main_output()
         extra: dict[str, Uploader] = {}
         if self._live_hls is not None and self._live_hls[1] is not uploader:
             extra["segments"] = self._live_hls[1]
@@ -420,7 +420,7 @@ class EgressJob:
                 if key not in self._upload_keys():
                     continue
                 up = uploader
-                if key != main and self._upload_storage(key) != self._upload_storage(main or key):
+                if self._own_storage(key):
                     up = extra.get(key) or extra.setdefault(key, self._new_uploader(key))
                 res = sink.result or {}
                 out = self._output(key)
