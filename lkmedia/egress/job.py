@@ -110,6 +110,7 @@ class EgressJob:
             for name in names:
                 path = os.path.join(self.dir, name)
                 duration = _media_seconds(path)
+                size = os.path.getsize(path)  # before the upload deletes the local copy
                 location = path
                 if uploader is not None:
                     r = await uploader.upload_file(path, name)
@@ -119,7 +120,7 @@ class EgressJob:
                 if name.lower().endswith((".ts", ".m3u8", ".jpeg", ".jpg")):
                     continue  # HLS segments and images: uploaded, not file results
                 self.info.file_results.append(lk.FileInfo(
-                    filename=name, location=location, size=os.path.getsize(path) if os.path.exists(path) else 0,
+                    filename=name, location=location, size=size,
                     duration=int(duration * 1e9), started_at=self.info.started_at, ended_at=now))
                 saved.append(f"{name} ({duration:.1f} s)")
         finally:

@@ -72,6 +72,7 @@ async def test_sigkill_mid_recording_keeps_the_partial_output(
     assert p.duration is not None and p.duration >= 18.0 and p.duration <= killed_after + 0.5, (p.duration,
                                                                                               killed_after)
     assert f.duration / 1e9 >= 18.0
+    assert f.size == Path(f.location).stat().st_size > 0
     assert decode_errors(f.location) == ""
     (g,) = kept.file_results
     q = probe(g.location)
