@@ -297,7 +297,7 @@ async def _session(stack: Any, svc: Child, publisher: Child, tmp_dir: Path, seco
                    runs: int) -> dict[str, Any]:
     from livekit import api
 
-    async with api.LiveKitAPI(stack.http_url, stack.api_key, stack.api_secret) as lkapi:
+    async with stack.api() as lkapi:
         await _wait_published(lkapi, publisher)
         await asyncio.sleep(2.0)  # let the idle service settle (Redis subscriptions, GC)
         cpu0, t0 = proc_cpu(svc.pid), time.monotonic()
@@ -376,11 +376,10 @@ def _audio_params(path: str) -> tuple[int, int]:
 # -- the benchmark -----------------------------------------------------------------------
 def bench_egress(ctx: Any, row: Callable[..., Any]) -> list[Any]:
     """Rows for bench/run.py (``row`` is its Row class)."""
-    from lkmedia.testing.devstack import DevStack, StackError, find_binary, free_port
+    from lkmedia.testing.devstack import DevStack, StackError, free_port
 
     try:
-        find_binary("server", "livekit-server")
-        find_binary("redis-server", "redis-server")
+        DevStack.check_installed()
     except StackError as e:
         return [row("egress", "", "", status=f"skipped: {e}")]
     if not peers.have("ffmpeg"):

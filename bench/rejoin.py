@@ -56,21 +56,19 @@ async def _one(stack: Any, work: Path, i: int) -> dict[str, float]:
 
 def bench_rejoin(ctx: Any, row: Callable[..., Any]) -> list[Any]:
     """Rows for bench/run.py (``row`` is its Row class)."""
-    from lkmedia.testing.devstack import DevStack, StackError, find_binary
+    from lkmedia.testing.devstack import DevStack, StackError
 
     try:
-        find_binary("server", "livekit-server")
-        find_binary("redis-server", "redis-server")
+        DevStack.check_installed()
     except StackError as e:
         return [row("rejoin", "", "", status=f"skipped: {e}")]
-    runs = RUNS
     work = ctx.work / "rejoin"
     work.mkdir(exist_ok=True)
     warnings.filterwarnings("ignore", message="The HMAC key is")
     results: list[dict[str, float]] = []
 
     async def all_runs(stack: Any) -> None:
-        for i in range(runs):
+        for i in range(RUNS):
             results.append(await _one(stack, work, i))
 
     with DevStack(workdir=work / "stack") as stack:
@@ -81,11 +79,11 @@ def bench_rejoin(ctx: Any, row: Callable[..., Any]) -> list[Any]:
         holes = sorted(r[kind] for r in results)
         cost = sorted(r[kind] - r["absence"] for r in results)
         over = sum(h > GOAL_GAP for h in holes)
-        rows.append(row(f"rejoin/{kind}", f"hole after a {DROP_SECONDS:g} s drop + rejoin, worst of {runs}", "s",
+        rows.append(row(f"rejoin/{kind}", f"hole after a {DROP_SECONDS:g} s drop + rejoin, worst of {RUNS}", "s",
                         lkmedia=round(holes[-1], 3), goal=f"<= {GOAL_GAP}",
                         note=(f"median {statistics.median(holes):.3f} s; resubscription after the publisher is "
                               f"back: median {statistics.median(cost):.3f} s, worst {cost[-1]:.3f} s; "
-                              f"{over}/{runs} over {GOAL_GAP} s; publisher absent "
+                              f"{over}/{RUNS} over {GOAL_GAP} s; publisher absent "
                               f"{min(r['absence'] for r in results):.2f}-{max(r['absence'] for r in results):.2f} s"))
                     .judge())
     return rows

@@ -11,7 +11,6 @@ import asyncio
 import os
 
 from google.protobuf.json_format import MessageToJson
-from livekit import api
 from livekit.protocol import egress as lk
 
 from .service.config import parse_config
@@ -36,7 +35,7 @@ async def egress_demo(out_dir: str, seconds: float = 10.0) -> lk.EgressInfo:
             pub = PublisherProcess(stack.url, stack.token("publisher", ROOM), width=1280, height=720)
             await pub.start()
             try:
-                async with api.LiveKitAPI(stack.http_url, stack.api_key, stack.api_secret) as lkapi:
+                async with stack.api() as lkapi:
                     info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
                         room_name=ROOM, identity="publisher", preset=lk.H264_720P_30,
                         file_outputs=[lk.EncodedFileOutput(filepath="{room_name}-{time}.mp4")]))

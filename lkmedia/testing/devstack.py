@@ -203,6 +203,12 @@ class DevStack:
         self.rtc_udp_port = 0
         self.host = "127.0.0.1"
 
+    @staticmethod
+    def check_installed() -> None:
+        """StackError naming livekit-server or redis-server if either is missing."""
+        find_binary("server", "livekit-server")
+        find_binary("redis-server", "redis-server")
+
     # -- addresses ---------------------------------------------------------
     @property
     def url(self) -> str:

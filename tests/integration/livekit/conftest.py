@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lkmedia.testing.devstack import DevStack, StackError, find_binary
+from lkmedia.testing.devstack import DevStack, StackError
 
 HERE = Path(__file__).parent
 
@@ -25,8 +25,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def livekit_stack() -> Iterator[DevStack]:
     try:
-        find_binary("server", "livekit-server")
-        find_binary("redis-server", "redis-server")
+        DevStack.check_installed()
     except StackError as e:
         pytest.fail(f"{e} (scripts/install_livekit.sh installs both)")
     stack = DevStack()

@@ -9,7 +9,6 @@ import signal
 import time
 from pathlib import Path
 
-from livekit import api
 from livekit.protocol import egress as lk
 
 from lkmedia.testing.devstack import DevStack
@@ -27,8 +26,7 @@ async def test_sigkill_mid_recording_keeps_the_partial_output(
     w1 = EgressServiceProcess(body, tmp_path / "w1", name="w1").start()
     w2 = EgressServiceProcess(body, tmp_path / "w2", name="w2").start()
     try:
-        async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key,
-                                  livekit_stack.api_secret) as lkapi:
+        async with livekit_stack.api() as lkapi:
             ids = []
             for i in range(2):
                 info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(

@@ -36,14 +36,10 @@ async def service(livekit_stack: DevStack, tmp_path: Path) -> AsyncIterator[Egre
         await svc.close(drain_timeout=20)
 
 
-async def wait_status(lkapi: api.LiveKitAPI, egress_id: str, want: set[int], timeout: float = 20) -> lk.EgressInfo:
-    return await wait_egress(lkapi, egress_id, want, timeout)
-
-
 async def test_participant_egress_records_an_mp4_through_the_real_api(
     livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str
 ) -> None:
-    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
+    async with livekit_stack.api() as lkapi:
         req = lk.ParticipantEgressRequest(
             room_name=room_name, identity="pub",
             advanced=lk.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=1000),
@@ -51,7 +47,7 @@ async def test_participant_egress_records_an_mp4_through_the_real_api(
         t0 = time.monotonic()
         info = await lkapi.egress.start_participant_egress(req)
         assert info.status == S.EGRESS_STARTING and info.egress_id.startswith("EG_")
-        active = await wait_status(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
+        active = await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
         t_active = time.monotonic()
         start_latency = t_active - t0
         # the health endpoint lists the running egress (Go's JSON shape)
@@ -63,7 +59,7 @@ async def test_participant_egress_records_an_mp4_through_the_real_api(
         stopped = await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
         t_stop = time.monotonic()
         assert stopped.status in (S.EGRESS_ENDING, S.EGRESS_ACTIVE)
-        done = await wait_status(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
+        done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
     assert done.status == S.EGRESS_COMPLETE, done.error
     assert active.started_at > 0 and done.ended_at > done.started_at
     (f,) = done.file_results
@@ -82,7 +78,7 @@ async def test_participant_egress_records_an_mp4_through_the_real_api(
 async def test_invalid_requests_fail_with_a_message_and_the_service_keeps_serving(
     livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str
 ) -> None:
-    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
+    async with livekit_stack.api() as lkapi:
         bad = lk.ParticipantEgressRequest(room_name=room_name, identity="pub",
                                           stream_outputs=[lk.StreamOutput(urls=["rtmp://nohost"])])
         with pytest.raises(api.TwirpError) as ei:
@@ -94,14 +90,14 @@ async def test_invalid_requests_fail_with_a_message_and_the_service_keeps_servin
         assert "request has missing or invalid field: preset" in ei.value.message
         info = await lkapi.egress.start_track_egress(lk.TrackEgressRequest(
             room_name=room_name, track_id="TR_doesnotexist", file=lk.DirectFileOutput(filepath="x")))
-        failed = await wait_status(lkapi, info.egress_id, {S.EGRESS_FAILED, S.EGRESS_COMPLETE})
+        failed = await wait_egress(lkapi, info.egress_id, {S.EGRESS_FAILED, S.EGRESS_COMPLETE})
         assert failed.status == S.EGRESS_FAILED and "TR_doesnotexist not found" in failed.error
         # the next valid request still works
         ok = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
             room_name=room_name, identity="pub", file_outputs=[lk.EncodedFileOutput(filepath="ok.mp4")]))
-        await wait_status(lkapi, ok.egress_id, {S.EGRESS_ACTIVE})
+        await wait_egress(lkapi, ok.egress_id, {S.EGRESS_ACTIVE})
         await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=ok.egress_id))
-        done = await wait_status(lkapi, ok.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
+        done = await wait_egress(lkapi, ok.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
         assert done.status == S.EGRESS_COMPLETE, done.error
 
 
@@ -124,14 +120,14 @@ async def test_lk_cli_starts_an_egress_that_lkmedia_records(
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text
     egress_id = next(w for w in text.replace('"', " ").split() if w.startswith("EG_"))
-    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
-        await wait_status(lkapi, egress_id, {S.EGRESS_ACTIVE})
+    async with livekit_stack.api() as lkapi:
+        await wait_egress(lkapi, egress_id, {S.EGRESS_ACTIVE})
         await asyncio.sleep(3)
         proc = await asyncio.create_subprocess_exec(lk_bin, "egress", "stop", "--id", egress_id, env=env,
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, out.decode(errors="replace")
-        done = await wait_status(lkapi, egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
+        done = await wait_egress(lkapi, egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
     assert done.status == S.EGRESS_COMPLETE, done.error
     p = probe(done.file_results[0].location)
     assert p.has("video") and p.has("audio") and p.duration == pytest.approx(3.0, abs=1.0)
@@ -167,13 +163,13 @@ async def test_webhooks_arrive_in_order(tmp_path: Path) -> None:
         pub = PublisherProcess(stack.url, stack.token("pub", "hooks"))
         await pub.start()
         try:
-            async with api.LiveKitAPI(stack.http_url, stack.api_key, stack.api_secret) as lkapi:
+            async with stack.api() as lkapi:
                 info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
                     room_name="hooks", identity="pub", file_outputs=[lk.EncodedFileOutput(filepath="h.mp4")]))
-                await wait_status(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
+                await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
                 await asyncio.sleep(2)
                 await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
-                await wait_status(lkapi, info.egress_id, {S.EGRESS_COMPLETE}, timeout=30)
+                await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE}, timeout=30)
             deadline = time.monotonic() + 10
             while not any(e == "egress_ended" for e, _ in events) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
@@ -206,12 +202,12 @@ async def _record(lkapi: api.LiveKitAPI, start: object, seconds: float) -> lk.Eg
 async def _record_timed(lkapi: api.LiveKitAPI, start: object, seconds: float) -> tuple[lk.EgressInfo, float]:
     """Record ``seconds``; returns the final info and the time between ACTIVE and StopEgress."""
     info = await start  # type: ignore[misc]
-    active = await wait_status(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
+    active = await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
     await asyncio.sleep(seconds)
     await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
     # From ACTIVE as the service stamped it, not as our 0.1 s polling saw it.
     interval = time.time() - active.updated_at / 1e9
-    done = await wait_status(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
+    done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
     assert done.status == S.EGRESS_COMPLETE, done.error
     return done, interval
 
@@ -229,7 +225,7 @@ async def test_track_egress_keeps_codec_family_and_websocket_gets_pcm(
             if isinstance(msg, bytes):
                 received.append(msg)
 
-    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
+    async with livekit_stack.api() as lkapi:
         audio, audio_interval = await _record_timed(lkapi, lkapi.egress.start_track_egress(lk.TrackEgressRequest(
             room_name=room_name, track_id=audio_sid, file=lk.DirectFileOutput(filepath="tracks/{track_id}"))), 3)
         video = await _record(lkapi, lkapi.egress.start_track_egress(lk.TrackEgressRequest(
@@ -253,7 +249,7 @@ async def test_participant_egress_to_mp4_hls_and_rtmp_at_once(
     livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str, rtmp_server: object
 ) -> None:
     url = rtmp_server.url("egress_key")  # type: ignore[attr-defined]
-    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
+    async with livekit_stack.api() as lkapi:
         done, interval = await _record_timed(lkapi, lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
             room_name=room_name, identity="pub",
             advanced=lk.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=1000, key_frame_interval=2),
@@ -297,7 +293,7 @@ def _channel_energy(path: str) -> tuple[float, float]:
 async def test_audio_only_room_composite_mixes_in_process(
     livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str, mixing: str
 ) -> None:
-    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
+    async with livekit_stack.api() as lkapi:
         done = await _record(lkapi, lkapi.egress.start_room_composite_egress(lk.RoomCompositeEgressRequest(
             room_name=room_name, audio_only=True, audio_mixing=lk.AudioMixing.Value(mixing),
             file_outputs=[lk.EncodedFileOutput(filepath=f"room/{mixing}")])), 3)
@@ -317,7 +313,7 @@ async def test_track_composite_egress(
     livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str
 ) -> None:
     video_sid, audio_sid = await _wait_tracks(publisher)
-    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
+    async with livekit_stack.api() as lkapi:
         done = await _record(lkapi, lkapi.egress.start_track_composite_egress(lk.TrackCompositeEgressRequest(
             room_name=room_name, audio_track_id=audio_sid, video_track_id=video_sid,
             advanced=lk.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=1000),
@@ -336,7 +332,7 @@ async def test_v2_start_egress_with_a_media_source(
     livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str
 ) -> None:
     """livekit-server v1.13.5 routes the v2 StartEgress (rpc field 16) to lkmedia."""
-    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
+    async with livekit_stack.api() as lkapi:
         done, interval = await _record_timed(lkapi, lkapi.egress.start_egress(lk.StartEgressRequest(
             room_name=room_name, media=lk.MediaSource(
                 participant_video=lk.ParticipantVideo(identity="pub"),
@@ -354,7 +350,7 @@ async def test_update_stream_adds_and_removes_destinations(
     """UpdateStream through livekit-server: a destination added while streaming starts
     receiving, a removed one ends FINISHED; neither key shows in EgressInfo."""
     first, second = rtmp_server.url("first_key"), rtmp_server.url("second_key")  # type: ignore[attr-defined]
-    async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key, livekit_stack.api_secret) as lkapi:
+    async with livekit_stack.api() as lkapi:
         info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
             room_name=room_name, identity="pub",
             advanced=lk.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=800, key_frame_interval=2),

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from livekit import api
 from livekit.protocol import egress as lk
 
 from lkmedia.service.config import parse_config
@@ -77,14 +76,6 @@ async def service(livekit_stack: DevStack, minio: MinioServer, backup_dir: Path,
         yield svc
     finally:
         await svc.close(drain_timeout=30)
-
-
-def lkapi_for(stack: DevStack) -> api.LiveKitAPI:
-    return api.LiveKitAPI(stack.http_url, stack.api_key, stack.api_secret)
-
-
-async def wait_status(lkapi: api.LiveKitAPI, egress_id: str, want: set[int], timeout: float = 20) -> lk.EgressInfo:
-    return await wait_egress(lkapi, egress_id, want, timeout)
 
 
 def assert_no_secret(secret: str, *texts: Any) -> None:
@@ -155,7 +146,7 @@ async def test_participant_egress_uploads_mp4_hls_and_manifest_to_s3(
     livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str, minio: MinioServer,
     backup_dir: Path, tmp_path: Path, logs: pytest.LogCaptureFixture
 ) -> None:
-    async with lkapi_for(livekit_stack) as lkapi:
+    async with livekit_stack.api() as lkapi:
         info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
             room_name=room_name, identity="pub",
             advanced=lk.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=1000, key_frame_interval=2),
@@ -167,13 +158,13 @@ async def test_participant_egress_uploads_mp4_hls_and_manifest_to_s3(
         watcher = LocalWatcher(job_dir, minio, BUCKET)
         watch = asyncio.create_task(asyncio.to_thread(watcher.run))
         try:
-            active = await wait_status(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
+            active = await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
             await asyncio.sleep(4)
             # Live HLS: segments and the playlist are in the bucket while it records.
             live = await asyncio.to_thread(keys, minio, BUCKET)
             await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
             wall_stop = time.time()
-            done = await wait_status(lkapi, info.egress_id, TERMINAL, timeout=30)
+            done = await wait_egress(lkapi, info.egress_id, TERMINAL, timeout=30)
         finally:
             watcher.stop()
             await watch
@@ -245,17 +236,17 @@ async def test_request_s3_override_goes_to_its_own_bucket(
     livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str, minio: MinioServer,
     tmp_path: Path, logs: pytest.LogCaptureFixture
 ) -> None:
-    async with lkapi_for(livekit_stack) as lkapi:
+    async with livekit_stack.api() as lkapi:
         info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
             room_name=room_name, identity="pub",
             file_outputs=[lk.EncodedFileOutput(filepath="mine/{room_name}.mp4", s3=s3_request(minio, OTHER))],
             # no storage of its own: the server's bucket, as in the Go egress
             segment_outputs=[lk.SegmentedFileOutput(filename_prefix="theirs/seg", playlist_name="index.m3u8",
                                                     segment_duration=2)]))
-        await wait_status(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
+        await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
         await asyncio.sleep(2.5)
         await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
-        done = await wait_status(lkapi, info.egress_id, TERMINAL, timeout=30)
+        done = await wait_egress(lkapi, info.egress_id, TERMINAL, timeout=30)
     assert done.status == S.EGRESS_COMPLETE, done.error
     key = f"mine/{room_name}.mp4"
     assert done.file_results[0].location == f"{minio.endpoint}/{OTHER}/{key}"
@@ -282,13 +273,13 @@ async def test_bad_bucket_or_credentials_fail_at_start_and_the_service_keeps_ser
     cases = [("no-such-bucket-xyz", minio.secret, "no-such-bucket-xyz", "does not exist"),
              (OTHER, wrong_secret, OTHER, "secret does not match")]
     timings = []
-    async with lkapi_for(livekit_stack) as lkapi:
+    async with livekit_stack.api() as lkapi:
         for bucket, secret, named, why in cases:
             t0 = time.monotonic()
             info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
                 room_name=room_name, identity="pub",
                 file_outputs=[lk.EncodedFileOutput(filepath="bad.mp4", s3=s3_request(minio, bucket, secret))]))
-            failed = await wait_status(lkapi, info.egress_id, TERMINAL, timeout=15)
+            failed = await wait_egress(lkapi, info.egress_id, TERMINAL, timeout=15)
             took = time.monotonic() - t0
             timings.append(took)
             assert failed.status == S.EGRESS_FAILED, failed
@@ -299,10 +290,10 @@ async def test_bad_bucket_or_credentials_fail_at_start_and_the_service_keeps_ser
         # the next good request still works
         ok = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
             room_name=room_name, identity="pub", file_outputs=[lk.EncodedFileOutput(filepath="ok.mp4")]))
-        await wait_status(lkapi, ok.egress_id, {S.EGRESS_ACTIVE})
+        await wait_egress(lkapi, ok.egress_id, {S.EGRESS_ACTIVE})
         await asyncio.sleep(1)
         await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=ok.egress_id))
-        done = await wait_status(lkapi, ok.egress_id, TERMINAL, timeout=30)
+        done = await wait_egress(lkapi, ok.egress_id, TERMINAL, timeout=30)
     assert done.status == S.EGRESS_COMPLETE, done.error
     assert "ok.mp4" in keys(minio, BUCKET)
     assert_no_secret(minio.secret, done, logs.text)
@@ -313,19 +304,19 @@ async def test_s3_server_stopped_mid_egress_loses_nothing(
     livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str, minio: MinioServer,
     backup_dir: Path, logs: pytest.LogCaptureFixture
 ) -> None:
-    async with lkapi_for(livekit_stack) as lkapi:
+    async with livekit_stack.api() as lkapi:
         info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
             room_name=room_name, identity="pub",
             file_outputs=[lk.EncodedFileOutput(filepath="lost/{room_name}.mp4")],
             segment_outputs=[lk.SegmentedFileOutput(filename_prefix="lost/hls/seg", playlist_name="index.m3u8",
                                                     segment_duration=2)]))
-        active = await wait_status(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
+        active = await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
         await asyncio.sleep(1.5)
         await asyncio.to_thread(minio.stop)  # and it stays down
         await asyncio.sleep(2.5)
         await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
         t_stop, wall_stop = time.monotonic(), time.time()
-        done = await wait_status(lkapi, info.egress_id, TERMINAL, timeout=45)
+        done = await wait_egress(lkapi, info.egress_id, TERMINAL, timeout=45)
         t_end = time.monotonic()
     assert done.status == S.EGRESS_COMPLETE, done.error
     assert done.backup_storage_used
@@ -372,14 +363,14 @@ async def test_s3_down_without_backup_keeps_the_local_file_and_says_so(
     svc = EgressService(parse_config(body), tmp_dir=str(tmp_path / "egress"))
     await svc.start()
     try:
-        async with lkapi_for(livekit_stack) as lkapi:
+        async with livekit_stack.api() as lkapi:
             info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
                 room_name=room_name, identity="pub", file_outputs=[lk.EncodedFileOutput(filepath="kept.mp4")]))
-            await wait_status(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
+            await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
             await asyncio.to_thread(minio.stop)
             await asyncio.sleep(2)
             await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
-            done = await wait_status(lkapi, info.egress_id, TERMINAL, timeout=30)
+            done = await wait_egress(lkapi, info.egress_id, TERMINAL, timeout=30)
     finally:
         await svc.close(drain_timeout=30)
     # As the Go egress: an output that reached no storage fails the egress; the file is kept.

@@ -41,8 +41,7 @@ async def test_forty_starts_against_room_for_four(livekit_stack: DevStack, publi
     assert len(set(plan)) == unique and len(plan) == unique + dups
     with EgressServiceProcess(body, tmp_path / "w1", name="w1") as w1, \
             EgressServiceProcess(body, tmp_path / "w2", name="w2"):
-        async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key,
-                                  livekit_stack.api_secret) as lkapi:
+        async with livekit_stack.api() as lkapi:
             errors: list[str] = []
             answers: dict[int, lk.EgressInfo] = {}
 
@@ -104,8 +103,7 @@ async def test_dispatcher_queues_until_a_worker_starts(livekit_stack: DevStack, 
                                                        room_name: str, tmp_path: Path) -> None:
     body = service_config_body(livekit_stack, TWO_JOBS)
     with EgressServiceProcess(body, tmp_path / "d", name="dispatcher", command="dispatcher") as disp:
-        async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key,
-                                  livekit_stack.api_secret) as lkapi:
+        async with livekit_stack.api() as lkapi:
             gone = await lkapi.egress.start_participant_egress(_request(room_name, "never"))
             info = await lkapi.egress.start_participant_egress(_request(room_name, "late"))
             assert info.status == S.EGRESS_STARTING and info.details == "queued, position 2", info
@@ -148,8 +146,7 @@ async def test_queued_request_outlives_its_dispatcher(livekit_stack: DevStack, p
     body = service_config_body(livekit_stack, TWO_JOBS)
     first = EgressServiceProcess(body, tmp_path / "d1", name="d1", command="dispatcher").start()
     try:
-        async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key,
-                                  livekit_stack.api_secret) as lkapi:
+        async with livekit_stack.api() as lkapi:
             info = await lkapi.egress.start_participant_egress(_request(room_name, "orphan"))
             assert info.details.startswith("queued"), info
             first.signal(signal.SIGKILL)
@@ -172,6 +169,6 @@ async def test_queued_request_outlives_its_dispatcher(livekit_stack: DevStack, p
 
 
 async def _list(stack: DevStack, egress_id: str) -> lk.EgressInfo:
-    async with api.LiveKitAPI(stack.http_url, stack.api_key, stack.api_secret) as lkapi:
+    async with stack.api() as lkapi:
         res = await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=egress_id))
     return res.items[0]

@@ -9,7 +9,6 @@ import asyncio
 import time
 from pathlib import Path
 
-from livekit import api
 from livekit.protocol import egress as lk
 
 from lkmedia.testing.devstack import DevStack
@@ -30,7 +29,7 @@ async def test_recordings_survive_a_redis_restart(tmp_path: Path) -> None:
     room = "outage"
     with DevStack(redis_persistent=True, workdir=tmp_path / "stack") as stack:
         async with PublisherProcess(stack.url, stack.token("pub", room)), \
-                api.LiveKitAPI(stack.http_url, stack.api_key, stack.api_secret) as lkapi:
+                stack.api() as lkapi:
             with EgressServiceProcess(service_config_body(stack, TWO_JOBS), tmp_path / "w") as worker:
                 ids = []
                 for i in range(2):

@@ -42,8 +42,7 @@ def _check_file(info: lk.EgressInfo, recorded: float) -> None:
 async def test_sigterm_lets_running_recordings_finish_then_exits_0(
         livekit_stack: DevStack, publisher: object, room_name: str, tmp_path: Path) -> None:
     with EgressServiceProcess(service_config_body(livekit_stack, TWO_JOBS), tmp_path / "svc") as svc:
-        async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key,
-                                  livekit_stack.api_secret) as lkapi:
+        async with livekit_stack.api() as lkapi:
             ids = await _start_two(lkapi, room_name)
             t_active = time.monotonic()
             await asyncio.sleep(1.0)
@@ -67,8 +66,7 @@ async def test_sigterm_lets_running_recordings_finish_then_exits_0(
 async def test_second_signal_stops_the_jobs_cleanly(
         livekit_stack: DevStack, publisher: object, room_name: str, tmp_path: Path) -> None:
     with EgressServiceProcess(service_config_body(livekit_stack, TWO_JOBS), tmp_path / "svc") as svc:
-        async with api.LiveKitAPI(livekit_stack.http_url, livekit_stack.api_key,
-                                  livekit_stack.api_secret) as lkapi:
+        async with livekit_stack.api() as lkapi:
             ids = await _start_two(lkapi, room_name)
             t_active = time.monotonic()
             await asyncio.sleep(3.0)
