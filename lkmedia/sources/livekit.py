@@ -46,6 +46,7 @@ AUDIO_RESYNC = 0.02     # counted audio further than this from its playout time 
 STATS_EVERY = 0.25      # how often the audio jitter-buffer delay is read
 VIDEO_TS_TRUST = 1.0    # a render time further than this from arrival is not used
 STREAM_CLOSE_WAIT = 0.5  # seconds a closing FFI stream may take to say it has ended
+VIDEO_STREAM = {"capacity": 4, "format": rtc.VideoBufferType.I420}  # a few frames, then the oldest go
 
 _SOURCES = {rtc.TrackSource.SOURCE_CAMERA: "camera", rtc.TrackSource.SOURCE_MICROPHONE: "microphone",
             rtc.TrackSource.SOURCE_SCREENSHARE: "screen_share",
@@ -273,8 +274,7 @@ class _LiveKitSource(Source):
         if not self._wants(info):
             return
         if fresh and info.kind == "video" and info.source != "unknown" and pub.sid not in self._early:
-            stream = rtc.VideoStream.from_participant(participant=part, track_source=pub.source, capacity=4,
-                                                      format=rtc.VideoBufferType.I420)
+            stream = rtc.VideoStream.from_participant(participant=part, track_source=pub.source, **VIDEO_STREAM)
             self._early[pub.sid] = (part.identity, stream)
         pub.set_subscribed(True)
 
@@ -299,8 +299,7 @@ class _LiveKitSource(Source):
         self._by_sid[pub.sid] = feed
         if kind == "video":
             early = self._early.pop(pub.sid, None)
-            feed.stream = (early[1] if early is not None
-                           else rtc.VideoStream(track, capacity=4, format=rtc.VideoBufferType.I420))
+            feed.stream = early[1] if early is not None else rtc.VideoStream(track, **VIDEO_STREAM)
             feed.task = asyncio.get_running_loop().create_task(self._read_video(feed, feed.stream))
         else:
             feed.stream = rtc.AudioStream(track, capacity=50, sample_rate=SAMPLE_RATE,
