@@ -70,6 +70,7 @@ class EgressJob:
         self._stop_reason = ""
         self._limit = False
         self._upload_failed = False  # an output reached no storage (kept locally)
+        self._kill_error = ""  # set by kill(): the job ends FAILED with it, outputs finalised
         self.task: asyncio.Task[None] | None = None
         self.active_at: float | None = None
         self._manifest: Manifest | None = None
@@ -93,8 +94,9 @@ class EgressJob:
         except FileNotFoundError:
             pass
 
-    async def recover(self) -> lk.EgressInfo:
-        """After the worker that ran this job died: its outputs as they were written
+    async def recover(self, cause: str = "the egress worker stopped unexpectedly (killed or crashed)"
+                      ) -> lk.EgressInfo:
+        """After the process that ran this job died: its outputs as they were written
         (fragmented MP4s play up to the last 0.5 s fragment), uploaded where the request
         said, and the egress FAILED with what was saved. Returns the final EgressInfo."""
         names = sorted(n for n in os.listdir(self.dir) if n.lower().endswith(MEDIA_EXTENSIONS))
@@ -127,7 +129,7 @@ class EgressJob:
             if uploader is not None:
                 await uploader.close()
         self.info.status = S.EGRESS_FAILED
-        self.info.error = ("the egress worker stopped unexpectedly (killed or crashed); "
+        self.info.error = (f"{cause}; "
                            + (f"partial output saved: {', '.join(saved)}" if saved else "no output was saved")
                            + ("; " + "; ".join(problems) if problems else ""))
         self.info.ended_at = self.info.updated_at = now
@@ -145,6 +147,15 @@ class EgressJob:
             self._stop_reason = reason
             if self.info.status == S.EGRESS_ACTIVE:
                 await self._set(S.EGRESS_ENDING)
+            self._stop.set()
+        return self.info
+
+    async def kill(self, error: str) -> lk.EgressInfo:
+        """End FAILED with ``error`` (the supervisor's kill policy: memory, CPU), every
+        output finalised and uploaded as on a stop: nothing recorded is lost."""
+        if self.info.status in (S.EGRESS_STARTING, S.EGRESS_ACTIVE, S.EGRESS_ENDING):
+            self._kill_error = error
+            self._stop_reason = self._stop_reason or "killed"
             self._stop.set()
         return self.info
 
@@ -357,6 +368,7 @@ class EgressJob:
 
     async def _finish(self, uploader: Uploader | None, errors: list[str], fatal: str = "") -> None:
         assert self.recipe is not None
+        fatal = fatal or self._kill_error
         locations = await self._upload(uploader)
         fill_results(self.info, self.recipe, locations)
         if uploader is not None:
