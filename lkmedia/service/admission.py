@@ -69,6 +69,7 @@ class JobStats:
     avg_cpu: float
     max_cpu: float
     max_memory: int
+    samples: int = 0
 
 
 def unwrap(request: Any) -> tuple[Any, float]:
@@ -148,8 +149,10 @@ class Admission:
 
     def __init__(self, costs: CPUCostConfig, *, num_cpus: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 pulse_clients: Callable[[], int] | None = None) -> None:
+                 pulse_clients: Callable[[], int] | None = None,
+                 learned: Callable[[str], float | None] | None = None) -> None:
         self.costs = costs
+        self._learned = learned  # self-calibration: a request type's measured CPU, once known
         self.num_cpus = float(num_cpus if num_cpus is not None else cpu_count())
         self.warnings = check_cpu_costs(costs, self.num_cpus)
         self._clock = clock
@@ -195,7 +198,7 @@ class Admission:
         """Go ``canAcceptRequestLocked``: memory, then PulseAudio clients (web), then CPU."""
         inner, est = unwrap(request)
         est = est if estimated_cpu is None else estimated_cpu
-        costs = request_costs(self.costs, inner)
+        costs = self.costs_of(inner)
         _, available, _, _ = self.cpu_usage()
         required = est or costs.cpu
         now = self._clock()
@@ -214,6 +217,30 @@ class Admission:
                 return Decision(False, "pulse clients", required, available)
         accept = available >= required
         return Decision(accept, "" if accept else "cpu", required, available)
+
+    def costs_of(self, request: Any) -> RequestCosts:
+        """The request's costs; its type's measured CPU instead of the configured one when
+        calibration has measured it."""
+        costs = request_costs(self.costs, request)
+        learned = self._learned(costs.request_type) if self._learned is not None else None
+        if learned is None:
+            return costs
+        return RequestCosts(learned, costs.memory, costs.is_web, costs.request_type)
+
+    def allowed_cpu(self) -> dict[str, float]:
+        """Each job's admitted CPU (what the kill policy compares its use with)."""
+        return {eid: job.costs.cpu for eid, job in self._jobs.items()}
+
+    def request_types(self) -> dict[str, str]:
+        return {eid: job.costs.request_type for eid, job in self._jobs.items()}
+
+    def job_stats(self, egress_id: str) -> tuple[str, JobStats] | None:
+        """A running job's request type and CPU / memory so far."""
+        job = self._jobs.get(egress_id)
+        if job is None:
+            return None
+        avg = job.total_cpu / job.samples if job.samples else 0.0
+        return job.costs.request_type, JobStats(avg, job.max_cpu, job.max_memory)
 
     def affinity(self, request: Any, *, disabled: bool = False, estimated_cpu: float | None = None) -> float:
         """StartEgress affinity: -1 refuse, 0.5 idle, 1 busy with room to spare."""
@@ -236,7 +263,7 @@ class Admission:
         if not decision.accept:
             raise AdmissionError("unavailable", "not enough CPU" if decision.reason == "cpu"
                                  else f"not enough resources ({decision.reason})")
-        costs = request_costs(self.costs, unwrap(request)[0])
+        costs = self.costs_of(unwrap(request)[0])
         self._jobs[egress_id] = _Job(costs, self._clock())
         return costs
 
@@ -266,7 +293,7 @@ class Admission:
         job = self._jobs.pop(egress_id, None)
         if job is None or job.samples == 0:
             return JobStats(0.0, job.max_cpu if job else 0.0, job.max_memory if job else 0)
-        return JobStats(job.total_cpu / job.samples, job.max_cpu, job.max_memory)
+        return JobStats(job.total_cpu / job.samples, job.max_cpu, job.max_memory, job.samples)
 
 
 def cpu_count() -> float:

@@ -246,6 +246,19 @@ class QueueConfig:
 
 
 @dataclass
+class JobsConfig:
+    """lkmedia's own ``jobs:`` section: each egress runs in its own process under the service
+    (lkmedia.service.supervisor). Limits per job, beside the Go node-wide ``cpu_cost`` policy:
+    a job over ``max_memory`` is killed (FAILED, outputs finalised), one above ``max_cpu`` for
+    10 s is stopped (COMPLETE) and killed if still running ``cpu_cost.cpu_kill_grace_sec`` later."""
+    max_memory: float = _checked(0.0, _non_negative)  # GB per job, 0 = no limit
+    max_cpu: float = _checked(0.0, _non_negative)  # CPUs per job, 0 = no limit
+    kill_timeout: Seconds = _checked(Seconds(20.0), _non_negative)  # a killed job's finalising, then SIGKILL
+    calibrate: bool = False  # admit by the CPU each request type was measured to use here
+    spare: bool = True  # keep one job process started and waiting: a job starts without the imports
+
+
+@dataclass
 class ServiceConfig:
     api_key: str = _partial()
     api_secret: str = _secret()
@@ -287,6 +300,7 @@ class ServiceConfig:
     # lkmedia's own keys
     drain_timeout: Seconds = _checked(Seconds(0.0), _non_negative)  # SIGTERM: 0 = wait for every job
     queue: QueueConfig = field(default_factory=QueueConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     # legacy keys older Go releases read (mapped, with a warning)
     s3: S3Config | None = None
     azure: AzureConfig | None = None

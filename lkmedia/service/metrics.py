@@ -86,6 +86,18 @@ class EgressMetrics:
                                              ).labels(**self._const)
         self.capacity_free = self._gauge("lkmedia_egress_capacity_free_cpu",
                                          "CPU this node can still admit, in cpu_cost units").labels(**self._const)
+        # lkmedia's own: what each request type was expected to cost and what it uses
+        self._cpu_predicted = self._gauge("lkmedia_egress_cpu_predicted",
+                                          "CPUs admission reserves for a running job of this type (its cpu_cost, "
+                                          "or its calibrated cost), on average", ("type",))
+        self._cpu_actual = self._gauge("lkmedia_egress_cpu_actual",
+                                       "CPUs the running jobs of this type use, on average", ("type",))
+        self._memory_actual = self._gauge("lkmedia_egress_memory_actual_bytes",
+                                          "Memory (RSS) the running jobs of this type use, on average", ("type",))
+        self._cpu_calibrated = self._gauge("lkmedia_egress_cpu_calibrated",
+                                           "CPUs a job of this type was measured to use on this node "
+                                           "(jobs.calibrate)", ("type",))
+        self._usage_types: set[str] = set()
         self._init_psrpc()
 
     # --- service (monitor) ---------------------------------------------------------------------
@@ -98,6 +110,25 @@ class EgressMetrics:
         self.queue_depth.set(depth)
         self.queue_oldest_wait.set(oldest_wait)
         self.capacity_free.set(capacity_free)
+
+    def job_usage(self, types: dict[str, str], predicted: dict[str, float], cpu: dict[str, float],
+                  memory: dict[str, int]) -> None:
+        """Per request type, over its running jobs: predicted CPU, measured CPU and memory
+        (every argument maps egress id → value). Types with no job running read 0."""
+        by_type: dict[str, list[str]] = {}
+        for eid, rtype in types.items():
+            by_type.setdefault(rtype, []).append(eid)
+        for rtype in self._usage_types | set(by_type):
+            ids = by_type.get(rtype, [])
+            n = len(ids) or 1
+            labels = {"type": rtype, **self._const}
+            self._cpu_predicted.labels(**labels).set(sum(predicted.get(e, 0.0) for e in ids) / n)
+            self._cpu_actual.labels(**labels).set(sum(cpu.get(e, 0.0) for e in ids) / n)
+            self._memory_actual.labels(**labels).set(sum(memory.get(e, 0) for e in ids) / n)
+        self._usage_types |= set(by_type)
+
+    def calibrated_cost(self, request_type: str, cpu: float) -> None:
+        self._cpu_calibrated.labels(type=request_type, **self._const).set(cpu)
 
     def request_ended(self, request_type: str) -> None:
         self._requests.labels(type=request_type, **self._const).dec()
