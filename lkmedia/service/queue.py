@@ -52,6 +52,14 @@ redis.call('LPOP', KEYS[1])
 return redis.call('HGET', KEYS[2], 'req')
 """
 
+# Save a queued egress's info only while it is still queued: a position update must never
+# overwrite the status of the worker that has just taken it.
+_SAVE_QUEUED = """
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
 
 def dedup_key(kind: str, inner: Any) -> str:
     """Same request type and bytes (room, outputs, options): the same key."""
@@ -68,6 +76,7 @@ class StartQueue:
         self.dedup_window = dedup_window
         self._dedup_ms = max(1, int(dedup_window * 1000))
         self._claim = redis.register_script(_CLAIM)
+        self._save_queued = redis.register_script(_SAVE_QUEUED)
 
     # -- queue -----------------------------------------------------------------------------
     async def enqueue(self, egress_id: str, request: bytes) -> int:
@@ -169,6 +178,11 @@ class StartQueue:
     # -- EgressInfo --------------------------------------------------------------------------
     async def save_info(self, info: lk.EgressInfo) -> None:
         await self.r.set(PREFIX + "info:" + info.egress_id, info.SerializeToString(), ex=INFO_TTL)
+
+    async def save_info_if_queued(self, info: lk.EgressInfo) -> bool:
+        """``save_info`` while the egress is still in the queue; False (nothing saved) once taken."""
+        return bool(await self._save_queued(keys=[QUEUE, PREFIX + "info:" + info.egress_id],
+                                            args=[info.egress_id, info.SerializeToString(), INFO_TTL]))
 
     async def load_info(self, egress_id: str) -> lk.EgressInfo | None:
         raw = await self.r.get(PREFIX + "info:" + egress_id)
