@@ -7,8 +7,9 @@ Real parts only: a DevStack (redis-server + livekit-server), SyntheticPublisher 
 peer's testsrc2 clip decoded and looped (the flash/bar pattern alone compresses to
 ~80 kbps, too little x264 work to be representative), and ``python3 -m lkmedia
 egress`` in another child process (its config by ``EGRESS_CONFIG_BODY``, so no key is on
-a command line), alone in its process so that its CPU (``/proc/<pid>/stat``: user + sys
-of every thread) is the egress's and nothing else's.
+a command line), alone in its process tree so that its CPU (``/proc/<pid>/stat``: user +
+sys of every thread of the service and of its job processes, one per egress, plus the
+spare job process it keeps started) is the egress's and nothing else's.
 
 1. The idle service's CPU over ``--seconds`` (the baseline taken off every figure).
 2. ``RUNS`` StartParticipantEgress calls in sequence through livekit-api (preset
@@ -58,26 +59,56 @@ _TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- measuring the service child ---------------------------------------------------------
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants: the service and its job processes."""
+    parents: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                s = (d / "stat").read_text(encoding="ascii", errors="replace")
+            except OSError:
+                continue
+            parents[int(d.name)] = int(s[s.rindex(")") + 2:].split()[1])
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(c for c, pp in parents.items() if pp == p)
+    return tree
+
+
 def proc_cpu(pid: int) -> float:
-    """user + sys seconds of ``pid`` (all its threads, and children it waited for)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        s = f.read()
-    fields = s[s.rindex(")") + 2:].split()  # fields[0] is the state (field 3 of stat)
-    return sum(int(x) for x in fields[11:15]) / _TCK  # utime, stime, cutime, cstime
+    """user + sys seconds of ``pid`` and its descendants (every job runs in its own
+    process), all their threads, and the children they have reaped."""
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/stat", encoding="ascii") as f:
+                s = f.read()
+        except OSError:
+            continue
+        fields = s[s.rindex(")") + 2:].split()  # fields[0] is the state (field 3 of stat)
+        total += sum(int(x) for x in fields[11:15]) / _TCK  # utime, stime, cutime, cstime
+    return total
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """user + sys seconds per thread name (comm) of ``pid``'s live threads; the main
-    thread (the event loop) is ``<comm> (main)``, apart from the unnamed workers."""
+    """user + sys seconds per thread name (comm) of the live threads of ``pid`` and its
+    descendants; a process's main thread (its event loop) is ``<comm> (main)``."""
     out: dict[str, float] = {}
-    for t in Path(f"/proc/{pid}/task").iterdir():
+    for p in _tree(pid):
         try:
-            s = (t / "stat").read_text(encoding="ascii", errors="replace")
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
         except OSError:
             continue
-        name = s[s.index("(") + 1: s.rindex(")")] + (" (main)" if t.name == str(pid) else "")
-        fields = s[s.rindex(")") + 2:].split()
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / _TCK
+        for t in tasks:
+            try:
+                s = (t / "stat").read_text(encoding="ascii", errors="replace")
+            except OSError:
+                continue
+            name = s[s.index("(") + 1: s.rindex(")")] + (" (main)" if t.name == str(p) else "")
+            fields = s[s.rindex(")") + 2:].split()
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / _TCK
     return out
 
 

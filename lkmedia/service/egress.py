@@ -5,7 +5,10 @@ ListActiveEgress, and one EgressHandler topic per running egress (StopEgress,
 UpdateStream). Every status goes to livekit-server as IOInfo.CreateEgress (once,
 first) and IOInfo.UpdateEgress (ACTIVE, ENDING, then the terminal status), which is
 what turns into the egress_started / egress_updated / egress_ended webhooks.
-Jobs run in this process for now; one process per job comes with the fleet work.
+Each job runs in its own process (lkmedia.service.supervisor); this process alone talks
+to Redis. Once a second it measures every job's CPU and memory: admission counts what
+they really use, the kill policy drains then kills a job over its limits, and
+calibration learns what each request type costs here (lkmedia.service.monitor).
 """
 from __future__ import annotations
 
@@ -22,16 +25,19 @@ from livekit.protocol import egress as lk
 
 from ..egress.config import egress_config
 from ..egress.errors import EgressError
+from ..egress.ipc import pack
 from ..egress.job import EgressJob, read_recovery
 from ..rpc import RedisBus, RequestContext, RpcError
 from ..rpc.egress import EgressHandlerServer, EgressInternalServer, IOInfoClient
 from ..rpc.messages import StartEgressRequest, unpack_start_egress
-from ..storage.factory import StorageSettings, settings_from_yaml
-from .admission import Admission, AdmissionError
+from ..storage.factory import settings_from_yaml
+from .admission import GB, Admission, AdmissionError, ProcSampler, Sample
 from .config import ServiceConfig
 from .health import HealthServer, request_json, status_body
 from .metrics import EgressMetrics, MetricsServer
+from .monitor import Action, Calibration, KillPolicy
 from .queue import QUEUE_AFFINITY, StartQueue, dedup_key
+from .supervisor import JobProcess, Spawner
 
 log = logging.getLogger("lkmedia.service")
 S = lk.EgressStatus
@@ -48,6 +54,7 @@ PUMP_EVERY = 0.25  # seconds between looks at the start queue (sooner when a job
 LEASE_TTL = 15.0  # a running egress whose worker has not renewed its lease this long is lost
 LEASE_EVERY = 3.0  # seconds between lease renewals (and looks for lost egresses)
 STOP_RACE = 10.0  # seconds after taking a queued request during which a relayed StopEgress is looked for
+MONITOR_EVERY = 1.0  # seconds between measurements of the jobs (the Go monitor's tick)
 
 
 class EgressService:
@@ -64,20 +71,28 @@ class EgressService:
         if r is None or not r.address:
             raise ValueError("redis.address is required: livekit-server reaches egress through Redis")
         self.bus = RedisBus(r.address, username=r.username or None, password=r.password or None, db=r.db)
-        self.admission = Admission(conf.cpu_cost)
+        self.calibration = Calibration(os.path.join(self.tmp_dir, "calibration.json") if conf.jobs.calibrate
+                                       else None)
+        self.admission = Admission(conf.cpu_cost,
+                                   learned=self.calibration.cost if conf.jobs.calibrate else None)
+        self.policy = KillPolicy(conf.cpu_cost, conf.jobs, self.admission.num_cpus)
+        self.spawner = Spawner(spare=conf.jobs.spare and not dispatcher)
         self.io = IOInfoClient(self.bus, create_timeout=float(conf.io_create_timeout) or 15.0,
                                update_timeout=float(conf.io_update_timeout) or 30.0)
         self.internal = EgressInternalServer(self.bus, start_egress=self._start_egress, affinity=self._affinity,
                                              list_active=lambda: list(self.jobs), cluster_id=conf.cluster_id)
-        self.jobs: dict[str, EgressJob] = {}
+        self.jobs: dict[str, JobProcess] = {}
         self._requests: dict[str, tuple[str, Any]] = {}
         self._handlers: dict[str, EgressHandlerServer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
-        self.storage = self._storage_settings()
+        self._storage_yaml = self._storage_dict()
+        self.storage = settings_from_yaml(self._storage_yaml)
         self.metrics = EgressMetrics(self.node_id, conf.cluster_id, is_idle=lambda: not self.jobs,
                                      can_accept=lambda: not self.shutting_down,
                                      is_disabled=lambda: not self.io.healthy, is_terminating=lambda: self.shutting_down)
+        for rtype, learned in self.calibration.learned.items():  # from earlier runs on this node
+            self.metrics.calibrated_cost(rtype, learned.cpu)
         self.health = HealthServer(conf.health_port, self._health) if conf.health_port else None
         self.prom = MetricsServer(self.metrics, conf.prometheus_port) if conf.prometheus_port else None
         q = conf.queue
@@ -91,14 +106,16 @@ class EgressService:
         self._closing = False
         self._lease_at = 0.0
         self._pump_task: asyncio.Task[None] | None = None
+        self._monitor_task: asyncio.Task[None] | None = None
 
-    def _storage_settings(self) -> StorageSettings:
+    def _storage_dict(self) -> dict[str, Any]:
+        """``storage:`` and ``backup:`` as YAML reads them: what a job process is given."""
         d: dict[str, Any] = {}
         for key in ("storage", "backup"):
             v = getattr(self.conf, key)
             if v is not None:
                 d[key] = {k: x for k, x in dataclasses.asdict(v).items() if x not in (None, "", {}, [])}
-        return settings_from_yaml(d)
+        return d
 
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -106,7 +123,9 @@ class EgressService:
         await self.bus.start()
         await self.io.start()
         if not self.dispatcher:
+            self.spawner.start()
             await self._recover_orphans()
+            self._monitor_task = asyncio.create_task(self._monitor(), name="job-monitor")
         await self.internal.start()
         for srv in (self.health, self.prom):
             if srv is not None:
@@ -174,14 +193,22 @@ class EgressService:
             await job.stop("shutdown")
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=drain_timeout)
+        for job in list(self.jobs.values()):  # finalising took too long: what they wrote is recovered
+            log.error("egress %s: not finished %g s after its stop: SIGKILL", job.info.egress_id, drain_timeout)
+            job.result = job.result or "killed_shutdown"
+            job.signal(signal.SIGKILL)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=30)
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._closing = True
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            await asyncio.gather(self._pump_task, return_exceptions=True)
-            self._pump_task = None
+        for task in (self._pump_task, self._monitor_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._pump_task = self._monitor_task = None
+        await self.spawner.close()
         for handler in list(self._queued.values()):
             await handler.close()
         self._queued.clear()
@@ -260,16 +287,18 @@ class EgressService:
         else:
             info = queued
             info.status, info.details, info.updated_at = S.EGRESS_STARTING, "", time.time_ns()
-        job = self._new_job(req, cfg, info)
+        record = self._new_job(req, cfg, info)  # the job's files and recovery record, kept here
         try:
             if queued is None:
                 await self.io.create_egress(info)
             else:
                 await self.io.update_egress(lk.EgressInfo.FromString(info.SerializeToString()))
-        except RpcError:
+            job = await self.spawner.take()
+        except (RpcError, OSError):
             self.admission.ended(req.egress_id)
             raise
-        job.write_recovery(req.SerializeToString(), self.node_id)
+        job.info = info
+        record.write_recovery(req.SerializeToString(), self.node_id)
         if self.queue is not None:
             await self.queue.save_info(info)
             await self.queue.hold([req.egress_id], LEASE_TTL)
@@ -285,7 +314,8 @@ class EgressService:
         request_type = "media" if kind == "egress" else kind
         self.metrics.request_started(request_type)
         self.admission.started(req.egress_id)
-        task = asyncio.get_running_loop().create_task(self._supervise(job, request_type))
+        task = asyncio.get_running_loop().create_task(self._supervise(job, record, req, request_type),
+                                                      name=f"egress:{req.egress_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return lk.EgressInfo.FromString(info.SerializeToString())
@@ -309,10 +339,26 @@ class EgressService:
         set_ = [v for v in values if v > 0]
         return min(set_) if set_ else 0.0
 
-    async def _supervise(self, job: EgressJob, kind: str) -> None:
-        egress_id = job.cfg.egress_id
+    async def _supervise(self, job: JobProcess, record: EgressJob, req: StartEgressRequest, kind: str) -> None:
+        """Run the job in its process until the process exits. A process that ended
+        without a final status (crashed, killed) is reported from what it wrote."""
+        egress_id = req.egress_id
+        root = logging.getLogger()
+        start = {"request": pack(req.SerializeToString()), "ws_url": req.ws_url or self.conf.ws_url,
+                 "api_key": self.conf.api_key, "api_secret": self.conf.api_secret, "tmp_dir": self.tmp_dir,
+                 "storage": self._storage_yaml, "max_duration": self._limit_for(record.cfg),
+                 "log_level": logging.getLevelName(root.getEffectiveLevel()).lower(),
+                 "json_log": any(type(h.formatter).__name__ == "JsonFormatter" for h in root.handlers)}
         try:
-            await job.start()
+            code = await job.run(start, record.info, self._update)
+            if job.info.status not in TERMINAL:
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                cause = job.kill_error or f"the egress process {how} before it finished"
+                log.error("egress %s: %s: reporting what it wrote", egress_id, cause)
+                job.result = job.result or "process_error"
+                record.info = lk.EgressInfo.FromString(job.info.SerializeToString())
+                job.info = await record.recover(cause)
+                await self._update(job.info)
         except Exception:
             log.exception("egress %s: job crashed", egress_id)
             if job.info.status not in TERMINAL:
@@ -326,7 +372,14 @@ class EgressService:
                 await handler.close()
             self.jobs.pop(egress_id, None)
             self._requests.pop(egress_id, None)
-            self.admission.ended(egress_id)
+            usage = self.admission.job_stats(egress_id)
+            stats = self.admission.ended(egress_id)
+            if usage is not None:
+                learned = self.calibration.learn(usage[0], stats.avg_cpu, stats.samples)
+                if learned is not None:
+                    self.metrics.calibrated_cost(usage[0], learned)
+                log.info("egress %s: used %.2f CPUs on average (at most %.2f), at most %.0f MB", egress_id,
+                         stats.avg_cpu, stats.max_cpu, stats.max_memory / 2**20)
             if self.queue is not None:
                 try:
                     await self.queue.release(egress_id)
@@ -334,8 +387,8 @@ class EgressService:
                     log.warning("egress %s: could not release its lease: %s", egress_id, e)
             self._pump_wake.set()  # room for the next queued request
             self.metrics.request_ended(kind)
-            self.metrics.handler_result(kind, RESULTS.get(job.info.status, "process_error"))
-            job.cleanup()
+            self.metrics.handler_result(kind, job.result or RESULTS.get(job.info.status, "process_error"))
+            record.cleanup()
 
     async def _update(self, info: lk.EgressInfo) -> None:
         copy = lk.EgressInfo.FromString(info.SerializeToString())
@@ -403,7 +456,8 @@ class EgressService:
         if current is None or current.status != S.EGRESS_STARTING or not current.details.startswith("queued"):
             return  # taken meanwhile: its runner reports now
         current.details, current.updated_at = info.details, time.time_ns()
-        await self._update(current)
+        if await self.queue.save_info_if_queued(current):  # else just taken: its worker reports
+            await self.io.update_egress(current)
 
     async def _end_queued(self, egress_id: str, status: int, error: str = "", details: str = "") -> lk.EgressInfo:
         assert self.queue is not None
@@ -537,6 +591,50 @@ class EgressService:
         info.ended_at = info.updated_at = time.time_ns()
         await self._update(info)
 
+    # -- measurements: admission, the kill policy, calibration ----------------------
+    async def _monitor(self) -> None:
+        sampler = ProcSampler()
+        while not self._closing:
+            await asyncio.sleep(MONITOR_EVERY)
+            pids = {eid: job.pid for eid, job in self.jobs.items()}
+            try:
+                sample = await asyncio.to_thread(sampler.sample, pids)
+                self._measured(sample)
+                for action in self.policy.observe(sample, self.admission.allowed_cpu()):
+                    await self._enforce(action)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a measurement must never take the service down
+                log.exception("job monitor")
+
+    def _measured(self, sample: Sample) -> None:
+        memory = sample.rss_bytes
+        if self.conf.cpu_cost.memory_source == "cgroup" and sample.cgroup_bytes is not None:
+            memory = sample.cgroup_bytes
+        self.admission.record_usage(sample.cpu, memory_gb=memory / GB, memory_by_job=sample.memory_by_job)
+        m = self.metrics
+        m.cpu_load.set(sample.node_load)
+        m.proc_rss_bytes.set(sample.rss_bytes)
+        m.cgroup_read_success.set(0 if sample.cgroup_bytes is None else 1)
+        if sample.cgroup_bytes is not None:
+            m.cgroup_memory_bytes.set(sample.cgroup_bytes)
+        total, available, _, _ = self.admission.cpu_usage()
+        m.load_ratio("cpu", (total * self.conf.cpu_cost.max_cpu_utilization - available)
+                     / (total * self.conf.cpu_cost.max_cpu_utilization))
+        if self.conf.cpu_cost.max_memory > 0:
+            m.load_ratio("memory", memory / GB / self.conf.cpu_cost.max_memory)
+        m.job_usage(self.admission.request_types(), self.admission.allowed_cpu(), sample.cpu, sample.memory_by_job)
+
+    async def _enforce(self, action: Action) -> None:
+        job = self.jobs.get(action.egress_id)
+        if job is None:
+            return
+        if action.kind == "stop":
+            job.result = job.result or action.result
+            await job.stop(action.message)
+        else:
+            job.kill(action.message, action.result, float(self.conf.jobs.kill_timeout))
+
     # -- EgressHandler -------------------------------------------------------------
     async def _stop_egress(self, req: lk.StopEgressRequest, ctx: RequestContext) -> lk.EgressInfo:
         job = self.jobs.get(req.egress_id)
@@ -549,7 +647,7 @@ class EgressService:
         if job is None:
             raise RpcError("not_found", "egress not found")
         try:
-            info = job.update_stream(list(req.add_output_urls), list(req.remove_output_urls))
+            info = await job.update_stream(list(req.add_output_urls), list(req.remove_output_urls))
         except (EgressError, ValueError) as e:
             raise RpcError(getattr(e, "code", "invalid_argument"), str(e)) from None
         await self._update(info)

@@ -33,9 +33,9 @@ async def test_sigkill_mid_recording_keeps_the_partial_output(
                     room_name=room_name, identity="pub", advanced=SMALL,
                     file_outputs=[lk.EncodedFileOutput(filepath=f"crash-{i}.mp4")]))
                 ids.append(info.egress_id)
-            for eid in ids:
-                await wait_egress(lkapi, eid, {S.EGRESS_ACTIVE}, 30)
-            t_active = time.monotonic()
+            # Each is timed from its own ACTIVE as its service stamped it (not as polling saw it).
+            actives = [await wait_egress(lkapi, eid, {S.EGRESS_ACTIVE}, 30) for eid in ids]
+            t_active, t_active_other = (time.monotonic() - (time.time() - a.updated_at / 1e9) for a in actives)
             victim = w1 if (w1.egress_dir / ids[0]).is_dir() else w2
             other = w2 if victim is w1 else w1
             assert (victim.egress_dir / ids[0]).is_dir() and (other.egress_dir / ids[1]).is_dir()
@@ -56,7 +56,7 @@ async def test_sigkill_mid_recording_keeps_the_partial_output(
                     break
                 await asyncio.sleep(0.2)
             await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=ids[1]))
-            recorded = time.monotonic() - t_active
+            recorded = time.monotonic() - t_active_other
             kept = await wait_egress(lkapi, ids[1], {S.EGRESS_COMPLETE}, 60)
     finally:
         w1.stop()

@@ -65,8 +65,9 @@ async def test_forty_starts_against_room_for_four(livekit_stack: DevStack, publi
             ids = [first[u] for u in range(unique)]
             assert len(set(ids)) == unique
 
-            # Watch: when each leaves the queue, when it is ACTIVE; stop each 1.5 s after.
+            # Watch: when each leaves the queue, when it is ACTIVE; stop each 2.5 s after ACTIVE.
             launched: dict[str, float] = {}
+            active: dict[str, float] = {}
             stopped: set[str] = set()
             deadline = time.monotonic() + 240
             final: dict[str, lk.EgressInfo] = {}
@@ -80,8 +81,9 @@ async def test_forty_starts_against_room_for_four(livekit_stack: DevStack, publi
                         continue
                     if eid not in launched and not info.details.startswith("queued"):
                         launched[eid] = now
-                    if info.status == S.EGRESS_ACTIVE and eid not in stopped \
-                            and now - launched.get(eid, now) > 1.5:
+                    if info.status == S.EGRESS_ACTIVE:
+                        active.setdefault(eid, now)
+                    if eid in active and eid not in stopped and now - active[eid] > 2.5:
                         stopped.add(eid)
                         await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=eid))
                     if info.status in TERMINAL:
