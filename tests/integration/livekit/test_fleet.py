@@ -92,9 +92,11 @@ async def test_forty_starts_against_room_for_four(livekit_stack: DevStack, publi
     bad = {eid: (S.Name(i.status), i.error) for eid, i in final.items() if i.status != S.EGRESS_COMPLETE}
     assert not bad, bad
     # First in, first out: each egress left the queue no later than the ones asked for after it
-    # (0.3 s of slack for two workers taking heads in the same polling round).
+    # A worker can only ever take the head (queue._CLAIM); what this sees is each worker's
+    # status report, which arrives up to ~1 s late on this busy 2-core machine while job
+    # processes start: 1 s of slack.
     order = [launched[eid] for eid in ids]
-    late = [(k, ids[k]) for k in range(1, unique) if order[k] < max(order[:k]) - 0.3]
+    late = [(k, ids[k]) for k in range(1, unique) if order[k] < max(order[:k]) - 1.0]
     assert not late, late
     for info in final.values():
         p = probe(info.file_results[0].location)
