@@ -47,6 +47,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import peers
+from lkmedia.service.admission import process_tree
 
 RUNS = 3
 WIDTH, HEIGHT, FPS = 1280, 720, 30
@@ -59,29 +60,11 @@ _TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- measuring the service child ---------------------------------------------------------
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its live descendants: the service and its job processes."""
-    parents: dict[int, int] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                s = (d / "stat").read_text(encoding="ascii", errors="replace")
-            except OSError:
-                continue
-            parents[int(d.name)] = int(s[s.rindex(")") + 2:].split()[1])
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo.extend(c for c, pp in parents.items() if pp == p)
-    return tree
-
-
 def proc_cpu(pid: int) -> float:
     """user + sys seconds of ``pid`` and its descendants (every job runs in its own
     process), all their threads, and the children they have reaped."""
     total = 0.0
-    for p in _tree(pid):
+    for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/stat", encoding="ascii") as f:
                 s = f.read()
@@ -96,7 +79,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
     """user + sys seconds per thread name (comm) of the live threads of ``pid`` and its
     descendants; a process's main thread (its event loop) is ``<comm> (main)``."""
     out: dict[str, float] = {}
-    for p in _tree(pid):
+    for p in process_tree(pid):
         try:
             tasks = list(Path(f"/proc/{p}/task").iterdir())
         except OSError:

@@ -322,6 +322,13 @@ class Sample:
     cgroup_bytes: int | None  # cgroup working set, None if unreadable
     node_load: float  # 0..1 over all CPUs (livekit_node_cpu_load)
 
+    def node_memory(self, memory_source: str) -> int:
+        """The node's memory in bytes as ``cpu_cost.memory_source`` counts it: the cgroup's
+        working set when asked for and readable, else the processes' RSS."""
+        if memory_source == "cgroup" and self.cgroup_bytes is not None:
+            return self.cgroup_bytes
+        return self.rss_bytes
+
 
 class ProcSampler:
     """Per-job CPU and memory from /proc: a job is its process and all its descendants."""
@@ -382,6 +389,14 @@ def _read_procs() -> dict[int, tuple[int, int, int]]:
         rest = text[text.rfind(")") + 2:].split()  # the command name may contain spaces
         out[int(name)] = (int(rest[1]), int(rest[11]) + int(rest[12]), int(rest[21]))
     return out
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its live descendants (a job and the processes it started)."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in _read_procs().items():
+        children.setdefault(ppid, []).append(pid)
+    return _descendants(root, children)
 
 
 def _descendants(root: int, children: Mapping[int, list[int]]) -> list[int]:

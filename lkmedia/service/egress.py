@@ -608,9 +608,7 @@ class EgressService:
                 log.exception("job monitor")
 
     def _measured(self, sample: Sample) -> None:
-        memory = sample.rss_bytes
-        if self.conf.cpu_cost.memory_source == "cgroup" and sample.cgroup_bytes is not None:
-            memory = sample.cgroup_bytes
+        memory = sample.node_memory(self.conf.cpu_cost.memory_source)
         self.admission.record_usage(sample.cpu, memory_gb=memory / GB, memory_by_job=sample.memory_by_job)
         m = self.metrics
         m.cpu_load.set(sample.node_load)

@@ -135,9 +135,7 @@ class KillPolicy:
         limit = self.costs.max_memory
         if limit <= 0 or not sample.memory_by_job:
             return []
-        used = sample.rss_bytes
-        if self.costs.memory_source == "cgroup" and sample.cgroup_bytes is not None:
-            used = sample.cgroup_bytes
+        used = sample.node_memory(self.costs.memory_source)
         if used <= limit * GB:
             self._high_memory_since = None
             return []

@@ -77,7 +77,7 @@ class JobProcess:
                 t = msg.get("t")
                 if t == "update":
                     self.info = lk.EgressInfo.FromString(unpack(msg["info"]))
-                    await on_update(lk.EgressInfo.FromString(unpack(msg["info"])))
+                    await on_update(self.info)  # replaced, never changed in place, by later updates
                 elif t == "reply":
                     fut = self._replies.pop(int(msg.get("id") or 0), None)
                     if fut is not None and not fut.done():
