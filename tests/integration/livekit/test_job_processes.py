@@ -3,6 +3,7 @@
 * Every egress runs in its own process; killing one (SIGKILL) ends only that egress,
   FAILED with its partial recording, which plays; the other records on undisturbed and
   the service keeps serving. What the jobs used shows in the metrics and calibrates.
+* A job over its CPU limit is stopped: drained, COMPLETE (stopped_cpu).
 * A job over its memory limit is killed, its recording finalised and kept (killed_oom);
   one that does not answer the kill (stopped) gets SIGKILL and is recovered from its files.
 """
@@ -143,3 +144,26 @@ async def test_a_job_over_its_memory_limit_is_killed_and_its_recording_kept(
         assert decode_errors(f.location) == ""
         results = await _results(svc, 1)
         assert results == {"killed_oom": 1}, results
+
+
+async def test_a_job_over_its_cpu_limit_is_stopped_and_completes(
+        livekit_stack: DevStack, publisher: object, room_name: str, tmp_path: Path) -> None:
+    """A job above jobs.max_cpu for 10 samples is stopped the Go way: drained, every
+    output finalised, COMPLETE, counted as stopped_cpu (the node-wide rule, which needs
+    the machine saturated, is covered on synthetic samples in tests/unit/test_monitor.py)."""
+    extra = THREE_JOBS + "jobs:\n  max_cpu: 0.01\n"
+    async with egress_service(livekit_stack, tmp_path, extra) as svc, livekit_stack.api() as lkapi:
+        info = await lkapi.egress.start_participant_egress(_request(room_name, "hog"))
+        await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE}, 30)
+        t_active = time.monotonic()
+        done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_FAILED, S.EGRESS_COMPLETE}, 40)
+        ran = time.monotonic() - t_active
+        assert done.status == S.EGRESS_COMPLETE, done.error
+        assert "CPU" in done.details, done.details
+        assert 7.0 <= ran <= 25.0, ran  # 10 samples over the limit (from the process start), then the drain
+        (f,) = done.file_results
+        p = probe(f.location)
+        assert p.has("video") and p.has("audio") and p.duration is not None and p.duration >= ran - 3.0, (p, ran)
+        assert decode_errors(f.location) == ""
+        results = await _results(svc, 1)
+        assert results == {"stopped_cpu": 1}, results
