@@ -168,21 +168,42 @@ class JobProcess:
 
 
 class Spawner:
-    """Job processes on demand, one kept started ahead (``spare``)."""
+    """Job processes on demand, one kept started ahead (``spare``).
 
-    def __init__(self, spare: bool = True) -> None:
+    The spare that replaces a taken one starts ``refill_delay`` seconds later, so that its
+    imports (about a CPU second) do not compete with the job that is starting; a start
+    that comes within that delay spawns at once."""
+
+    def __init__(self, spare: bool = True, refill_delay: float = 3.0,
+                 spawn: Callable[[], Awaitable[JobProcess]] | None = None) -> None:
         self.spare = spare
+        self.refill_delay = refill_delay
+        self._spawn = spawn or JobProcess.spawn
         self._next: asyncio.Task[JobProcess] | None = None
+        self._waiting = False  # the next spare is still in its refill delay
 
-    def _prepare(self) -> None:
+    def _prepare(self, delay: float = 0.0) -> None:
         if self.spare and self._next is None:
-            self._next = asyncio.get_running_loop().create_task(JobProcess.spawn(), name="spare-job-process")
+            self._waiting = delay > 0
+            self._next = asyncio.get_running_loop().create_task(self._spawn_after(delay), name="spare-job-process")
+
+    async def _spawn_after(self, delay: float) -> JobProcess:
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+        finally:
+            self._waiting = False
+        return await self._spawn()
 
     def start(self) -> None:
         self._prepare()
 
     async def take(self) -> JobProcess:
         nxt, self._next = self._next, None
+        if nxt is not None and self._waiting:  # not started yet: no point waiting for the delay
+            nxt.cancel()
+            await asyncio.gather(nxt, return_exceptions=True)
+            nxt, self._waiting = None, False
         proc: JobProcess | None = None
         if nxt is not None:
             try:
@@ -192,8 +213,8 @@ class Spawner:
             if proc is not None and not proc.alive:
                 proc = None
         if proc is None:
-            proc = await JobProcess.spawn()
-        self._prepare()
+            proc = await self._spawn()
+        self._prepare(self.refill_delay)
         return proc
 
     async def close(self) -> None:
