@@ -55,7 +55,7 @@ async def test_participant_egress_records_an_mp4_through_the_real_api(
         raw = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read())
         health = json.loads(raw)
         assert "CpuLoad" in health and info.egress_id in health
-        await asyncio.sleep(5)
+        await asyncio.sleep(6)  # ≥ 3 flash/beep pairs even if the first video frame comes 2 s late
         stopped = await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
         t_stop = time.monotonic()
         assert stopped.status in (S.EGRESS_ENDING, S.EGRESS_ACTIVE)
@@ -256,7 +256,7 @@ async def test_participant_egress_to_mp4_hls_and_rtmp_at_once(
             file_outputs=[lk.EncodedFileOutput(filepath="multi/out.mp4")],
             segment_outputs=[lk.SegmentedFileOutput(filename_prefix="multi/hls/seg", playlist_name="index.m3u8",
                                                     segment_duration=2)],
-            stream_outputs=[lk.StreamOutput(protocol=lk.StreamProtocol.RTMP, urls=[url])])), 6)
+            stream_outputs=[lk.StreamOutput(protocol=lk.StreamProtocol.RTMP, urls=[url])])), 7)
     mp4 = probe(done.file_results[0].location)
     (seg,) = done.segment_results
     hls = probe(seg.playlist_location)
