@@ -167,3 +167,4 @@ async def test_a_job_over_its_cpu_limit_is_stopped_and_completes(
         assert decode_errors(f.location) == ""
         results = await _results(svc, 1)
         assert results == {"stopped_cpu": 1}, results
+        print(f"over jobs.max_cpu: COMPLETE {ran:.1f} s after ACTIVE, MP4 {p.duration:.2f} s; {done.details}")
