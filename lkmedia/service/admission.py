@@ -70,6 +70,7 @@ class JobStats:
     max_cpu: float
     max_memory: int
     samples: int = 0
+    request_type: str = ""  # "" for a job admission never held
 
 
 def unwrap(request: Any) -> tuple[Any, float]:
@@ -234,14 +235,6 @@ class Admission:
     def request_types(self) -> dict[str, str]:
         return {eid: job.costs.request_type for eid, job in self._jobs.items()}
 
-    def job_stats(self, egress_id: str) -> tuple[str, JobStats] | None:
-        """A running job's request type and CPU / memory so far."""
-        job = self._jobs.get(egress_id)
-        if job is None:
-            return None
-        avg = job.total_cpu / job.samples if job.samples else 0.0
-        return job.costs.request_type, JobStats(avg, job.max_cpu, job.max_memory)
-
     def affinity(self, request: Any, *, disabled: bool = False, estimated_cpu: float | None = None) -> float:
         """StartEgress affinity: -1 refuse, 0.5 idle, 1 busy with room to spare."""
         if disabled or not self.check(request, estimated_cpu).accept:
@@ -289,11 +282,13 @@ class Admission:
             self.memory_gb = memory_gb
 
     def ended(self, egress_id: str) -> JobStats:
-        """The job is gone (ended or aborted); returns its CPU and memory for the logs."""
+        """The job is gone (ended or aborted); returns its type, CPU and memory (for the
+        logs and calibration)."""
         job = self._jobs.pop(egress_id, None)
-        if job is None or job.samples == 0:
-            return JobStats(0.0, job.max_cpu if job else 0.0, job.max_memory if job else 0)
-        return JobStats(job.total_cpu / job.samples, job.max_cpu, job.max_memory, job.samples)
+        if job is None:
+            return JobStats(0.0, 0.0, 0)
+        avg = job.total_cpu / job.samples if job.samples else 0.0
+        return JobStats(avg, job.max_cpu, job.max_memory, job.samples, job.costs.request_type)
 
 
 def cpu_count() -> float:

@@ -372,12 +372,11 @@ class EgressService:
                 await handler.close()
             self.jobs.pop(egress_id, None)
             self._requests.pop(egress_id, None)
-            usage = self.admission.job_stats(egress_id)
             stats = self.admission.ended(egress_id)
-            if usage is not None:
-                learned = self.calibration.learn(usage[0], stats.avg_cpu, stats.samples)
+            if stats.request_type:
+                learned = self.calibration.learn(stats.request_type, stats.avg_cpu, stats.samples)
                 if learned is not None:
-                    self.metrics.calibrated_cost(usage[0], learned)
+                    self.metrics.calibrated_cost(stats.request_type, learned)
                 log.info("egress %s: used %.2f CPUs on average (at most %.2f), at most %.0f MB", egress_id,
                          stats.avg_cpu, stats.max_cpu, stats.max_memory / 2**20)
             if self.queue is not None:

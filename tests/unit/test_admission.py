@@ -122,6 +122,8 @@ def test_reservation_held_15s_then_measured_cpu() -> None:
     a.record_usage({"EG_1": 1.0})
     stats = a.ended("EG_1")
     assert stats.max_cpu == 2.5 and stats.avg_cpu == pytest.approx((0.6 + 2.5 + 1.0) / 3)
+    assert stats.samples == 3 and stats.request_type == "participant"
+    assert a.ended("EG_1").request_type == ""  # no longer held
 
 
 def test_memory_rule_only_with_max_memory() -> None:
