@@ -31,6 +31,7 @@ log = logging.getLogger("lkmedia.service.monitor")
 KILL_THRESHOLD = 0.95  # Go defaultKillThreshold
 HIGH_SAMPLES = 10  # Go minKillDuration: samples above the threshold before a stop
 CALM_SAMPLES = 5  # Go lowCPUResetDuration: samples below it that forget the high ones
+NODE = ""  # the node's own key among the per-egress memory timers
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,7 @@ class KillPolicy:
         self._clock = clock
         self._node = _CpuWatch()
         self._per_job: dict[str, _CpuWatch] = {}
-        self._high_memory_since: float | None = None
-        self._job_memory_since: dict[str, float] = {}
+        self._memory_since: dict[str, float] = {}  # NODE or an egress id -> over its limit since
         self._killed: set[str] = set()
 
     def observe(self, sample: Sample, allowed: Mapping[str, float]) -> list[Action]:
@@ -67,8 +67,8 @@ class KillPolicy:
         for gone in set(self._per_job) - running:
             del self._per_job[gone]
         self._killed &= running
-        for gone in set(self._job_memory_since) - running:
-            del self._job_memory_since[gone]
+        for gone in set(self._memory_since) - running - {NODE}:
+            del self._memory_since[gone]
         actions = self._node_cpu(sample, allowed, now) + self._job_cpu(sample, now)
         actions += self._node_memory(sample, now) + self._job_memory(sample, now)
         out, seen = [], set()
@@ -136,18 +136,24 @@ class KillPolicy:
         if limit <= 0 or not sample.memory_by_job:
             return []
         used = sample.node_memory(self.costs.memory_source)
-        if used <= limit * GB:
-            self._high_memory_since = None
+        if not self._over_for_grace(NODE, used > limit * GB, now):
             return []
-        if self._high_memory_since is None:
-            self._high_memory_since = now
-        if now - self._high_memory_since < self.costs.memory_kill_grace_sec:
-            return []
-        self._high_memory_since = None
         victim = max(sample.memory_by_job, key=lambda e: (e not in self._killed, sample.memory_by_job[e]))
         log.warning("node memory %.2f GB over max_memory %g GB: killing egress %s (%.2f GB)", used / GB, limit,
                     victim, sample.memory_by_job[victim] / GB)
         return [Action(victim, "kill", "killed_oom", f"OOM: {used / GB:.2f} GB used")]
+
+    def _over_for_grace(self, key: str, over: bool, now: float) -> bool:
+        """True once ``key`` (NODE or an egress) has been over its memory limit for
+        ``memory_kill_grace_sec``; then its count starts over."""
+        if not over:
+            self._memory_since.pop(key, None)
+            return False
+        since = self._memory_since.setdefault(key, now)
+        if now - since < self.costs.memory_kill_grace_sec:
+            return False
+        del self._memory_since[key]
+        return True
 
     def _job_memory(self, sample: Sample, now: float) -> list[Action]:
         cap = self.jobs.max_memory
@@ -155,13 +161,7 @@ class KillPolicy:
             return []
         out = []
         for eid, used in sample.memory_by_job.items():
-            if eid in self._killed:
-                continue
-            if used <= cap * GB:
-                self._job_memory_since.pop(eid, None)
-                continue
-            since = self._job_memory_since.setdefault(eid, now)
-            if now - since >= self.costs.memory_kill_grace_sec:
+            if eid not in self._killed and self._over_for_grace(eid, used > cap * GB, now):
                 log.warning("egress %s: %.2f GB, over jobs.max_memory %g GB: killing it", eid, used / GB, cap)
                 out.append(Action(eid, "kill", "killed_oom",
                                   f"OOM: {used / GB:.2f} GB used, over the job limit of {cap:g} GB"))
