@@ -180,30 +180,21 @@ class Spawner:
         self.refill_delay = refill_delay
         self._spawn = spawn or JobProcess.spawn
         self._next: asyncio.Task[JobProcess] | None = None
-        self._waiting = False  # the next spare is still in its refill delay
+        self._refill: asyncio.TimerHandle | None = None  # the next spare, not started yet
 
-    def _prepare(self, delay: float = 0.0) -> None:
+    def _prepare(self) -> None:
+        self._refill = None
         if self.spare and self._next is None:
-            self._waiting = delay > 0
-            self._next = asyncio.get_running_loop().create_task(self._spawn_after(delay), name="spare-job-process")
-
-    async def _spawn_after(self, delay: float) -> JobProcess:
-        try:
-            if delay > 0:
-                await asyncio.sleep(delay)
-        finally:
-            self._waiting = False
-        return await self._spawn()
+            self._next = asyncio.get_running_loop().create_task(self._spawn(), name="spare-job-process")
 
     def start(self) -> None:
         self._prepare()
 
     async def take(self) -> JobProcess:
+        if self._refill is not None:  # a start within the refill delay: no spare to wait for
+            self._refill.cancel()
+            self._refill = None
         nxt, self._next = self._next, None
-        if nxt is not None and self._waiting:  # not started yet: no point waiting for the delay
-            nxt.cancel()
-            await asyncio.gather(nxt, return_exceptions=True)
-            nxt, self._waiting = None, False
         proc: JobProcess | None = None
         if nxt is not None:
             try:
@@ -214,10 +205,14 @@ class Spawner:
                 proc = None
         if proc is None:
             proc = await self._spawn()
-        self._prepare(self.refill_delay)
+        if self.spare and self._refill is None and self._next is None:  # (one refill for concurrent takes)
+            self._refill = asyncio.get_running_loop().call_later(self.refill_delay, self._prepare)
         return proc
 
     async def close(self) -> None:
+        if self._refill is not None:
+            self._refill.cancel()
+            self._refill = None
         nxt, self._next = self._next, None
         if nxt is None:
             return

@@ -85,3 +85,15 @@ async def test_a_dead_spare_is_replaced_and_no_spare_means_on_demand() -> None:
     await asyncio.sleep(0.05)
     assert len(spawns.made) == before + 1
     await none.close()
+
+
+async def test_concurrent_starts_schedule_one_refill() -> None:
+    spawns = Spawns()
+    sp = Spawner(refill_delay=0.1, spawn=spawns)  # type: ignore[arg-type]
+    sp.start()
+    a, b = await asyncio.gather(sp.take(), sp.take())
+    assert a is not b and len(spawns.made) == 2
+    await asyncio.sleep(0.3)
+    assert len(spawns.made) == 3  # one spare, not one per start
+    await sp.close()
+    assert spawns.made[-1].closed
