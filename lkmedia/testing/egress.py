@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from livekit import api
@@ -19,6 +20,14 @@ TERMINAL = {S.EGRESS_COMPLETE, S.EGRESS_FAILED, S.EGRESS_ABORTED, S.EGRESS_LIMIT
 
 class EgressEnded(RuntimeError):
     """The egress reached a final status other than the ones waited for."""
+
+
+def metric_value(text: str, name: str, match: Callable[[str], bool] = lambda _: True) -> float | None:
+    """The first sample of ``name`` in Prometheus text whose line ``match`` accepts."""
+    for line in text.splitlines():
+        if (line.startswith(name + "{") or line.startswith(name + " ")) and match(line):
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 def service_config_body(stack: object, extra: str = "") -> str:
@@ -92,10 +101,7 @@ class EgressServiceProcess:
     def metric(self, name: str) -> float | None:
         """A value from its Prometheus endpoint (the first sample of ``name``)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.prometheus_port}/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith(name + "{") or line.startswith(name + " "):
-                    return float(line.rsplit(" ", 1)[1])
-        return None
+            return metric_value(r.read().decode(), name)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,7 +26,7 @@ from livekit.protocol import egress as lk
 from lkmedia.service.config import parse_config
 from lkmedia.service.egress import EgressService
 from lkmedia.testing.devstack import DevStack
-from lkmedia.testing.egress import service_config_body, wait_egress
+from lkmedia.testing.egress import metric_value, service_config_body, wait_egress
 from lkmedia.testing.probe import decode_errors, probe
 
 S = lk.EgressStatus
@@ -67,10 +69,7 @@ def _results_now(svc: EgressService) -> dict[str, float]:
 
 
 def _metric(svc: EgressService, name: str, match: Callable[[str], bool] = lambda _: True) -> float | None:
-    for line in svc.metrics.render().decode().splitlines():
-        if line.startswith(name + "{") and match(line):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+    return metric_value(svc.metrics.render().decode(), name, match)
 
 
 async def test_each_job_has_its_own_process_and_a_crash_ends_only_that_job(
@@ -176,9 +175,6 @@ async def test_a_saturated_node_stops_the_job_furthest_over_its_cost(
     stops one job (drained, COMPLETE, stopped_cpu) and only one; the other records on.
     Two ``nice 19`` busy loops take every idle cycle, so the node reads ~100 % while the
     jobs and livekit-server keep their share; costs of 0.01 put both jobs over theirs."""
-    import subprocess
-    import sys
-
     extra = "cpu_cost:\n  participant_cpu_cost: 0.01\n"
     async with egress_service(livekit_stack, tmp_path, extra) as svc, livekit_stack.api() as lkapi:
         a = await lkapi.egress.start_participant_egress(_request(room_name, "one"))
