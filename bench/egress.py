@@ -38,7 +38,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import peers
-from lkmedia.service.admission import process_tree
+from lkmedia.worker.sampler import process_tree
 
 RUNS = 3
 WIDTH, HEIGHT, FPS = 1280, 720, 30
@@ -390,7 +389,7 @@ def _audio_params(path: str) -> tuple[int, int]:
 # -- the benchmark -----------------------------------------------------------------------
 def bench_egress(ctx: Any, row: Callable[..., Any]) -> list[Any]:
     """Rows for bench/run.py (``row`` is its Row class)."""
-    from lkmedia.testing.devstack import DevStack, StackError, free_port
+    from lkmedia.dev.stack import DevStack, StackError, free_port
 
     try:
         DevStack.check_installed()
@@ -405,7 +404,6 @@ def bench_egress(ctx: Any, row: Callable[..., Any]) -> list[Any]:
     work.mkdir(exist_ok=True)
     stack = DevStack(workdir=work / "stack")
     publisher = svc = None
-    warnings.filterwarnings("ignore", message="The HMAC key is")  # livekit-server's dev secret is short
     try:
         stack.start()
         token = stack.token(IDENTITY, ROOM)
@@ -554,7 +552,7 @@ def _m(m: peers.Measurement) -> dict[str, Any]:
 
 def _probe_dict(path: str) -> dict[str, Any]:
     try:
-        from lkmedia.testing.probe import probe
+        from lkmedia.probe import probe
         p = probe(path)
     except Exception as e:  # noqa: BLE001 - reported in the results, not fatal
         return {"error": str(e)}
@@ -587,7 +585,7 @@ class LoopedVideo:
 
 
 async def _publish(url: str, room: str, video_file: str | None) -> None:
-    from lkmedia.testing.publisher import SyntheticPublisher
+    from lkmedia.dev.publisher import SyntheticPublisher
 
     token = os.environ.pop("LKM_BENCH_TOKEN")
     stop = asyncio.Event()

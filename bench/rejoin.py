@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,12 @@ RUNS = 20  # drops measured (about 9 s each)
 
 async def _one(stack: Any, work: Path, i: int) -> dict[str, float]:
     from lkmedia.core import Graph
+    from lkmedia.dev.publisher import PublisherProcess
     from lkmedia.nodes.audio_mix import AudioMixer
     from lkmedia.nodes.convert import FpsConverter
     from lkmedia.nodes.encode import AudioEncoder, VideoEncoder
     from lkmedia.sinks.file import FileSink
     from lkmedia.sources.livekit import TrackSource
-    from lkmedia.testing.publisher import PublisherProcess
 
     room = f"rejoin-{i}"
     async with PublisherProcess(stack.url, stack.token("pub", room)) as pub:
@@ -56,7 +55,7 @@ async def _one(stack: Any, work: Path, i: int) -> dict[str, float]:
 
 def bench_rejoin(ctx: Any, row: Callable[..., Any]) -> list[Any]:
     """Rows for bench/run.py (``row`` is its Row class)."""
-    from lkmedia.testing.devstack import DevStack, StackError
+    from lkmedia.dev.stack import DevStack, StackError
 
     try:
         DevStack.check_installed()
@@ -64,7 +63,6 @@ def bench_rejoin(ctx: Any, row: Callable[..., Any]) -> list[Any]:
         return [row("rejoin", "", "", status=f"skipped: {e}")]
     work = ctx.work / "rejoin"
     work.mkdir(exist_ok=True)
-    warnings.filterwarnings("ignore", message="The HMAC key is")
     results: list[dict[str, float]] = []
 
     async def all_runs(stack: Any) -> None:

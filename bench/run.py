@@ -125,7 +125,7 @@ def bench_overhead(ctx: Ctx) -> list[Row]:
 def _probe(path: Path) -> dict[str, Any]:
     """Streams, duration and frame counts of an output (to show both sides made the same)."""
     try:
-        from lkmedia.testing.probe import probe
+        from lkmedia.probe import probe
         p = probe(str(path))
     except Exception as e:  # noqa: BLE001 - reported in the results, not fatal
         return {"error": str(e)}
@@ -332,8 +332,8 @@ BENCHMARKS: dict[str, tuple[Callable[[Ctx], list[Row]], tuple[str, ...]]] = {
     "mix": (bench_mix, ("lkmedia.nodes.audio_mix",)),
     "overhead": (bench_overhead, ("lkmedia.core",)),
     "tee": (bench_tee, ("lkmedia.sources.file", "lkmedia.sinks.file", "lkmedia.sinks.segments")),
-    "egress": (bench_egress, ("lkmedia.service.egress", "lkmedia.testing.devstack", "livekit.api")),
-    "rejoin": (bench_rejoin, ("lkmedia.sources.livekit", "lkmedia.testing.publisher")),
+    "egress": (bench_egress, ("lkmedia.service.egress", "lkmedia.dev.stack", "livekit.api")),
+    "rejoin": (bench_rejoin, ("lkmedia.sources.livekit", "lkmedia.dev.publisher")),
 }
 
 

@@ -225,6 +225,47 @@ def _tone(freq: float, seconds: float, rate: int = 48_000, frame: int = 960) -> 
     return out
 
 
+class Steps:
+    """Awaits a coroutine, adding the thread CPU of each of its steps to ``acc``."""
+
+    def __init__(self, coro: Any, acc: dict[str, float]) -> None:
+        self.coro, self.acc = coro, acc
+
+    def __await__(self) -> Any:
+        coro, acc, tt = self.coro, self.acc, time.thread_time
+        value: Any = None
+        exc: BaseException | None = None
+        while True:
+            t0 = tt()
+            try:
+                step = coro.throw(exc) if exc is not None else coro.send(value)
+            except StopIteration as e:
+                return e.value
+            finally:
+                acc["cpu"] += tt() - t0
+            try:
+                value, exc = (yield step), None
+            except BaseException as e:  # noqa: BLE001 - handed to the coroutine
+                value, exc = None, e
+
+def timed(node: Any, acc: dict[str, float]) -> None:
+    run, offload = node.run, node.offload
+
+    async def timed_run() -> None:
+        await Steps(run(), acc)
+
+    async def timed_offload(fn: Callable[..., Any], *a: Any) -> Any:
+        def call(*a: Any) -> Any:  # on the node's thread: not in its coroutine's steps
+            c0 = time.thread_time()
+            try:
+                return fn(*a)
+            finally:
+                acc["cpu"] += time.thread_time() - c0
+        return await offload(call, *a)
+
+    node.run, node.offload = timed_run, timed_offload
+
+
 def mix(args: argparse.Namespace) -> None:
     """run_cpu: the whole graph (16 replaying sources + mixer + sink). mixer_cpu: the
     mixer's own work, timed where it runs (its coroutine steps on the loop thread plus
@@ -234,46 +275,6 @@ def mix(args: argparse.Namespace) -> None:
     takes all 16 x N frames, so subtracting it credits the mixer with that sink's work."""
     caps = Caps("audio", sample_rate=48_000, layout="stereo", sample_fmt="s16")
     tones = [_tone(220.0 * (k + 1), args.seconds) for k in range(4)]  # shared, never mutated
-
-    class Steps:
-        """Awaits a coroutine, adding the thread CPU of each of its steps to ``acc``."""
-
-        def __init__(self, coro: Any, acc: dict[str, float]) -> None:
-            self.coro, self.acc = coro, acc
-
-        def __await__(self) -> Any:
-            coro, acc, tt = self.coro, self.acc, time.thread_time
-            value: Any = None
-            exc: BaseException | None = None
-            while True:
-                t0 = tt()
-                try:
-                    step = coro.throw(exc) if exc is not None else coro.send(value)
-                except StopIteration as e:
-                    return e.value
-                finally:
-                    acc["cpu"] += tt() - t0
-                try:
-                    value, exc = (yield step), None
-                except BaseException as e:  # noqa: BLE001 - handed to the coroutine
-                    value, exc = None, e
-
-    def timed(node: Any, acc: dict[str, float]) -> None:
-        run, offload = node.run, node.offload
-
-        async def timed_run() -> None:
-            await Steps(run(), acc)
-
-        async def timed_offload(fn: Callable[..., Any], *a: Any) -> Any:
-            def call(*a: Any) -> Any:  # on the node's thread: not in its coroutine's steps
-                c0 = time.thread_time()
-                try:
-                    return fn(*a)
-                finally:
-                    acc["cpu"] += time.thread_time() - c0
-            return await offload(call, *a)
-
-        node.run, node.offload = timed_run, timed_offload
 
     def graph(with_mixer: bool, parts: dict[str, dict[str, float]] | None = None) -> tuple[Graph, Drain]:
         g = Graph()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -26,7 +27,8 @@ from typing import Any, NoReturn, TextIO
 from . import __version__
 from .core import Graph, GraphError, LkmediaError, NodeError, Source
 from .graphspec import GraphSpecError, LoadedGraph, graph_from_yaml, load_graph
-from .redact import redact_text
+from .logs import setup_logging
+from .redact import redact_text as redact
 
 log = logging.getLogger("lkmedia.cli")
 
@@ -35,56 +37,6 @@ EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 
 class UsageError(Exception):
     """Bad command-line input (exit 2)."""
-
-
-# -- logging ------------------------------------------------------------------
-_STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, the keys of the Go services' logging.json (zap)."""
-
-    def __init__(self, debug: bool = False) -> None:
-        super().__init__()
-        self.debug = debug
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "level": record.levelname.lower(), "ts": round(record.created, 3),
-            "logger": record.name, "msg": redact(record.getMessage()),
-        }
-        for k, v in vars(record).items():
-            if k not in _STD_ATTRS and not k.startswith("_"):
-                out[k] = v if isinstance(v, (int, float, bool, type(None))) else redact(str(v))
-        if self.debug:
-            out["caller"] = f"{record.pathname}:{record.lineno}"
-            if record.exc_info:
-                out["stacktrace"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
-class TextFormatter(logging.Formatter):
-    """Plain lines; the traceback only with --debug."""
-
-    def __init__(self, debug: bool = False) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-        self.debug = debug
-
-    def format(self, record: logging.LogRecord) -> str:
-        if not self.debug and (record.exc_info or record.exc_text):
-            record = logging.makeLogRecord({**vars(record), "exc_info": None, "exc_text": None})
-        return redact(super().format(record))
-
-
-def setup_logging(level: str, json_log: bool, debug: bool, stream: TextIO | None = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter(debug) if json_log else TextFormatter(debug))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel("DEBUG" if debug else level.upper())
-
-
-redact = redact_text
 
 
 # -- running a graph ------------------------------------------------------------
@@ -155,71 +107,88 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+class _Signals:
+    """SIGINT/SIGTERM while a graph runs: the first stops it, the second cancels it."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph, self.count, self.started = graph, 0, False
+        self.loop = asyncio.get_running_loop()
+        self.stopping: asyncio.Task[Any] | None = None
+        self.cancelling: asyncio.Task[Any] | None = None
+        self.installed: list[signal.Signals] = []
+
+    def stop(self, reason: str) -> None:
+        if self.stopping is None and self.started:
+            log.info("stopping: %s", reason)
+            self.stopping = self.loop.create_task(self.graph.stop())
+
+    def on_signal(self, signame: str) -> None:
+        self.count += 1
+        if self.count == 1:
+            log.warning("%s: stopping gracefully (send it again to cancel)", signame)
+            self.stop(signame)
+        elif self.cancelling is None:
+            log.warning("%s again: cancelling", signame)
+            self.cancelling = self.loop.create_task(self.graph.cancel())
+
+    def __enter__(self) -> _Signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.loop.add_signal_handler(sig, self.on_signal, sig.name)
+                self.installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig in self.installed:
+            self.loop.remove_signal_handler(sig)
+
+    async def settle(self) -> None:
+        for task in (self.stopping, self.cancelling):
+            if task is not None:
+                try:
+                    await task
+                except (GraphError, asyncio.CancelledError):
+                    pass
+
+
 async def execute(graph: Graph, stop_after: float | None = None, progress: bool = False) -> Outcome:
     """Start ``graph`` and wait for it; signals stop it (first) or cancel it (second)."""
     loop = asyncio.get_running_loop()
-    state: dict[str, Any] = {"signals": 0, "started": False, "stop": None, "cancel": None}
     t0 = time.monotonic()
-
-    def stop(reason: str) -> None:
-        if state["stop"] is None and state["started"]:
-            log.info("stopping: %s", reason)
-            state["stop"] = loop.create_task(graph.stop())
-
-    def on_signal(signame: str) -> None:
-        state["signals"] += 1
-        if state["signals"] == 1:
-            log.warning("%s: stopping gracefully (send it again to cancel)", signame)
-            stop(signame)
-        elif state["cancel"] is None:
-            log.warning("%s again: cancelling", signame)
-            state["cancel"] = loop.create_task(graph.cancel())
-
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, on_signal, sig.name)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError):  # not the main thread
-            pass
     bar = Progress(graph, sys.stderr)
     ticker: asyncio.Task[None] | None = None
-    try:
+    with _Signals(graph) as sigs:
         try:
-            await graph.start()
-        except NodeError as e:
-            return Outcome(EXIT_BAD_INPUT, [e], elapsed=time.monotonic() - t0)
-        state["started"] = True
-        if state["signals"]:
-            stop("signal during start")
-        if stop_after is not None:
-            loop.call_later(stop_after, stop, f"--stop-after {stop_after:g} s")
-        ticker = loop.create_task(_tick(bar, progress))
-        try:
-            await graph.wait()
-        except GraphError:
-            pass
-        for key in ("stop", "cancel"):
-            if state[key] is not None:
-                try:
-                    await state[key]
-                except (GraphError, asyncio.CancelledError):
-                    pass
-    finally:
-        if ticker is not None:
-            ticker.cancel()
-            await asyncio.gather(ticker, return_exceptions=True)
-        if progress and ticker is not None:
-            bar.clear()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+            try:
+                await graph.start()
+            except NodeError as e:
+                return Outcome(EXIT_BAD_INPUT, [e], elapsed=time.monotonic() - t0)
+            sigs.started = True
+            if sigs.count:
+                sigs.stop("signal during start")
+            if stop_after is not None:
+                loop.call_later(stop_after, sigs.stop, f"--stop-after {stop_after:g} s")
+            ticker = loop.create_task(_tick(bar, progress))
+            try:
+                await graph.wait()
+            except GraphError:
+                pass
+            await sigs.settle()
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+                await asyncio.gather(ticker, return_exceptions=True)
+                if progress:
+                    bar.clear()
     errors = list(graph.errors)
     out = Outcome(EXIT_OK, errors, elapsed=time.monotonic() - t0)
-    if state["cancel"] is not None:
+    if sigs.cancelling is not None:
         out.code, out.interrupted = EXIT_CANCELLED, "cancelled"
     elif errors:
         out.code = EXIT_RUNTIME
-    if state["signals"] and out.interrupted is None:
+    if sigs.count and out.interrupted is None:
         out.interrupted = "stopped"
     return out
 
@@ -240,7 +209,7 @@ async def _tick(bar: Progress, tty: bool) -> None:
 def sink_summary(graph: Graph) -> list[dict[str, Any]]:
     rows = []
     for s in graph.sinks():
-        r = dict(s.result)
+        r = dataclasses.asdict(s.result) if s.result is not None else {}
         stats = s.stats()
         row: dict[str, Any] = {"sink": s.name, "type": type(s).__name__}
         row["location"] = r.get("location") or r.get("playlist") or r.get("playlist_location") \
@@ -340,11 +309,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def print_outputs(loaded: LoadedGraph) -> None:
     """Where the demo's files are, with durations measured by probing them."""
-    from .testing.probe import probe
+    from .probe import probe
 
     for sink in loaded.graph.sinks():
         r = sink.result
-        target = r.get("location") or r.get("playlist_location") or r.get("playlist")
+        target = getattr(r, "location", None) or getattr(r, "playlist_location", None)
         if not target:
             for p in loaded.outputs.get(sink.name, []):
                 cands = sorted(p.glob("*.m3u8")) if p.is_dir() else [p]
@@ -369,7 +338,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                         help="log verbosity (default: warning)")
     common.add_argument("--json-log", action="store_true",
@@ -430,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_egress_demo(args: argparse.Namespace) -> int:
     from .demo import run
-    from .testing.devstack import StackError
+    from .dev.stack import StackError
 
     if args.log_level == "warning" and not args.debug:
         logging.getLogger().setLevel("ERROR")

@@ -13,12 +13,12 @@ import os
 from google.protobuf.json_format import MessageToJson
 from livekit.protocol import egress as lk
 
+from .dev.egress import service_config_body, wait_egress
+from .dev.publisher import PublisherProcess
+from .dev.stack import DevStack
+from .probe import probe
 from .service.config import parse_config
 from .service.egress import EgressService
-from .testing.devstack import DevStack
-from .testing.egress import service_config_body, wait_egress
-from .testing.probe import probe
-from .testing.publisher import PublisherProcess
 
 S = lk.EgressStatus
 ROOM = "lkmedia-demo"

@@ -33,6 +33,7 @@ directory.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import itertools
@@ -199,6 +200,10 @@ class _Lookup:
                              f"(pass --var {name}=... or set it in the environment)")
 
 
+def _value_of(m: re.Match[str], *, lookup: _Lookup, where: str) -> str:
+    return lookup.get(m.group(1), m.group(2), where)
+
+
 def substitute(text: str, lookup: _Lookup, source: str) -> str:
     """Replace ${VAR} in the YAML text (comment lines are left alone), before parsing,
     so that an unquoted ${VAR} takes the YAML type of its value."""
@@ -206,7 +211,7 @@ def substitute(text: str, lookup: _Lookup, source: str) -> str:
     for n, line in enumerate(lines):
         if "${" in line and not line.lstrip().startswith("#"):
             where = f"{source}, line {n + 1}"
-            lines[n] = _VAR.sub(lambda m, where=where: lookup.get(m.group(1), m.group(2), where), line)
+            lines[n] = _VAR.sub(functools.partial(_value_of, lookup=lookup, where=where), line)
     return "".join(lines)
 
 

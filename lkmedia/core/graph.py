@@ -25,13 +25,19 @@ class Graph:
     every node has finished (media ended, or ``stop()`` drained it). A node's failure
     reaches as far as its ``error_scope``: "branch" ends it and what only it feeds;
     "graph" stops the sources too, so that every sink still drains and finalises.
+
+    A frozen pipeline fails the graph: a node that takes nothing from a full input for
+    ``freeze_timeout`` seconds (None: not watched) is cancelled, and so is one still
+    running ``stop_timeout`` seconds after ``stop()``; the rest drains and finalises.
     """
 
-    def __init__(self, stop_timeout: float = 30.0) -> None:
+    def __init__(self, stop_timeout: float = 30.0, freeze_timeout: float | None = None) -> None:
         self.nodes: dict[str, Node] = {}
         self.edges: list[Edge] = []
         self.clock = Clock()
         self.stop_timeout = stop_timeout
+        self.freeze_timeout = freeze_timeout
+        self._watch: asyncio.Task[None] | None = None
         self.errors: list[NodeError] = []
         self._listeners: list[Listener] = []
         self._tasks: dict[Node, asyncio.Task[None]] = {}
@@ -65,6 +71,7 @@ class Graph:
         for n in (out.node, dst if isinstance(dst, Node) else dst.node):
             if n.name not in self.nodes:
                 self.add(n)
+        inp: InputPort | OutputPort
         if isinstance(dst, Node):
             inp = dst.new_input(out) if dst.dynamic_inputs else dst.inp()
         else:
@@ -159,6 +166,9 @@ class Graph:
         self._started = True
         for n in reversed(order):
             self._start_node(n)
+        if self.freeze_timeout:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_inputs(self.freeze_timeout),
+                                                                 name="lkmedia:freeze-watch")
 
     def _start_node(self, node: Node) -> None:
         self._tasks[node] = asyncio.get_running_loop().create_task(
@@ -204,9 +214,48 @@ class Graph:
                 u.close_inputs()
                 self._prune_upstream(u)
 
+    async def _watch_inputs(self, timeout: float) -> None:
+        """Fail a node that has taken nothing from a full input for ``timeout`` seconds,
+        unless it is itself waiting on a full output (then what it feeds is the stuck one)."""
+        step = min(1.0, timeout / 4)
+        seen: dict[Edge, tuple[int, float]] = {}  # edge -> (items passed, since when)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(step)
+            now = loop.time()
+            for e in list(self.edges):
+                node = e.dst.node if e.dst is not None else None
+                if node is None or node.finished or e.closed or len(e) < e.capacity or _blocked(node):
+                    seen.pop(e, None)
+                    continue
+                passed, since = seen.get(e, (-1, now))
+                if passed != e.passed:
+                    seen[e] = (e.passed, now)
+                elif now - since >= timeout:
+                    self.freeze(node, f"took no input for {now - since:.0f} s")
+                    seen.pop(e, None)
+
+    def freeze(self, node: Node, why: str) -> None:
+        """``node`` is stuck: the pipeline is frozen. It is cancelled and the graph fails
+        ("pipeline frozen", naming it); every other output drains and finalises."""
+        if node.finished:
+            return
+        err = NodeError(node.name, f"pipeline frozen: {why}", "graph")
+        node.failed = err
+        self.errors.append(err)
+        log.error("%s", err)
+        self.notify(node, "frozen", {"error": str(err)})
+        node.close_inputs()  # what feeds it goes on at once (its own task may take a while to end)
+        task = self._tasks.get(node)
+        if task is not None and not task.done():
+            task.cancel()
+        self.request_stop()
+
     def _check_done(self) -> None:
         if self._done is not None and all(t.done() or n.finished for n, t in self._tasks.items()):
             self._done.set()
+            if self._watch is not None:
+                self._watch.cancel()
         elif all(n.finished for n in self.nodes.values() if isinstance(n, Sink)) and any(
             isinstance(n, Sink) for n in self.nodes.values()
         ):
@@ -226,6 +275,9 @@ class Graph:
             # Nodes added while running have tasks too.
             self._check_done()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         fatal = [e for e in self.errors if e.scope == "graph"]
         if fatal:
             raise GraphError(fatal)
@@ -248,19 +300,38 @@ class Graph:
         if pending:
             _, still = await asyncio.wait(pending, timeout=timeout)
             if still:
-                names = sorted(n.name for n, t in self._tasks.items() if t in still)
-                for n, t in self._tasks.items():
-                    if t in still:
-                        self.errors.append(NodeError(n.name, f"did not finish within {timeout:g} s of stop (watchdog)", "branch"))
-                await self.cancel()
-                log.error("watchdog cancelled %s", ", ".join(names))
+                await self._watchdog(still, timeout)
         try:
             return await self.wait()
         finally:
             self._stopping = False
 
+    async def _watchdog(self, still: set[asyncio.Task[None]], timeout: float) -> None:
+        """Nodes still running ``timeout`` s after stop: the pipeline is frozen. Those that
+        take nothing from a full input are cancelled first, so that the rest can drain
+        behind them; what is still running a little later is cancelled too."""
+        why = f"it did not finish within {timeout:g} s of stop"
+        late = [n for n, t in self._tasks.items() if t in still]
+        stuck = [n for n in late if any(p.edge is not None and len(p.edge) >= p.edge.capacity
+                                        for p in n.inputs.values())]
+        for n in stuck:
+            self.freeze(n, why)
+        if stuck:
+            rest = [t for t in still if not t.done()]
+            if rest:
+                await asyncio.wait(rest, timeout=min(timeout, 5.0))
+        left = sorted(n.name for n, t in self._tasks.items() if t in still and not t.done() and n not in stuck)
+        for name in left:
+            self.errors.append(NodeError(name, f"pipeline frozen: {why}", "graph"))
+        if left:
+            log.error("watchdog cancelled %s", ", ".join(left))
+        await self.cancel()
+
     async def cancel(self) -> None:
         """Hard stop: cancel every node now. Fragmented outputs stay playable."""
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         for t in self._tasks.values():
             if not t.done():
                 t.cancel()
@@ -295,3 +366,8 @@ class Graph:
                 await self.stop()
             else:
                 await self.cancel()
+
+
+def _blocked(node: Node) -> bool:
+    """``node`` waits to put into a full edge: it is held up by what it feeds."""
+    return any(not e.closed and len(e) >= e.capacity for p in node.outputs.values() for e in p.edges)

@@ -23,8 +23,8 @@ def tune_malloc(mmap_threshold: int = 64 << 20) -> bool:
         return False
     try:
         libc = ctypes.CDLL(name)
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
-        ok = libc.mallopt(_M_TRIM_THRESHOLD, mmap_threshold * 2) == 1 and ok
+        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1)
+        ok = bool(libc.mallopt(_M_TRIM_THRESHOLD, mmap_threshold * 2) == 1) and ok
     except (OSError, AttributeError):
         return False
     _done = ok

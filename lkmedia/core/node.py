@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("lkmedia.node")
 
 
-def clone_packet(p: av.Packet) -> av.Packet:
+def clone_packet(p: av.Packet[Any]) -> av.Packet[Any]:
     """A new packet sharing ``p``'s data (no copy) with its own timestamps and stream."""
-    q = av.Packet(p)
+    q: av.Packet[Any] = av.Packet(p)  # type: ignore[arg-type]  # (PyAV takes a buffer; its stub says bytes)
     q.pts = p.pts
     q.dts = p.dts
     q.duration = p.duration
@@ -447,11 +447,12 @@ class Source(Node):
 
 
 class Sink(Node):
-    """A node with inputs only. Subclasses fill ``result`` with what they wrote."""
+    """A node with inputs only. Subclasses set ``result`` to what they wrote (a typed
+    result of their own: lkmedia.sinks.results)."""
 
     error_scope = "branch"
     dynamic_inputs = True
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(name)
-        self.result: dict[str, Any] = {}
+        self.result: Any = None

@@ -8,6 +8,8 @@ for streams, every segment for HLS.
 """
 from __future__ import annotations
 
+import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,10 +61,11 @@ class Encoding:
 
 @dataclass
 class FileOutput:
-    filepath: str
+    filepath: str  # an absolute request path without its leading '/' (see ``absolute``)
     file_type: str | None  # mp4 | ogg | mp3 | (track egress: decided by the track's codec)
     disable_manifest: bool = False
     storage: Any = None  # an S3Upload / GCPUpload / ... message, or None for the config default
+    absolute: bool = False  # the request named an absolute path: with no upload, the file goes there
 
 
 @dataclass
@@ -74,6 +77,7 @@ class SegmentsOutput:
     suffix: str  # index | timestamp
     disable_manifest: bool = False
     storage: Any = None
+    absolute: bool = False
 
 
 @dataclass
@@ -91,6 +95,7 @@ class ImagesOutput:
     suffix: str  # index | timestamp | none_overwrite
     disable_manifest: bool = False
     storage: Any = None
+    absolute: bool = False
 
 
 @dataclass
@@ -99,7 +104,6 @@ class EgressConfig:
     room_id: str
     room_name: str
     request_type: str  # room_composite | participant | track_composite | track | web
-    request: Any
     audio_enabled: bool = False
     video_enabled: bool = False
     identity: str = ""
@@ -134,13 +138,27 @@ class EgressConfig:
         return out
 
 
-def egress_config(egress_id: str, room_id: str, request: Any) -> EgressConfig:
+#: Where absolute output paths may go unless the operator says otherwise: anywhere, as the
+#: Go egress writes them (``output_roots``).
+ANY_ROOT = ("/",)
+
+
+def egress_config(egress_id: str, room_id: str, request: Any, output_roots: Sequence[str] = ANY_ROOT
+                  ) -> EgressConfig:
     """Validate ``request`` (a livekit.protocol.egress *EgressRequest) like the Go egress.
-    Raises InvalidRequest with the Go egress's message."""
+    Raises InvalidRequest with the Go egress's message. Absolute output paths must lie
+    under one of ``output_roots``."""
     if not egress_id:
         raise invalid_input("egressID")
     if isinstance(request, lk.StartEgressRequest):
-        return _v2_config(egress_id, room_id, request)
+        c = _v2_config(egress_id, room_id, request)
+    else:
+        c = _v1_config(egress_id, room_id, request)
+    _check_paths(c, output_roots)
+    return c
+
+
+def _v1_config(egress_id: str, room_id: str, request: Any) -> EgressConfig:
     kind = {
         lk.RoomCompositeEgressRequest: "room_composite", lk.ParticipantEgressRequest: "participant",
         lk.TrackCompositeEgressRequest: "track_composite", lk.TrackEgressRequest: "track",
@@ -149,7 +167,7 @@ def egress_config(egress_id: str, room_id: str, request: Any) -> EgressConfig:
     if kind is None:
         raise invalid_input("request")
     c = EgressConfig(egress_id=egress_id, room_id=room_id, room_name=getattr(request, "room_name", ""),
-                     request_type=kind, request=request, webhooks=list(getattr(request, "webhooks", [])))
+                     request_type=kind, webhooks=list(getattr(request, "webhooks", [])))
     if kind == "web":
         raise not_supported("web egress (Chrome capture)")
     if kind == "room_composite":
@@ -205,7 +223,7 @@ def _v2_config(egress_id: str, room_id: str, r: lk.StartEgressRequest) -> Egress
     track_routes = [rt.track_id for rt in routes if rt.WhichOneof("match") == "track_id"]
     who = [rt.participant_identity for rt in routes if rt.WhichOneof("match") == "participant_identity"]
     c = EgressConfig(egress_id=egress_id, room_id=room_id, room_name=r.room_name, request_type="",
-                     request=r, webhooks=list(r.webhooks))
+                     webhooks=list(r.webhooks))
     video = m.WhichOneof("video")
     if video == "participant_video":
         if not m.participant_video.identity:
@@ -434,3 +452,31 @@ def _choose_codecs(c: EgressConfig) -> None:
                 raise InvalidRequest(NO_COMPATIBLE_CODEC)
         if e.audio_codec is None:
             e.audio_codec = next((DEFAULT_AUDIO[t] for t in types if DEFAULT_AUDIO[t] in allowed), sorted(allowed)[0])
+
+
+def _check_paths(c: EgressConfig, roots: Sequence[str]) -> None:
+    """Absolute output paths (``/out/{room_name}.mp4``, a mounted volume) are kept as the Go
+    egress keeps them, if they lie under ``roots``; '..' never leads out of one."""
+    outputs: list[tuple[str, Any, str]] = []
+    if c.file is not None:
+        outputs.append(("filepath", c.file, "filepath"))
+    if c.segments is not None:
+        outputs.append(("filename_prefix", c.segments, "filename_prefix"))
+    outputs += [("filename_prefix", img, "filename_prefix") for img in c.images]
+    for name, out, attr in outputs:
+        path = getattr(out, attr) or ""
+        if not path.startswith("/"):
+            continue
+        folder = path.endswith("/")
+        norm = posixpath.normpath(path)
+        static = posixpath.dirname(norm.split("{", 1)[0] + "x")
+        if not any(_under(static, r) for r in roots):
+            raise InvalidRequest(f"{name} {path!r} is outside the directories this egress may write to "
+                                 f"(output_roots: {', '.join(roots)})")
+        setattr(out, attr, norm.lstrip("/") + ("/" if folder and norm != "/" else ""))
+        out.absolute = True
+
+
+def _under(path: str, root: str) -> bool:
+    root = posixpath.normpath(root)
+    return root == "/" or path == root or path.startswith(root.rstrip("/") + "/")

@@ -1,18 +1,11 @@
 """Errors with the psrpc codes and messages the Go egress uses, so callers see the same."""
 from __future__ import annotations
 
-from ..core.errors import LkmediaError
+from ..worker.kind import JobError
 
 
-class EgressError(LkmediaError):
+class EgressError(JobError):
     """An error that reaches the API caller (and EgressInfo.error) with a psrpc code."""
-
-    code = "internal"
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
 
 
 class InvalidRequest(EgressError):

@@ -1,61 +1,74 @@
-"""EgressInfo results (file, segments, stream, images) from what the sinks report.
+"""EgressInfo: its results from what the sinks report, and how it is ended.
 
-Sinks report seconds or nanoseconds depending on their clock; EgressInfo wants Unix
-nanoseconds for times and nanoseconds for durations, as the Go egress sends them.
-Stream URLs are the sinks' redacted forms: a key never reaches EgressInfo.
+Sink results (lkmedia.sinks.results) give times in Unix seconds and durations in
+seconds; EgressInfo wants Unix nanoseconds and nanoseconds, as the Go egress sends them:
+the conversion is made here and nowhere else. Stream URLs are the sinks' redacted forms:
+a key never reaches EgressInfo.
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from livekit.protocol import egress as lk
 
-from .recipe import Recipe
+from ..sinks.results import FileResult, ImagesResult, SegmentsResult, StreamResult
 
+S = lk.EgressStatus
+FINAL = frozenset({S.EGRESS_COMPLETE, S.EGRESS_FAILED, S.EGRESS_ABORTED, S.EGRESS_LIMIT_REACHED})
 _STREAM_STATUS = {"ACTIVE": lk.StreamInfo.ACTIVE, "FINISHED": lk.StreamInfo.FINISHED,
                   "FAILED": lk.StreamInfo.FAILED, "RECONNECTING": lk.StreamInfo.ACTIVE,
                   "STARTING": lk.StreamInfo.ACTIVE}
 
 
-def unix_ns(t: Any) -> int:
-    """A wall-clock time in seconds or nanoseconds, as Unix nanoseconds (0 if unknown)."""
-    if not t:
-        return 0
-    t = float(t)
-    return int(t) if t > 1e15 else int(t * 1e9)
+def ns(seconds: float) -> int:
+    """Seconds (a Unix time or a duration) as nanoseconds."""
+    return int(seconds * 1e9) if seconds else 0
 
 
-def fill_results(info: lk.EgressInfo, recipe: Recipe, locations: dict[str, str] | None = None) -> None:
-    """Replace info's results with what ``recipe``'s sinks wrote. ``locations`` maps a
-    local path to where it was uploaded (defaults to the local path)."""
+def set_status(info: lk.EgressInfo, status: int, error: str = "", details: str = "") -> lk.EgressInfo:
+    """The one way an EgressInfo changes status: stamped, and ``ended_at`` set when final."""
+    info.status = status  # type: ignore[assignment]
+    info.updated_at = time.time_ns()
+    if error:
+        info.error = error
+    if details:
+        info.details = details
+    if status in FINAL:
+        info.ended_at = info.updated_at
+    return info
+
+
+def ended(info: lk.EgressInfo, outcome: str, error: str = "", details: str = "") -> lk.EgressInfo:
+    """A copy of ``info`` ended from outside its job: ``outcome`` "failed" or "aborted"."""
+    out = lk.EgressInfo.FromString(info.SerializeToString())
+    return set_status(out, S.EGRESS_FAILED if outcome == "failed" else S.EGRESS_ABORTED, error, details)
+
+
+def fill_results(info: lk.EgressInfo, results: Iterable[Any], locations: Mapping[str, str] | None = None) -> None:
+    """Replace info's results with ``results`` (the sinks' typed results). ``locations``
+    maps a local path to where it was uploaded (defaults to the local path)."""
     loc = locations or {}
-    del info.file_results[:]
-    del info.segment_results[:]
-    del info.stream_results[:]
-    del info.image_results[:]
-    for key, sink in recipe.sinks.items():
-        res = sink.result or {}
-        if key == "file" and res:
-            info.file_results.add(
-                filename=res.get("filename", ""), location=loc.get(res.get("location", ""), res.get("location", "")),
-                size=int(res.get("size", 0)), duration=int(float(res.get("duration", 0)) * 1e9),
-                started_at=unix_ns(res.get("started_at")), ended_at=unix_ns(res.get("ended_at")))
-        elif key == "segments" and res:
-            pl, lpl = res.get("playlist_location") or "", res.get("live_playlist_location") or ""
+    for name in ("file_results", "segment_results", "stream_results", "image_results"):
+        info.ClearField(name)
+    for r in results:
+        if isinstance(r, FileResult):
+            info.file_results.add(filename=r.filename, location=loc.get(r.location, r.location), size=r.size,
+                                  duration=ns(r.duration), started_at=ns(r.started_at), ended_at=ns(r.ended_at))
+        elif isinstance(r, SegmentsResult):
+            pl, lpl = r.playlist_location, r.live_playlist_location or ""
             info.segment_results.add(
-                playlist_name=res.get("playlist_name", ""), live_playlist_name=res.get("live_playlist_name") or "",
+                playlist_name=r.playlist_name, live_playlist_name=r.live_playlist_name or "",
                 playlist_location=loc.get(pl, pl), live_playlist_location=loc.get(lpl, lpl),
-                segment_count=int(res.get("segment_count", 0)), size=int(res.get("size", 0)),
-                duration=int(float(res.get("duration", 0)) * 1e9),
-                started_at=unix_ns(res.get("started_at")), ended_at=unix_ns(res.get("ended_at")))
-        elif key == "stream":
-            for d in res.get("streams", []):
+                segment_count=r.segment_count, size=r.size, duration=ns(r.duration),
+                started_at=ns(r.started_at), ended_at=ns(r.ended_at))
+        elif isinstance(r, StreamResult):
+            for d in r.streams:
                 info.stream_results.add(
-                    url=d.get("url", ""), status=_STREAM_STATUS.get(str(d.get("status", "")).upper(), lk.StreamInfo.ACTIVE),
-                    error=d.get("error") or "", retries=int(d.get("retries") or 0),
-                    last_retry_at=unix_ns(d.get("last_retry_at")), started_at=unix_ns(d.get("started_at")),
-                    ended_at=unix_ns(d.get("ended_at")), duration=int(float(d.get("duration") or 0) * 1e9))
-        elif key.startswith("images") and res:
-            info.image_results.add(
-                filename_prefix=res.get("filename_prefix", ""), image_count=int(res.get("image_count", 0)),
-                started_at=unix_ns(res.get("started_at")), ended_at=unix_ns(res.get("ended_at")))
+                    url=d.url, status=_STREAM_STATUS.get(d.status.upper(), lk.StreamInfo.ACTIVE),
+                    error=d.error or "", retries=d.retries, last_retry_at=ns(d.last_retry_at),
+                    started_at=ns(d.started_at), ended_at=ns(d.ended_at), duration=ns(d.duration))
+        elif isinstance(r, ImagesResult):
+            info.image_results.add(filename_prefix=r.filename_prefix, image_count=r.image_count,
+                                   started_at=ns(r.started_at), ended_at=ns(r.ended_at))

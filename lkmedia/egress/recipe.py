@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..core import Graph, Node, Sink
 from ..nodes.audio_mix import AudioMixer
@@ -33,13 +34,32 @@ TRACK_FORMATS = {"opus": ("ogg", "opus"), "vp8": ("webm", "libvpx"), "vp9": ("we
 
 
 @dataclass
+class Output:
+    """One of the request's outputs and the sink that writes it."""
+    kind: str  # file | segments | stream | websocket | images
+    sink: Sink
+    config: Any  # its FileOutput / SegmentsOutput / StreamOutput / ImagesOutput
+
+
+@dataclass
 class Recipe:
     graph: Graph
-    sinks: dict[str, Sink] = field(default_factory=dict)
+    outputs: list[Output] = field(default_factory=list)
     video_in: Node | None = None
     audio_in: Node | None = None
     mixer: AudioMixer | None = None
     encoders: dict[str, Node] = field(default_factory=dict)
+
+    def output(self, kind: str) -> Output | None:
+        return next((o for o in self.outputs if o.kind == kind), None)
+
+    @property
+    def sinks(self) -> list[Sink]:
+        return [o.sink for o in self.outputs]
+
+    def results(self) -> list[Any]:
+        """What each sink reports it wrote (lkmedia.sinks.results), in output order."""
+        return [o.sink.result for o in self.outputs if o.sink.result is not None]
 
 
 def filename_fields(cfg: EgressConfig, identity: str = "", track: dict[str, str] | None = None) -> dict[str, str | None]:
@@ -58,11 +78,12 @@ def build_recipe(
     track_kind: str | None = None,
     fields: dict[str, str | None] | None = None,
     now: dt.datetime | None = None,
+    freeze_timeout: float | None = None,
 ) -> Recipe:
     """The graph for ``cfg``, writing local files under ``out_dir``. For a track egress,
     ``track_codec`` (opus, vp8, h264 ...) and ``track_kind`` (audio|video) say what the
     subscribed track is."""
-    g = Graph()
+    g = Graph(freeze_timeout=freeze_timeout)
     r = Recipe(g)
     f = fields or filename_fields(cfg)
     os.makedirs(out_dir, exist_ok=True)
@@ -92,7 +113,7 @@ def build_recipe(
         r.encoders["audio"] = aenc
     if cfg.file is not None:
         path = render_filename(cfg.file.filepath, f, cfg.file.file_type or "mp4", out_dir, now=now)
-        _add_sink(r, "file", FileSink(path, name="file"))
+        _add_sink(r, "file", FileSink(path, name="file"), cfg.file)
     if cfg.segments is not None:
         s = cfg.segments
         prefix_path = render_filename(s.filename_prefix or "", f, ".ts", out_dir, now=now)
@@ -103,23 +124,23 @@ def build_recipe(
             if s.live_playlist_name else None
         _add_sink(r, "segments", HLSSink(directory, filename_prefix=prefix, playlist_name=playlist,
                                          live_playlist_name=live_pl, segment_duration=float(s.segment_duration),
-                                         suffix=s.suffix, name="segments"))
+                                         suffix=s.suffix, name="segments"), s)
     if cfg.stream is not None:
-        _add_sink(r, "stream", StreamSink(cfg.stream.urls, name="stream"))
+        _add_sink(r, "stream", StreamSink(cfg.stream.urls, name="stream"), cfg.stream)
     for i, img in enumerate(cfg.images):
         prefix_path = render_filename(img.filename_prefix or "", f, ".jpeg", out_dir, now=now)
         directory, prefix = os.path.split(prefix_path[: -len(".jpeg")])
         sink = ImageSink(directory, filename_prefix=prefix, capture_interval=float(img.capture_interval),
                          width=img.width or None, height=img.height or None, suffix=img.suffix, name=f"images{i}")
         g.link(r.video_in, sink)  # type: ignore[arg-type]
-        r.sinks[f"images{i}"] = sink
+        r.outputs.append(Output("images", sink, img))
     return r
 
 
-def _add_sink(r: Recipe, key: str, sink: Sink) -> None:
+def _add_sink(r: Recipe, kind: str, sink: Sink, config: Any) -> None:
     for enc in r.encoders.values():
         r.graph.link(enc, sink)
-    r.sinks[key] = sink
+    r.outputs.append(Output(kind, sink, config))
 
 
 def _track(cfg: EgressConfig, r: Recipe, out_dir: str, f: dict[str, str | None], now: dt.datetime | None,
@@ -131,7 +152,7 @@ def _track(cfg: EgressConfig, r: Recipe, out_dir: str, f: dict[str, str | None],
         r.audio_in = g.add(Tee(name="audio"))
         sink = WebSocketSink(cfg.websocket.urls[0], name="websocket")
         g.link(r.audio_in, sink)
-        r.sinks["websocket"] = sink
+        r.outputs.append(Output("websocket", sink, cfg.websocket))
         return
     assert cfg.file is not None
     fmt, encoder = TRACK_FORMATS.get((codec or "").lower(), ("mp4", "libx264") if kind == "video" else ("ogg", "opus"))
@@ -151,4 +172,4 @@ def _track(cfg: EgressConfig, r: Recipe, out_dir: str, f: dict[str, str | None],
     g.link(tee, enc)
     # One track, one stream: its file starts at 0 (an OGG that starts at 0.5 s reports
     # a 0.5 s longer duration in players and ffprobe).
-    _add_sink(r, "file", FileSink(path, name="file", start_at_zero=True))
+    _add_sink(r, "file", FileSink(path, name="file", start_at_zero=True), cfg.file)

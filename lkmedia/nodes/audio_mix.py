@@ -245,7 +245,7 @@ class AudioMixer(Node):
     def _pcm(f: av.AudioFrame) -> np.ndarray:
         """A read-only (samples, channels) view of a packed s16 frame: no copy."""
         ch = f.layout.nb_channels
-        return np.frombuffer(f.planes[0], np.int16, f.samples * ch).reshape(f.samples, ch)
+        return np.frombuffer(f.planes[0], np.int16, f.samples * ch).reshape(f.samples, ch)  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
 
     def _place(self, st: _Input, start: int, pcm: np.ndarray) -> None:
         n = len(pcm)
@@ -329,7 +329,7 @@ class AudioMixer(Node):
                 part[...] = 0  # free for the samples cap ahead
         np.clip(acc, -32768, 32767, out=pcm, casting="unsafe")
         self._head = (h + n) % cap
-        src = memoryview(pcm).cast("B")
+        src = memoryview(pcm).cast("B")  # type: ignore[arg-type]  # (ndarray has the buffer protocol)
         bpf, F = 2 * self.channels, self.frame
         sr, tb, fmt, layout = self.sample_rate, self.time_base, self._fmt, self._layout
         out: list[av.AudioFrame] = []

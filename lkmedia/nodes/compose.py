@@ -100,7 +100,7 @@ def _planes(f: av.VideoFrame, w: int, h: int) -> tuple[np.ndarray, np.ndarray, n
     out = []
     for i, (pw, ph) in enumerate(((w, h), (w // 2, h // 2), (w // 2, h // 2))):
         p = f.planes[i]
-        out.append(np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:ph, :pw])
+        out.append(np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:ph, :pw])  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
     return out[0], out[1], out[2]
 
 

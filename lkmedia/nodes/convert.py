@@ -211,8 +211,8 @@ def copy_video_frame(frame: av.VideoFrame) -> av.VideoFrame:
     """A new frame with ``frame``'s picture (a copy: PyAV cannot share the buffer)."""
     new = av.VideoFrame(frame.width, frame.height, frame.format.name)
     for sp, dp in zip(frame.planes, new.planes):
-        src = np.frombuffer(sp, np.uint8)
-        dst = np.frombuffer(dp, np.uint8)
+        src = np.frombuffer(sp, np.uint8)  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
+        dst = np.frombuffer(dp, np.uint8)  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
         if sp.line_size == dp.line_size and src.size == dst.size:
             dst[:] = src
         else:

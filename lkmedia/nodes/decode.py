@@ -53,7 +53,7 @@ def open_decoder(template: Any, codec: str | None, *, threads: bool = True) -> A
     name = codec or (codec_name(template) if template is not None else None)
     if not name:
         raise ValueError("cannot tell which decoder to open: no codec and no template stream")
-    cc = av.CodecContext.create(decoder_codec(name), "r")
+    cc: Any = av.CodecContext.create(decoder_codec(name), "r")
     if tcc is not None:
         if tcc.extradata:
             cc.extradata = tcc.extradata

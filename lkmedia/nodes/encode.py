@@ -100,6 +100,7 @@ class VideoEncoder(Processor):
         self._last_pts = -1
         self._next_key: int | None = None
         self.frames_in = 0
+        self.skipped = 0  # frames with no picture
         self.frames_out = 0
         self.bytes_out = 0
 
@@ -149,6 +150,9 @@ class VideoEncoder(Processor):
 
     def process(self, frame: Any) -> Iterable[av.Packet]:
         if isinstance(frame, Gap):
+            return ()
+        if frame.width < 2 or frame.height < 2:
+            self.skipped += 1  # no picture to scale or encode (the end of a track)
             return ()
         if self.stream is None:
             if self.size_from_input:

@@ -166,7 +166,7 @@ class RedisBus:
         self._timeout = connect_timeout
         self._redis = aioredis.Redis(
             host=self._host, port=self._port, username=username, password=password, db=db,
-            ssl=tls is not None, ssl_cert_reqs="required" if tls else None,
+            ssl=tls is not None, ssl_cert_reqs="required" if tls else "none",
             decode_responses=False, socket_connect_timeout=connect_timeout, socket_timeout=connect_timeout,
         )
         self._subs: dict[str, list[Subscription]] = {}

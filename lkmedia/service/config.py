@@ -60,6 +60,10 @@ def _non_negative(v: float) -> str | None:
     return None if v >= 0 else "must not be negative"
 
 
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be more than 0"
+
+
 def _utilization(v: float) -> str | None:
     return None if 0 < v <= 1 else "must be in (0, 1]"
 
@@ -239,7 +243,7 @@ class AudioTempoController:
 
 @dataclass
 class QueueConfig:
-    """lkmedia's own ``queue:`` section (lkmedia.service.queue)."""
+    """lkmedia's own ``queue:`` section (lkmedia.worker.queue)."""
     enabled: bool = True
     max_wait: Seconds = _checked(Seconds(600.0), _non_negative)  # then FAILED; 0 = wait for ever
     dedup_window: Seconds = _checked(Seconds(30.0), _non_negative)  # 0 = no dedup
@@ -248,7 +252,7 @@ class QueueConfig:
 @dataclass
 class JobsConfig:
     """lkmedia's own ``jobs:`` section: each egress runs in its own process under the service
-    (lkmedia.service.supervisor). Limits per job, beside the Go node-wide ``cpu_cost`` policy:
+    (lkmedia.worker.supervisor). Limits per job, beside the Go node-wide ``cpu_cost`` policy:
     a job over ``max_memory`` is killed (FAILED, outputs finalised), one above ``max_cpu`` for
     10 s is stopped (COMPLETE) and killed if still running ``cpu_cost.cpu_kill_grace_sec`` later."""
     max_memory: float = _checked(0.0, _non_negative)  # GB per job, 0 = no limit
@@ -256,6 +260,10 @@ class JobsConfig:
     kill_timeout: Seconds = _checked(Seconds(20.0), _non_negative)  # a killed job's finalising, then SIGKILL
     calibrate: bool = False  # admit by the CPU each request type was measured to use here
     spare: bool = True  # keep one job process started and waiting: a job starts without the imports
+    ping_interval: Seconds = _checked(Seconds(1.0), _positive)  # the service pings each job process
+    ping_timeout: Seconds = _checked(Seconds(10.0), _positive)  # unanswered this long: hung, SIGKILL, FAILED
+    max_starting: int = _checked(0, _non_negative)  # jobs starting at once (0: one per CPU); others queue
+    freeze_timeout: Seconds = _checked(Seconds(30.0), _positive)  # an output taking no input this long: FAILED
 
 
 @dataclass
@@ -298,6 +306,7 @@ class ServiceConfig:
     audio_tempo_controller: AudioTempoController = field(default_factory=AudioTempoController)
     test_overrides: dict[str, Any] = field(default_factory=dict)
     # lkmedia's own keys
+    output_roots: list[str] = field(default_factory=lambda: ["/"])  # where absolute output paths may go
     drain_timeout: Seconds = _checked(Seconds(0.0), _non_negative)  # SIGTERM: 0 = wait for every job
     queue: QueueConfig = field(default_factory=QueueConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
@@ -454,7 +463,9 @@ def _optional(tp: Any) -> bool:
 
 
 def _kind(node: yaml.Node) -> str:
-    return {yaml.MappingNode: "a mapping", yaml.SequenceNode: "a list"}.get(type(node), "a single value")
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    return "a list" if isinstance(node, yaml.SequenceNode) else "a single value"
 
 
 def _show(v: Any) -> str:
@@ -470,6 +481,21 @@ def _check_address(addr: str, path: str) -> None:
 
 def _apply_defaults(c: ServiceConfig, d: _Decoder) -> None:
     """Go's ``InitDefaults`` plus the legacy mappings, then the checks that span keys."""
+    _legacy_keys(c, d)
+    _io_defaults(c)
+    _cpu_cost_defaults(c.cpu_cost, d)
+    for lat in (c.latency, *c.latency_overrides.values()):
+        _latency_defaults(lat)
+    for key in c.latency_overrides:
+        if key not in _LATENCY_TYPES:
+            d.warn(f"latency_overrides.{key}: not a request type {_LATENCY_TYPES}, never used")
+    atc = c.audio_tempo_controller
+    if atc.enabled and not 0 < atc.adjustment_rate <= 0.2:
+        atc.adjustment_rate = 0.05
+    _check_addresses(c)
+
+
+def _legacy_keys(c: ServiceConfig, d: _Decoder) -> None:
     if c.log_level:
         d.warn("log_level is deprecated: use logging.level")
         if "logging" not in d.present:
@@ -481,13 +507,16 @@ def _apply_defaults(c: ServiceConfig, d: _Decoder) -> None:
             c.storage = StorageConfig(s3=c.s3, azure=c.azure, gcp=c.gcp, alioss=c.alioss)
     if c.backup_storage:
         d.warn("backup_storage (a local path) is obsolete: use backup: with a storage config")
-    for sc in (c.storage, c.backup, c.debug, c.s3 and StorageConfig(s3=c.s3)):
+    for sc in (c.storage, c.backup, c.debug, StorageConfig(s3=c.s3) if c.s3 is not None else None):
         if sc is not None and sc.s3 is not None:  # zero means the upload code's default
             sc.s3.max_retries = sc.s3.max_retries or 5
             sc.s3.max_retry_delay = sc.s3.max_retry_delay or Seconds(5.0)
             sc.s3.min_retry_delay = sc.s3.min_retry_delay or Seconds(0.1)
     if c.debug.path_prefix and not c.debug.prefix:
         c.debug.prefix = c.debug.path_prefix
+
+
+def _io_defaults(c: ServiceConfig) -> None:
     if not c.template_port:
         c.template_port = 7980
     if not c.template_base:
@@ -500,7 +529,9 @@ def _apply_defaults(c: ServiceConfig, d: _Decoder) -> None:
         c.max_upload_queue = 60
     if c.pulse_sink_reap_grace_sec == 0:
         c.pulse_sink_reap_grace_sec = 30
-    cc = c.cpu_cost
+
+
+def _cpu_cost_defaults(cc: CPUCostConfig, d: _Decoder) -> None:
     cc.max_cpu_utilization = cc.max_cpu_utilization or 0.8
     for name, default in (("room_composite_cpu_cost", 4.0), ("audio_room_composite_cpu_cost", 1.0),
                           ("web_cpu_cost", 4.0), ("audio_web_cpu_cost", 1.0), ("participant_cpu_cost", 2.0),
@@ -518,20 +549,18 @@ def _apply_defaults(c: ServiceConfig, d: _Decoder) -> None:
         d.warn(f"cpu_cost.memory_source {cc.memory_source!r} unknown, using proc_rss (as the Go egress does)")
         cc.memory_source = ""
     cc.memory_source = cc.memory_source or "proc_rss"
-    for lat in (c.latency, *c.latency_overrides.values()):
-        _latency_defaults(lat)
-    for key in c.latency_overrides:
-        if key not in _LATENCY_TYPES:
-            d.warn(f"latency_overrides.{key}: not a request type {_LATENCY_TYPES}, never used")
-    atc = c.audio_tempo_controller
-    if atc.enabled and not 0 < atc.adjustment_rate <= 0.2:
-        atc.adjustment_rate = 0.05
+
+
+def _check_addresses(c: ServiceConfig) -> None:
     if c.redis is not None:
         if c.redis.address:
             _check_address(c.redis.address, "redis.address")
         for key in ("sentinel_addresses", "cluster_addresses"):
             for i, addr in enumerate(getattr(c.redis, key)):
                 _check_address(addr, f"redis.{key}[{i}]")
+    for i, root in enumerate(c.output_roots):
+        if not isinstance(root, str) or not root.startswith("/"):
+            raise ConfigError(f"output_roots[{i}]: must be an absolute directory, got {root!r}")
     if c.ws_url and not re.match(r"(?i)^(wss?|https?)://[^/\s]+", c.ws_url):
         raise ConfigError(f"ws_url: must be a ws://, wss://, http:// or https:// URL, got {c.ws_url!r}")
 

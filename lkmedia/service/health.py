@@ -117,7 +117,7 @@ _URL_FIELDS = {"url", "urls", "websocket_url"}
 
 def _blank_secrets(v: Any) -> Any:
     if isinstance(v, dict):
-        out = {}
+        out: dict[str, Any] = {}
         for k, x in v.items():
             if k in _SECRET_FIELDS and x:
                 out[k] = ""

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from lkmedia.service.health import HttpEndpoint
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-HANDLER_RESULTS = ("completed", "aborted", "stopped_cpu", "killed_cpu", "killed_oom", "killed_shutdown",
+HANDLER_RESULTS = ("completed", "aborted", "stopped_cpu", "killed_cpu", "killed_oom", "killed_shutdown", "killed_hung",
                    "process_error", "duplicate_identity")
 UPLOAD_BUCKETS = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 15000, 20000, 30000)
 PSRPC_BUCKETS = (10, 50, 100, 300, 500, 1000, 1500, 2000, 5000, 10000)
@@ -137,6 +137,18 @@ class EgressMetrics:
         if result not in HANDLER_RESULTS:
             raise ValueError(f"handler result must be one of {HANDLER_RESULTS}, got {result!r}")
         self._handler_results.labels(type=request_type, result=result, **self._const).inc()
+
+    def node_usage(self, load: float, rss: int, cgroup: int | None, cpu_ratio: float,
+                   memory_ratio: float | None) -> None:
+        """Once a second: the node's CPU load, memory, and its use of what it may admit."""
+        self.cpu_load.set(load)
+        self.proc_rss_bytes.set(rss)
+        self.cgroup_read_success.set(0 if cgroup is None else 1)
+        if cgroup is not None:
+            self.cgroup_memory_bytes.set(cgroup)
+        self.load_ratio("cpu", cpu_ratio)
+        if memory_ratio is not None:
+            self.load_ratio("memory", memory_ratio)
 
     def load_ratio(self, resource: str, ratio: float) -> None:
         """``livekit_load_ratio{type=cpu|memory|pulse}``: use / configured limit."""

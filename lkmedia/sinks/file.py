@@ -18,6 +18,7 @@ from typing import Any
 import av
 
 from .base import ALL_AUDIO, ALL_VIDEO, PacketSink
+from .results import FileResult
 
 log = logging.getLogger("lkmedia.sinks.file")
 
@@ -79,8 +80,7 @@ class FileSink(PacketSink):
     is a ~100-byte moof per fragment, and finalisation removes them anyway.
     finalize: on a clean close, remux a fragmented MP4 into a regular faststart MP4
     (the fragmented file is kept, and the failure logged, if that fails).
-    ``result`` (after close): filename, location, size, duration (s), started_at,
-    ended_at (unix ns), format, finalized. ``stats()`` works while recording.
+    ``result`` (after close): a FileResult. ``stats()`` works while recording.
     """
 
     def __init__(
@@ -110,8 +110,8 @@ class FileSink(PacketSink):
         self._frame_seconds: dict[int, float] = {}  # for video packets without a duration
         self._start: float | None = None
         self._lock = threading.Lock()
-        self.started_at: int | None = None
-        self.ended_at: int | None = None
+        self.started_at: float | None = None  # Unix seconds
+        self.ended_at: float | None = None
         self.finalized = False
 
     def multi_stream_ok(self, media: str) -> bool:
@@ -154,7 +154,7 @@ class FileSink(PacketSink):
         return opts
 
     def open(self, templates: list[av.stream.Stream]) -> None:
-        self.started_at = time.time_ns()
+        self.started_at = time.time()
         try:
             c = av.open(self.path, "w", format=self.format.muxer, options=self._muxer_options())
         except av.FFmpegError as e:
@@ -170,7 +170,8 @@ class FileSink(PacketSink):
                                      f"codec {t.codec_context.name if t.codec_context else t}: {e}") from e
                 self._streams[id(t)] = s
                 if t.type == "video":
-                    rate = t.average_rate or (t.codec_context.framerate if t.codec_context else None)
+                    tcc: Any = t.codec_context
+                    rate = t.average_rate or (tcc.framerate if tcc else None)
                     if rate:
                         self._frame_seconds[s.index] = 1 / float(rate)
         except Exception:
@@ -229,7 +230,7 @@ class FileSink(PacketSink):
 
     def _close_container(self) -> None:
         c, self._container = self._container, None
-        self.ended_at = time.time_ns()
+        self.ended_at = time.time()
         if c is not None:
             try:
                 c.close()  # writes the trailer (last fragment, cues, Xing header)
@@ -284,16 +285,9 @@ class FileSink(PacketSink):
             size = os.path.getsize(self.path)
         except OSError:
             size = 0
-        self.result = {
-            "filename": os.path.basename(self.path),
-            "location": self.path,
-            "size": size,
-            "duration": round(self.media_duration, 3),
-            "started_at": self.started_at or 0,
-            "ended_at": self.ended_at or time.time_ns(),
-            "format": self.format.name,
-            "finalized": self.finalized,
-        }
+        self.result = FileResult(os.path.basename(self.path), self.path, size, round(self.media_duration, 3),
+                                 self.started_at or 0.0, self.ended_at or time.time(), self.format.name,
+                                 self.finalized)
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()

@@ -15,6 +15,7 @@ from typing import Any
 import av
 
 from ..core import EOS, Caps, Gap, Sink
+from .results import Image, ImagesResult
 
 log = logging.getLogger("lkmedia.sinks.images")
 
@@ -69,7 +70,7 @@ class ImageSink(Sink):
         self.width, self.height = width, height
         self.suffix = suffix
         self.qscale = _qscale(quality) if quality is not None else 3
-        self.images: list[dict[str, Any]] = []
+        self.images: list[Image] = []
         self._codec: Any = None
         self._size: tuple[int, int] | None = None
         self._t0: float | None = None
@@ -165,11 +166,11 @@ class ImageSink(Sink):
             f.write(data)
         os.replace(tmp, path)
         if self.suffix == "none_overwrite":
-            self.images = [i for i in self.images if i["filename"] != filename]
-            count = int(self.result.get("image_count", 0)) + 1
+            self.images = [i for i in self.images if i.filename != filename]
+            count = self.result.image_count + 1
         else:
             count = len(self.images) + 1
-        self.images.append({"filename": filename, "timestamp": wall, "time": round(t, 3), "size": len(data)})
+        self.images.append(Image(filename, wall))
         self.result = self._result(count)
 
     def _filename(self, index: int, wall: float) -> str:
@@ -180,14 +181,9 @@ class ImageSink(Sink):
             return f"{self.filename_prefix}_{d.strftime('%Y%m%d%H%M%S')}{d.microsecond // 1000:03d}.jpeg"
         return f"{self.filename_prefix}.jpeg"
 
-    def _result(self, count: int = 0) -> dict[str, Any]:
-        return {
-            "filename_prefix": self.filename_prefix,
-            "image_count": count,
-            "started_at": self._wall0,
-            "ended_at": self.images[-1]["timestamp"] if self.images else None,
-            "images": [{"filename": i["filename"], "timestamp": i["timestamp"]} for i in self.images],
-        }
+    def _result(self, count: int = 0) -> ImagesResult:
+        return ImagesResult(self.filename_prefix, count, self._wall0 or 0.0,
+                            self.images[-1].timestamp if self.images else 0.0, list(self.images))
 
     def stats(self) -> dict[str, Any]:
-        return {"frames": self.frames_seen, "images": self.result["image_count"]}
+        return {"frames": self.frames_seen, "images": self.result.image_count}

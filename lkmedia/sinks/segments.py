@@ -15,11 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any
 
 import av
 
 from .base import PacketSink
+from .results import Segment, SegmentsResult
 
 log = logging.getLogger("lkmedia.sinks.hls")
 
@@ -79,7 +80,7 @@ class HLSSink(PacketSink):
     The encoder must use ``keyframe_interval = segment_duration`` for exact segments.
     """
 
-    codecs: ClassVar[dict[str, set[str]]] = {"video": {"h264"}, "audio": {"aac"}}
+    codecs: dict[str, set[str]] = {"video": {"h264"}, "audio": {"aac"}}
     kind = "HLS"
 
     def __init__(
@@ -328,20 +329,14 @@ class HLSSink(PacketSink):
             _atomic_write(live, self._render(window, seq, final, event=False))
 
     # -- results -------------------------------------------------------------------
-    def _result(self) -> dict[str, Any]:
+    def _result(self) -> SegmentsResult:
         segs = self.segments
-        return {
-            "playlist_name": self.playlist_name,
-            "live_playlist_name": self.live_playlist_name,
-            "playlist_location": os.path.abspath(self.playlist_path),
-            "live_playlist_location": os.path.abspath(self.live_playlist_path) if self.live_playlist_path else None,
-            "segment_count": len(segs),
-            "duration": round(sum(s.duration for s in segs), 3),
-            "size": sum(s.size for s in segs),
-            "started_at": self._wall0,
-            "ended_at": (segs[-1].wall + segs[-1].duration) if segs else None,
-            "segments": [{"filename": s.filename, "duration": round(s.duration, 3)} for s in segs],
-        }
+        live = self.live_playlist_path
+        return SegmentsResult(
+            self.playlist_name, self.live_playlist_name, os.path.abspath(self.playlist_path),
+            os.path.abspath(live) if live else None, len(segs), round(sum(s.duration for s in segs), 3),
+            sum(s.size for s in segs), self._wall0 or 0.0, (segs[-1].wall + segs[-1].duration) if segs else 0.0,
+            [Segment(s.filename, round(s.duration, 3)) for s in segs])
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "segments": len(self.segments)}

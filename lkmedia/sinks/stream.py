@@ -19,6 +19,7 @@ import av
 from ..core import EOS, Caps, InputPort, Sink, clone_packet, get_any
 from ..core.errors import LkmediaError
 from ..redact import redact_key
+from .results import DestinationResult, StreamResult
 from .stream_destination import Destination, PacketQueue, StreamStatus
 from .stream_url import StreamURL, StreamURLError, parse_stream_url, redact_url
 
@@ -69,7 +70,7 @@ class StreamSink(Sink):
             self.add_url(u)
         if not self._dests:
             raise ValueError(f"{self.name}: needs at least one stream URL")
-        self.result = {"streams": self.destinations()}
+        self.result = StreamResult(self.destinations())
 
     # -- destinations ------------------------------------------------------
     def add_url(self, url: str) -> str:
@@ -86,7 +87,7 @@ class StreamSink(Sink):
         self._changed(d)
         return parsed.redacted
 
-    def remove_url(self, url: str) -> dict[str, Any]:
+    def remove_url(self, url: str) -> DestinationResult:
         """Finish streaming to ``url`` cleanly. Returns its (redacted) status."""
         parsed = parse_stream_url(url)
         with self._lock:
@@ -99,7 +100,7 @@ class StreamSink(Sink):
         log.info("%s: removing %s", self.name, parsed.redacted)
         return d.info()
 
-    def destinations(self) -> list[dict[str, Any]]:
+    def destinations(self) -> list[DestinationResult]:
         with self._lock:
             return [d.info() for d in self._dests]
 
@@ -119,13 +120,12 @@ class StreamSink(Sink):
             except RuntimeError:
                 pass
         else:
-            self.result["streams"] = self.destinations()
+            self.result = StreamResult(self.destinations())
 
-    def _publish(self, info: dict[str, Any]) -> None:
-        self.result["streams"] = self.destinations()
-        fields = {k: info[k] for k in ("url", "status", "error", "retries", "last_retry_at",
-                                       "started_at", "ended_at")}
-        self.report("stream", **fields)
+    def _publish(self, info: DestinationResult) -> None:
+        self.result = StreamResult(self.destinations())
+        self.report("stream", url=info.url, status=info.status, error=info.error, retries=info.retries,
+                    last_retry_at=info.last_retry_at, started_at=info.started_at, ended_at=info.ended_at)
 
     # -- graph -------------------------------------------------------------
     def accept_input(self, caps: Caps) -> str | None:
@@ -194,13 +194,13 @@ class StreamSink(Sink):
             raise
         finally:
             watchdog.cancel()
-            self.result["streams"] = self.destinations()
+            self.result = StreamResult(self.destinations())
         if self._all_failed():
             raise self._failure()
 
     def _failure(self) -> StreamFailed:
         return StreamFailed("every stream destination failed: " + "; ".join(
-            f"{d['url']}: {d['error']}" for d in self.destinations() if d["status"] == "FAILED"))
+            f"{d.url}: {d.error}" for d in self.destinations() if d.status == "FAILED"))
 
     def _start(self, templates: dict[str, Any], pending: PacketQueue) -> None:
         with self._lock:
@@ -240,9 +240,8 @@ class StreamSink(Sink):
 
     def stats(self) -> dict[str, Any]:
         ds = self.destinations()
-        return {"destinations": len(ds), "active": sum(d["status"] == "ACTIVE" for d in ds),
-                "failed": sum(d["status"] == "FAILED" for d in ds),
-                "bytes": sum(d["bytes"] for d in ds)}
+        return {"destinations": len(ds), "active": sum(d.status == "ACTIVE" for d in ds),
+                "failed": sum(d.status == "FAILED" for d in ds), "bytes": sum(d.bytes for d in ds)}
 
 
 def _poll(ports: list[InputPort], start: int) -> tuple[InputPort, Any] | None:

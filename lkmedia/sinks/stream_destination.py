@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import av
 
+from .results import DestinationResult
 from .stream_url import StreamURL, StreamURLError, _srt_target, srt_ffmpeg
 
 if TYPE_CHECKING:
@@ -135,16 +136,13 @@ class Destination:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> DestinationResult:
         end = self.ended_at or time.time()
-        return {
-            "url": self.url.redacted, "status": self.status.value, "error": self.error,
-            "retries": self.retries, "last_retry_at": self.last_retry_at,
-            "started_at": self.started_at, "ended_at": self.ended_at,
-            "duration": round(end - self.started_at, 3) if self.started_at else 0.0,
-            "packets": self.packets, "bytes": self.bytes,
-            "dropped": self.queue.dropped if self.queue else 0,
-        }
+        return DestinationResult(
+            self.url.redacted, self.status.value, self.error, self.retries, self.last_retry_at or 0.0,
+            self.started_at or 0.0, self.ended_at or 0.0,
+            round(end - self.started_at, 3) if self.started_at else 0.0, self.packets, self.bytes,
+            self.queue.dropped if self.queue else 0)
 
     def set_status(self, status: StreamStatus, error: str | None = None) -> bool:
         with self._lock:

@@ -67,6 +67,7 @@ def parse_stream_url(url: str) -> StreamURL:
             raise StreamURLError(
                 f"invalid RTMP URL {shown!r}: expected {scheme}://host[:port]/app/stream_key")
         host = m.group(2)
+        secrets: tuple[str, ...]
         if "@" in host:  # user:password@host
             secrets = (host.rsplit("@", 1)[0],)
             host = "***@" + host.rsplit("@", 1)[1]

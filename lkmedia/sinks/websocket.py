@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections import deque
@@ -22,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from ..core import EOS, Caps, Gap, LkmediaError, Sink
 from ..redact import redact_url
+from .results import WebSocketResult
 
 log = logging.getLogger("lkmedia.sinks.websocket")
 
@@ -298,15 +300,11 @@ class WebSocketSink(Sink):
             await self._close_ws()
             self.result = self._result()
 
-    def _result(self) -> dict[str, Any]:
+    def _result(self) -> WebSocketResult:
         rate, ch = self._out or (self.sample_rate, self.channels)
         seconds = self.bytes_sent / (rate * ch * 2) if rate and ch else 0.0
-        return {
-            "url": self.safe_url, "content_type": self.content_type, "sample_rate": rate,
-            "channels": ch, "bytes_sent": self.bytes_sent, "duration": round(seconds, 3),
-            "messages": self.messages, "mute_messages": self.mute_messages,
-            "reconnects": self.reconnects, "dropped_bytes": self.dropped_bytes,
-        }
+        return WebSocketResult(self.safe_url, self.content_type, rate or 0, ch or 0, self.bytes_sent, round(seconds, 3),
+                               self.messages, self.mute_messages, self.reconnects, self.dropped_bytes)
 
     def stats(self) -> dict[str, Any]:
-        return {k: v for k, v in self._result().items() if k not in ("url", "content_type")}
+        return {k: v for k, v in dataclasses.asdict(self._result()).items() if k not in ("url", "content_type")}

@@ -46,7 +46,7 @@ AUDIO_RESYNC = 0.02     # counted audio further than this from its playout time 
 STATS_EVERY = 0.25      # how often the audio jitter-buffer delay is read
 VIDEO_TS_TRUST = 1.0    # a render time further than this from arrival is not used
 STREAM_CLOSE_WAIT = 0.5  # seconds a closing FFI stream may take to say it has ended
-VIDEO_STREAM = {"capacity": 4, "format": rtc.VideoBufferType.I420}  # a few frames, then the oldest go
+VIDEO_STREAM: dict[str, Any] = {"capacity": 4, "format": rtc.VideoBufferType.I420}  # a few frames, then the oldest go
 
 _SOURCES = {rtc.TrackSource.SOURCE_CAMERA: "camera", rtc.TrackSource.SOURCE_MICROPHONE: "microphone",
             rtc.TrackSource.SOURCE_SCREENSHARE: "screen_share",
@@ -100,6 +100,7 @@ class _Feed:
     lost_at: float | None = None      # graph time the track went away
     ended: bool = False
     frames: int = 0
+    empty: int = 0                    # frames with no picture, skipped
     gaps: int = 0
     gap_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -118,7 +119,7 @@ def video_to_av(frame: rtc.VideoFrame) -> av.VideoFrame:
     off = 0
     for i, (pw, ph) in enumerate(((w, h), (cw, ch), (cw, ch))):
         plane = out.planes[i]
-        dst = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+        dst = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
         dst[:ph, :pw] = data[off : off + pw * ph].reshape(ph, pw)
         off += pw * ph
     return out
@@ -410,6 +411,11 @@ class _LiveKitSource(Source):
 
     async def _read_video(self, feed: _Feed, stream: rtc.VideoStream) -> None:
         async for ev in stream:
+            if ev.frame.width < 2 or ev.frame.height < 2:
+                # A track that ends (a publisher's clip, a camera unpublished) can hand out
+                # a frame with no picture (2x0 seen): not a frame to record or encode.
+                feed.empty += 1
+                continue
             arrival = self._now()
             t = arrival
             if ev.timestamp_us > 0:

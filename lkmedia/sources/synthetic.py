@@ -2,7 +2,7 @@
 
 Video: a moving bar on a gradient; once a second (at t = 0, 1, 2 ... s) one all-white
 frame (the flash). Audio: silence with a 1 kHz beep starting at the same instants.
-Probing an output for both onsets measures its A/V offset (see lkmedia.testing.probe).
+Probing an output for both onsets measures its A/V offset (see lkmedia.probe).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class SyntheticSource(Source):
     # -- generation --------------------------------------------------------
     def video_frame(self, i: int) -> av.VideoFrame:
         f = av.VideoFrame(self.width, self.height, "yuv420p")
-        y = np.frombuffer(f.planes[0], np.uint8).reshape(self.height, -1)[:, : self.width]
+        y = np.frombuffer(f.planes[0], np.uint8).reshape(self.height, -1)[:, : self.width]  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
         if self.is_flash(i):
             y[:] = FLASH_Y
         else:
@@ -78,7 +78,7 @@ class SyntheticSource(Source):
             x = (i * 8) % (self.width - self._bar_w)
             y[:, x : x + self._bar_w] = 235
         for p in (1, 2):
-            np.frombuffer(f.planes[p], np.uint8)[:] = 128
+            np.frombuffer(f.planes[p], np.uint8)[:] = 128  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
         f.pts = round(i / self.fps / VIDEO_TIME_BASE)
         f.time_base = VIDEO_TIME_BASE
         return f

@@ -19,6 +19,27 @@ _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+def _s3_value(k: str, v: Any, key: str) -> Any:
+    """One S3 key's YAML value, checked for its type."""
+    if k in ("min_retry_delay", "max_retry_delay", "connect_timeout", "read_timeout"):
+        return parse_duration(v, key)
+    if k in ("max_retries", "part_size", "multipart_threshold"):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise StorageConfigError(f"{key}: expected an integer, got {v!r}")
+        return v
+    if k == "force_path_style":
+        if not isinstance(v, bool):
+            raise StorageConfigError(f"{key}: expected true or false, got {v!r}")
+        return v
+    if k == "metadata":
+        if v is not None and not isinstance(v, Mapping):
+            raise StorageConfigError(f"{key}: expected a mapping of strings")
+        return {str(a): str(b) for a, b in (v or {}).items()}
+    if v is not None and not isinstance(v, str | int | float):
+        raise StorageConfigError(f"{key}: expected a string, got {type(v).__name__}")
+    return "" if v is None else str(v)
+
+
 def parse_duration(value: Any, key: str) -> float:
     """Seconds from a Go duration: "100ms", "5s", "1m30s"; an int is nanoseconds (as Go's
     YAML reads it); a float is seconds."""
@@ -130,24 +151,7 @@ class S3Config:
                 continue
             if k not in known:
                 raise StorageConfigError(f"{key}: unknown S3 key")
-            if k in ("min_retry_delay", "max_retry_delay", "connect_timeout", "read_timeout"):
-                args[k] = parse_duration(v, key)
-            elif k in ("max_retries", "part_size", "multipart_threshold"):
-                if isinstance(v, bool) or not isinstance(v, int):
-                    raise StorageConfigError(f"{key}: expected an integer, got {v!r}")
-                args[k] = v
-            elif k == "force_path_style":
-                if not isinstance(v, bool):
-                    raise StorageConfigError(f"{key}: expected true or false, got {v!r}")
-                args[k] = v
-            elif k == "metadata":
-                if v is not None and not isinstance(v, Mapping):
-                    raise StorageConfigError(f"{key}: expected a mapping of strings")
-                args[k] = {str(a): str(b) for a, b in (v or {}).items()}
-            else:
-                if v is not None and not isinstance(v, str | int | float):
-                    raise StorageConfigError(f"{key}: expected a string, got {type(v).__name__}")
-                args[k] = "" if v is None else str(v)
+            args[k] = _s3_value(k, v, key)
         conf = cls(**args)
         if conf.max_retries == 0:
             conf.max_retries = 5  # Go: zero means the default
@@ -162,7 +166,7 @@ class S3Config:
         """From a request's ``S3Upload``; retry and transfer settings come from the
         server's own s3 config (``defaults``), as in the Go egress."""
         base = defaults or cls()
-        proxy = getattr(msg, "proxy", None)
+        proxy: Any = getattr(msg, "proxy", None)
         has_proxy = proxy is not None and (not hasattr(msg, "HasField") or msg.HasField("proxy"))
         return replace(
             base,

@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from .base import Storage, StorageConfigError
 from .cloud import AliOSSStorage, AzureStorage, GCPStorage
@@ -45,8 +45,9 @@ class StorageSettings:
         return S3Storage(self.s3, prefix=self.prefix)
 
 
-def _unsupported(provider: str, where: str) -> None:
+def _unsupported(provider: str, where: str) -> NoReturn:
     {"gcp": GCPStorage, "azure": AzureStorage, "alioss": AliOSSStorage}[provider](where=where)
+    raise StorageConfigError(f"{where}: {provider} is not supported")  # (the line above raises)
 
 
 def _section(d: Any, where: str) -> tuple[str, str | None, S3Config | None]:

@@ -18,11 +18,15 @@ from .base import Storage, StorageConfigError, StorageError, StoredObject, join_
 class LocalStorage(Storage):
     kind = "local"
 
-    def __init__(self, directory: str | os.PathLike[str], prefix: str = "") -> None:
+    def __init__(self, directory: str | os.PathLike[str], prefix: str = "",
+                 probe_dir: str | None = None) -> None:
+        """``probe_dir``: where ``preflight`` checks that files can be written (default:
+        ``directory``; a deeper one when only part of the tree is meant to be written)."""
         if not str(directory):
             raise StorageConfigError("local storage needs a directory")
         self.directory = os.path.abspath(os.fspath(directory))
         self.prefix = prefix
+        self.probe_dir = os.path.abspath(probe_dir) if probe_dir else self.directory
 
     def describe(self) -> str:
         return f"local directory {self.directory!r}"
@@ -89,12 +93,12 @@ class LocalStorage(Storage):
     async def preflight(self, timeout: float = 5.0) -> None:
         def probe() -> None:
             try:
-                os.makedirs(self.directory, exist_ok=True)
-                name = os.path.join(self.directory, f".lkmedia-preflight-{uuid.uuid4().hex[:8]}")
+                os.makedirs(self.probe_dir, exist_ok=True)
+                name = os.path.join(self.probe_dir, f".lkmedia-preflight-{uuid.uuid4().hex[:8]}")
                 with open(name, "wb") as f:
                     f.write(b"ok")
                 os.unlink(name)
             except OSError as e:
-                raise StorageError(f"{self.describe()} is not writable: {e.strerror or e}") from e
+                raise StorageError(f"local directory {self.probe_dir!r} is not writable: {e.strerror or e}") from e
 
         await asyncio.wait_for(asyncio.to_thread(probe), timeout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import uuid
@@ -282,7 +283,7 @@ class S3Storage(Storage):
             args: dict[str, Any] = {"Bucket": self.config.bucket, "Prefix": prefix}
             if token:
                 args["ContinuationToken"] = token
-            res = await self._retry("listing", lambda args=args: client.list_objects_v2(**args))
+            res = await self._retry("listing", functools.partial(client.list_objects_v2, **args))
             keys += [o["Key"] for o in res.get("Contents", [])]
             token = res.get("NextContinuationToken")
             if not token:

@@ -331,6 +331,6 @@ def _copy_result(src: asyncio.Future[UploadResult], dst: concurrent.futures.Futu
     if src.cancelled():
         dst.cancel()
     elif src.exception() is not None:
-        dst.set_exception(src.exception())  # type: ignore[arg-type]
+        dst.set_exception(src.exception())
     else:
         dst.set_result(src.result())

@@ -1,7 +1,7 @@
-"""Helpers for driving the egress service through livekit-server's API (tests, demo, bench)."""
+"""The egress service as tests run it: a child process, its metrics. (Driving it through
+livekit-server's API is product code: lkmedia.dev.egress.)"""
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -11,15 +11,9 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from livekit import api
-from livekit.protocol import egress as lk
+from ..dev.egress import TERMINAL, EgressEnded, S, service_config_body, wait_egress
 
-S = lk.EgressStatus
-TERMINAL = {S.EGRESS_COMPLETE, S.EGRESS_FAILED, S.EGRESS_ABORTED, S.EGRESS_LIMIT_REACHED}
-
-
-class EgressEnded(RuntimeError):
-    """The egress reached a final status other than the ones waited for."""
+__all__ = ["S", "TERMINAL", "EgressEnded", "EgressServiceProcess", "metric_value", "service_config_body", "wait_egress"]
 
 
 def metric_value(text: str, name: str, match: Callable[[str], bool] = lambda _: True) -> float | None:
@@ -30,31 +24,6 @@ def metric_value(text: str, name: str, match: Callable[[str], bool] = lambda _: 
     return None
 
 
-def service_config_body(stack: object, extra: str = "") -> str:
-    """Egress config YAML (Go keys) pointing at a DevStack's livekit-server and Redis."""
-    return (f"api_key: {stack.api_key}\napi_secret: {stack.api_secret}\n"  # type: ignore[attr-defined]
-            f"ws_url: {stack.url}\nredis:\n  address: {stack.redis_address}\n" + extra)  # type: ignore[attr-defined]
-
-
-async def wait_egress(lkapi: api.LiveKitAPI, egress_id: str, want: set[int], timeout: float = 20) -> lk.EgressInfo:
-    """Poll ListEgress until the egress reaches one of ``want``. A final status not in
-    ``want`` raises EgressEnded at once (with its error); TimeoutError names the last one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        res = await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=egress_id))
-        if res.items and res.items[0].status in want:
-            return res.items[0]
-        if res.items and res.items[0].status in TERMINAL:
-            info = res.items[0]
-            raise EgressEnded(f"egress {egress_id} ended {S.Name(info.status)}, waited for "
-                              f"{sorted(S.Name(w) for w in want)}: {info.error}")
-        if time.monotonic() > deadline:
-            seen = S.Name(res.items[0].status) if res.items else "nothing"
-            raise TimeoutError(f"egress {egress_id} did not reach {sorted(S.Name(w) for w in want)} "
-                               f"in {timeout:g} s (last: {seen})")
-        await asyncio.sleep(0.1)
-
-
 class EgressServiceProcess:
     """``python -m lkmedia egress`` (or ``dispatcher``) as a child process, as it runs in production: config by
     EGRESS_CONFIG_BODY (never argv), health port picked free, log in ``log_path``, its own
@@ -62,7 +31,7 @@ class EgressServiceProcess:
 
     def __init__(self, body: str, work_dir: str | os.PathLike[str], *, name: str = "egress",
                  command: str = "egress") -> None:
-        from .devstack import free_port
+        from ..dev.stack import free_port
 
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)

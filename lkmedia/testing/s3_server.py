@@ -1,5 +1,5 @@
 """A real S3 server for tests: MinIO (built by scripts/install_s3_server.sh into
-.cache/bin) on a free loopback port, with its data in a temporary directory.
+~/.cache/lkmedia/bin) on a free loopback port, with its data in a temporary directory.
 
 ``stop()`` / ``kill()`` / ``start()`` keep the data directory and the port, so a test can
 take the server away in the middle of an upload and bring the same buckets back.
@@ -18,15 +18,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Self
 
+from ..dev.stack import CACHE_BIN
 from .process import kill_process, stop_process
 from .rtmp_server import free_port
 
-_REPO = Path(__file__).resolve().parents[2]
-
 
 def minio_binary() -> str | None:
-    """$LKMEDIA_MINIO, then the project's .cache/bin/minio, then ``minio`` on PATH."""
-    for cand in (os.environ.get("LKMEDIA_MINIO"), str(_REPO / ".cache" / "bin" / "minio"), shutil.which("minio")):
+    """$LKMEDIA_MINIO, then the build cache's minio, then ``minio`` on PATH."""
+    for cand in (os.environ.get("LKMEDIA_MINIO"), str(CACHE_BIN / "minio"), shutil.which("minio")):
         if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
             return cand
     return None

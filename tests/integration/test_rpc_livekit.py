@@ -14,10 +14,10 @@ import pytest
 from livekit import api
 from livekit.protocol import egress as lk_egress
 
+from lkmedia.dev.stack import DEV_KEY, DEV_SECRET, DevStack
 from lkmedia.rpc import RedisBus, RequestContext, RpcError
 from lkmedia.rpc.egress import EgressHandlerServer, EgressInternalServer, IOInfoClient
 from lkmedia.rpc.messages import StartEgressRequest, unpack_start_egress
-from lkmedia.testing.devstack import DEV_KEY, DEV_SECRET, DevStack
 
 pytestmark = pytest.mark.integration
 KEY, SECRET = DEV_KEY, DEV_SECRET

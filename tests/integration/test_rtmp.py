@@ -17,10 +17,10 @@ import pytest
 import lkmedia.sinks.stream_url as stream_mod
 from lkmedia.core import Graph
 from lkmedia.nodes.encode import AudioEncoder, VideoEncoder
+from lkmedia.probe import decode_errors, probe
 from lkmedia.sinks.file import FileSink
 from lkmedia.sinks.stream import PacketQueue, StreamSink, StreamURLError, parse_stream_url, redact_url
 from lkmedia.sources.synthetic import SyntheticSource
-from lkmedia.testing.probe import decode_errors, probe
 from lkmedia.testing.rtmp_server import NginxRtmp, free_port
 
 pytestmark = pytest.mark.integration
@@ -79,12 +79,12 @@ async def test_two_destinations_get_the_whole_stream(rtmp_server: NginxRtmp) -> 
         files = rtmp_server.recordings(key)
         assert len(files) == 1
         assert_stream(files[0], 6.0)
-    res = sink.result["streams"]
-    assert [d["status"] for d in res] == ["FINISHED", "FINISHED"]
-    assert all(d["retries"] == 0 and d["error"] is None and d["dropped"] == 0 for d in res)
-    assert all(d["started_at"] and d["ended_at"] and 4.5 < d["duration"] < 7.5 for d in res)
+    res = sink.result.streams
+    assert [d.status for d in res] == ["FINISHED", "FINISHED"]
+    assert all(d.retries == 0 and d.error is None and d.dropped == 0 for d in res)
+    assert all(d.started_at and d.ended_at and 4.5 < d.duration < 7.5 for d in res)
     assert {e["status"] for e in events} == {"ACTIVE", "FINISHED"}
-    assert res[0]["url"] == f"rtmp://127.0.0.1:{rtmp_server.port}/live/{{liv...111}}"
+    assert res[0].url == f"rtmp://127.0.0.1:{rtmp_server.port}/live/{{liv...111}}"
     no_secrets(repr(res) + repr(events), KEY_A, KEY_B)
 
 
@@ -109,11 +109,11 @@ async def test_refused_destination_fails_alone(rtmp_server: NginxRtmp, tmp_path:
     # The refused one is FAILED (after RECONNECTING) in both sinks; only the sink with
     # nothing else to stream to ends, with a branch-scoped error.
     for s in (mixed, lonely):
-        bad = next(d for d in s.result["streams"] if d["url"].endswith("ED9}"))
-        assert bad["status"] == "FAILED" and bad["retries"] >= 1 and bad["packets"] == 0
-        assert "Connection refused" in bad["error"]
-        assert bad["url"].endswith("/live/{liv...ED9}")
-    assert [d["status"] for d in mixed.result["streams"]] == ["FINISHED", "FAILED"]
+        bad = next(d for d in s.result.streams if d.url.endswith("ED9}"))
+        assert bad.status == "FAILED" and bad.retries >= 1 and bad.packets == 0
+        assert "Connection refused" in bad.error
+        assert bad.url.endswith("/live/{liv...ED9}")
+    assert [d.status for d in mixed.result.streams] == ["FINISHED", "FAILED"]
     assert [(e.node, e.scope) for e in errors] == [("lonely", "branch")]
     assert "every stream destination failed" in str(errors[0]) and "{liv...ED9}" in str(errors[0])
     statuses = [e["status"] for e in events if e["node"] == "mixed" and e["url"].endswith("ED9}")]
@@ -136,9 +136,9 @@ async def test_stalled_destination_is_abandoned(rtmp_server: NginxRtmp) -> None:
         t0 = time.monotonic()
         assert await g.run() == []
         assert time.monotonic() - t0 < 8.0
-        good, bad = sink.result["streams"]
-        assert good["status"] == "FINISHED" and bad["status"] == "FAILED" and bad["retries"] >= 1
-        assert "timed out" in bad["error"] and KEY_B not in repr(bad)
+        good, bad = sink.result.streams
+        assert good.status == "FINISHED" and bad.status == "FAILED" and bad.retries >= 1
+        assert "timed out" in bad.error and KEY_B not in repr(bad)
         assert_stream(rtmp_server.recordings(KEY_A)[0], 5.0)
     finally:
         await accept
@@ -159,10 +159,10 @@ async def test_add_and_remove_while_running(rtmp_server: NginxRtmp) -> None:
         sink.add_url(rtmp_server.url(KEY_C))
     await asyncio.sleep(1.0)
     removed = sink.remove_url(rtmp_server.url(KEY_B))
-    assert removed["url"] == redact_url(rtmp_server.url(KEY_B))
+    assert removed.url == redact_url(rtmp_server.url(KEY_B))
     assert await g.wait() == []
-    res = {d["url"]: d for d in sink.destinations()}
-    assert {d["status"] for d in res.values()} == {"FINISHED"}
+    res = {d.url: d for d in sink.destinations()}
+    assert {d.status for d in res.values()} == {"FINISHED"}
     assert_stream(rtmp_server.recordings(KEY_A)[0], 6.0)
     # B stopped ~3 s in, cleanly (decodes); C joined ~2 s in at a keyframe.
     b = rtmp_server.recordings(KEY_B)[0]
@@ -187,8 +187,8 @@ async def test_reconnects_after_server_restart(rtmp_server: NginxRtmp) -> None:
     statuses = [e["status"] for e in events]
     i = statuses.index("RECONNECTING")
     assert "ACTIVE" in statuses[:i] and "ACTIVE" in statuses[i:] and statuses[-1] == "FINISHED"
-    d = sink.result["streams"][0]
-    assert d["retries"] >= 1 and d["last_retry_at"] is not None and d["status"] == "FINISHED"
+    d = sink.result.streams[0]
+    assert d.retries >= 1 and d.last_retry_at > 0 and d.status == "FINISHED"
     before, after = rtmp_server.recordings(KEY_A)
     for f in (before, after):
         assert probe(f).has("video") and probe(f).has("audio") and decode_errors(f) == ""
@@ -215,8 +215,8 @@ async def test_srt_destination(tmp_path: Path) -> None:
         if listener.returncode is None:
             listener.kill()
             await listener.wait()
-    d = sink.result["streams"][0]
-    assert d["status"] == "FINISHED" and KEY_A not in repr(d)
+    d = sink.result.streams[0]
+    assert d.status == "FINISHED" and KEY_A not in repr(d)
     p = probe(str(out))
     assert {s.codec for s in p.streams} == {"h264", "aac"}
     assert p.stream("video").frames == 4 * FPS
@@ -230,8 +230,8 @@ async def test_srt_without_ffmpeg_fails_clearly(monkeypatch: pytest.MonkeyPatch)
     sink = StreamSink([f"srt://127.0.0.1:{free_port()}"])
     feed(g, v, a, sink)
     errors = await g.run()
-    d = sink.result["streams"][0]
-    assert d["status"] == "FAILED" and "ffmpeg" in d["error"] and "libsrt" in d["error"]
+    d = sink.result.streams[0]
+    assert d.status == "FAILED" and "ffmpeg" in d.error and "libsrt" in d.error
     assert [e.scope for e in errors] == ["branch"]
     monkeypatch.setattr(stream_mod, "_srt_ffmpeg", False)
 

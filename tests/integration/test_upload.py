@@ -20,6 +20,7 @@ import pytest
 
 from lkmedia.core import Graph
 from lkmedia.nodes.encode import AudioEncoder, VideoEncoder
+from lkmedia.probe import decode_errors, probe
 from lkmedia.sinks.file import FileSink
 from lkmedia.sinks.segments import HLSSink
 from lkmedia.sources.synthetic import SyntheticSource
@@ -34,7 +35,6 @@ from lkmedia.storage import (
     Uploader,
     settings_from_yaml,
 )
-from lkmedia.testing.probe import decode_errors, probe
 from lkmedia.testing.rtmp_server import free_port
 from lkmedia.testing.s3_server import MinioServer, minio_binary
 
@@ -171,7 +171,7 @@ async def test_hls_segments_upload_as_they_finish(minio: MinioServer, tmp_path: 
         uploaded_while_recording = len(hook.segments)
         summary = await hook.finish()
         mres = await manifest.upload(up, "show/index.m3u8")
-    n = sink.result["segment_count"]
+    n = sink.result.segment_count
     assert n >= 4
     assert uploaded_while_recording >= n - 2, "segments were not uploaded as they finished"
     assert summary["segment_count"] == n == summary["segments_stored"]

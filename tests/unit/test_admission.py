@@ -9,20 +9,21 @@ import time
 import pytest
 from livekit.protocol import egress as lk
 
-from lkmedia.service.admission import (
-    CPU_HOLD_SECONDS,
-    Admission,
-    AdmissionError,
-    ProcSampler,
-    cpu_count,
-    request_costs,
-)
+from lkmedia.egress.costs import check_cpu_costs, request_costs
 from lkmedia.service.config import ConfigError, CPUCostConfig, parse_config
+from lkmedia.worker.admission import CPU_HOLD_SECONDS, Admission, AdmissionError
+from lkmedia.worker.kind import Costs
+from lkmedia.worker.sampler import ProcSampler, cpu_count
 
 
 def _costs(yaml_cpu_cost: str = "") -> CPUCostConfig:
     text = "cpu_cost:\n" + yaml_cpu_cost if yaml_cpu_cost else ""
     return parse_config(text, env={}, require_connection=False).cpu_cost
+
+
+def costs(a: Admission, request: object, estimated_cpu: float = 0.0) -> Costs:
+    """What admission is given for a request: its kind's costs (lkmedia.egress.costs)."""
+    return request_costs(a.limits, request, estimated_cpu)  # type: ignore[arg-type]
 
 
 class Clock:
@@ -77,20 +78,20 @@ def test_idle_offers_all_cpus_busy_is_capped_and_affinity() -> None:
     clock = Clock()
     a = Admission(_costs(), num_cpus=4, clock=clock)
     assert a.available_cpu() == 4 and a.is_idle()
-    assert a.affinity(ROOM) == 0.5  # idle: 4 >= 4
-    a.accept("EG_1", TRACK)
-    assert a.affinity(TRACK) == 1.0  # busy and room: 4*0.8 - 0.5 = 2.7
+    assert a.affinity(costs(a, ROOM)) == 0.5  # idle: 4 >= 4
+    a.accept("EG_1", costs(a, TRACK))
+    assert a.affinity(costs(a, TRACK)) == 1.0  # busy and room: 4*0.8 - 0.5 = 2.7
     assert a.available_cpu() == pytest.approx(2.7)
-    assert a.affinity(ROOM) == -1.0  # 2.7 < 4
-    assert a.affinity(TRACK, disabled=True) == -1.0
-    a.accept("EG_2", PARTICIPANT)
+    assert a.affinity(costs(a, ROOM)) == -1.0  # 2.7 < 4
+    assert a.affinity(costs(a, TRACK), disabled=True) == -1.0
+    a.accept("EG_2", costs(a, PARTICIPANT))
     assert a.available_cpu() == pytest.approx(0.7)
-    assert a.affinity(TRACK_COMPOSITE) == -1.0 and a.affinity(TRACK) == 1.0
+    assert a.affinity(costs(a, TRACK_COMPOSITE)) == -1.0 and a.affinity(costs(a, TRACK)) == 1.0
     with pytest.raises(AdmissionError) as e:
-        a.accept("EG_3", PARTICIPANT)
+        a.accept("EG_3", costs(a, PARTICIPANT))
     assert (e.value.code, str(e.value)) == ("unavailable", "not enough CPU")
     with pytest.raises(AdmissionError) as e:
-        a.accept("EG_1", TRACK)
+        a.accept("EG_1", costs(a, TRACK))
     assert (e.value.code, str(e.value)) == ("already_exists", "egress already exists")
     a.ended("EG_2")
     a.ended("EG_1")
@@ -99,16 +100,16 @@ def test_idle_offers_all_cpus_busy_is_capped_and_affinity() -> None:
 
 def test_estimated_cpu_wins_but_reservation_is_the_type_cost() -> None:
     a = Admission(_costs(), num_cpus=4, clock=Clock())
-    assert a.check(TRACK, estimated_cpu=5).accept is False  # idle 4 < 5
-    assert a.check(ROOM, estimated_cpu=0.25).required == 0.25
-    a.accept("EG_1", ROOM, estimated_cpu=0.25)
+    assert a.check(costs(a, TRACK, 5)).accept is False  # idle 4 < 5
+    assert a.check(costs(a, ROOM, 0.25)).required == 0.25
+    a.accept("EG_1", costs(a, ROOM, 0.25))
     assert a.available_cpu() == pytest.approx(3.2 - 4)  # Go reserves the type cost
 
 
 def test_reservation_held_15s_then_measured_cpu() -> None:
     clock = Clock()
     a = Admission(_costs(), num_cpus=4, clock=clock)
-    a.accept("EG_1", PARTICIPANT)
+    a.accept("EG_1", costs(a, PARTICIPANT))
     assert a.cpu_usage() == (4, pytest.approx(1.2), 2.0, 0.0)  # pending until the process runs
     a.started("EG_1")
     a.record_usage({"EG_1": 0.6})
@@ -130,37 +131,35 @@ def test_memory_rule_only_with_max_memory() -> None:
     clock = Clock()
     a = Admission(_costs("  memory_cost: 0.5\n"), num_cpus=4, clock=clock)
     a.record_usage({}, memory_gb=100.0)
-    assert a.check(TRACK).accept  # max_memory 0: no memory check
+    assert a.check(costs(a, TRACK)).accept  # max_memory 0: no memory check
     a = Admission(_costs("  max_memory: 4\n  memory_cost: 0.5\n"), num_cpus=4, clock=clock)
     a.record_usage({}, memory_gb=2.4)
-    assert a.check(TRACK).accept  # 2.4 + 0.5 + 1 headroom < 4
+    assert a.check(costs(a, TRACK)).accept  # 2.4 + 0.5 + 1 headroom < 4
     a.record_usage({}, memory_gb=2.5)
-    d = a.check(TRACK)
+    d = a.check(costs(a, TRACK))
     assert (d.accept, d.reason) == (False, "memory")  # 2.5 + 0.5 + 1 >= 4
     with pytest.raises(AdmissionError, match="memory"):
-        a.accept("EG_x", TRACK)
+        a.accept("EG_x", costs(a, TRACK))
     a.record_usage({}, memory_gb=2.0)
-    a.accept("EG_1", TRACK)  # 2 + 0.5 + 1 < 4; then 0.5 GB pending for 15 s
-    assert not a.check(TRACK).accept  # 2 + 0.5 pending + 0.5 + 1 >= 4
+    a.accept("EG_1", costs(a, TRACK))  # 2 + 0.5 + 1 < 4; then 0.5 GB pending for 15 s
+    assert not a.check(costs(a, TRACK)).accept  # 2 + 0.5 pending + 0.5 + 1 >= 4
     clock.t += CPU_HOLD_SECONDS
-    assert a.check(TRACK).accept
+    assert a.check(costs(a, TRACK)).accept
 
 
 def test_pulse_clients_limit_web_only() -> None:
     clients = {"n": 6}
     a = Admission(_costs("  max_pulse_clients: 10\n"), num_cpus=8, clock=Clock(), pulse_clients=lambda: clients["n"])
-    assert a.check(WEB).accept and a.can_accept_web()  # 6 + 4 held for the new one <= 10
+    assert a.check(costs(a, WEB)).accept  # 6 + 4 held for the new one <= 10
     clients["n"] = 7
-    assert (a.check(WEB).accept, a.check(WEB).reason) == (False, "pulse clients")
-    assert a.check(PARTICIPANT).accept and a.check(ROOM_AUDIO_SDK).accept  # no Chrome, no pulse client
-    assert a.can_accept_web() is False
+    assert (a.check(costs(a, WEB)).accept, a.check(costs(a, WEB)).reason) == (False, "pulse clients")
+    assert a.check(costs(a, PARTICIPANT)).accept and a.check(costs(a, ROOM_AUDIO_SDK)).accept  # no Chrome, no pulse client
 
 
 def test_startup_needs_the_cheapest_cost() -> None:
     with pytest.raises(ConfigError, match="not enough CPU"):
-        Admission(_costs(), num_cpus=0.4)
-    a = Admission(_costs(), num_cpus=2)
-    assert any("room_composite_cpu_cost" in w for w in a.warnings)
+        check_cpu_costs(_costs(), 0.4)
+    assert any("room_composite_cpu_cost" in w for w in check_cpu_costs(_costs(), 2))
     assert cpu_count() >= 1
 
 

@@ -14,9 +14,9 @@ from lkmedia.core import Graph
 from lkmedia.nodes.audio_mix import AudioMixer
 from lkmedia.nodes.compose import Compositor
 from lkmedia.nodes.encode import AudioEncoder, VideoEncoder
+from lkmedia.probe import av_offsets, decode_errors, probe
 from lkmedia.sinks.file import FileSink
 from lkmedia.sources.synthetic import SyntheticSource
-from lkmedia.testing.probe import av_offsets, decode_errors, probe
 
 SECONDS = 5
 

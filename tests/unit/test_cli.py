@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from lkmedia.core import Sink
-from lkmedia.testing.probe import decode_errors, playable_seconds, probe
+from lkmedia.probe import decode_errors, playable_seconds, probe
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "configs" / "examples"

@@ -11,8 +11,8 @@ from livekit.protocol import egress as lk
 from lkmedia.egress.config import egress_config
 from lkmedia.egress.info import fill_results
 from lkmedia.egress.recipe import build_recipe
+from lkmedia.probe import av_offsets, decode_errors, probe
 from lkmedia.sources.synthetic import SyntheticSource
-from lkmedia.testing.probe import av_offsets, decode_errors, probe
 
 NOW = dt.datetime(2026, 11, 21, 6, 0, 0, tzinfo=dt.UTC)
 
@@ -32,7 +32,7 @@ async def test_participant_recipe_writes_mp4_hls_and_images(tmp_path: Path) -> N
     r.graph.link(src.out("audio"), r.audio_in)  # type: ignore[arg-type]
     assert not await r.graph.run()
     info = lk.EgressInfo(egress_id="EG_test")
-    fill_results(info, r)
+    fill_results(info, r.results())
     (f,) = info.file_results
     assert f.location == str(tmp_path / "standup" / "alice-2026-11-21T060000.mp4")
     p = probe(f.location)
@@ -58,7 +58,7 @@ async def test_audio_only_room_composite_mixes_tracks_into_ogg(tmp_path: Path) -
         r.graph.link(src.out("audio"), r.mixer)
     await r.graph.run()
     info = lk.EgressInfo()
-    fill_results(info, r)
+    fill_results(info, r.results())
     p = probe(info.file_results[0].location)
     assert info.file_results[0].filename == "mix.ogg" and p.stream("audio").codec == "opus"
     assert p.duration == pytest.approx(3.0, abs=0.2) and not p.has("video")

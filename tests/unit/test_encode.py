@@ -102,6 +102,20 @@ def test_non_monotonic_timestamps_are_dropped_not_fatal() -> None:
     assert len(out) == 4
 
 
+def test_a_frame_with_no_picture_is_skipped_not_fatal() -> None:
+    """Was: 'video_encoder: Invalid argument returned 22' (sws_scale on the 2x0 frame a
+    LiveKit track handed out when its publisher unpublished it)."""
+    src = SyntheticSource(width=320, height=240, audio=False)
+    enc = VideoEncoder(width=160, height=120, fps=30, bitrate=200_000)
+    empty = av.VideoFrame(2, 0, "yuv420p")
+    empty.pts, empty.time_base = 4 * 3000, Fraction(1, 90_000)
+    out = []
+    for i in range(8):
+        out.extend(enc.process(src.video_frame(i) if i != 4 else empty))
+    out.extend(enc.flush())
+    assert len(out) == 7 and enc.skipped == 1
+
+
 @pytest.mark.parametrize("codec,name,rate", [("aac", "aac", 44100), ("opus", "opus", 48000), ("mp3", "mp3", 44100)])
 def test_audio_encoders_keep_time(codec: str, name: str, rate: int) -> None:
     src = SyntheticSource(audio=True, video=False, sample_rate=48000)

@@ -13,9 +13,9 @@ import pytest
 
 from lkmedia.core import Graph, LinkError, NodeError, Processor
 from lkmedia.nodes.encode import AudioEncoder, VideoEncoder
+from lkmedia.probe import decode_errors, playable_seconds, probe
 from lkmedia.sinks.file import FileSink, format_for
 from lkmedia.sources.synthetic import SyntheticSource
-from lkmedia.testing.probe import decode_errors, playable_seconds, probe
 
 SECONDS = 3.0
 FPS = 30
@@ -78,10 +78,10 @@ async def test_container_probes_right(tmp_path: Path, name: str, vcodec: str | N
     assert p.duration == pytest.approx(SECONDS, abs=0.2)
     assert decode_errors(str(path)) == ""
     r = sink.result
-    assert r["location"] == str(path) and r["filename"] == name
-    assert r["size"] == path.stat().st_size > 0
-    assert r["duration"] == pytest.approx(SECONDS, abs=0.2)
-    assert 0 < r["started_at"] <= r["ended_at"]
+    assert r.location == str(path) and r.filename == name
+    assert r.size == path.stat().st_size > 0
+    assert r.duration == pytest.approx(SECONDS, abs=0.2)
+    assert 0 < r.started_at <= r.ended_at
 
 
 async def test_mp4_is_finalised_to_faststart(tmp_path: Path) -> None:
@@ -90,7 +90,7 @@ async def test_mp4_is_finalised_to_faststart(tmp_path: Path) -> None:
     boxes = top_level_boxes(path)
     assert boxes.index("moov") < boxes.index("mdat"), boxes
     assert "moof" not in boxes and "mfra" not in boxes, boxes
-    assert sink.result["finalized"] is True
+    assert sink.result.finalized is True
     assert sorted(os.listdir(tmp_path)) == ["a.mp4"]  # no temp file left
     # Edit lists survive the remux: both tracks start at 0 (AAC priming, B-frame delay).
     with av.open(str(path)) as c:
@@ -103,7 +103,7 @@ async def test_mp4_without_finalize_stays_fragmented(tmp_path: Path) -> None:
     sink = await record(FileSink(path, finalize=False, fragment_seconds=0.5), "libx264", "aac")
     boxes = top_level_boxes(path)
     assert boxes.count("moof") >= SECONDS / 0.5 - 1, boxes  # fragments every 0.5 s, not per 4 s GOP
-    assert sink.result["finalized"] is False
+    assert sink.result.finalized is False
     assert playable_seconds(str(path)) == pytest.approx(SECONDS, abs=0.1)
     assert decode_errors(str(path)) == ""
 
@@ -113,7 +113,7 @@ async def test_failed_finalisation_keeps_the_fragmented_file(tmp_path: Path) -> 
     # A directory where the remux wants its temp file: the remux fails for real.
     (tmp_path / f".keep.mp4.{os.getpid()}.finalize.tmp").mkdir()
     sink = await record(FileSink(path), "libx264", "aac")
-    assert sink.result["finalized"] is False
+    assert sink.result.finalized is False
     assert "moof" in top_level_boxes(path)
     assert playable_seconds(str(path)) == pytest.approx(SECONDS, abs=0.1)
     assert decode_errors(str(path)) == ""
@@ -215,7 +215,7 @@ async def test_cancel_leaves_a_playable_fragmented_mp4(tmp_path: Path) -> None:
     await asyncio.sleep(2.0)
     written = sink.stats()["complete_duration"]
     await g.cancel()
-    assert sink.result["finalized"] is False and sink.result["size"] == path.stat().st_size
+    assert sink.result.finalized is False and sink.result.size == path.stat().st_size
     assert "moof" in top_level_boxes(path)
     assert playable_seconds(str(path)) >= written - 0.6
     assert decode_errors(str(path)) == ""

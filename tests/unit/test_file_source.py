@@ -21,10 +21,10 @@ import pytest
 from lkmedia.core import EOS, Graph, GraphError, LkmediaError, Sink
 from lkmedia.nodes.decode import Decoder
 from lkmedia.nodes.encode import VideoEncoder
+from lkmedia.probe import decode_errors, probe
 from lkmedia.sinks.file import FileSink
 from lkmedia.sources.file import FileSource, SourceOpenError, redact_url
 from lkmedia.sources.synthetic import SyntheticSource
-from lkmedia.testing.probe import decode_errors, probe
 
 VTB = Fraction(1, 90_000)
 

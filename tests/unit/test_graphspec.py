@@ -8,7 +8,7 @@ import pytest
 
 from lkmedia.core import Policy
 from lkmedia.graphspec import REGISTRY, GraphSpecError, graph_from_yaml, load_graph, resolve_type
-from lkmedia.testing.probe import decode_errors, probe
+from lkmedia.probe import decode_errors, probe
 
 AV = """
 nodes:

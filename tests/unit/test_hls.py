@@ -14,9 +14,9 @@ import pytest
 
 from lkmedia.core import Graph, LinkError
 from lkmedia.nodes.encode import AudioEncoder, VideoEncoder
+from lkmedia.probe import decode_errors, probe
 from lkmedia.sinks.segments import HLSSink
 from lkmedia.sources.synthetic import SyntheticSource
-from lkmedia.testing.probe import decode_errors, probe
 
 
 @dataclass
@@ -134,12 +134,12 @@ async def test_av_hls_playlists_segments_and_program_date_time(tmp_path: Any) ->
     assert not any(pl.ended for _, _, pl in seen[:-1])
 
     r = sink.result
-    assert r["segment_count"] == 5 and r["playlist_name"] == "playlist.m3u8"
-    assert r["live_playlist_name"] == "live.m3u8"
-    assert r["playlist_location"] == os.path.abspath(os.path.join(out, "playlist.m3u8"))
-    assert abs(r["duration"] - total) < 0.01
-    assert r["size"] == sum(os.path.getsize(os.path.join(out, n)) for n in names)
-    assert [s["filename"] for s in r["segments"]] == names
+    assert r.segment_count == 5 and r.playlist_name == "playlist.m3u8"
+    assert r.live_playlist_name == "live.m3u8"
+    assert r.playlist_location == os.path.abspath(os.path.join(out, "playlist.m3u8"))
+    assert abs(r.duration - total) < 0.01
+    assert r.size == sum(os.path.getsize(os.path.join(out, n)) for n in names)
+    assert [s.filename for s in r.segments] == names
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
@@ -156,7 +156,7 @@ async def test_timestamp_suffix_names_match_program_date_time(tmp_path: Any) -> 
         assert e.pdt is not None
         assert abs((e.pdt.replace(tzinfo=None) - t).total_seconds()) < 0.002
         assert decode_errors(os.path.join(out, e.uri)) == ""
-    assert sink.result["segment_count"] == 2
+    assert sink.result.segment_count == 2
 
 
 async def test_audio_only_hls(tmp_path: Any) -> None:
@@ -221,4 +221,4 @@ async def test_cancel_keeps_a_playable_playlist(tmp_path: Any) -> None:
     assert pl.ended and len(pl.entries) >= 2
     for e in pl.entries:
         assert decode_errors(os.path.join(out, e.uri)) == "", e.uri
-    assert sink.result["segment_count"] == len(pl.entries)
+    assert sink.result.segment_count == len(pl.entries)

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 from livekit.protocol import egress as lk
 
-from lkmedia.service.admission import GB, Admission, Sample
+from lkmedia.egress.costs import request_costs
 from lkmedia.service.config import parse_config
-from lkmedia.service.monitor import HIGH_SAMPLES, Action, Calibration, KillPolicy
+from lkmedia.worker.admission import GB, Admission
+from lkmedia.worker.monitor import HIGH_SAMPLES, Action, Calibration, KillPolicy
+from lkmedia.worker.sampler import Sample
 
 BASE = "api_key: k\napi_secret: s\nws_url: ws://x\nredis:\n  address: x:1\n"
 PARTICIPANT = lk.ParticipantEgressRequest(room_name="r", identity="p")
@@ -52,7 +54,7 @@ def test_node_cpu_stops_the_job_furthest_over_its_cost_then_kills_it() -> None:
     assert stop == Action("EG_a", "stop", "stopped_cpu", "CPU exhausted")
     assert _run(policy, clock, hot, allowed, 4) == []  # its grace
     (kill,) = _run(policy, clock, hot, allowed, 1)
-    assert kill.egress_id == "EG_a" and kill.kind == "kill" and kill.result == "killed_cpu"
+    assert kill.job_id == "EG_a" and kill.kind == "kill" and kill.result == "killed_cpu"
     assert kill.message == "CPU exhausted: 0.90 cores used"
 
 
@@ -87,14 +89,14 @@ def test_node_memory_kills_the_largest_job_after_its_grace() -> None:
     assert kill == Action("EG_b", "kill", "killed_oom", "OOM: 2.20 GB used")
     policy, clock = _policy("cpu_cost:\n  max_memory: 2\n  memory_source: cgroup\n")
     small = _sample({"EG_a": 0.1}, mem={"EG_a": int(0.1 * GB)}, cgroup=int(2.5 * GB))
-    assert [a.egress_id for a in _run(policy, clock, small, {}, 1)] == ["EG_a"]  # the cgroup counts
+    assert [a.job_id for a in _run(policy, clock, small, {}, 1)] == ["EG_a"]  # the cgroup counts
 
 
 def test_a_killed_job_is_not_killed_again() -> None:
     policy, clock = _policy("cpu_cost:\n  max_memory: 2\n")
     big = _sample({"EG_a": 0.1, "EG_b": 0.1}, mem={"EG_a": int(0.5 * GB), "EG_b": int(1.7 * GB)})
     kills = _run(policy, clock, big, {}, 3)
-    assert [a.egress_id for a in kills] == ["EG_b", "EG_a"]  # the largest, then the next one
+    assert [a.job_id for a in kills] == ["EG_b", "EG_a"]  # the largest, then the next one
 
 
 def test_per_job_limits() -> None:
@@ -103,7 +105,7 @@ def test_per_job_limits() -> None:
     first = _run(policy, clock, s, {}, 1)
     assert first == [Action("EG_a", "kill", "killed_oom", "OOM: 0.60 GB used, over the job limit of 0.5 GB")]
     actions = _run(policy, clock, s, {}, HIGH_SAMPLES + 2)
-    assert [(a.egress_id, a.kind) for a in actions] == [("EG_b", "stop"), ("EG_b", "kill")]
+    assert [(a.job_id, a.kind) for a in actions] == [("EG_b", "stop"), ("EG_b", "kill")]
     assert actions[1].message == "CPU exhausted: 1.20 cores used"
     # a job that ended is forgotten
     assert _run(policy, clock, _sample({}), {}, 3) == []
@@ -119,11 +121,13 @@ def test_calibration_learns_and_admission_uses_it(tmp_path: Path) -> None:
     assert Calibration(path).cost("participant") == cal.cost("participant")  # a restart keeps it
     conf = parse_config(BASE)
     a = Admission(conf.cpu_cost, num_cpus=2, learned=cal.cost)
-    assert a.check(PARTICIPANT).required == cal.cost("participant")  # not the configured 2
-    a.accept("EG_1", PARTICIPANT)
+    participant = request_costs(conf.cpu_cost, PARTICIPANT)
+    assert a.check(participant).required == cal.cost("participant")  # not the configured 2
+    assert a.check(request_costs(conf.cpu_cost, PARTICIPANT, 0.3)).required == 0.3  # the request's estimate wins
+    a.accept("EG_1", participant)
     assert a.allowed_cpu() == {"EG_1": cal.cost("participant")}
     assert a.request_types() == {"EG_1": "participant"}
     plain = Admission(conf.cpu_cost, num_cpus=2)
-    assert plain.check(PARTICIPANT).required == 2.0
+    assert plain.check(participant).required == 2.0
     (tmp_path / "bad.json").write_text("{not json")
     assert Calibration(str(tmp_path / "bad.json")).learned == {}

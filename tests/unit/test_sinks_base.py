@@ -8,10 +8,10 @@ import pytest
 
 from lkmedia.core import Caps, Graph, Source
 from lkmedia.nodes.encode import AudioEncoder, VideoEncoder
+from lkmedia.probe import probe
 from lkmedia.sinks.base import SinkStartError
 from lkmedia.sinks.file import FileSink
 from lkmedia.sources.synthetic import SyntheticSource
-from lkmedia.testing.probe import probe
 
 
 async def test_high_delay_encoder_beside_audio_does_not_deadlock(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import asyncio
 import itertools
 from dataclasses import dataclass, field
 
-from lkmedia.service.supervisor import Spawner
+from lkmedia.worker.process import Spawner
 
 
 @dataclass

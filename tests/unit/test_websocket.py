@@ -86,8 +86,8 @@ async def test_pcm_bytes_and_beeps_reach_the_server(server: Recorder, rate: int 
     beeps = onsets(pcm, out_rate, out_ch)
     assert len(beeps) == 3 and all(abs(t - round(t)) < 0.005 for t in beeps), beeps
     r = sink.result
-    assert r["bytes_sent"] == len(pcm) and r["sample_rate"] == out_rate and r["channels"] == out_ch
-    assert abs(r["duration"] - 3.0) < 0.03 and r["reconnects"] == 0 and r["dropped_bytes"] == 0
+    assert r.bytes_sent == len(pcm) and r.sample_rate == out_rate and r.channels == out_ch
+    assert abs(r.duration - 3.0) < 0.03 and r.reconnects == 0 and r.dropped_bytes == 0
     assert "s3cret" not in str(r)
 
 
@@ -128,7 +128,7 @@ async def test_mute_and_unmute_messages_surround_a_muted_gap(server: Recorder) -
     after = sum(len(m) for m in msgs[ui + 1:])
     assert before == after == 48_000 * 4
     assert mi + 1 == ui  # nothing is sent while muted
-    assert sink.result["mute_messages"] == 2
+    assert sink.result.mute_messages == 2
 
 
 async def test_refused_url_fails_only_its_branch(server: Recorder) -> None:
@@ -143,7 +143,7 @@ async def test_refused_url_fails_only_its_branch(server: Recorder) -> None:
     msg = str(errors[0])
     assert "cannot connect to ws://127.0.0.1:" in msg and "?***" in msg and "topsecret" not in msg
     await asyncio.sleep(0.05)
-    assert len(server.pcm()) == 2 * 48_000 * 4 and good.result["bytes_sent"] == 2 * 48_000 * 4
+    assert len(server.pcm()) == 2 * 48_000 * 4 and good.result.bytes_sent == 2 * 48_000 * 4
 
 
 async def test_reconnects_after_a_drop() -> None:
@@ -160,7 +160,7 @@ async def test_reconnects_after_a_drop() -> None:
         g.link(SyntheticSource(duration=2.0, video=False, live=True), sink)
         assert await g.run() == []
         await asyncio.sleep(0.05)
-        assert len(rec.connections) == 2 and sink.result["reconnects"] == 1
+        assert len(rec.connections) == 2 and sink.result.reconnects == 1
         assert "disconnected" in events and "reconnected" in events
         expected = 2 * 48_000 * 4
         # At most what was in flight when the server hung up is lost.

@@ -8,17 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from lkmedia.testing.devstack import DevStack, StackError
+from lkmedia.dev.stack import DevStack, StackError
 
 HERE = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # livekit-server's dev secret is short on purpose; PyJWT warns about it on every token.
-    quiet = pytest.mark.filterwarnings("ignore:The HMAC key is")
     for item in items:
         if HERE in Path(item.path).parents:
-            item.add_marker(quiet)
             item.add_marker(pytest.mark.integration)
 
 
@@ -45,7 +42,7 @@ def room_name() -> str:
 async def publisher(livekit_stack: DevStack, room_name: str) -> AsyncIterator[object]:
     """The synthetic flash/beep participant ("pub") publishing 640x360 A/V in room_name,
     from a child process."""
-    from lkmedia.testing.publisher import PublisherProcess
+    from lkmedia.dev.publisher import PublisherProcess
 
     # A separate process, as a real publisher is: it shares neither the GIL nor the
     # livekit FFI runtime with the egress under test.

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from livekit.protocol import egress as lk
 
-from lkmedia.testing.devstack import DevStack
+from lkmedia.dev.stack import DevStack
+from lkmedia.probe import decode_errors, probe
 from lkmedia.testing.egress import EgressServiceProcess, S, service_config_body, wait_egress
-from lkmedia.testing.probe import decode_errors, probe
 
 # One participant egress per worker (the second request waits for the other worker).
 ONE_JOB = "cpu_cost:\n  participant_cpu_cost: 1.5\n  max_cpu_utilization: 0.9\n"

@@ -16,11 +16,11 @@ import pytest
 from livekit import api
 from livekit.protocol import egress as lk
 
+from lkmedia.dev.stack import DevStack, free_port
+from lkmedia.probe import assert_av_sync, av_offsets, decode_errors, probe
 from lkmedia.service.config import parse_config
 from lkmedia.service.egress import EgressService
-from lkmedia.testing.devstack import DevStack, free_port
 from lkmedia.testing.egress import service_config_body, wait_egress
-from lkmedia.testing.probe import assert_av_sync, av_offsets, decode_errors, probe
 
 S = lk.EgressStatus
 
@@ -105,7 +105,7 @@ async def test_lk_cli_starts_an_egress_that_lkmedia_records(
     livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str, tmp_path: Path
 ) -> None:
     """`lk egress start` (livekit-cli v2.18.2, a client nobody here wrote) against lkmedia."""
-    from lkmedia.testing.devstack import find_binary
+    from lkmedia.dev.stack import find_binary
 
     lk_bin = find_binary("lk")
     req = tmp_path / "req.json"
@@ -137,7 +137,7 @@ async def test_webhooks_arrive_in_order(tmp_path: Path) -> None:
     """egress_started, egress_updated (ACTIVE), egress_ended, posted by livekit-server."""
     from aiohttp import web
 
-    from lkmedia.testing.publisher import PublisherProcess
+    from lkmedia.dev.publisher import PublisherProcess
 
     events: list[tuple[str, int]] = []
 

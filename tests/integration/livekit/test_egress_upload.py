@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from livekit.protocol import egress as lk
 
+from lkmedia.dev.stack import DevStack, free_port
+from lkmedia.probe import decode_errors, probe
 from lkmedia.service.config import parse_config
 from lkmedia.service.egress import EgressService
-from lkmedia.testing.devstack import DevStack, free_port
 from lkmedia.testing.egress import TERMINAL, service_config_body, wait_egress
-from lkmedia.testing.probe import decode_errors, probe
 from lkmedia.testing.s3_server import MinioServer, minio_binary
 
 S = lk.EgressStatus

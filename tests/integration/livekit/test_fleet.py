@@ -16,9 +16,9 @@ from pathlib import Path
 from livekit import api
 from livekit.protocol import egress as lk
 
-from lkmedia.testing.devstack import DevStack
+from lkmedia.dev.stack import DevStack
+from lkmedia.probe import probe
 from lkmedia.testing.egress import TERMINAL, EgressServiceProcess, S, service_config_body, wait_egress
-from lkmedia.testing.probe import probe
 
 # Two participant egresses per worker on this 2-core machine (each worker counts 2 CPUs).
 TWO_JOBS = "cpu_cost:\n  participant_cpu_cost: 0.8\n  max_cpu_utilization: 0.9\n"

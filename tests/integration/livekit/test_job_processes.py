@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from livekit.protocol import egress as lk
 
+from lkmedia.dev.stack import DevStack
+from lkmedia.probe import decode_errors, probe
 from lkmedia.service.config import parse_config
 from lkmedia.service.egress import EgressService
-from lkmedia.testing.devstack import DevStack
 from lkmedia.testing.egress import metric_value, service_config_body, wait_egress
-from lkmedia.testing.probe import decode_errors, probe
 
 S = lk.EgressStatus
 SMALL = lk.EncodingOptions(width=320, height=180, framerate=15, video_bitrate=300, audio_bitrate=64)
@@ -80,10 +80,10 @@ async def test_each_job_has_its_own_process_and_a_crash_ends_only_that_job(
         b = await lkapi.egress.start_participant_egress(_request(room_name, "b"))
         for info in (a, b):
             await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE}, 30)
-        pa, pb = svc.jobs[a.egress_id].pid, svc.jobs[b.egress_id].pid
+        pa, pb = svc.worker.jobs[a.egress_id].pid, svc.worker.jobs[b.egress_id].pid
         assert len({pa, pb, os.getpid()}) == 3
         for pid in (pa, pb):
-            assert b"lkmedia.egress.runner" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert b"lkmedia.worker.child" in Path(f"/proc/{pid}/cmdline").read_bytes()
         t_active = time.monotonic()
         await asyncio.sleep(5)
         # measured per job, once a second: CPU and memory per request type
@@ -99,7 +99,7 @@ async def test_each_job_has_its_own_process_and_a_crash_ends_only_that_job(
         assert pa_probe.has("video") and pa_probe.duration is not None and pa_probe.duration >= 3.0, pa_probe
         assert decode_errors(fa.location) == ""
         # the other job goes on; the service still takes requests
-        assert svc.jobs[b.egress_id].pid == pb
+        assert svc.worker.jobs[b.egress_id].pid == pb
         c = await lkapi.egress.start_participant_egress(_request(room_name, "c"))
         await wait_egress(lkapi, c.egress_id, {S.EGRESS_ACTIVE}, 30)
         await asyncio.sleep(max(0.0, 12 - (time.monotonic() - t_active)))
@@ -114,8 +114,8 @@ async def test_each_job_has_its_own_process_and_a_crash_ends_only_that_job(
         results = await _results(svc, 3)
         assert results.get("process_error") == 1 and results.get("completed") == 2, results
         # b ran ≥ 10 samples: calibration learned what a participant egress costs here
-        learned = svc.calibration.cost("participant")
-        assert learned is not None and 0 < learned < 2.0, svc.calibration.learned
+        learned = svc.worker.calibration.cost("participant")
+        assert learned is not None and 0 < learned < 2.0, svc.worker.calibration.learned
         assert (tmp_path / "egress" / "calibration.json").exists()
         assert (_metric(svc, "lkmedia_egress_cpu_calibrated", lambda s: 'type="participant"' in s) or 0) > 0
 
@@ -132,7 +132,7 @@ async def test_a_job_over_its_memory_limit_is_killed_and_its_recording_kept(
         await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE}, 30)
         if not answers:
             await asyncio.sleep(3.5)  # written: the MP4's first fragments
-            os.kill(svc.jobs[info.egress_id].pid, signal.SIGSTOP)
+            os.kill(svc.worker.jobs[info.egress_id].pid, signal.SIGSTOP)
         done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_FAILED, S.EGRESS_COMPLETE}, 30)
         assert done.status == S.EGRESS_FAILED
         assert done.error.startswith("OOM: ") and "over the job limit of 0.05 GB" in done.error, done.error

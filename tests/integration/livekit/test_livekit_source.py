@@ -13,14 +13,14 @@ import pytest
 from livekit import api
 
 from lkmedia.core import EOS, Gap, Graph, Node
+from lkmedia.dev.publisher import LkLoadTest, PublisherProcess
+from lkmedia.dev.stack import DevStack, find_binary
 from lkmedia.nodes.audio_mix import AudioMixer
 from lkmedia.nodes.convert import FpsConverter
 from lkmedia.nodes.encode import AudioEncoder, VideoEncoder
+from lkmedia.probe import assert_av_sync, av_offsets, decode_errors, probe
 from lkmedia.sinks.file import FileSink
 from lkmedia.sources.livekit import RoomSource, TrackSource
-from lkmedia.testing.devstack import DevStack, find_binary
-from lkmedia.testing.probe import assert_av_sync, av_offsets, decode_errors, probe
-from lkmedia.testing.publisher import LkLoadTest, PublisherProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

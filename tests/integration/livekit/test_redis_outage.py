@@ -11,10 +11,10 @@ from pathlib import Path
 
 from livekit.protocol import egress as lk
 
-from lkmedia.testing.devstack import DevStack
+from lkmedia.dev.publisher import PublisherProcess
+from lkmedia.dev.stack import DevStack
+from lkmedia.probe import decode_errors, probe
 from lkmedia.testing.egress import EgressServiceProcess, S, service_config_body, wait_egress
-from lkmedia.testing.probe import decode_errors, probe
-from lkmedia.testing.publisher import PublisherProcess
 
 TWO_JOBS = "cpu_cost:\n  participant_cpu_cost: 0.5\n  max_cpu_utilization: 0.9\n"
 SMALL = lk.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=800)

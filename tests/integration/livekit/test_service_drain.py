@@ -12,9 +12,9 @@ from pathlib import Path
 from livekit import api
 from livekit.protocol import egress as lk
 
-from lkmedia.testing.devstack import DevStack
+from lkmedia.dev.stack import DevStack
+from lkmedia.probe import decode_errors, probe
 from lkmedia.testing.egress import EgressServiceProcess, S, service_config_body, wait_egress
-from lkmedia.testing.probe import decode_errors, probe
 
 # Room for two participant egresses on this 2-core machine (the Go default cost is 2 CPUs each).
 TWO_JOBS = "cpu_cost:\n  participant_cpu_cost: 0.5\n  max_cpu_utilization: 0.9\n"

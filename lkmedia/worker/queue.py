@@ -1,4 +1,4 @@
-"""The durable start queue and dedup (issue 4): no StartEgress is lost when the fleet is full.
+"""The durable start queue and dedup: no start request is lost when the fleet is full.
 
 The Go egress answers a full fleet with "no response from servers". With the queue on,
 every StartEgress goes through it: the first worker to claim it (affinity 1, which
@@ -14,13 +14,14 @@ Dedup: a start with the same request type and the same request bytes (room, outp
 options) as one made within ``queue.dedup_window`` returns that egress instead of a
 second one, while it has not ended.
 
-Redis keys (``lkmedia:egress:`` prefix; persistence as configured for Redis, see
-docs/deployment.md):
+Redis keys (``lkmedia:<kind>:`` prefix, ``lkmedia:egress:`` for egress; persistence as
+configured for Redis, see docs/deployment.md):
   queue           LIST of queued egress ids, oldest first
   req:<id>        HASH request (psrpc StartEgressRequest bytes), at (unix s), owner (node id:
                   it answers StopEgress while the request waits; node:<id> says it is up,
                   and another node adopts the requests of an owner that is gone)
   info:<id>       STRING the latest EgressInfo (for dedup answers and queue expiry), 1 day
+  id:<id>         STRING set when a job id is first submitted (a repeated start is the same job)
   dedup:<sha256>  STRING egress id, expires after the window
   stop:<id>       STRING set when a StopEgress reached the node that queued a request
                   another node had just taken: that node stops the job when it sees it
@@ -31,15 +32,9 @@ docs/deployment.md):
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
-from livekit.protocol import egress as lk
-
-PREFIX = "lkmedia:egress:"
-QUEUE = PREFIX + "queue"
-RUNNING = PREFIX + "running"
 QUEUE_AFFINITY = 0.01  # > 0 (0 never wins a psrpc selection); below any worker with room (0.5 / 1)
 INFO_TTL = 86_400
 
@@ -61,16 +56,12 @@ return 1
 """
 
 
-def dedup_key(kind: str, inner: Any) -> str:
-    """Same request type and bytes (room, outputs, options): the same key."""
-    h = hashlib.sha256(kind.encode())
-    h.update(inner.SerializeToString(deterministic=True))
-    return h.hexdigest()
-
-
 class StartQueue:
-    def __init__(self, redis: Any, node_id: str, *, max_wait: float = 600.0, dedup_window: float = 30.0) -> None:
+    def __init__(self, redis: Any, node_id: str, *, prefix: str = "lkmedia:egress:", max_wait: float = 600.0,
+                 dedup_window: float = 30.0) -> None:
         self.r = redis
+        self.prefix = prefix
+        self.queue_key, self.running_key = prefix + "queue", prefix + "running"
         self.node_id = node_id
         self.max_wait = max_wait
         self.dedup_window = dedup_window
@@ -79,49 +70,50 @@ class StartQueue:
         self._save_queued = redis.register_script(_SAVE_QUEUED)
 
     # -- queue -----------------------------------------------------------------------------
-    async def enqueue(self, egress_id: str, request: bytes) -> int:
+    async def enqueue(self, job_id: str, request: bytes) -> int:
         """Store and queue a request; its 1-based position."""
         async with self.r.pipeline(transaction=True) as p:
-            p.hset(_req(egress_id), mapping={"req": request, "at": repr(time.time()), "owner": self.node_id})
-            p.rpush(QUEUE, egress_id)
+            p.hset(self._req(job_id), mapping={"req": request, "at": repr(time.time()), "owner": self.node_id})
+            p.rpush(self.queue_key, job_id)
             _, n = await p.execute()
         return int(n)
 
     async def positions(self) -> dict[str, int]:
         """Every queued egress id and its 1-based position."""
-        return {eid.decode(): i + 1 for i, eid in enumerate(await self.r.lrange(QUEUE, 0, -1))}
+        return {eid.decode(): i + 1 for i, eid in enumerate(await self.r.lrange(self.queue_key, 0, -1))}
 
     async def head(self) -> tuple[str, bytes] | None:
         """The oldest queued request, without taking it."""
         while True:
-            eid = await self.r.lindex(QUEUE, 0)
+            eid = await self.r.lindex(self.queue_key, 0)
             if eid is None:
                 return None
-            raw = await self.r.hget(_req(eid.decode()), "req")
+            raw = await self.r.hget(self._req(eid.decode()), "req")
             if raw is not None:
                 return eid.decode(), raw
-            await self.r.lrem(QUEUE, 1, eid)  # its record is gone: drop the stray id
+            await self.r.lrem(self.queue_key, 1, eid)  # its record is gone: drop the stray id
 
-    async def claim(self, egress_id: str) -> bytes | None:
-        """Take ``egress_id`` if it is still the oldest; its request bytes, or None."""
-        return await self._claim(keys=[QUEUE, _req(egress_id)], args=[egress_id])
+    async def claim(self, job_id: str) -> bytes | None:
+        """Take ``job_id`` if it is still the oldest; its request bytes, or None."""
+        raw: bytes | None = await self._claim(keys=[self.queue_key, self._req(job_id)], args=[job_id])
+        return raw
 
-    async def remove(self, egress_id: str) -> bool:
+    async def remove(self, job_id: str) -> bool:
         """Take a queued request out (StopEgress); False if it was no longer queued."""
-        return bool(await self.r.lrem(QUEUE, 1, egress_id))
+        return bool(await self.r.lrem(self.queue_key, 1, job_id))
 
-    async def done(self, egress_id: str) -> None:
+    async def done(self, job_id: str) -> None:
         """The request has started or ended: forget its record."""
-        await self.r.delete(_req(egress_id))
+        await self.r.delete(self._req(job_id))
 
     async def depth(self) -> int:
-        return int(await self.r.llen(QUEUE))
+        return int(await self.r.llen(self.queue_key))
 
     async def oldest_wait(self) -> float:
-        head = await self.r.lindex(QUEUE, 0)
+        head = await self.r.lindex(self.queue_key, 0)
         if head is None:
             return 0.0
-        at = await self.r.hget(_req(head.decode()), "at")
+        at = await self.r.hget(self._req(head.decode()), "at")
         return max(0.0, time.time() - float(at)) if at else 0.0
 
     async def take_expired(self) -> list[str]:
@@ -130,100 +122,104 @@ class StartQueue:
             return []
         out = []
         now = time.time()
-        for eid in await self.r.lrange(QUEUE, 0, 49):
-            at = await self.r.hget(_req(eid.decode()), "at")
+        for eid in await self.r.lrange(self.queue_key, 0, 49):
+            at = await self.r.hget(self._req(eid.decode()), "at")
             if at is None or now - float(at) < self.max_wait:
                 break
-            if await self.r.lrem(QUEUE, 1, eid):
+            if await self.r.lrem(self.queue_key, 1, eid):
                 out.append(eid.decode())
         return out
 
     async def alive(self, ttl: float) -> None:
         """This node is up (its queued requests have someone to answer StopEgress)."""
-        await self.r.set(PREFIX + "node:" + self.node_id, "1", px=int(ttl * 1000))
+        await self.r.set(self.prefix + "node:" + self.node_id, "1", px=int(ttl * 1000))
 
     async def adopt_orphans(self) -> list[str]:
         """Queued requests whose owner node is gone: this node takes them over (one node
         each), so that a StopEgress for them still finds a handler."""
         out = []
-        for raw in await self.r.lrange(QUEUE, 0, -1):
+        for raw in await self.r.lrange(self.queue_key, 0, -1):
             eid = raw.decode()
             owner = await self.owner(eid)
-            if owner is None or owner == self.node_id or await self.r.exists(PREFIX + "node:" + owner):
+            if owner is None or owner == self.node_id or await self.r.exists(self.prefix + "node:" + owner):
                 continue
-            if await self.r.set(PREFIX + "adopt:" + eid + ":" + owner, self.node_id, nx=True, ex=INFO_TTL):
-                await self.r.hset(_req(eid), "owner", self.node_id)
+            if await self.r.set(self.prefix + "adopt:" + eid + ":" + owner, self.node_id, nx=True, ex=INFO_TTL):
+                await self.r.hset(self._req(eid), "owner", self.node_id)
                 out.append(eid)
         return out
 
-    async def owner(self, egress_id: str) -> str | None:
-        v = await self.r.hget(_req(egress_id), "owner")
+    async def owner(self, job_id: str) -> str | None:
+        v = await self.r.hget(self._req(job_id), "owner")
         return v.decode() if v is not None else None
 
+    async def claim_id(self, job_id: str) -> bool:
+        """True the first time a job id is submitted to the fleet; False when it was
+        submitted before (a caller retrying a start it timed out on)."""
+        return bool(await self.r.set(self.prefix + "id:" + job_id, self.node_id, nx=True, ex=INFO_TTL))
+
     # -- dedup -----------------------------------------------------------------------------
-    async def dedup(self, key: str, egress_id: str) -> str | None:
-        """Record ``egress_id`` for ``key``; the id of an earlier one within the window, or None."""
+    async def dedup(self, key: str, job_id: str) -> str | None:
+        """Record ``job_id`` for ``key``; the id of an earlier one within the window, or None."""
         if self.dedup_window <= 0:
             return None
-        if await self.r.set(PREFIX + "dedup:" + key, egress_id, nx=True, px=self._dedup_ms):
+        if await self.r.set(self.prefix + "dedup:" + key, job_id, nx=True, px=self._dedup_ms):
             return None
-        old = await self.r.get(PREFIX + "dedup:" + key)
+        old = await self.r.get(self.prefix + "dedup:" + key)
         return old.decode() if old is not None else None
 
-    async def redirect(self, key: str, egress_id: str) -> None:
-        """The earlier egress has ended: ``egress_id`` takes the key over."""
+    async def redirect(self, key: str, job_id: str) -> None:
+        """The earlier egress has ended: ``job_id`` takes the key over."""
         if self.dedup_window > 0:
-            await self.r.set(PREFIX + "dedup:" + key, egress_id, px=self._dedup_ms)
+            await self.r.set(self.prefix + "dedup:" + key, job_id, px=self._dedup_ms)
 
     # -- EgressInfo --------------------------------------------------------------------------
-    async def save_info(self, info: lk.EgressInfo) -> None:
-        await self.r.set(PREFIX + "info:" + info.egress_id, info.SerializeToString(), ex=INFO_TTL)
+    async def save_info(self, job_id: str, info: bytes) -> None:
+        await self.r.set(self.prefix + "info:" + job_id, info, ex=INFO_TTL)
 
-    async def save_info_if_queued(self, info: lk.EgressInfo) -> bool:
-        """``save_info`` while the egress is still in the queue; False (nothing saved) once taken."""
-        return bool(await self._save_queued(keys=[QUEUE, PREFIX + "info:" + info.egress_id],
-                                            args=[info.egress_id, info.SerializeToString(), INFO_TTL]))
+    async def save_info_if_queued(self, job_id: str, info: bytes) -> bool:
+        """``save_info`` while the job is still in the queue; False (nothing saved) once taken."""
+        return bool(await self._save_queued(keys=[self.queue_key, self.prefix + "info:" + job_id],
+                                            args=[job_id, info, INFO_TTL]))
 
-    async def load_info(self, egress_id: str) -> lk.EgressInfo | None:
-        raw = await self.r.get(PREFIX + "info:" + egress_id)
-        return lk.EgressInfo.FromString(raw) if raw is not None else None
+    async def load_info(self, job_id: str) -> bytes | None:
+        raw: bytes | None = await self.r.get(self.prefix + "info:" + job_id)
+        return raw
 
     # -- leases: which running egress has a live worker ---------------------------------------
-    async def hold(self, egress_ids: list[str], ttl: float) -> None:
+    async def hold(self, job_ids: list[str], ttl: float) -> None:
         """Renew this node's lease on each of its running egresses."""
-        if not egress_ids:
+        if not job_ids:
             return
         async with self.r.pipeline(transaction=False) as p:
-            for eid in egress_ids:
-                p.set(PREFIX + "lease:" + eid, self.node_id, px=int(ttl * 1000))
-            p.sadd(RUNNING, *egress_ids)
+            for eid in job_ids:
+                p.set(self.prefix + "lease:" + eid, self.node_id, px=int(ttl * 1000))
+            p.sadd(self.running_key, *job_ids)
             await p.execute()
 
-    async def release(self, egress_id: str) -> None:
+    async def release(self, job_id: str) -> None:
         async with self.r.pipeline(transaction=True) as p:
-            p.srem(RUNNING, egress_id)
-            p.delete(PREFIX + "lease:" + egress_id)
+            p.srem(self.running_key, job_id)
+            p.delete(self.prefix + "lease:" + job_id)
             await p.execute()
 
     async def take_lost(self, mine: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Running egresses whose worker's lease expired; each is given to one node only."""
         lost = []
-        for raw in await self.r.smembers(RUNNING):
+        for raw in await self.r.smembers(self.running_key):
             eid = raw.decode()
-            if eid in mine or await self.r.exists(PREFIX + "lease:" + eid):
+            if eid in mine or await self.r.exists(self.prefix + "lease:" + eid):
                 continue
-            if await self.r.set(PREFIX + "reaped:" + eid, self.node_id, nx=True, ex=INFO_TTL):
+            if await self.r.set(self.prefix + "reaped:" + eid, self.node_id, nx=True, ex=INFO_TTL):
                 lost.append(eid)
-            await self.r.srem(RUNNING, eid)
+            await self.r.srem(self.running_key, eid)
         return lost
 
     # -- a StopEgress that raced a hand-over --------------------------------------------------
-    async def request_stop(self, egress_id: str) -> None:
-        await self.r.set(PREFIX + "stop:" + egress_id, self.node_id, ex=300)
+    async def request_stop(self, job_id: str) -> None:
+        await self.r.set(self.prefix + "stop:" + job_id, self.node_id, ex=300)
 
-    async def take_stop(self, egress_id: str) -> bool:
-        return bool(await self.r.delete(PREFIX + "stop:" + egress_id))
+    async def take_stop(self, job_id: str) -> bool:
+        return bool(await self.r.delete(self.prefix + "stop:" + job_id))
 
-
-def _req(egress_id: str) -> str:
-    return PREFIX + "req:" + egress_id
+    def _req(self, job_id: str) -> str:
+        return self.prefix + "req:" + job_id

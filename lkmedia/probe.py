@@ -85,7 +85,7 @@ def playable_seconds(path: str) -> float:
         with av.open(path) as c:
             s = c.streams.video[0] if c.streams.video else c.streams.audio[0]
             for frame in c.decode(s):
-                if frame.time is not None:
+                if isinstance(frame, av.VideoFrame | av.AudioFrame) and frame.time is not None:
                     last = max(last, frame.time + (1 / float(s.average_rate) if s.type == "video" and s.average_rate else 0))
     except av.FFmpegError:
         pass
@@ -100,7 +100,7 @@ def flash_times(path: str, threshold: float = 175.0) -> list[float]:
         if not c.streams.video:
             return []
         for f in c.decode(c.streams.video[0]):
-            y = f.to_ndarray(format="gray") if f.format.name != "yuv420p" else np.frombuffer(f.planes[0], np.uint8)
+            y = f.to_ndarray(format="gray") if f.format.name != "yuv420p" else np.frombuffer(f.planes[0], np.uint8)  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
             bright = float(y.mean()) > threshold
             if bright and not prev and f.time is not None:
                 times.append(float(f.time))
@@ -134,7 +134,7 @@ def beep_times(path: str, threshold: float = 0.1) -> list[float]:
     loud = np.flatnonzero(x > threshold)
     onsets: list[float] = []
     last = -10 * rate
-    for i in loud:
+    for i in map(int, loud):
         if i - last > 0.3 * rate:
             onsets.append(start + i / rate)
         last = i

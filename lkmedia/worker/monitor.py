@@ -1,10 +1,11 @@
-"""What the service does with its measurements (lkmedia.service.admission.ProcSampler),
+"""What the worker does with its measurements (lkmedia.worker.sampler.ProcSampler),
 once a second: the kill policy and self-calibration. Pure logic: samples and the clock
 come in, decisions go out; the service carries them out on its job processes.
 
 Kill policy, as the Go egress's monitor (``pkg/stats/monitor.go``):
 - node CPU above 0.95 (or ``(1 + max_cpu_utilization) / 2``) for 10 samples while more
-  than one job runs: the job furthest over its admitted cost is stopped (drained,
+  than one job runs (samples taken while a job starts do not count: a start storm is
+  what admission reserved for, not a job over its cost): the job furthest over its admitted cost is stopped (drained,
   COMPLETE, result ``stopped_cpu``); still running ``cpu_kill_grace_sec`` later, it is
   killed (FAILED "CPU exhausted: N cores used", ``killed_cpu``). 5 calm samples reset it.
 - node memory (proc RSS or the cgroup, ``memory_source``) above ``max_memory`` for
@@ -22,9 +23,10 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from .admission import GB, Sample
-from .config import CPUCostConfig, JobsConfig
+from .admission import GB
+from .sampler import Sample
 
 log = logging.getLogger("lkmedia.service.monitor")
 
@@ -34,9 +36,26 @@ CALM_SAMPLES = 5  # Go lowCPUResetDuration: samples below it that forget the hig
 NODE = ""  # the node's own key among the per-egress memory timers
 
 
+class NodeLimits(Protocol):
+    """The Go kill policy's settings (the ``cpu_cost:`` section has them)."""
+
+    max_cpu_utilization: float
+    max_memory: float  # GB, 0 = none
+    memory_source: str  # proc_rss | cgroup
+    memory_kill_grace_sec: int
+    cpu_kill_grace_sec: int
+
+
+class JobLimits(Protocol):
+    """lkmedia's per-job limits (``jobs:``)."""
+
+    max_cpu: float  # CPUs, 0 = none
+    max_memory: float  # GB, 0 = none
+
+
 @dataclass(frozen=True)
 class Action:
-    egress_id: str
+    job_id: str
     kind: str  # "stop" (drain, COMPLETE) | "kill" (FAILED, outputs still finalised)
     result: str  # livekit_egress_handler_results_total: stopped_cpu | killed_cpu | killed_oom
     message: str  # the stop reason, or the egress error
@@ -51,7 +70,7 @@ class _CpuWatch:
 
 
 class KillPolicy:
-    def __init__(self, costs: CPUCostConfig, jobs: JobsConfig, num_cpus: float,
+    def __init__(self, costs: NodeLimits, jobs: JobLimits, num_cpus: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.costs, self.jobs, self.num_cpus = costs, jobs, num_cpus
         self._clock = clock
@@ -60,8 +79,10 @@ class KillPolicy:
         self._memory_since: dict[str, float] = {}  # NODE or an egress id -> over its limit since
         self._killed: set[str] = set()
 
-    def observe(self, sample: Sample, allowed: Mapping[str, float]) -> list[Action]:
-        """``allowed``: each running egress's admitted CPU (its cost)."""
+    def observe(self, sample: Sample, allowed: Mapping[str, float], starting: bool = False) -> list[Action]:
+        """``allowed``: each running job's admitted CPU (its cost). ``starting``: a job is
+        starting (its imports and room join, which admission reserved for): the node's
+        CPU then says nothing about the jobs that run, and is not counted against them."""
         now = self._clock()
         running = set(sample.cpu) | set(sample.memory_by_job)
         for gone in set(self._per_job) - running:
@@ -69,19 +90,19 @@ class KillPolicy:
         self._killed &= running
         for gone in set(self._memory_since) - running - {NODE}:
             del self._memory_since[gone]
-        actions = self._node_cpu(sample, allowed, now) + self._job_cpu(sample, now)
+        actions = self._node_cpu(sample, allowed, now, starting) + self._job_cpu(sample, now)
         actions += self._node_memory(sample, now) + self._job_memory(sample, now)
         out, seen = [], set()
         for a in actions:
-            if a.egress_id in self._killed or (a.egress_id, a.kind) in seen:
+            if a.job_id in self._killed or (a.job_id, a.kind) in seen:
                 continue
-            seen.add((a.egress_id, a.kind))
+            seen.add((a.job_id, a.kind))
             if a.kind == "kill":
-                self._killed.add(a.egress_id)
+                self._killed.add(a.job_id)
             out.append(a)
         return out
 
-    def _cpu_step(self, w: _CpuWatch, high: bool, egress_id: str, used: float, now: float,
+    def _cpu_step(self, w: _CpuWatch, high: bool, job_id: str, used: float, now: float,
                   why: str) -> list[Action]:
         if not high:
             w.calm += 1
@@ -91,18 +112,19 @@ class KillPolicy:
         w.calm = 0
         if not w.stopped:
             w.high += 1
-            if w.high < HIGH_SAMPLES or not egress_id:
+            if w.high < HIGH_SAMPLES or not job_id:
                 return []
-            w.stopped, w.stopped_at, w.high = egress_id, now, 0
-            log.warning("egress %s: %s: stopping it", egress_id, why)
-            return [Action(egress_id, "stop", "stopped_cpu", "CPU exhausted")]
+            w.stopped, w.stopped_at, w.high = job_id, now, 0
+            log.warning("job %s: %s: stopping it", job_id, why)
+            return [Action(job_id, "stop", "stopped_cpu", "CPU exhausted")]
         if now - w.stopped_at < self.costs.cpu_kill_grace_sec:
             return []
         victim, w.stopped = w.stopped, ""
-        log.warning("egress %s: still running %d s after its stop: killing it", victim, self.costs.cpu_kill_grace_sec)
+        log.warning("job %s: still running %d s after its stop: killing it", victim, self.costs.cpu_kill_grace_sec)
         return [Action(victim, "kill", "killed_cpu", f"CPU exhausted: {used:.2f} cores used")]
 
-    def _node_cpu(self, sample: Sample, allowed: Mapping[str, float], now: float) -> list[Action]:
+    def _node_cpu(self, sample: Sample, allowed: Mapping[str, float], now: float,
+                  starting: bool) -> list[Action]:
         threshold = KILL_THRESHOLD
         if threshold <= self.costs.max_cpu_utilization:
             threshold = (1 + self.costs.max_cpu_utilization) / 2
@@ -113,6 +135,8 @@ class KillPolicy:
         w = self._node
         if w.stopped and w.stopped not in sample.cpu:
             w.stopped = ""  # it ended by itself
+        if starting and not w.stopped:
+            return []  # neither high nor calm: the count waits for the start to be over
         high = sample.node_load > threshold and len(sample.cpu) > 1
         if w.stopped:
             most = sample.cpu.get(w.stopped, most)
@@ -162,7 +186,7 @@ class KillPolicy:
         out = []
         for eid, used in sample.memory_by_job.items():
             if eid not in self._killed and self._over_for_grace(eid, used > cap * GB, now):
-                log.warning("egress %s: %.2f GB, over jobs.max_memory %g GB: killing it", eid, used / GB, cap)
+                log.warning("job %s: %.2f GB, over jobs.max_memory %g GB: killing it", eid, used / GB, cap)
                 out.append(Action(eid, "kill", "killed_oom",
                                   f"OOM: {used / GB:.2f} GB used, over the job limit of {cap:g} GB"))
         return out

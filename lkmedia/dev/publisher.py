@@ -3,7 +3,7 @@ flash/beep A/V, and ``lk load-test`` as an independent client nobody here wrote.
 
 The Python publisher keeps one media timeline from its start: frame i is sent at
 t0 + i/fps and audio sample s at t0 + s/rate, so flashes and beeps leave together and an
-output's A/V offset (lkmedia.testing.probe.av_offsets) measures the egress, not us. A drop
+output's A/V offset (lkmedia.probe.av_offsets) measures the egress, not us. A drop
 (``drop_for``) pauses sending while the timeline runs on, as a real camera would.
 """
 from __future__ import annotations
@@ -28,9 +28,9 @@ import numpy as np
 from livekit import rtc
 
 from ..sources.synthetic import SyntheticSource
-from .devstack import DevStack, find_binary
+from .stack import DevStack, find_binary
 
-log = logging.getLogger("lkmedia.testing.publisher")
+log = logging.getLogger("lkmedia.dev.publisher")
 
 AUDIO_CHUNK_MS = 10
 
@@ -46,7 +46,7 @@ def to_rtc_video(frame: av.VideoFrame) -> rtc.VideoFrame:
     off = 0
     for i, (pw, ph) in enumerate(((w, h), (cw, ch), (cw, ch))):
         plane = frame.planes[i]
-        src = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:ph, :pw]
+        src = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:ph, :pw]  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
         out[off : off + pw * ph].reshape(ph, pw)[:] = src
         off += pw * ph
     return rtc.VideoFrame(w, h, rtc.VideoBufferType.I420, buf)
@@ -171,7 +171,7 @@ class SyntheticPublisher:
         self.room = rtc.Room()
         await self.room.connect(self.url, self._token, rtc.RoomOptions(auto_subscribe=False))
 
-    async def _publish(self) -> None:
+    async def _publish(self, only: str | None = None) -> None:
         assert self.room is not None
         lp = self.room.local_participant
 
@@ -191,8 +191,8 @@ class SyntheticPublisher:
             self.audio_pub = await lp.publish_track(track, opts)
 
         # Both at once, as a browser publishes its camera and microphone.
-        await asyncio.gather(*([video()] if self._vsrc is not None else []),
-                             *([audio()] if self._asrc is not None else []))
+        await asyncio.gather(*([video()] if self._vsrc is not None and only in (None, "video") else []),
+                             *([audio()] if self._asrc is not None and only in (None, "audio") else []))
 
     # -- drops and mutes ---------------------------------------------------
     async def drop_for(self, seconds: float, mode: str = "rejoin") -> None:
@@ -219,6 +219,26 @@ class SyntheticPublisher:
         self._sending = True
         self.last_absence = time.monotonic() - t_left
 
+    async def unpublish(self, kind: str) -> None:
+        """Take the ``kind`` ("video" or "audio") track away, staying in the room (a camera
+        switched off, a clip that ended)."""
+        assert self.room is not None, "publisher not started"
+        pub = self.video_pub if kind == "video" else self.audio_pub
+        if pub is None:
+            raise ValueError(f"no {kind} track is published")
+        await self.room.local_participant.unpublish_track(pub.sid)
+        if kind == "video":
+            self.video_pub = None
+        else:
+            self.audio_pub = None
+
+    async def republish(self, kind: str) -> None:
+        """Publish the ``kind`` track again (a new track sid, the same source)."""
+        assert self.room is not None, "publisher not started"
+        if (self.video_pub if kind == "video" else self.audio_pub) is not None:
+            raise ValueError(f"the {kind} track is published already")
+        await self._publish(only=kind)
+
     def set_muted(self, muted: bool, kind: str | None = None) -> None:
         """Mute or unmute the audio, the video, or both (kind None)."""
         for k, pub in (("video", self.video_pub), ("audio", self.audio_pub)):
@@ -226,7 +246,7 @@ class SyntheticPublisher:
                 continue
             track = pub.track
             if track is not None:
-                track.mute() if muted else track.unmute()  # type: ignore[union-attr]
+                track.mute() if muted else track.unmute()
 
     # -- sending -----------------------------------------------------------
     async def _video_loop(self) -> None:
@@ -304,7 +324,7 @@ class PublisherProcess:
         env = {**os.environ, "LKM_PUBLISHER_TOKEN": self._token}
         with open(self.log_path, "wb") as logf:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "lkmedia.testing.publisher", "--url", self.url,
+                sys.executable, "-m", "lkmedia.dev.publisher", "--url", self.url,
                 "--options", json.dumps(self.options), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=logf, env=env, start_new_session=True)
         try:
@@ -319,6 +339,12 @@ class PublisherProcess:
 
     async def set_muted(self, muted: bool, kind: str | None = None) -> None:
         await self._call(10.0, cmd="mute", muted=muted, kind=kind)
+
+    async def unpublish(self, kind: str) -> None:
+        await self._call(10.0, cmd="unpublish", kind=kind)
+
+    async def republish(self, kind: str) -> None:
+        await self._call(20.0, cmd="republish", kind=kind)
 
     async def refresh(self) -> dict[str, Any]:
         """Ask the child for its counters now."""
@@ -413,6 +439,10 @@ async def _serve(url: str, options: dict[str, Any]) -> int:
                     await pub.drop_for(float(cmd["seconds"]), cmd.get("mode", "rejoin"))
                 elif cmd["cmd"] == "mute":
                     pub.set_muted(bool(cmd["muted"]), cmd.get("kind"))
+                elif cmd["cmd"] == "unpublish":
+                    await pub.unpublish(str(cmd["kind"]))
+                elif cmd["cmd"] == "republish":
+                    await pub.republish(str(cmd["kind"]))
                 elif cmd["cmd"] != "state":
                     raise ValueError(f"unknown command {cmd['cmd']!r}")
             except Exception as e:

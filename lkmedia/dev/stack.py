@@ -1,8 +1,9 @@
 """A LiveKit dev stack on loopback: redis-server and livekit-server, on free ports.
 
-Tests, benchmarks and the demo drive the real server rather than mocks. The binaries come
-from ``scripts/install_livekit.sh`` (``<repo>/.cache/bin``); redis-server is the Debian
-package, started here as a private instance, never as the system service.
+The demo (the main job), the tests and the benchmarks drive the real server rather than
+mocks. livekit-server comes from ``scripts/install_livekit.sh`` (built into
+``~/.cache/lkmedia/bin``, or ``$LKMEDIA_CACHE/bin``); redis-server is the Debian package,
+started here as a private instance, never as the system service.
 
     async with DevStack() as stack:
         async with stack.api() as lk:
@@ -27,9 +28,12 @@ from typing import IO, Any
 
 import yaml
 
-REPO_BIN = Path(__file__).resolve().parents[2] / ".cache" / "bin"
+CACHE_BIN = Path(os.environ.get("LKMEDIA_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                 / "lkmedia") / "bin"
 DEV_KEY = "devkey"
-DEV_SECRET = "secret"  # livekit-server's own dev-mode secret: not a real credential
+#: The dev stack's own API secret, long enough for HS256 (livekit-server's dev default,
+#: "secret", is 6 bytes, and PyJWT warns about it on every token): not a real credential.
+DEV_SECRET = "lkmedia-dev-stack-secret-not-for-production"
 
 
 class StackError(RuntimeError):
@@ -56,16 +60,16 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
 
 
 def find_binary(name: str, *fallbacks: str) -> str:
-    """``name`` from LKMEDIA_LIVEKIT_BIN or <repo>/.cache/bin, else the first of
-    ``fallbacks`` on PATH."""
-    for d in (os.environ.get("LKMEDIA_LIVEKIT_BIN"), str(REPO_BIN)):
+    """``name`` from LKMEDIA_LIVEKIT_BIN or the build cache (~/.cache/lkmedia/bin), else
+    the first of ``fallbacks`` on PATH."""
+    for d in (os.environ.get("LKMEDIA_LIVEKIT_BIN"), str(CACHE_BIN)):
         if d and os.access(os.path.join(d, name), os.X_OK):
             return os.path.join(d, name)
     for f in fallbacks:
         p = shutil.which(f)
         if p:
             return p
-    raise StackError(f"{name!r} not found in {REPO_BIN}: run scripts/install_livekit.sh")
+    raise StackError(f"{name!r} not found in {CACHE_BIN}: run scripts/setup.sh")
 
 
 def _tail(path: Path, n: int = 20) -> str:
@@ -169,7 +173,7 @@ class RedisServer:
 
 
 class DevStack:
-    """redis-server + livekit-server (dev mode, keys devkey/secret) on loopback.
+    """redis-server + livekit-server (dev mode, key devkey and DEV_SECRET) on loopback.
 
     webhook_urls: livekit-server posts its webhooks there (signed with api_key).
     redis_address: use this Redis instead of starting one.

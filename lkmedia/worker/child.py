@@ -1,0 +1,146 @@
+"""One job in its own process: ``python -m lkmedia.worker.child FD PARENT_PID [MODULE...]``.
+
+The worker service (lkmedia.worker.process) starts it ahead of need; it imports the
+MODULEs (a job kind's media stack), then waits on its end of the socketpair ``FD`` for a
+``Start`` (or ``Recover``). It runs that one job with the kind's runner module, sends every
+Info the job sets as a numbered ``Status``, answers ``Ping`` from its event loop (a loop
+that stops turning is found by the service), then sends ``Done`` and exits. It never
+talks to Redis: the service alone does.
+
+It dies with the service (PR_SET_PDEATHSIG); SIGINT is ignored (a Ctrl-C reaches the whole
+process group; the service decides what stops); SIGTERM stops the job cleanly.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from google.protobuf.message import Message
+
+from . import codec
+from .kind import Job, JobError
+from .messages import Channel, Done, Kill, Ping, Pong, Recover, Reply, Request, Start, Status, Stop
+
+log = logging.getLogger("lkmedia.worker.child")
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except OSError:  # not Linux: the socket's EOF still stops the job
+        return
+    if os.getppid() != parent:  # the service died before prctl took effect
+        os._exit(1)
+
+
+class _Reporter:
+    """Numbers and sends each Info the job sets; keeps the last for ``Done``."""
+
+    def __init__(self, chan: Channel) -> None:
+        self.chan = chan
+        self.seq = 0
+        self.last = b""
+
+    async def __call__(self, info: Message) -> None:
+        self.seq += 1
+        self.last = info.SerializeToString()
+        await self.chan.send(Status(self.seq, self.last))
+
+
+async def _commands(chan: Channel, job: Job | None) -> None:
+    """Answer the service until it closes the channel (then stop the job cleanly). While
+    a dead job is recovered (``job`` None) only pings are answered."""
+    while True:
+        msg = await chan.receive()
+        if msg is None:
+            if job is not None:
+                log.warning("the service went away: stopping the job")
+                await job.stop("the worker service went away")
+            return
+        if isinstance(msg, Ping):
+            await chan.send(Pong(msg.seq))
+            continue
+        if not isinstance(msg, Stop | Kill | Request):
+            log.warning("unexpected %s from the service", type(msg).__name__)
+            continue
+        try:
+            if job is None:
+                raise JobError("the job is being recovered", "unavailable")
+            if isinstance(msg, Stop):
+                await job.stop(msg.reason)
+            elif isinstance(msg, Kill):
+                await job.kill(msg.error)
+            else:
+                await job.request(msg.op, msg.args)
+            await chan.send(Reply(msg.id))
+        except JobError as e:
+            await chan.send(Reply(msg.id, error=str(e), code=e.code))
+
+
+async def _serve(fd: int) -> int:
+    from ..logs import setup_logging
+
+    chan = await Channel.open(socket.socket(fileno=fd))
+    first = await chan.receive()
+    if not isinstance(first, Start | Recover):
+        return 0  # a spare the service no longer needs
+    setup_logging(first.log_level, first.json_log, False)
+    runner: Any = importlib.import_module(first.runner)
+    spec = codec.decode(runner.spec_type, first.spec)
+    info = runner.info_type.FromString(first.info)
+    report = _Reporter(chan)
+    loop = asyncio.get_running_loop()
+    job: Job | None = None
+    if isinstance(first, Start):
+        job = runner.job(spec, info, report)
+        stopping = job.stop
+        loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(stopping("SIGTERM")))
+    listener = loop.create_task(_commands(chan, job), name="job-commands")
+    try:
+        if job is not None:
+            await job.run()
+        else:
+            assert isinstance(first, Recover)
+            await runner.recover(spec, info, first.cause, report)
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        with contextlib.suppress(ConnectionError, OSError):
+            await chan.send(Done(report.seq, report.last))
+        await chan.finish()
+        await chan.close()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3:
+        print("usage: python -m lkmedia.worker.child FD PARENT_PID [MODULE...] (started by the worker service)",
+              file=sys.stderr)
+        return 2
+    _die_with(int(argv[2]))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from ..core.memory import tune_malloc
+
+    tune_malloc()
+    for module in argv[3:]:  # the imports, done while the process waits as a spare
+        importlib.import_module(module)
+    return asyncio.run(_serve(int(argv[1])))
+
+
+if __name__ == "__main__":
+    code = main(sys.argv)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # A node stuck in a system call (a hung mount) keeps its thread: do not wait for it.
+    os._exit(code)
