@@ -90,7 +90,14 @@ def build_recipe(
     if cfg.request_type == "track":
         _track(cfg, r, out_dir, f, now, track_codec, track_kind)
         return r
-    e = cfg.encoding
+    _encoders(cfg, r, live)
+    _sinks(cfg, r, out_dir, f, now)
+    return r
+
+
+def _encoders(cfg: EgressConfig, r: Recipe, live: bool) -> None:
+    """One encode per media, feeding every output."""
+    g, e = r.graph, cfg.encoding
     if cfg.video_enabled:
         r.video_in = g.add(Tee(name="video"))
         if cfg.file or cfg.segments or cfg.stream:
@@ -111,6 +118,9 @@ def build_recipe(
         aenc = AudioEncoder(codec, bitrate=e.audio_bitrate * 1000, sample_rate=rate, name="audio_encoder")
         g.link(r.audio_in, aenc)
         r.encoders["audio"] = aenc
+
+
+def _sinks(cfg: EgressConfig, r: Recipe, out_dir: str, f: dict[str, str | None], now: dt.datetime | None) -> None:
     if cfg.file is not None:
         path = render_filename(cfg.file.filepath, f, cfg.file.file_type or "mp4", out_dir, now=now)
         _add_sink(r, "file", FileSink(path, name="file"), cfg.file)
@@ -132,9 +142,8 @@ def build_recipe(
         directory, prefix = os.path.split(prefix_path[: -len(".jpeg")])
         sink = ImageSink(directory, filename_prefix=prefix, capture_interval=float(img.capture_interval),
                          width=img.width or None, height=img.height or None, suffix=img.suffix, name=f"images{i}")
-        g.link(r.video_in, sink)  # type: ignore[arg-type]
+        r.graph.link(r.video_in, sink)  # type: ignore[arg-type]
         r.outputs.append(Output("images", sink, img))
-    return r
 
 
 def _add_sink(r: Recipe, kind: str, sink: Sink, config: Any) -> None:

@@ -78,6 +78,11 @@ class EgressMetrics:
                                            "number of segment uploads pending in channel", ("egress_id",))
         self._playlist_queue = self._gauge("livekit_egress_playlist_uploads_channel_size",
                                            "number of playlist updates pending in channel", ("egress_id",))
+        self._init_lkmedia()
+        self._usage_types: set[str] = set()
+        self._init_psrpc()
+
+    def _init_lkmedia(self) -> None:
         # lkmedia's own: autoscaling signals (the start queue is fleet-wide, read from Redis)
         self.queue_depth = self._gauge("lkmedia_egress_queue_depth",
                                        "Start requests waiting in the fleet's queue").labels(**self._const)
@@ -97,8 +102,6 @@ class EgressMetrics:
         self._cpu_calibrated = self._gauge("lkmedia_egress_cpu_calibrated",
                                            "CPUs a job of this type was measured to use on this node "
                                            "(jobs.calibrate)", ("type",))
-        self._usage_types: set[str] = set()
-        self._init_psrpc()
 
     # --- service (monitor) ---------------------------------------------------------------------
     def request_started(self, request_type: str) -> None:

@@ -8,12 +8,32 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from ..dev.egress import TERMINAL, EgressEnded, S, service_config_body, wait_egress
 
-__all__ = ["S", "TERMINAL", "EgressEnded", "EgressServiceProcess", "metric_value", "service_config_body", "wait_egress"]
+__all__ = ["S", "TERMINAL", "EgressEnded", "EgressServiceProcess", "egress_service", "metric_value",
+           "service_config_body", "wait_egress"]
+
+
+@asynccontextmanager
+async def egress_service(stack: Any, tmp_path: Path, extra: str = "") -> AsyncIterator[Any]:
+    """An EgressService in this process (health and Prometheus ports picked free), its
+    jobs in ``tmp_path/egress``; closed (jobs stopped, outputs finalised) on the way out."""
+    from ..dev.stack import free_port
+    from ..service.config import parse_config
+    from ..service.egress import EgressService
+
+    body = service_config_body(stack, f"health_port: {free_port()}\nprometheus_port: {free_port()}\n{extra}")
+    svc = EgressService(parse_config(body), tmp_dir=str(tmp_path / "egress"))
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.close(drain_timeout=20)
 
 
 def metric_value(text: str, name: str, match: Callable[[str], bool] = lambda _: True) -> float | None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lkmedia.service.config import ConfigError, embedded_default, load_config, parse_config, parse_duration
+from lkmedia.service.config import ConfigError, embedded_default, load_config, parse_config
+from lkmedia.service.config_yaml import parse_duration
 
 ROOT = Path(__file__).resolve().parents[2]
 GO_SAMPLE = ROOT / "configs" / "egress-go-sample.yaml"

@@ -16,32 +16,21 @@ from livekit import api
 from livekit.protocol import egress as lk
 
 from lkmedia.dev.publisher import PublisherProcess
-from lkmedia.dev.stack import DevStack, find_binary, free_port
+from lkmedia.dev.stack import DevStack, find_binary
 from lkmedia.probe import decode_errors, probe
 from lkmedia.rpc import START_EGRESS_SELECTION, RedisBus
 from lkmedia.rpc.client import RpcClient
 from lkmedia.rpc.messages import StartEgressRequest, pack_start_egress
-from lkmedia.service.config import parse_config
 from lkmedia.service.egress import EgressService
-from lkmedia.testing.egress import TERMINAL, S, service_config_body, wait_egress
+from lkmedia.testing.egress import TERMINAL, S, egress_service, wait_egress
 
 SMALL = lk.EncodingOptions(width=320, height=180, framerate=15, video_bitrate=300, audio_bitrate=64)
 
 
-async def _service(stack: DevStack, tmp: Path, extra: str = "") -> EgressService:
-    body = service_config_body(stack, f"health_port: {free_port()}\n{extra}")
-    svc = EgressService(parse_config(body), tmp_dir=str(tmp / "egress"))
-    await svc.start()
-    return svc
-
-
 @pytest.fixture
 async def service(livekit_stack: DevStack, tmp_path: Path) -> AsyncIterator[EgressService]:
-    svc = await _service(livekit_stack, tmp_path)
-    try:
+    async with egress_service(livekit_stack, tmp_path) as svc:
         yield svc
-    finally:
-        await svc.close(drain_timeout=20)
 
 
 async def _record(lkapi: api.LiveKitAPI, req: lk.ParticipantEgressRequest, seconds: float) -> lk.EgressInfo:
@@ -74,23 +63,20 @@ async def test_an_absolute_filepath_is_written_where_the_request_says(
 async def test_output_roots_confine_absolute_paths_and_dotdot_never_escapes(
         livekit_stack: DevStack, publisher: object, room_name: str, tmp_path: Path) -> None:
     allowed = tmp_path / "recordings"
-    svc = await _service(livekit_stack, tmp_path, f"output_roots: [{allowed}]\n")
-    try:
-        async with livekit_stack.api() as lkapi:
-            for path in (f"{tmp_path}/elsewhere/x.mp4", f"{allowed}/../escape/x.mp4"):
-                with pytest.raises(api.TwirpError) as ei:
-                    await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
-                        room_name=room_name, identity="pub", file_outputs=[lk.EncodedFileOutput(filepath=path)]))
-                assert "is outside the directories this egress may write to" in ei.value.message
-                assert f"output_roots: {allowed}" in ei.value.message
-            done = await _record(lkapi, lk.ParticipantEgressRequest(
-                room_name=room_name, identity="pub", advanced=SMALL,
-                file_outputs=[lk.EncodedFileOutput(filepath=f"{allowed}/{{room_name}}.mp4")]), 2)
+    async with egress_service(livekit_stack, tmp_path, f"output_roots: [{allowed}]\n"), \
+            livekit_stack.api() as lkapi:
+        for path in (f"{tmp_path}/elsewhere/x.mp4", f"{allowed}/../escape/x.mp4"):
+            with pytest.raises(api.TwirpError) as ei:
+                await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
+                    room_name=room_name, identity="pub", file_outputs=[lk.EncodedFileOutput(filepath=path)]))
+            assert "is outside the directories this egress may write to" in ei.value.message
+            assert f"output_roots: {allowed}" in ei.value.message
+        done = await _record(lkapi, lk.ParticipantEgressRequest(
+            room_name=room_name, identity="pub", advanced=SMALL,
+            file_outputs=[lk.EncodedFileOutput(filepath=f"{allowed}/{{room_name}}.mp4")]), 2)
         assert done.status == S.EGRESS_COMPLETE, done.error
         assert done.file_results[0].location == str(allowed / f"{room_name}.mp4")
-        assert not (tmp_path / "escape").exists() and not (tmp_path / "elsewhere").exists()
-    finally:
-        await svc.close(drain_timeout=20)
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "elsewhere").exists()
 
 
 async def _joined(lkapi: api.LiveKitAPI, room: str, identity: str, timeout: float = 15.0) -> None:

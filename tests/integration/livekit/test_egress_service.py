@@ -20,20 +20,15 @@ from lkmedia.dev.stack import DevStack, free_port
 from lkmedia.probe import assert_av_sync, av_offsets, decode_errors, probe
 from lkmedia.service.config import parse_config
 from lkmedia.service.egress import EgressService
-from lkmedia.testing.egress import service_config_body, wait_egress
+from lkmedia.testing.egress import egress_service, service_config_body, wait_egress
 
 S = lk.EgressStatus
 
 
 @pytest.fixture
 async def service(livekit_stack: DevStack, tmp_path: Path) -> AsyncIterator[EgressService]:
-    body = service_config_body(livekit_stack, f"health_port: {free_port()}\nprometheus_port: {free_port()}\n")
-    svc = EgressService(parse_config(body), tmp_dir=str(tmp_path / "egress"))
-    await svc.start()
-    try:
+    async with egress_service(livekit_stack, tmp_path) as svc:
         yield svc
-    finally:
-        await svc.close(drain_timeout=20)
 
 
 async def test_participant_egress_records_an_mp4_through_the_real_api(

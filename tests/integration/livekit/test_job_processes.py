@@ -16,8 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,23 +24,12 @@ from livekit.protocol import egress as lk
 
 from lkmedia.dev.stack import DevStack
 from lkmedia.probe import decode_errors, probe
-from lkmedia.service.config import parse_config
 from lkmedia.service.egress import EgressService
-from lkmedia.testing.egress import metric_value, service_config_body, wait_egress
+from lkmedia.testing.egress import egress_service, metric_value, wait_egress
 
 S = lk.EgressStatus
 SMALL = lk.EncodingOptions(width=320, height=180, framerate=15, video_bitrate=300, audio_bitrate=64)
 THREE_JOBS = "cpu_cost:\n  participant_cpu_cost: 0.4\n"  # the default (2) admits one at a time here
-
-
-@asynccontextmanager
-async def egress_service(stack: DevStack, tmp_path: Path, extra: str = "") -> AsyncIterator[EgressService]:
-    svc = EgressService(parse_config(service_config_body(stack, extra)), tmp_dir=str(tmp_path / "egress"))
-    await svc.start()
-    try:
-        yield svc
-    finally:
-        await svc.close(drain_timeout=20)
 
 
 def _request(room: str, name: str) -> lk.ParticipantEgressRequest:

@@ -13,7 +13,8 @@ import pytest
 from livekit import api
 
 from lkmedia.core import EOS, Gap, Graph, Node
-from lkmedia.dev.publisher import LkLoadTest, PublisherProcess
+from lkmedia.dev.lk import LkLoadTest
+from lkmedia.dev.publisher import PublisherProcess
 from lkmedia.dev.stack import DevStack, find_binary
 from lkmedia.nodes.audio_mix import AudioMixer
 from lkmedia.nodes.convert import FpsConverter

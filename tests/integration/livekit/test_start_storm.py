@@ -19,7 +19,7 @@ from pathlib import Path
 from livekit import api
 from livekit.protocol import egress as lk
 
-from lkmedia.dev.publisher import LkLoadTest
+from lkmedia.dev.lk import LkLoadTest
 from lkmedia.dev.stack import DevStack
 from lkmedia.probe import decode_errors, probe
 from lkmedia.testing.egress import TERMINAL, EgressServiceProcess, S, service_config_body, wait_egress

@@ -11,37 +11,22 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from livekit.protocol import egress as lk
 
-from lkmedia.dev.stack import DevStack, free_port
+from lkmedia.dev.stack import DevStack
 from lkmedia.egress.spec import initial_info, spec_from_request
 from lkmedia.probe import decode_errors, probe
 from lkmedia.rpc import RedisBus
 from lkmedia.rpc.client import RpcClient
 from lkmedia.rpc.messages import ListActiveEgressRequest, ListActiveEgressResponse, pack_start_egress
-from lkmedia.service.config import parse_config
-from lkmedia.service.egress import EgressService
-from lkmedia.testing.egress import TERMINAL, S, service_config_body, wait_egress
+from lkmedia.testing.egress import TERMINAL, S, egress_service, wait_egress
 from lkmedia.worker import codec
 from lkmedia.worker.record import JobRecord
 
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), not in Python 3.11's fcntl
 SMALL = lk.EncodingOptions(width=320, height=180, framerate=15, video_bitrate=300, audio_bitrate=64)
-
-
-@asynccontextmanager
-async def egress_service(stack: DevStack, tmp_path: Path, extra: str = "") -> AsyncIterator[EgressService]:
-    body = service_config_body(stack, f"health_port: {free_port()}\n{extra}")
-    svc = EgressService(parse_config(body), tmp_dir=str(tmp_path / "egress"))
-    await svc.start()
-    try:
-        yield svc
-    finally:
-        await svc.close(drain_timeout=20)
 
 
 async def test_an_output_that_stops_taking_input_fails_the_egress_and_the_rest_is_finalised(

@@ -1,0 +1,93 @@
+"""The ``lk`` CLI (livekit-cli) against a dev stack: ``lk perf load-test`` publishers, and
+any ``lk`` command with the stack's URL and keys (by environment, never on a command line)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .stack import DevStack, find_binary
+
+
+class LkLoadTest:
+    """``lk perf load-test`` publishing into a room: an independent client (Go SDK, its own
+    pre-encoded media) for interop tests. Identities are ``<identity_prefix>_pub_<n>``-like.
+
+    Runs as a child process (logs in ``log_path``); ``stop()`` sends SIGINT, then SIGKILL.
+    """
+
+    def __init__(
+        self,
+        stack: DevStack,
+        room: str,
+        *,
+        video_publishers: int = 1,
+        audio_publishers: int = 1,
+        identity_prefix: str = "lk",
+        video_codec: str | None = "vp8",
+        video_resolution: str = "low",
+        simulcast: bool = False,
+        duration: float | None = None,
+        extra_args: Sequence[str] = (),
+        log_path: str | Path | None = None,
+    ) -> None:
+        self.stack = stack
+        self.room = room
+        self.argv = [
+            find_binary("lk"), "perf", "load-test", "--room", room,
+            "--video-publishers", str(video_publishers), "--audio-publishers", str(audio_publishers),
+            "--subscribers", "0", "--identity-prefix", identity_prefix, "--video-resolution", video_resolution,
+        ]
+        if video_codec:
+            self.argv += ["--video-codec", video_codec]
+        if not simulcast:
+            self.argv.append("--no-simulcast")
+        if duration is not None:
+            self.argv += ["--duration", f"{duration:g}s"]
+        self.argv += list(extra_args)
+        self.log_path = Path(log_path) if log_path else stack.workdir / f"lk-load-test-{room}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> LkLoadTest:
+        # Keys by environment, so that the secret is not on a command line.
+        with open(self.log_path, "wb") as logf:
+            self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=_lk_env(self.stack), start_new_session=True)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        p = self.proc
+        if p is None:
+            return None
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.proc = None
+        return p.returncode
+
+    def __enter__(self) -> LkLoadTest:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def run_lk(stack: DevStack, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run ``lk <args>`` against the stack (url and keys from the stack, keys by env)."""
+    return subprocess.run([find_binary("lk"), *args], capture_output=True, text=True, env=_lk_env(stack),
+                          timeout=timeout)
+
+
+def _lk_env(stack: DevStack) -> dict[str, str]:
+    # By environment, so that the secret is not on a command line.
+    return {**os.environ, "LIVEKIT_URL": stack.url, "LIVEKIT_API_KEY": stack.api_key,
+            "LIVEKIT_API_SECRET": stack.api_secret}
