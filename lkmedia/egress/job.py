@@ -113,6 +113,10 @@ class EgressJob:
         try:
             await self.uploads.open()
             self.recipe = await self._build()
+            if self._stop.is_set() and not self._kill_error:
+                # Stopped while it waited for its participant or track: nothing recorded.
+                await self._set(S.EGRESS_ABORTED, "stopped before it started")
+                return
             self.uploads.attach_live(self.recipe)
             g = self.recipe.graph
             await g.start()
@@ -216,9 +220,9 @@ class EgressJob:
         async with self._room_api() as lkapi:
             while True:
                 res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=self.cfg.room_name))
-                if any(p.identity == identity for p in res.participants):
+                if any(p.identity == identity for p in res.participants) or self._stop.is_set():
                     return
-                if time.monotonic() >= deadline or self._stop.is_set():
+                if time.monotonic() >= deadline:
                     raise EgressError(f"participant {identity} not found in room {self.cfg.room_name!r} "
                                       f"(waited {wait:g} s)", "not_found")
                 await asyncio.sleep(0.25)
@@ -237,7 +241,9 @@ class EgressJob:
                             codec = (t.mime_type.split("/", 1)[-1] or ("opus" if kind == "audio" else "vp8")).lower()
                             return {"identity": p.identity, "kind": kind, "codec": codec, "track_id": t.sid,
                                     "track_type": kind, "track_source": api.TrackSource.Name(t.source).lower()}
-                if time.monotonic() >= deadline or self._stop.is_set():
+                if self._stop.is_set():  # stopped while it looked: run() ends it ABORTED
+                    return {"identity": "", "kind": "audio", "codec": "opus", "track_id": track_id}
+                if time.monotonic() >= deadline:
                     raise EgressError(f"track {track_id} not found in room {self.cfg.room_name!r}", "not_found")
                 await asyncio.sleep(0.25)
 

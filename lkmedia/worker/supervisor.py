@@ -72,6 +72,7 @@ class Supervisor:
         self._backlog: deque[Message] = deque()
         self._wake = asyncio.Event()
         self._killer: asyncio.Task[None] | None = None
+        self._early_stop = ""  # a stop that came before the process had its Start
 
     @property
     def pid(self) -> int:
@@ -136,6 +137,8 @@ class Supervisor:
         self._last_answer = time.monotonic()
         await proc.send(first)
         self._ready.set()
+        if self._early_stop and isinstance(first, Start):
+            await proc.send(Stop(0, self._early_stop))  # (its reply, id 0, is not waited for)
         pinger = asyncio.get_running_loop().create_task(self._ping(proc), name=f"ping:{self.job_id}")
         try:
             await self._read(proc)
@@ -237,7 +240,11 @@ class Supervisor:
             raise JobError(reply.error, reply.code or "internal")
 
     async def stop(self, reason: str) -> Message:
-        """Drain: the job ends once every output is finalised. Returns its Info now."""
+        """Drain: the job ends once every output is finalised. Returns its Info now. A job
+        whose process has not got its Start yet is stopped as soon as it has."""
+        if not self._ready.is_set():
+            self._early_stop = self._early_stop or reason
+            return self.info
         if not self._done:
             try:
                 await self._call(lambda rid: Stop(rid, reason))

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -32,6 +33,7 @@ from .supervisor import Liveness, Logging, Supervisor
 log = logging.getLogger("lkmedia.worker")
 
 MONITOR_EVERY = 1.0  # seconds between measurements of the jobs (the Go monitor's tick)
+START_WINDOW = 10.0  # seconds a job counts as starting at most (max_starting, the CPU rule)
 
 
 InfoIn = TypeVar("InfoIn", bound=Message, contravariant=True)
@@ -126,11 +128,6 @@ class Worker:
 
     def stop_accepting(self) -> None:
         self.draining = True
-
-    @property
-    def busy(self) -> bool:
-        """Jobs (or recoveries) are still running here."""
-        return bool(self._tasks)
 
     async def drain(self, timeout: float | None = None, interrupt: asyncio.Event | None = None) -> None:
         """Take no new jobs; wait until every running one has ended by itself, ``timeout``
@@ -254,8 +251,12 @@ class Worker:
         return {jid: self.kind.describe(sup.spec) for jid, sup in self.jobs.items()}
 
     def starting(self) -> int:
-        """Jobs that have not reported their start yet (imports, room join)."""
-        return sum(1 for sup in self.jobs.values() if not self.kind.started(sup.info))
+        """Jobs starting up (process, imports, room join): not started yet, and launched
+        less than START_WINDOW ago (one that waits longer, for a participant who has not
+        come, is not holding the CPU the next start needs)."""
+        now = time.monotonic()
+        return sum(1 for sup in self.jobs.values()
+                   if not self.kind.started(sup.info) and now - sup.started_at < START_WINDOW)
 
     def max_starting(self) -> int:
         return self.settings.max_starting or max(1, round(self.admission.num_cpus))

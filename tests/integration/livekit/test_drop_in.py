@@ -191,6 +191,19 @@ async def test_a_participant_who_is_not_in_the_room_fails_naming_it(
     assert 29 < time.monotonic() - t0 < 40  # waited as the Go egress does (30 s)
 
 
+async def test_a_stop_while_it_waits_for_its_participant_aborts_it_at_once(
+        livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str) -> None:
+    async with livekit_stack.api() as lkapi:
+        info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
+            room_name=room_name, identity="late", file_outputs=[lk.EncodedFileOutput(filepath="l.mp4")]))
+        await asyncio.sleep(2)
+        t0 = time.monotonic()
+        await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+        done = await wait_egress(lkapi, info.egress_id, TERMINAL, timeout=10)
+    assert done.status == S.EGRESS_ABORTED and done.error == "stopped before it started", done
+    assert time.monotonic() - t0 < 3
+
+
 async def test_a_bad_filename_fails_with_a_sentence_not_an_exception_name(
         livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str) -> None:
     async with livekit_stack.api() as lkapi:
