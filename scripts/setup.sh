@@ -33,10 +33,12 @@ fi
 PY=${PYTHON:-python3}
 extra=""
 [ $test_deps -eq 1 ] && extra="[dev]"
-# Skip pip when this checkout is already installed (editable) for the same pyproject.toml.
-stamp=.cache/setup.$(sha256sum pyproject.toml | cut -c1-16)$([ $test_deps -eq 1 ] && echo .dev)
+# Skip pip when this checkout is already installed (editable) for the same pyproject.toml
+# (with the dev extras: that install serves the main job too).
+base=.cache/setup.$(sha256sum pyproject.toml | cut -c1-16)
+stamp=$base$([ $test_deps -eq 1 ] && echo .dev)
 here=$(pwd -P)
-if [ -f "$stamp" ] && "$PY" - "$here" <<'PYCHECK' 2>/dev/null; then exit 0; fi
+if { [ -f "$stamp" ] || [ -f "$base.dev" ]; } && "$PY" - "$here" <<'PYCHECK' 2>/dev/null; then exit 0; fi
 import sys, lkmedia, yaml, av
 sys.exit(0 if lkmedia.__file__.startswith(sys.argv[1] + "/") else 1)
 PYCHECK

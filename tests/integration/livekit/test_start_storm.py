@@ -100,8 +100,9 @@ async def test_fifty_track_egress_calls_in_ten_seconds_are_all_answered_and_none
 
             t0 = time.monotonic()
             await asyncio.gather(*(call(i) for i in range(50)))
+            calls_took = time.monotonic() - t0
             assert not errors, errors
-            assert time.monotonic() - t0 < 12 and slowest < 5, slowest
+            assert calls_took < 12 and slowest < 5, slowest
             ids = {a.egress_id for a in answers}
             assert len(ids) == 50
             await asyncio.sleep(15)
@@ -111,6 +112,8 @@ async def test_fifty_track_egress_calls_in_ten_seconds_are_all_answered_and_none
             running = [eid for eid in ids if now[eid].status == S.EGRESS_ACTIVE]
             queued = [eid for eid in ids if now[eid].status == S.EGRESS_STARTING]
             assert running and queued and all(now[eid].details.startswith("queued") for eid in queued)
+            print(f"50 calls in {calls_took:.1f} s, slowest answer {slowest:.2f} s; 15 s later "
+                  f"{len(running)} ACTIVE, {len(queued)} queued, none FAILED")
             await asyncio.gather(*(lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=eid)) for eid in running))
             for eid in running:
                 d = await wait_egress(lkapi, eid, TERMINAL, 30)

@@ -60,9 +60,11 @@ async def test_an_output_that_stops_taking_input_fails_the_egress_and_the_rest_i
     assert done.status == S.EGRESS_FAILED
     assert "segments: pipeline frozen: took no input for 4 s" in done.error, done.error
     assert 4 < took < 30, took
+
     (f,) = done.file_results
     p = probe(f.location)
     assert p.has("video") and p.has("audio") and p.duration > 5.0 and decode_errors(f.location) == ""
+    print(f"frozen HLS output: FAILED {took:.1f} s after the hang began; the MP4 beside it {p.duration:.2f} s")
 
 
 async def test_a_job_process_that_stops_answering_is_killed_and_reported_with_its_recording(
@@ -90,6 +92,7 @@ async def test_a_job_process_that_stops_answering_is_killed_and_reported_with_it
     assert done.error.startswith("the egress process stopped answering for"), done.error
     assert "partial output saved: hung.mp4" in done.error, done.error
     assert 1.5 <= took < 20, took  # (its last answer came up to a ping interval before the stop)
+    print(f"hung job: FAILED {took:.1f} s after SIGSTOP (ping_timeout 3 s)")
     (f,) = done.file_results
     p = probe(f.location)
     assert p.duration is not None and p.duration >= 2.0 and decode_errors(f.location) == ""
@@ -139,3 +142,5 @@ async def test_recovering_a_long_recording_does_not_delay_other_rpcs(
     assert done.file_results[0].duration / 1e9 == 3600.0
     assert recovery > 1.0 and len(latencies) >= 3, (recovery, latencies)
     assert max(latencies) < 0.3, latencies
+    print(f"recovery of a 1 h MP4: {recovery:.1f} s; {len(latencies)} RPC round trips meanwhile, the slowest "
+          f"{max(latencies) * 1000:.0f} ms over the 300 ms MULTI window")
