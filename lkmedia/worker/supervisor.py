@@ -105,8 +105,6 @@ class Supervisor:
             if self._killer is not None:
                 self._killer.cancel()
                 await asyncio.gather(self._killer, return_exceptions=True)
-        if self.kind.is_final(self.info):
-            JobRecord.remove(self.job_dir)
         return self.info
 
     def _exit_cause(self) -> str:
@@ -176,7 +174,9 @@ class Supervisor:
             self._backlog.popleft()  # superseded: the newest says more
         self._backlog.append(info)
         self._wake.set()
-        if self.process is not None and not self.kind.is_final(info):
+        if self.kind.is_final(info):
+            JobRecord.remove(self.job_dir)  # nothing left to recover: its outputs are where they go
+        elif self.process is not None:
             with contextlib.suppress(OSError):
                 JobRecord(self.kind.name, codec.encode(self.spec), info.SerializeToString(), self.process.pid,
                           self.node_id).write(self.job_dir)

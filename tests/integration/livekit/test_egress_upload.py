@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from livekit.protocol import egress as lk
 
-from lkmedia.dev.stack import DevStack, free_port
+from lkmedia.dev.stack import DevStack
 from lkmedia.probe import decode_errors, probe
 from lkmedia.service.config import parse_config
 from lkmedia.service.egress import EgressService
-from lkmedia.testing.egress import TERMINAL, service_config_body, wait_egress
+from lkmedia.testing.egress import TERMINAL, egress_service, wait_egress
 from lkmedia.testing.s3_server import MinioServer, minio_binary
 
 S = lk.EgressStatus
@@ -64,18 +64,13 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 async def service(livekit_stack: DevStack, minio: MinioServer, backup_dir: Path, tmp_path: Path,
                   logs: pytest.LogCaptureFixture) -> AsyncIterator[EgressService]:
     """The service with a Go-egress ``storage: {s3: ...}`` section and a local ``backup:``."""
-    body = service_config_body(livekit_stack, f"health_port: {free_port()}\n"
-                                              "storage:\n  s3:\n"
-                                              f"    access_key: {minio.access_key}\n    secret: {minio.secret}\n"
-                                              f"    endpoint: {minio.endpoint}\n    bucket: {BUCKET}\n"
-                                              "    force_path_style: true\n    region: us-east-1\n"
-                                              f"backup:\n  prefix: {backup_dir}\n")
-    svc = EgressService(parse_config(body), tmp_dir=str(tmp_path / "egress"))
-    await svc.start()
-    try:
+    storage = ("storage:\n  s3:\n"
+               f"    access_key: {minio.access_key}\n    secret: {minio.secret}\n"
+               f"    endpoint: {minio.endpoint}\n    bucket: {BUCKET}\n"
+               "    force_path_style: true\n    region: us-east-1\n"
+               f"backup:\n  prefix: {backup_dir}\n")
+    async with egress_service(livekit_stack, tmp_path, storage) as svc:
         yield svc
-    finally:
-        await svc.close(drain_timeout=30)
 
 
 def assert_no_secret(secret: str, *texts: Any) -> None:
