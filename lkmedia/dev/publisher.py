@@ -79,6 +79,9 @@ class SyntheticPublisher:
         channels: int = 1,
         video_codec: str = "vp8",
         video_bitrate: int = 1_500_000,
+        color: tuple[int, int, int] | None = None,
+        audio_mode: str = "beep",
+        video_source: str = "camera",
     ) -> None:
         if not (video or audio):
             raise ValueError("SyntheticPublisher needs video, audio or both")
@@ -94,9 +97,15 @@ class SyntheticPublisher:
         self.channels = channels
         self.video_codec = codecs[video_codec]
         self.video_bitrate = video_bitrate
+        if video_source not in ("camera", "screen_share"):
+            raise ValueError(f"video_source must be 'camera' or 'screen_share', not {video_source!r}")
+        self.video_source = (rtc.TrackSource.SOURCE_CAMERA if video_source == "camera"
+                             else rtc.TrackSource.SOURCE_SCREENSHARE)
         self.gen = SyntheticSource(width=width, height=height, fps=fps, sample_rate=sample_rate,
                                    channels=channels, video=video, audio=audio,
-                                   audio_frame_samples=sample_rate * AUDIO_CHUNK_MS // 1000)
+                                   audio_frame_samples=sample_rate * AUDIO_CHUNK_MS // 1000,
+                                   color=tuple(color) if color is not None else None,  # type: ignore[arg-type]
+                                   audio_mode=audio_mode)
         self.room: rtc.Room | None = None
         self._vsrc: rtc.VideoSource | None = None
         self._asrc: rtc.AudioSource | None = None
@@ -175,7 +184,7 @@ class SyntheticPublisher:
         async def video() -> None:
             assert self._vsrc is not None
             track = rtc.LocalVideoTrack.create_video_track("synthetic-video", self._vsrc)
-            opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, video_codec=self.video_codec,
+            opts = rtc.TrackPublishOptions(source=self.video_source, video_codec=self.video_codec,
                                            simulcast=False)
             opts.video_encoding.max_bitrate = self.video_bitrate
             opts.video_encoding.max_framerate = float(self.fps)
@@ -340,6 +349,10 @@ class PublisherProcess:
     async def unpublish(self, kind: str) -> None:
         await self._call(10.0, cmd="unpublish", kind=kind)
 
+    async def set_audio_mode(self, mode: str) -> None:
+        """beep (the flash/beep pattern), tone (talking all the time) or silence."""
+        await self._call(10.0, cmd="audio", mode=mode)
+
     async def republish(self, kind: str) -> None:
         await self._call(20.0, cmd="republish", kind=kind)
 
@@ -436,6 +449,8 @@ async def _serve(url: str, options: dict[str, Any]) -> int:
                     await pub.drop_for(float(cmd["seconds"]), cmd.get("mode", "rejoin"))
                 elif cmd["cmd"] == "mute":
                     pub.set_muted(bool(cmd["muted"]), cmd.get("kind"))
+                elif cmd["cmd"] == "audio":
+                    pub.gen.audio_mode = str(cmd["mode"])
                 elif cmd["cmd"] == "unpublish":
                     await pub.unpublish(str(cmd["kind"]))
                 elif cmd["cmd"] == "republish":

@@ -16,6 +16,7 @@ from typing import Any
 from livekit.protocol import egress as lk
 from livekit.protocol import models as lkm
 
+from ..nodes.layouts import LAYOUTS
 from ..sinks.stream_url import StreamURLError, parse_stream_url
 from .errors import NO_COMPATIBLE_CODEC, InvalidRequest, incompatible, invalid_input, not_supported
 
@@ -171,15 +172,8 @@ def _v1_config(egress_id: str, room_id: str, request: Any) -> EgressConfig:
     if kind == "web":
         raise not_supported("web egress (Chrome capture)")
     if kind == "room_composite":
-        r = request
-        c.layout, c.custom_base_url = r.layout, r.custom_base_url
-        c.audio_enabled, c.video_enabled = not r.video_only, not r.audio_only
-        if not (c.audio_enabled or c.video_enabled):
-            raise invalid_input("audio_only and video_only")
-        c.audio_mixing = lk.AudioMixing.Name(r.audio_mixing).lower().removesuffix("_mixing")
-        if c.video_enabled or r.layout or r.custom_base_url:
-            # Layout rendering (Chrome, or lkmedia's native compositor) is a later issue.
-            raise not_supported("room composite with video or a layout (use audio_only without a layout)")
+        _room_composite(c, request)
+        c.audio_mixing = lk.AudioMixing.Name(request.audio_mixing).lower().removesuffix("_mixing")
     elif kind == "participant":
         c.identity, c.screen_share = request.identity, request.screen_share
         c.audio_enabled = c.video_enabled = True
@@ -205,15 +199,37 @@ def _v1_config(egress_id: str, room_id: str, request: Any) -> EgressConfig:
     return c
 
 
+def _room_composite(c: EgressConfig, r: Any) -> None:
+    """A RoomCompositeEgressRequest or a v2 TemplateSource: the built-in layouts are
+    composed natively (no browser); a page of its own needs the Chrome engine."""
+    c.layout, c.custom_base_url = r.layout, r.custom_base_url
+    c.audio_enabled, c.video_enabled = not r.video_only, not r.audio_only
+    if not (c.audio_enabled or c.video_enabled):
+        raise invalid_input("audio_only and video_only")
+    if r.custom_base_url or (r.layout and r.layout not in LAYOUTS):
+        raise not_supported("room composite with a custom template (custom_base_url or a layout that is "
+                            "not built in)")
+    c.layout = r.layout or "grid"
+
+
 def _v2_config(egress_id: str, room_id: str, r: lk.StartEgressRequest) -> EgressConfig:
     """The v2 StartEgress with a MediaSource, as the v1 request it amounts to: a
     participant's video (+ that participant's audio), or a video track (+ audio tracks),
-    or audio only (tracks, or every track mixed). Per-output storage is kept."""
+    or audio only (tracks, or every track mixed); with a TemplateSource, a room composite.
+    Per-output storage is kept."""
     source = r.WhichOneof("source")
-    if source != "media":
-        raise not_supported(f"StartEgress with a {source or 'missing'} source (media sources are)")
+    if source not in ("media", "template"):
+        raise not_supported(f"StartEgress with a {source or 'missing'} source (media and template sources are)")
     if not r.room_name:
         raise invalid_input("room_name")
+    if source == "template":
+        c = EgressConfig(egress_id=egress_id, room_id=room_id, room_name=r.room_name, request_type="room_composite",
+                         webhooks=list(r.webhooks))
+        _room_composite(c, r.template)
+        _encoding(c, r)
+        _v2_outputs(c, r)
+        _choose_codecs(c)
+        return c
     m = r.media
     audio = m.audio if m.HasField("audio") else None
     routes = list(audio.routes) if audio is not None else []

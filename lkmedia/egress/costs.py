@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..nodes.layouts import LAYOUTS
 from ..service.config import ConfigError, CPUCostConfig
 from ..worker.kind import Costs
 
 PASSTHROUGH = 8  # livekit.EncodingOptionsPreset.PASSTHROUGH
 
 
-def _sdk_source(req: Any) -> bool:
-    """Go ``ShouldUseSDKSource``: audio only, no layout, no custom base URL (no Chrome)."""
-    return bool(req.audio_only) and not req.layout and not req.custom_base_url
+def _native(req: Any) -> bool:
+    """No Chrome: a built-in layout (or none) and no custom base URL. (Go ``ShouldUseSDKSource``
+    is the audio-only case; lkmedia composes the built-in video layouts too.)"""
+    return not req.custom_base_url and (not req.layout or req.layout in LAYOUTS)
 
 
 def request_costs(c: CPUCostConfig, req: Any, estimated_cpu: float = 0.0) -> Costs:
@@ -29,13 +31,14 @@ def _type_costs(c: CPUCostConfig, req: Any) -> Costs:
     mem = c.memory_cost
     if name == "RoomCompositeEgressRequest" or name == "TemplateSource":
         rtype = "room_composite" if name == "RoomCompositeEgressRequest" else "template"
-        web = not _sdk_source(req)
+        if _native(req):  # lkmedia composes the built-in layouts itself: no Chrome
+            if req.audio_only:
+                return Costs(c.sdk_audio_room_composite_cpu_cost, c.sdk_audio_room_composite_memory_cost,
+                             False, rtype)
+            return Costs(c.native_room_composite_cpu_cost, mem, False, rtype)
         if not req.audio_only:
-            return Costs(c.room_composite_cpu_cost, mem, web, rtype)
-        if web:
-            return Costs(c.audio_room_composite_cpu_cost, mem, True, rtype)
-        return Costs(c.sdk_audio_room_composite_cpu_cost, c.sdk_audio_room_composite_memory_cost,
-                            False, rtype)
+            return Costs(c.room_composite_cpu_cost, mem, True, rtype)
+        return Costs(c.audio_room_composite_cpu_cost, mem, True, rtype)
     if name in ("WebEgressRequest", "WebSource"):
         return Costs(c.audio_web_cpu_cost if req.audio_only else c.web_cpu_cost, mem, True, "web")
     if name == "ParticipantEgressRequest":

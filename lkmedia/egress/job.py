@@ -24,6 +24,7 @@ from .errors import EgressError
 from .info import FINAL, fill_results, set_status
 from .recipe import Recipe, build_recipe, filename_fields
 from .spec import EgressLaunch
+from .tiles import TileDirector
 from .uploads import Uploads
 
 log = logging.getLogger("lkmedia.egress")
@@ -66,6 +67,7 @@ class EgressJob:
         self._limit = False
         self._kill_error = ""  # set by kill(): the job ends FAILED with it, outputs finalised
         self.active_at: float | None = None
+        self.director: TileDirector | None = None  # room composite: who is on screen, where
 
     # -- control (lkmedia.worker.kind.Job) ---------------------------------------------------
     async def stop(self, reason: str = "StopEgress API") -> None:
@@ -169,8 +171,14 @@ class EgressJob:
                          track_codec=track["codec"] if track else None, track_kind=track["kind"] if track else None)
         g = r.graph
         if cfg.request_type == "room_composite":
-            src: Any = RoomSource(launch.ws_url, token, name="room")
-            src.on_track(kind="audio", callback=self._mix_router(r))
+            # A participant who leaves leaves the picture at once (no rejoin grace).
+            src: Any = RoomSource(launch.ws_url, token, name="room", rejoin_grace=0.0)
+            if r.mixer is not None:
+                src.on_track(kind="audio", callback=self._mix_router(r))
+            if r.compositor is not None:
+                self.director = TileDirector(r.compositor, cfg.layout, cfg.egress_id)
+                src.on_track(kind="video", callback=self._tile_router(r, self.director))
+                g.listen(self.director.on_event)
             g.add(src)
         else:
             kw: dict[str, Any] = {"name": "tracks", "wait_timeout": SUBSCRIBE_TIMEOUT}
@@ -187,6 +195,17 @@ class EgressJob:
                 g.link(src.out("audio"), r.audio_in)
         self.source = src
         return r
+
+    @staticmethod
+    def _tile_router(r: Recipe, director: TileDirector) -> Any:
+        """Each video track of the room becomes a tile (lkmedia.egress.tiles orders them)."""
+
+        def link(src: Any, port: Any, info: Any) -> None:
+            edge = src.graph.link(port, r.compositor, policy="drop-oldest")
+            director.track(edge.dst.name, info.participant, info.participant_name, info.source, info.joined_at,
+                           info.track_sid)
+
+        return link
 
     def _mix_router(self, r: Recipe) -> Any:
         """AudioMixing: DEFAULT mixes every track into both channels; DUAL_CHANNEL_AGENT puts

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..core import Graph, Node, Sink
 from ..nodes.audio_mix import AudioMixer
+from ..nodes.compose import Compositor
 from ..nodes.convert import FpsConverter
 from ..nodes.encode import AudioEncoder, VideoEncoder
 from ..nodes.tee import Tee
@@ -48,6 +49,7 @@ class Recipe:
     video_in: Node | None = None
     audio_in: Node | None = None
     mixer: AudioMixer | None = None
+    compositor: Compositor | None = None  # room composite: the tracks' tiles
     encoders: dict[str, Node] = field(default_factory=dict)
 
     def output(self, kind: str) -> Output | None:
@@ -100,12 +102,20 @@ def _encoders(cfg: EgressConfig, r: Recipe, live: bool) -> None:
     g, e = r.graph, cfg.encoding
     if cfg.video_enabled:
         r.video_in = g.add(Tee(name="video"))
+        if cfg.request_type == "room_composite":
+            # The room's video tracks are linked to the compositor as they come (the job
+            # does it); it makes frames at a constant rate on the graph clock.
+            r.compositor = Compositor(width=e.width, height=e.height, fps=e.fps, layout=cfg.layout, live=live,
+                                      labels=True, name="compositor")
+            g.link(g.add(r.compositor), r.video_in)
         if cfg.file or cfg.segments or cfg.stream:
             venc = VideoEncoder("libx264", width=e.width, height=e.height, fps=e.fps,
                                 bitrate=e.video_bitrate * 1000, keyframe_interval=e.keyframe_interval or None,
                                 profile=e.profile, name="video_encoder")
-            # A constant frame rate: live tracks arrive bunched after a stall or a rejoin.
-            g.chain(r.video_in, FpsConverter(e.fps, name="fps"), venc)
+            if r.compositor is not None:
+                g.link(r.video_in, venc)
+            else:  # a constant frame rate: live tracks arrive bunched after a stall or a rejoin
+                g.chain(r.video_in, FpsConverter(e.fps, name="fps"), venc)
             r.encoders["video"] = venc
     if cfg.audio_enabled:
         # A clock-driven mixer in front of the encoder, even for one track: audio that

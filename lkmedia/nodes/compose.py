@@ -6,9 +6,10 @@ holding the last one while nothing new comes. Non-live, frame i waits until ever
 active input has a frame at or after i/fps (or is at EOS); live, it is made at graph-clock
 time i/fps + latency whatever has arrived.
 
-Layouts follow LiveKit's template: "grid", "speaker", "single-speaker", each with a
-"-light" variant (white background instead of dark). Inputs keep their aspect ratio
-(letterboxed in their cell). Each input is scaled only when its frame or cell changes,
+Layouts follow LiveKit's template (lkmedia.nodes.layouts): "grid", "speaker",
+"single-speaker", each with a "-light" variant (white background instead of dark).
+Inputs keep their aspect ratio (letterboxed in their cell); ``arrange`` sets the order
+tiles are shown in, ``set_label`` the name drawn on a tile (``labels=True``). Each input is scaled only when its frame or cell changes,
 and planes are blitted with numpy into a new yuv420p frame on the node's thread.
 """
 from __future__ import annotations
@@ -27,72 +28,20 @@ from av.video.reformatter import VideoReformatter
 from ..core import EOS, Caps, Gap, InputWaiter, Node
 from ..core.edge import Policy
 from ..core.node import InputPort
+from .labels import draw_label
+from .layouts import LAYOUTS, Rect, grid_shape, layout_cells, letterbox
+
+__all__ = ["DARK", "LAYOUTS", "LIGHT", "Compositor", "grid_shape", "layout_cells", "letterbox"]
 
 log = logging.getLogger("lkmedia.nodes.compose")
 
 VIDEO_TIME_BASE = Fraction(1, 90_000)
-LAYOUTS = ("grid", "speaker", "single-speaker", "grid-light", "speaker-light", "single-speaker-light")
 #: Background (Y, U, V): LiveKit's dark theme is near-black, "-light" is white.
 DARK = (16, 128, 128)
 LIGHT = (235, 128, 128)
-#: Speaker layout: share of the width for the speaker; the rest is the strip.
-SPEAKER_SHARE = 0.8
 _REBASE_SECONDS = 1.0
 #: Live: most frames waiting for their time per input.
 _LIVE_QUEUE = 60
-
-Rect = tuple[int, int, int, int]  # x, y, w, h (even numbers)
-
-
-def _even(v: float) -> int:
-    return max(2, int(v) & ~1)
-
-
-def grid_shape(n: int) -> tuple[int, int]:
-    """Columns, rows: 1, 2 side by side, then 2x2, 3x3, 4x4 ... as LiveKit's grid."""
-    if n <= 1:
-        return 1, 1
-    if n == 2:
-        return 2, 1
-    k = math.ceil(math.sqrt(n))
-    return k, k
-
-
-def layout_cells(layout: str, n: int, speaker: int, width: int, height: int) -> list[Rect | None]:
-    """The cell of each of ``n`` inputs (None: not shown) for a layout name."""
-    kind = layout.removesuffix("-light")
-    if n == 0:
-        return []
-    if kind == "single-speaker" or (kind == "speaker" and n == 1):
-        return [(0, 0, width, height) if i == speaker else None for i in range(n)]
-    if kind == "speaker":
-        main_w = _even(width * SPEAKER_SHARE)
-        strip_w = width - main_w
-        tile_h = _even(strip_w * height / width)
-        slots = max(1, height // tile_h)
-        cells: list[Rect | None] = []
-        k = 0
-        for i in range(n):
-            if i == speaker:
-                cells.append((0, 0, main_w, height))
-            elif k < slots:
-                cells.append((main_w, k * tile_h, strip_w, tile_h))
-                k += 1
-            else:
-                cells.append(None)
-        return cells
-    cols, rows = grid_shape(n)
-    cw, ch = _even(width / cols), _even(height / rows)
-    x0, y0 = ((width - cols * cw) // 2) & ~1, ((height - rows * ch) // 2) & ~1
-    return [(x0 + (i % cols) * cw, y0 + (i // cols) * ch, cw, ch) for i in range(n)]
-
-
-def letterbox(iw: int, ih: int, cell: Rect) -> Rect:
-    """The largest even rect of aspect iw:ih centred in ``cell``."""
-    x, y, cw, ch = cell
-    s = min(cw / iw, ch / ih)
-    w, h = min(cw, _even(iw * s + 0.5)), min(ch, _even(ih * s + 0.5))
-    return x + ((cw - w) // 2 & ~1), y + ((ch - h) // 2 & ~1), w, h
 
 
 def _planes(f: av.VideoFrame, w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,6 +125,7 @@ class Compositor(Node):
         layout: str = "grid",
         live: bool = False,
         latency: float = 0.1,
+        labels: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
@@ -195,6 +145,11 @@ class Compositor(Node):
         self._states: dict[str, _Video] = {}
         self._seen: set[str] = set()
         self._speaker: str | None = None
+        self._order: dict[str, int] = {}  # port name -> display position (arrange)
+        self._labels: dict[str, str] = {}
+        self._hidden: set[str] = set()
+        self._muted: set[str] = set()
+        self.labels = labels
         self._waiter = InputWaiter()
         self._stop = False
         self._index: int | None = None  # next output frame number
@@ -230,6 +185,24 @@ class Compositor(Node):
         """Switch layout from the next output frame on."""
         self._check_layout(layout)
         self.layout = layout
+
+    def arrange(self, order: list[str]) -> None:
+        """Show tiles in this order of input port names (from the next frame on); inputs
+        not named follow, in the order they joined. The first is the speaker layouts'
+        focus unless ``set_speaker`` names another."""
+        self._order = {name: i for i, name in enumerate(order)}
+
+    def hide(self, port: InputPort | str, hidden: bool = True) -> None:
+        """Take an input's tile out of the layout (its track is gone) from the next frame."""
+        (self._hidden.add if hidden else self._hidden.discard)(port.name if isinstance(port, InputPort) else port)
+
+    def mute(self, port: InputPort | str, muted: bool = True) -> None:
+        """Show an input's tile without its picture (its camera is muted) from the next frame."""
+        (self._muted.add if muted else self._muted.discard)(port.name if isinstance(port, InputPort) else port)
+
+    def set_label(self, port: InputPort | str, text: str) -> None:
+        """The name drawn on an input's tile (with ``labels``)."""
+        self._labels[port.name if isinstance(port, InputPort) else port] = text
 
     def set_speaker(self, port: InputPort | str) -> None:
         """Make an input (its port or port name) the speaker of the speaker layouts."""
@@ -301,18 +274,26 @@ class Compositor(Node):
                 if end is None or t >= end:
                     del self._states[name]  # departed: out of the layout
                     continue
-            if st.current is not None:
+            if name in self._hidden:
+                continue
+            if name in self._muted:
+                shown.append((st, None))  # a tile with no picture
+            elif st.current is not None:
                 shown.append((st, st.current))
         return shown
 
-    def _plan(self, shown: list[tuple[_Video, Any]]) -> list[tuple[_Video, Any, Rect]]:
+    def _plan(self, shown: list[tuple[_Video, Any]]) -> list[tuple[_Video, Any, Rect, Rect]]:
+        if self._order:
+            last = len(self._order)
+            shown = sorted(shown, key=lambda sf: self._order.get(sf[0].port.name, last))
         names = [st.port.name for st, _ in shown]
         speaker = names.index(self._speaker) if self._speaker in names else 0
         cells = layout_cells(self.layout, len(shown), speaker, self.width, self.height)
-        return [(st, f, letterbox(f.width, f.height, c)) for (st, f), c in zip(shown, cells) if c is not None]
+        return [(st, f, letterbox(f.width, f.height, c) if f is not None else c, c)
+                for (st, f), c in zip(shown, cells) if c is not None]
 
     # -- composing (node thread) ----------------------------------------------
-    def compose(self, pts: int, plan: list[tuple[_Video, Any, Rect]]) -> av.VideoFrame:
+    def compose(self, pts: int, plan: list[tuple[_Video, Any, Rect, Rect]]) -> av.VideoFrame:
         t0 = time.perf_counter()
         W, H = self.width, self.height
         out = av.VideoFrame(W, H, "yuv420p")
@@ -321,12 +302,18 @@ class Compositor(Node):
         Y[:] = bg[0]
         U[:] = bg[1]
         V[:] = bg[2]
-        for st, frame, (x, y, w, h) in plan:
+        for st, frame, (x, y, w, h), cell in plan:
+            if frame is None:  # muted: the background, and its name
+                if self.labels:
+                    draw_label((Y, U, V), cell, self._labels.get(st.port.name, ""))
+                continue
             sy, su, sv = st.scaled(frame, w, h)
             Y[y:y + h, x:x + w] = sy
             x2, y2, w2, h2 = x // 2, y // 2, w // 2, h // 2
             U[y2:y2 + h2, x2:x2 + w2] = su
             V[y2:y2 + h2, x2:x2 + w2] = sv
+            if self.labels:
+                draw_label((Y, U, V), cell, self._labels.get(st.port.name, ""))
         out.pts = pts
         out.time_base = VIDEO_TIME_BASE
         self.compose_seconds += time.perf_counter() - t0

@@ -181,6 +181,7 @@ class CPUCostConfig:
     participant_cpu_cost: float = _checked(0.0, _non_negative)
     track_composite_cpu_cost: float = _checked(0.0, _non_negative)
     track_cpu_cost: float = _checked(0.0, _non_negative)
+    native_room_composite_cpu_cost: float = _checked(0.0, _non_negative)  # lkmedia's: no Chrome
     max_pulse_clients: int = 0
     memory_source: str = ""  # proc_rss | cgroup
     memory_kill_grace_sec: int = _checked(0, _non_negative)
@@ -366,7 +367,8 @@ def _cpu_cost_defaults(cc: CPUCostConfig, d: _Decoder) -> None:
     cc.max_cpu_utilization = cc.max_cpu_utilization or 0.8
     for name, default in (("room_composite_cpu_cost", 4.0), ("audio_room_composite_cpu_cost", 1.0),
                           ("web_cpu_cost", 4.0), ("audio_web_cpu_cost", 1.0), ("participant_cpu_cost", 2.0),
-                          ("track_composite_cpu_cost", 1.0), ("track_cpu_cost", 0.5)):
+                          ("track_composite_cpu_cost", 1.0), ("track_cpu_cost", 0.5),
+                          ("native_room_composite_cpu_cost", 1.5)):
         if getattr(cc, name) <= 0:
             setattr(cc, name, default)
     cc.sdk_audio_room_composite_cpu_cost = (cc.sdk_audio_room_composite_cpu_cost

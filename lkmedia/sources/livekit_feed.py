@@ -54,6 +54,8 @@ class TrackInfo:
     source: str               # camera, microphone, screen_share, screen_share_audio, unknown
     track_sid: str
     name: str
+    participant_name: str = ""  # the participant's display name ("" when it has none)
+    joined_at: float = 0.0      # when the participant joined (Unix seconds; 0 unknown)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -194,6 +196,11 @@ class LiveKitSourceBase(Source):
         room.on("track_muted", lambda part, pub: self._set_muted(pub.sid, True))
         room.on("track_unmuted", lambda part, pub: self._set_muted(pub.sid, False))
         room.on("disconnected", self._on_disconnected)
+        room.on("active_speakers_changed", lambda speakers: self.report(
+            "active_speakers", identities=[s.identity for s in speakers]))
+        room.on("participant_metadata_changed", lambda part, old, new: self.report(
+            "metadata", identity=part.identity, metadata=new,
+            local=room.local_participant is not None and part.identity == room.local_participant.identity))
         try:
             await self._connect(room)
             for part in list(room.remote_participants.values()):
@@ -239,8 +246,9 @@ class LiveKitSourceBase(Source):
     @staticmethod
     def _info(pub: rtc.RemoteTrackPublication, part: rtc.RemoteParticipant) -> TrackInfo:
         kind = "video" if pub.kind == rtc.TrackKind.KIND_VIDEO else "audio"
+        joined = part.joined_at  # a datetime, or None
         return TrackInfo(kind, part.identity, int(part.kind), _SOURCES.get(pub.source, "unknown"),
-                         pub.sid, pub.name)
+                         pub.sid, pub.name, part.name or "", joined.timestamp() if joined is not None else 0.0)
 
     def _consider(self, pub: rtc.RemoteTrackPublication, part: rtc.RemoteParticipant, fresh: bool) -> None:
         """Subscribe to a published track if this source wants it.
@@ -322,7 +330,7 @@ class LiveKitSourceBase(Source):
             if muted:
                 self._report_gap(feed, self._now(), force=True)
             self.report("track_muted" if muted else "track_unmuted", participant=feed.info.participant,
-                        kind=feed.info.kind)
+                        kind=feed.info.kind, track_sid=sid)
 
     def _on_disconnected(self, reason: Any = None) -> None:
         if reason in _ROOM_ENDED:  # the room is over: the recording ends normally

@@ -21,6 +21,9 @@ FLASH_Y = 235
 BEEP_HZ = 1000.0
 BEEP_SECONDS = 0.1
 BEEP_AMPLITUDE = 0.5
+TONE_HZ = 440.0
+TONE_AMPLITUDE = 0.3
+AUDIO_MODES = ("beep", "tone", "silence")
 
 
 class SyntheticSource(Source):
@@ -42,6 +45,8 @@ class SyntheticSource(Source):
         video: bool = True,
         audio: bool = True,
         audio_frame_samples: int = 960,
+        color: tuple[int, int, int] | None = None,
+        audio_mode: str = "beep",
         name: str | None = None,
     ) -> None:
         super().__init__(name)
@@ -49,6 +54,10 @@ class SyntheticSource(Source):
             raise ValueError(f"{self.name}: width and height must be even and at least 16")
         if not (video or audio):
             raise ValueError(f"{self.name}: needs video, audio or both")
+        if audio_mode not in AUDIO_MODES:
+            raise ValueError(f"{self.name}: audio_mode must be one of {', '.join(AUDIO_MODES)}, got {audio_mode!r}")
+        self.color = tuple(color) if color is not None else None
+        self.audio_mode = audio_mode
         self.width, self.height = width, height
         self.fps = Fraction(fps).limit_denominator(1001)
         self.sample_rate = sample_rate
@@ -73,12 +82,15 @@ class SyntheticSource(Source):
         y = np.frombuffer(f.planes[0], np.uint8).reshape(self.height, -1)[:, : self.width]  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
         if self.is_flash(i):
             y[:] = FLASH_Y
+        elif self.color is not None:  # a solid colour: each publisher told apart by its tile
+            y[:] = self.color[0]
         else:
             y[:] = self._bg
             x = (i * 8) % (self.width - self._bar_w)
             y[:, x : x + self._bar_w] = 235
         for p in (1, 2):
-            np.frombuffer(f.planes[p], np.uint8)[:] = 128  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
+            chroma = self.color[p] if self.color is not None else 128
+            np.frombuffer(f.planes[p], np.uint8)[:] = chroma  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
         f.pts = round(i / self.fps / VIDEO_TIME_BASE)
         f.time_base = VIDEO_TIME_BASE
         return f
@@ -90,9 +102,14 @@ class SyntheticSource(Source):
     def audio_frame(self, start: int) -> av.AudioFrame:
         n = self.audio_frame_samples
         t = start + np.arange(n)
-        sec_pos = t % self.sample_rate
-        beep = sec_pos < BEEP_SECONDS * self.sample_rate
-        samples = np.where(beep, BEEP_AMPLITUDE * np.sin(2 * np.pi * BEEP_HZ * t / self.sample_rate), 0.0)
+        if self.audio_mode == "tone":  # someone talking all the time: the room's active speaker
+            samples = TONE_AMPLITUDE * np.sin(2 * np.pi * TONE_HZ * t / self.sample_rate)
+        elif self.audio_mode == "silence":
+            samples = np.zeros(n)
+        else:
+            sec_pos = t % self.sample_rate
+            beep = sec_pos < BEEP_SECONDS * self.sample_rate
+            samples = np.where(beep, BEEP_AMPLITUDE * np.sin(2 * np.pi * BEEP_HZ * t / self.sample_rate), 0.0)
         pcm = (samples * 32767).astype(np.int16)
         data = np.repeat(pcm[None, :], self.channels, axis=0).T.reshape(1, -1)
         f = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format="s16", layout=self.layout)

@@ -37,15 +37,18 @@ class Clock:
 PARTICIPANT = lk.ParticipantEgressRequest(room_name="r", identity="a")
 TRACK = lk.TrackEgressRequest(room_name="r", track_id="TR_x")
 TRACK_COMPOSITE = lk.TrackCompositeEgressRequest(room_name="r", audio_track_id="TR_a")
-ROOM = lk.RoomCompositeEgressRequest(room_name="r")
+ROOM = lk.RoomCompositeEgressRequest(room_name="r", custom_base_url="https://my.template/")  # Chrome
+ROOM_NATIVE = lk.RoomCompositeEgressRequest(room_name="r", layout="speaker")  # lkmedia composes it
 ROOM_AUDIO_SDK = lk.RoomCompositeEgressRequest(room_name="r", audio_only=True)
-ROOM_AUDIO_WEB = lk.RoomCompositeEgressRequest(room_name="r", audio_only=True, layout="speaker")
+ROOM_AUDIO_WEB = lk.RoomCompositeEgressRequest(room_name="r", audio_only=True, custom_base_url="https://my.template/")
 WEB = lk.WebEgressRequest(url="http://x")
 WEB_AUDIO = lk.WebEgressRequest(url="http://x", audio_only=True)
 
 
 @pytest.mark.parametrize("request_, cpu, is_web, rtype", [
     (ROOM, 4.0, True, "room_composite"),
+    (ROOM_NATIVE, 1.5, False, "room_composite"),
+    (lk.RoomCompositeEgressRequest(room_name="r", audio_only=True, layout="grid"), 1.0, False, "room_composite"),
     (ROOM_AUDIO_SDK, 1.0, False, "room_composite"),
     (ROOM_AUDIO_WEB, 1.0, True, "room_composite"),
     (WEB, 4.0, True, "web"),
@@ -57,6 +60,7 @@ WEB_AUDIO = lk.WebEgressRequest(url="http://x", audio_only=True)
     (lk.StartEgressRequest(room_name="r", media=lk.MediaSource(video_track_id="TR_v"), preset=lk.PASSTHROUGH),
      0.5, False, "track"),
     (lk.StartEgressRequest(room_name="r", template=lk.TemplateSource(audio_only=True)), 1.0, False, "template"),
+    (lk.StartEgressRequest(room_name="r", template=lk.TemplateSource(layout="grid")), 1.5, False, "template"),
     (lk.StartEgressRequest(web=lk.WebSource(url="http://x")), 4.0, True, "web"),
 ])
 def test_default_costs_per_type(request_: object, cpu: float, is_web: bool, rtype: str) -> None:

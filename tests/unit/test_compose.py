@@ -109,8 +109,15 @@ async def test_grid_puts_each_input_in_its_cell(n: int) -> None:
 
 
 def test_grid_shapes_follow_livekit() -> None:
-    assert [grid_shape(n) for n in (1, 2, 3, 4, 5, 9, 10, 16)] == [
-        (1, 1), (2, 1), (2, 2), (2, 2), (3, 3), (3, 3), (4, 4), (4, 4)]
+    assert [grid_shape(n) for n in (1, 2, 3, 4, 5, 9, 10, 16, 17, 25, 40)] == [
+        (1, 1), (2, 1), (2, 2), (2, 2), (3, 3), (3, 3), (4, 4), (4, 4), (5, 5), (5, 5), (5, 5)]
+    assert grid_shape(2, 720, 1280) == (1, 2)  # portrait: one above the other
+    assert grid_shape(12, 720, 1280) == (3, 3)  # 4x4 needs 960 px: the next smaller grid
+    assert grid_shape(5, 640, 360) == (2, 2)  # 3x3 needs 700 px
+    cells = layout_cells("grid", 30, 0, 1280, 720)
+    assert cells[24] == (1024, 576, 256, 144) and cells[25:] == [None] * 5  # only the first page
+    three = layout_cells("grid", 3, 0, 1280, 720)
+    assert three[2] == (0, 360, 640, 360)  # a partial last row is left-aligned
     assert letterbox(640, 480, (0, 0, 640, 360)) == (80, 0, 480, 360)  # 4:3 in 16:9: pillarbox
     x, y, w, h = letterbox(640, 360, (0, 0, 320, 360))
     assert (w, h) == (320, 180) and x == 0 and y == 90 and not (x | y | w | h) & 1
@@ -176,15 +183,32 @@ async def test_speaker_layouts_and_runtime_switch() -> None:
     comp.set_speaker(edges[1].dst)  # type: ignore[arg-type]
     await asyncio.wait_for(g.run(), 30)
     f = out.frames[0]
-    main_w = 512  # 80% of 640
-    assert yuv_at(f, main_w // 2, 180) == GREEN  # the speaker, large
-    assert yuv_at(f, 576, 30) == RED and yuv_at(f, 576, 100) == BLUE  # the strip
+    # LiveKit's focus layout: a carousel a sixth of the width on the left, the speaker on the right
+    assert yuv_at(f, 373, 180) == GREEN  # the speaker, large
+    assert yuv_at(f, 53, 33) == RED and yuv_at(f, 53, 99) == BLUE  # the carousel, 16:10 tiles
     with pytest.raises(ValueError, match="unknown layout 'mosaic'"):
         comp.set_layout("mosaic")
     with pytest.raises(ValueError, match="no input 'in9'"):
         comp.set_speaker("in9")
     cells = layout_cells("single-speaker-light", 3, 2, 640, 360)
     assert cells == [None, None, (0, 0, 640, 360)]
+
+
+async def test_arrange_orders_tiles_and_labels_name_them() -> None:
+    g = Graph()
+    comp = Compositor(width=640, height=360, labels=True)
+    out = Collect()
+    edges = [g.link(Solid(c, seconds=0.2), comp) for c in (RED, GREEN)]
+    g.link(comp, out)
+    comp.arrange([edges[1].dst.name, edges[0].dst.name])  # type: ignore[union-attr]
+    comp.set_label(edges[0].dst, "Alice")  # type: ignore[arg-type]
+    await asyncio.wait_for(g.run(), 30)
+    f = out.frames[0]
+    assert yuv_at(f, 160, 180) == GREEN and yuv_at(f, 480, 180) == RED  # GREEN first
+    y = f.to_ndarray()[:360]
+    band = y[330:358, 322:380]  # Alice's label, at the bottom left of the right tile's cell
+    assert band.max() > 200 and band.min() < DARK[0]  # white text on a darker band
+    assert (y[330:358, 2:60] == DARK[0]).all()  # no label on the other
 
 
 async def test_set_layout_while_running() -> None:

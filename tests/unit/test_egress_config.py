@@ -69,7 +69,8 @@ def test_preset_and_advanced_options() -> None:
     (lk.RoomCompositeEgressRequest(room_name="r", audio_only=True, file_outputs=[mp4()],
                                    image_outputs=[lk.ImageOutput()]),
      "request has missing or invalid field: audio_only images"),
-    (lk.RoomCompositeEgressRequest(room_name="r", layout="grid", file_outputs=[mp4()]), "is not yet supported"),
+    (lk.RoomCompositeEgressRequest(room_name="r", layout="my-custom", file_outputs=[mp4()]),
+     "room composite with a custom template (custom_base_url or a layout that is not built in) is not yet supported"),
 ])
 def test_invalid_requests_name_the_problem(req: object, message: str) -> None:
     assert message in error_of(req)

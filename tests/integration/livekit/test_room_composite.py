@@ -1,0 +1,218 @@
+"""Room composite with video, composed natively (no browser), against the real
+livekit-server: tiles where LiveKit's layouts put them (each publisher a colour of its
+own, found in the decoded file), names drawn, leaving and screen sharing and speaking
+change the picture, UpdateLayout switches the layout, A/V in sync, one continuous file."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from livekit import api
+from livekit.protocol import egress as lk
+
+from lkmedia.dev.publisher import PublisherProcess
+from lkmedia.dev.stack import DevStack
+from lkmedia.nodes.layouts import layout_cells, letterbox
+from lkmedia.probe import assert_av_sync, av_offsets, decode_errors, probe
+from lkmedia.service.egress import EgressService
+from lkmedia.testing.egress import TERMINAL, S, egress_service, wait_egress
+
+W, H = 1280, 720
+COLOURS = [(81, 90, 240), (145, 54, 34), (41, 240, 110), (210, 16, 146), (170, 166, 16)]  # YUV
+
+
+@pytest.fixture
+async def service(livekit_stack: DevStack, tmp_path: Path) -> AsyncIterator[EgressService]:
+    async with egress_service(livekit_stack, tmp_path) as svc:
+        yield svc
+
+
+@contextlib.asynccontextmanager
+async def publishers(stack: DevStack, room: str, n: int, **options: Any) -> AsyncIterator[list[PublisherProcess]]:
+    pubs = []
+    try:
+        for i in range(n):  # one after the other: join order is tile order
+            p = PublisherProcess(stack.url, stack.token(f"p{i}", room), color=COLOURS[i % len(COLOURS)], **options)
+            await p.start()
+            pubs.append(p)
+        yield pubs
+    finally:
+        await asyncio.gather(*(p.stop() for p in pubs))
+
+
+async def _start(lkapi: api.LiveKitAPI, room: str, layout: str, **kw: Any) -> tuple[lk.EgressInfo, float]:
+    info = await lkapi.egress.start_room_composite_egress(lk.RoomCompositeEgressRequest(
+        room_name=room, layout=layout, preset=lk.H264_720P_30,
+        file_outputs=[lk.EncodedFileOutput(filepath="rc.mp4")], **kw))
+    await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE}, 30)
+    return info, time.monotonic()
+
+
+async def _stop(lkapi: api.LiveKitAPI, info: lk.EgressInfo) -> tuple[lk.EgressInfo, float]:
+    await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+    t = time.monotonic()
+    done = await wait_egress(lkapi, info.egress_id, TERMINAL, 30)
+    assert done.status == S.EGRESS_COMPLETE, done.error
+    return done, t
+
+
+def frames(path: str) -> list[tuple[float, np.ndarray]]:
+    """Every decoded frame as (seconds, yuv420p planes stacked as av gives them)."""
+    with av.open(path) as c:
+        return [(float(f.pts * f.time_base), f.to_ndarray(format="yuv420p")) for f in c.decode(video=0)]
+
+
+def colour_at(img: np.ndarray, x: int, y: int) -> int | None:
+    """Which publisher's colour is at (x, y), by chroma (the flash changes only brightness)."""
+    u = img[H + (y // 2) // 2, (y // 2) % 2 * (W // 2) + x // 2]
+    v = img[H + H // 4 + (y // 2) // 2, (y // 2) % 2 * (W // 2) + x // 2]
+    for i, (_, cu, cv) in enumerate(COLOURS):
+        if abs(int(u) - cu) < 25 and abs(int(v) - cv) < 25:
+            return i
+    return None
+
+
+def centres(layout: str, n: int) -> list[tuple[int, int] | None]:
+    out: list[tuple[int, int] | None] = []
+    for cell in layout_cells(layout, n, 0, W, H):
+        if cell is None:
+            out.append(None)
+            continue
+        x, y, w, h = letterbox(640, 360, cell)
+        out.append((x + w // 2, y + h // 2))
+    return out
+
+
+def at(fs: list[tuple[float, np.ndarray]], t: float) -> np.ndarray:
+    return min(fs, key=lambda f: abs(f[0] - t))[1]
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 5])
+async def test_grid_puts_each_publisher_where_the_layout_says_with_its_name(
+        livekit_stack: DevStack, service: EgressService, room_name: str, n: int) -> None:
+    async with publishers(livekit_stack, room_name, n), livekit_stack.api() as lkapi:
+        info, t_active = await _start(lkapi, room_name, "grid")
+        await asyncio.sleep(4)
+        done, t_stop = await _stop(lkapi, info)
+    (f,) = done.file_results
+    p = probe(f.location)
+    assert p.duration == pytest.approx(t_stop - t_active, abs=0.5) and decode_errors(f.location) == ""
+    fs = frames(f.location)
+    img = at(fs, fs[-1][0] - 1.0)
+    cells = layout_cells("grid", n, 0, W, H)
+    for i, c in enumerate(centres("grid", n)):
+        assert c is not None and colour_at(img, *c) == i, (i, c)
+        x, y, w, h = cells[i]  # type: ignore[misc]
+        label = img[y + h - 30:y + h - 4, x + 4:x + 120]  # the name, bottom left of the tile
+        assert (label >= 225).sum() > 20, f"no name drawn on tile {i}"
+
+
+async def test_a_participant_who_leaves_leaves_the_picture_and_the_file_goes_on(
+        livekit_stack: DevStack, service: EgressService, room_name: str) -> None:
+    async with publishers(livekit_stack, room_name, 2) as pubs, livekit_stack.api() as lkapi:
+        info, t_active = await _start(lkapi, room_name, "grid")
+        await asyncio.sleep(3)
+        t_left = time.monotonic() - t_active
+        await pubs[1].stop()
+        await asyncio.sleep(3)
+        done, t_stop = await _stop(lkapi, info)
+    (f,) = done.file_results
+    p = probe(f.location)
+    assert p.duration == pytest.approx(t_stop - t_active, abs=0.5) and decode_errors(f.location) == ""
+    fs = frames(f.location)
+    start = fs[0][0]
+    before, after = at(fs, start + t_left - 1.0), at(fs, start + t_left + 1.5)
+    two, one = centres("grid", 2), centres("grid", 1)
+    assert colour_at(before, *two[0]) == 0 and colour_at(before, *two[1]) == 1  # type: ignore[misc]
+    assert colour_at(after, *one[0]) == 0 and colour_at(after, 1100, 100) == 0  # p0 alone, full frame
+
+
+async def test_a_screen_share_turns_grid_into_speaker_with_the_share_in_focus(
+        livekit_stack: DevStack, service: EgressService, room_name: str) -> None:
+    async with publishers(livekit_stack, room_name, 2), livekit_stack.api() as lkapi:
+        info, t_active = await _start(lkapi, room_name, "grid")
+        await asyncio.sleep(2)
+        t_share = time.monotonic() - t_active
+        share = PublisherProcess(livekit_stack.url, livekit_stack.token("sharer", room_name), color=COLOURS[4],
+                                 video_source="screen_share", audio=False)
+        await share.start()
+        try:
+            await asyncio.sleep(3)
+        finally:
+            await share.stop()
+        done, _ = await _stop(lkapi, info)
+    fs = frames(done.file_results[0].location)
+    img = at(fs, fs[0][0] + t_share + 2.0)
+    focus = layout_cells("speaker", 3, 0, W, H)[0]
+    assert focus is not None
+    x, y, w, h = letterbox(640, 360, focus)
+    assert colour_at(img, x + w // 2, y + h // 2) == 4  # the share, large on the right
+    carousel = [c for c in layout_cells("speaker", 3, 0, W, H)[1:] if c is not None]
+    seen = {colour_at(img, cx + cw // 2, cy + ch // 2) for cx, cy, cw, ch in carousel}
+    assert seen == {0, 1}  # the cameras in the carousel on the left
+
+
+async def test_in_speaker_layout_the_focus_follows_whoever_speaks(
+        livekit_stack: DevStack, service: EgressService, room_name: str) -> None:
+    async with publishers(livekit_stack, room_name, 2, audio_mode="silence") as pubs, \
+            livekit_stack.api() as lkapi:
+        info, t0 = await _start(lkapi, room_name, "speaker")
+        await pubs[1].set_audio_mode("tone")
+        await asyncio.sleep(3)
+        t_switch = time.monotonic() - t0
+        await pubs[1].set_audio_mode("silence")
+        await pubs[0].set_audio_mode("tone")
+        await asyncio.sleep(3)
+        done, _ = await _stop(lkapi, info)
+    fs = frames(done.file_results[0].location)
+    focus = layout_cells("speaker", 2, 0, W, H)[0]
+    assert focus is not None
+    x, y, w, h = letterbox(640, 360, focus)
+    start = fs[0][0]
+    assert colour_at(at(fs, start + t_switch - 0.5), x + w // 2, y + h // 2) == 1  # p1 speaks
+    assert colour_at(at(fs, start + t_switch + 2.5), x + w // 2, y + h // 2) == 0  # then p0
+
+
+async def test_update_layout_switches_from_grid_to_speaker_within_a_second(
+        livekit_stack: DevStack, service: EgressService, room_name: str) -> None:
+    async with publishers(livekit_stack, room_name, 2), livekit_stack.api() as lkapi:
+        info, t0 = await _start(lkapi, room_name, "grid")
+        await asyncio.sleep(2)
+        t_update = time.monotonic() - t0
+        await lkapi.egress.update_layout(lk.UpdateLayoutRequest(egress_id=info.egress_id, layout="speaker"))
+        await asyncio.sleep(3)
+        done, _ = await _stop(lkapi, info)
+    (f,) = done.file_results
+    assert decode_errors(f.location) == ""
+    fs = frames(f.location)
+    start = fs[0][0]
+    grid, speaker = centres("grid", 2), centres("speaker", 2)
+    before = at(fs, start + t_update - 0.5)
+    assert colour_at(before, *grid[0]) == 0 and colour_at(before, *grid[1]) == 1  # type: ignore[misc]
+    switched = next(t for t, img in fs if t > start + t_update - 0.2 and colour_at(img, 60, 60) is not None)
+    assert switched - (start + t_update) < 1.0  # the carousel appeared within 1 s
+    after = at(fs, start + t_update + 2)
+    assert colour_at(after, *speaker[0]) is not None and colour_at(after, 60, 60) is not None  # type: ignore[misc]
+    assert [t for t, _ in fs] == sorted(t for t, _ in fs) and len(fs) >= 30 * 4  # one continuous file
+
+
+async def test_native_composite_keeps_audio_and_video_in_sync(
+        livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str) -> None:
+    async with livekit_stack.api() as lkapi:
+        info, t_active = await _start(lkapi, room_name, "speaker")
+        await asyncio.sleep(6)
+        done, t_stop = await _stop(lkapi, info)
+    (f,) = done.file_results
+    p = probe(f.location)
+    assert p.has("video") and p.has("audio") and decode_errors(f.location) == ""
+    assert p.duration == pytest.approx(t_stop - t_active, abs=0.5)
+    offsets = av_offsets(f.location)
+    assert len(offsets) >= 4, offsets
+    assert_av_sync(offsets)
