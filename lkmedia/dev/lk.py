@@ -91,3 +91,50 @@ def _lk_env(stack: DevStack) -> dict[str, str]:
     # By environment, so that the secret is not on a command line.
     return {**os.environ, "LIVEKIT_URL": stack.url, "LIVEKIT_API_KEY": stack.api_key,
             "LIVEKIT_API_SECRET": stack.api_secret}
+
+
+class LkJoin:
+    """``lk room join --publish FILE...``: a participant publishing pre-encoded files (H.264
+    with one slice per frame, ``.ivf`` VP8, ``.ogg`` Opus), an independent client. It
+    unpublishes each track when its file ends, and stays in the room until stopped."""
+
+    def __init__(self, stack: DevStack, room: str, identity: str, files: Sequence[str | Path], *,
+                 fps: int = 30, log_path: str | Path | None = None) -> None:
+        self.stack, self.room, self.identity = stack, room, identity
+        self.argv = [find_binary("lk"), "room", "join", "--identity", identity]
+        for f in files:
+            self.argv += ["--publish", str(f)]
+        self.argv += ["--fps", str(fps), room]
+        self.log_path = Path(log_path) if log_path else stack.workdir / f"lk-join-{room}-{identity}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> LkJoin:
+        with open(self.log_path, "wb") as logf:
+            self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=_lk_env(self.stack), start_new_session=True)
+        return self
+
+    def stop(self) -> None:
+        p, self.proc = self.proc, None
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+
+    def __enter__(self) -> LkJoin:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def h264_clip(path: str | Path, seconds: float, *, width: int = 640, height: int = 360, fps: int = 30,
+              color: str | None = None, bitrate: str = "1M") -> Path:
+    """An Annex B H.264 clip ``lk room join --publish`` sends cleanly: one slice per frame
+    (x264 with one thread; several slices arrived broken at every receiver), a key frame
+    every second, baseline profile. ``color``: a solid colour (ffmpeg's name or 0xRRGGBB)
+    instead of the test pattern."""
+    src = f"color=c={color}:size={width}x{height}:rate={fps}" if color else f"testsrc=size={width}x{height}:rate={fps}"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", src, "-t", f"{seconds:g}",
+                    "-c:v", "libx264", "-threads", "1", "-g", str(fps), "-profile:v", "baseline", "-pix_fmt", "yuv420p",
+                    "-b:v", bitrate, "-bsf:v", "h264_mp4toannexb", str(path)], check=True)
+    return Path(path)

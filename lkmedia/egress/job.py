@@ -281,6 +281,8 @@ class EgressJob:
     async def _finish(self, errors: list[str], fatal: str = "") -> None:
         assert self.recipe is not None
         fatal = fatal or self._kill_error
+        if self.recipe.compositor is not None:
+            log.info("egress %s: compositor %s", self.cfg.egress_id, self.recipe.compositor.stats())
         up = await self.uploads.finish(self.recipe)
         fill_results(self.info, self.recipe.results(), up.locations)
         self.info.backup_storage_used = up.backup_storage_used

@@ -40,6 +40,7 @@ VIDEO_TIME_BASE = Fraction(1, 90_000)
 DARK = (16, 128, 128)
 LIGHT = (235, 128, 128)
 _REBASE_SECONDS = 1.0
+STALE = 18_000  # 200 ms at 90 kHz: a tile showing an older picture than this is behind
 #: Live: most frames waiting for their time per input.
 _LIVE_QUEUE = 60
 
@@ -62,6 +63,7 @@ class _Video:
         "cache_src",
         "covered",
         "current",
+        "current_pts",
         "eos",
         "frames",
         "last_dur",
@@ -76,6 +78,7 @@ class _Video:
         self.port = port
         self.queue: deque[tuple[int, Any]] = deque()
         self.current: Any = None
+        self.current_pts = 0
         self.last_pts: int | None = None  # newest frame pts received (90 kHz)
         self.last_dur = 0
         self.covered: int | None = None  # known up to here: newest pts or a Gap's end
@@ -155,6 +158,8 @@ class Compositor(Node):
         self._index: int | None = None  # next output frame number
         self.frames = 0
         self.late = 0
+        self.max_age = 0  # 90 kHz: the oldest frame shown (while its input was still sending)
+        self.stale = 0  # frames that showed an input's picture more than STALE old
         self.dropped = 0
         self.joined = 0
         self.compose_seconds = 0.0
@@ -268,7 +273,7 @@ class Compositor(Node):
         for name, st in list(self._states.items()):
             q = st.queue
             while q and q[0][0] <= t:
-                st.current = q.popleft()[1]
+                st.current_pts, st.current = q.popleft()
             if st.eos and not q:
                 end = st.end()
                 if end is None or t >= end:
@@ -280,6 +285,10 @@ class Compositor(Node):
                 shown.append((st, None))  # a tile with no picture
             elif st.current is not None:
                 shown.append((st, st.current))
+                if st.last_pts is not None and t - st.last_pts < 90_000:  # still sending (not in a gap)
+                    age = t - st.current_pts
+                    self.max_age = max(self.max_age, age)
+                    self.stale += age > STALE
         return shown
 
     def _plan(self, shown: list[tuple[_Video, Any]]) -> list[tuple[_Video, Any, Rect, Rect]]:
@@ -389,5 +398,6 @@ class Compositor(Node):
 
     def stats(self) -> dict[str, Any]:
         return {"inputs": len(self._states), "joined": self.joined, "frames": self.frames, "late": self.late,
+                "max_age_ms": round(self.max_age / 90), "stale": self.stale,
                 "dropped": self.dropped,
                 "compose_ms": round(1000 * self.compose_seconds / self.frames, 3) if self.frames else 0.0}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,12 +18,20 @@ import pytest
 from livekit import api
 from livekit.protocol import egress as lk
 
+from lkmedia.dev.lk import LkJoin, h264_clip
 from lkmedia.dev.publisher import PublisherProcess
 from lkmedia.dev.stack import DevStack
 from lkmedia.nodes.layouts import layout_cells, letterbox
 from lkmedia.probe import assert_av_sync, av_offsets, decode_errors, probe
 from lkmedia.service.egress import EgressService
-from lkmedia.testing.egress import TERMINAL, S, egress_service, wait_egress
+from lkmedia.testing.egress import (
+    TERMINAL,
+    EgressServiceProcess,
+    S,
+    egress_service,
+    service_config_body,
+    wait_egress,
+)
 
 W, H = 1280, 720
 COLOURS = [(81, 90, 240), (145, 54, 34), (41, 240, 110), (210, 16, 146), (170, 166, 16)]  # YUV
@@ -216,3 +225,145 @@ async def test_native_composite_keeps_audio_and_video_in_sync(
     offsets = av_offsets(f.location)
     assert len(offsets) >= 4, offsets
     assert_av_sync(offsets)
+
+
+async def test_sixteen_publishers_in_a_720p30_grid_for_a_minute(
+        livekit_stack: DevStack, room_name: str, tmp_path: Path) -> None:
+    """16 `lk room join` publishers (an independent client) into a 720p30 grid: the file has
+    at least 29.5 frames a second and no tile showed a picture older than 200 ms."""
+    body = service_config_body(livekit_stack)
+    clip = h264_clip(tmp_path / "tile.h264", 75, width=320, height=180, bitrate="300k")
+    joins = [LkJoin(livekit_stack, room_name, f"lk{i:02d}", [clip]) for i in range(16)]
+    with EgressServiceProcess(body, tmp_path / "w", name="w") as svc, contextlib.ExitStack() as stack:
+        for j in joins:
+            stack.enter_context(j)
+        async with livekit_stack.api() as lkapi:
+            await _video_tracks(lkapi, room_name, 16)
+            info, t_active = await _start(lkapi, room_name, "grid")
+            t_cpu = _cpu_seconds(svc.proc.pid)  # type: ignore[union-attr]
+            await asyncio.sleep(60)
+            cpu = _cpu_seconds(svc.proc.pid) - t_cpu  # type: ignore[union-attr]
+            done, t_stop = await _stop(lkapi, info)
+    (f,) = done.file_results
+    p = probe(f.location)
+    v = p.stream("video")
+    fps = v.frames / v.duration
+    stats = next(line for line in svc.tail(200).splitlines() if "compositor {" in line)
+    age = int(stats.split("'max_age_ms': ")[1].split(",")[0])
+    stale = int(stats.split("'stale': ")[1].split(",")[0].rstrip("}"))
+    print(f"16 publishers, 720p30 grid: {fps:.2f} fps in the file, oldest tile picture {age} ms, "
+          f"{stale} stale tile frames; egress CPU {cpu / (t_stop - t_active):.2f} s per media s")
+    assert fps >= 29.5, (v.frames, v.duration)
+    assert age <= 200 and stale == 0, stats
+    assert decode_errors(f.location) == ""
+
+
+async def _video_tracks(lkapi: api.LiveKitAPI, room: str, n: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(api.TwirpError):
+            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+            if sum(1 for p in res.participants for t in p.tracks if t.type == 1) >= n:
+                return
+        assert time.monotonic() < deadline, f"{n} video tracks not published in {room} within {timeout:g} s"
+        await asyncio.sleep(0.25)
+
+
+def _cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by ``root`` and every process under it."""
+    from lkmedia.worker.sampler import process_tree
+
+    total = 0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def test_a_recording_started_on_every_room_started_webhook_against_a_fleet_with_room_for_four(
+        livekit_stack: DevStack, tmp_path: Path) -> None:
+    """The load a backend makes when it records every room as it starts: 10 rooms, each
+    created by a publisher joining (`lk room join`), one StartRoomCompositeEgress each,
+    against 2 workers with room for 2 each. None is refused; all complete, in request order."""
+    body = service_config_body(livekit_stack, "cpu_cost:\n  native_room_composite_cpu_cost: 0.7\n"
+                                              "  max_cpu_utilization: 0.9\n")
+    clip = h264_clip(tmp_path / "room.h264", 90, width=320, height=180, bitrate="200k")
+    rooms = [f"webhook-{k}-{os.getpid()}" for k in range(10)]
+    small = lk.EncodingOptions(width=320, height=180, framerate=15, video_bitrate=300, audio_bitrate=64)
+    with EgressServiceProcess(body, tmp_path / "w1", name="w1"), EgressServiceProcess(body, tmp_path / "w2", name="w2"), \
+            contextlib.ExitStack() as joins:
+        async with livekit_stack.api() as lkapi:
+            ids: list[str] = []
+            for room in rooms:  # room_started: the backend asks at once
+                joins.enter_context(LkJoin(livekit_stack, room, "host", [clip]))
+                await _video_tracks(lkapi, room, 1, timeout=30)
+                info = await lkapi.egress.start_room_composite_egress(lk.RoomCompositeEgressRequest(
+                    room_name=room, layout="grid", advanced=small, file_outputs=[lk.EncodedFileOutput(filepath="r.mp4")]))
+                ids.append(info.egress_id)
+            launched: dict[str, float] = {}
+            active: dict[str, float] = {}
+            final: dict[str, lk.EgressInfo] = {}
+            deadline = time.monotonic() + 240
+            while len(final) < len(ids):
+                assert time.monotonic() < deadline, f"{len(final)}/{len(ids)} done"
+                for eid in ids:
+                    if eid in final:
+                        continue
+                    info = (await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=eid))).items[0]
+                    now = time.monotonic()
+                    if eid not in launched and not info.details.startswith("queued"):
+                        launched[eid] = now
+                    if info.status == S.EGRESS_ACTIVE and eid not in active:
+                        active[eid] = now
+                    if eid in active and now - active[eid] > 2.5 and info.status == S.EGRESS_ACTIVE:
+                        await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=eid))
+                    if info.status in TERMINAL:
+                        final[eid] = info
+                await asyncio.sleep(0.1)
+    bad = {eid: (S.Name(i.status), i.error) for eid, i in final.items() if i.status != S.EGRESS_COMPLETE}
+    assert not bad, bad
+    order = [launched[eid] for eid in ids]
+    late = [k for k in range(1, len(ids)) if order[k] < max(order[:k]) - 1.0]  # (status reports lag ~1 s)
+    assert not late, (late, order)
+    for info in final.values():
+        p = probe(info.file_results[0].location)
+        assert p.has("video") and p.duration and p.duration > 1.5
+
+
+async def test_one_composite_to_mp4_hls_rtmp_and_images_at_once(
+        livekit_stack: DevStack, service: EgressService, room_name: str, rtmp_server: Any) -> None:
+    async with publishers(livekit_stack, room_name, 2), livekit_stack.api() as lkapi:
+        info = await lkapi.egress.start_room_composite_egress(lk.RoomCompositeEgressRequest(
+            room_name=room_name, layout="speaker-light", preset=lk.H264_720P_30,
+            file_outputs=[lk.EncodedFileOutput(filepath="all.mp4")],
+            segment_outputs=[lk.SegmentedFileOutput(filename_prefix="hls/seg", playlist_name="index.m3u8",
+                                                    segment_duration=2)],
+            stream_outputs=[lk.StreamOutput(urls=[rtmp_server.url("composite_key")])],
+            image_outputs=[lk.ImageOutput(capture_interval=1, width=320, height=180, filename_prefix="img/thumb")]))
+        await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE}, 30)
+        await asyncio.sleep(5)
+        done, _ = await _stop(lkapi, info)
+    (f,) = done.file_results
+    (seg,) = done.segment_results
+    (img,) = done.image_results
+    (st,) = done.stream_results
+    p = probe(f.location)
+    assert p.has("audio") and (p.stream("video").width, p.stream("video").height) == (W, H)
+    assert seg.segment_count >= 2 and decode_errors(seg.playlist_location) == ""
+    assert img.image_count >= 4 and st.status == lk.StreamInfo.FINISHED and "composite_key" not in st.url
+    (rec,) = rtmp_server.recordings("composite_key")
+    assert probe(str(rec)).has("video")
+    fs = frames(f.location)
+    assert fs[-30][1][10, W - 10] > 200  # -light: a white background beside the focus
+
+
+async def test_video_only_composite_has_no_audio(
+        livekit_stack: DevStack, service: EgressService, room_name: str) -> None:
+    async with publishers(livekit_stack, room_name, 1), livekit_stack.api() as lkapi:
+        info, _ = await _start(lkapi, room_name, "single-speaker", video_only=True)
+        await asyncio.sleep(3)
+        done, _ = await _stop(lkapi, info)
+    p = probe(done.file_results[0].location)
+    assert p.has("video") and not p.has("audio")
+    assert colour_at(frames(done.file_results[0].location)[-10][1], 640, 360) == 0
