@@ -325,6 +325,13 @@ def bench_rejoin(ctx: Ctx) -> list[Row]:
     return run_rejoin(ctx, Row)
 
 
+# -- 8. room composite (bench/room_composite.py) --------------------------------------
+def bench_room_composite(ctx: Ctx) -> list[Row]:
+    from bench.room_composite import bench_room_composite as run_room_composite
+
+    return run_room_composite(ctx, Row)
+
+
 #: name -> (benchmark, lkmedia modules it needs; missing ones make it "skipped").
 BENCHMARKS: dict[str, tuple[Callable[[Ctx], list[Row]], tuple[str, ...]]] = {
     "transcode": (bench_transcode, ("lkmedia.sources.file", "lkmedia.sinks.file")),
@@ -334,6 +341,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Ctx], list[Row]], tuple[str, ...]]] = {
     "tee": (bench_tee, ("lkmedia.sources.file", "lkmedia.sinks.file", "lkmedia.sinks.segments")),
     "egress": (bench_egress, ("lkmedia.service.egress", "lkmedia.dev.stack", "livekit.api")),
     "rejoin": (bench_rejoin, ("lkmedia.sources.livekit", "lkmedia.dev.publisher")),
+    "room-composite": (bench_room_composite, ("lkmedia.service.egress", "lkmedia.dev.lk")),
 }
 
 
