@@ -5,7 +5,8 @@
 #   scripts/setup.sh          what the main job (the demo) needs: redis-server, livekit-server,
 #                             `pip install -e .`
 #   scripts/setup.sh --test   also what the tests need: the ffmpeg CLI, GStreamer, nginx-rtmp,
-#                             lk and MinIO, `pip install -e '.[dev]'`
+#                             Chromium, Xvfb, PulseAudio and fonts (the Chrome engine), lk and
+#                             MinIO, livekit-client from npm, `pip install -e '.[dev]'`
 #
 # Go-built servers go to $LKMEDIA_CACHE/bin (default ~/.cache/lkmedia/bin), outside the
 # clone, each checked against its pinned version, so a fresh clone does not rebuild them.
@@ -21,13 +22,15 @@ if [ $test_deps -eq 1 ]; then
   apt_install ffmpeg \
     gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
     gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
-    nginx libnginx-mod-rtmp
+    nginx libnginx-mod-rtmp \
+    chromium xvfb pulseaudio pulseaudio-utils fonts-noto-core
 fi
 
 bash scripts/install_livekit.sh server
 if [ $test_deps -eq 1 ]; then
   bash scripts/install_livekit.sh lk
   bash scripts/install_s3_server.sh
+  bash scripts/install_template_deps.sh
 fi
 
 PY=${PYTHON:-python3}

@@ -114,6 +114,9 @@ class EgressConfig:
     track_id: str = ""
     layout: str = ""
     custom_base_url: str = ""
+    engine: str = "native"  # native | chrome (web egress, a template page)
+    url: str = ""  # web egress: the page
+    await_start_signal: bool = False  # Chrome: record from the page's START_RECORDING
     audio_mixing: str = "default"
     encoding: Encoding = field(default_factory=Encoding)
     file: FileOutput | None = None
@@ -170,8 +173,8 @@ def _v1_config(egress_id: str, room_id: str, request: Any) -> EgressConfig:
     c = EgressConfig(egress_id=egress_id, room_id=room_id, room_name=getattr(request, "room_name", ""),
                      request_type=kind, webhooks=list(getattr(request, "webhooks", [])))
     if kind == "web":
-        raise not_supported("web egress (Chrome capture)")
-    if kind == "room_composite":
+        _web(c, request)
+    elif kind == "room_composite":
         _room_composite(c, request)
         c.audio_mixing = lk.AudioMixing.Name(request.audio_mixing).lower().removesuffix("_mixing")
     elif kind == "participant":
@@ -188,7 +191,7 @@ def _v1_config(egress_id: str, room_id: str, request: Any) -> EgressConfig:
         c.track_id = request.track_id
         if not c.track_id:
             raise invalid_input("track_id")
-    if not c.room_name:
+    if not c.room_name and kind != "web":
         raise invalid_input("room_name")
     if kind == "track":
         _direct_output(c, request)
@@ -207,9 +210,23 @@ def _room_composite(c: EgressConfig, r: Any) -> None:
     if not (c.audio_enabled or c.video_enabled):
         raise invalid_input("audio_only and video_only")
     if r.custom_base_url or (r.layout and r.layout not in LAYOUTS):
-        raise not_supported("room composite with a custom template (custom_base_url or a layout that is "
-                            "not built in)")
+        # The page renders the room (Chrome); it signals when to start.
+        c.engine, c.await_start_signal = "chrome", True
+        if r.custom_base_url and not r.custom_base_url.startswith(("http://", "https://")):
+            raise InvalidRequest(f"invalid custom_base_url {_shown(r.custom_base_url)}: must be http:// or https://")
     c.layout = r.layout or "grid"
+
+
+def _web(c: EgressConfig, r: Any) -> None:
+    """A WebEgressRequest or a v2 WebSource: any page, recorded in Chrome."""
+    c.engine, c.url, c.await_start_signal = "chrome", r.url, r.await_start_signal
+    c.audio_enabled, c.video_enabled = not r.video_only, not r.audio_only
+    if not c.url:
+        raise invalid_input("url")
+    if not c.url.startswith(("http://", "https://")):
+        raise InvalidRequest(f"invalid url {_shown(c.url)}: a web egress records an http:// or https:// page")
+    if not (c.audio_enabled or c.video_enabled):
+        raise invalid_input("audio_only and video_only")
 
 
 def _v2_config(egress_id: str, room_id: str, r: lk.StartEgressRequest) -> EgressConfig:
@@ -218,14 +235,17 @@ def _v2_config(egress_id: str, room_id: str, r: lk.StartEgressRequest) -> Egress
     or audio only (tracks, or every track mixed); with a TemplateSource, a room composite.
     Per-output storage is kept."""
     source = r.WhichOneof("source")
-    if source not in ("media", "template"):
-        raise not_supported(f"StartEgress with a {source or 'missing'} source (media and template sources are)")
-    if not r.room_name:
+    if source not in ("media", "template", "web"):
+        raise not_supported(f"StartEgress with a {source or 'missing'} source (media, template and web sources are)")
+    if not r.room_name and source != "web":
         raise invalid_input("room_name")
-    if source == "template":
-        c = EgressConfig(egress_id=egress_id, room_id=room_id, room_name=r.room_name, request_type="room_composite",
-                         webhooks=list(r.webhooks))
-        _room_composite(c, r.template)
+    if source in ("template", "web"):
+        c = EgressConfig(egress_id=egress_id, room_id=room_id, room_name=r.room_name,
+                         request_type="room_composite" if source == "template" else "web", webhooks=list(r.webhooks))
+        if source == "template":
+            _room_composite(c, r.template)
+        else:
+            _web(c, r.web)
         _encoding(c, r)
         _v2_outputs(c, r)
         _choose_codecs(c)

@@ -16,8 +16,10 @@ from typing import Any
 from livekit import api, rtc
 from livekit.protocol import egress as lk
 
+from ..chrome.session import ChromeSession
 from ..core import GraphError, LkmediaError
 from ..sources.livekit import RoomSource, TrackSource
+from ..sources.screen import ScreenSource
 from ..storage.factory import settings_from_yaml
 from ..worker.kind import Report
 from .errors import EgressError
@@ -26,6 +28,7 @@ from .recipe import Recipe, build_recipe, filename_fields
 from .spec import EgressLaunch
 from .tiles import TileDirector
 from .uploads import Uploads
+from .web import open_page
 
 log = logging.getLogger("lkmedia.egress")
 S = lk.EgressStatus
@@ -68,6 +71,8 @@ class EgressJob:
         self._kill_error = ""  # set by kill(): the job ends FAILED with it, outputs finalised
         self.active_at: float | None = None
         self.director: TileDirector | None = None  # room composite: who is on screen, where
+        self.chrome: ChromeSession | None = None  # the Chrome engine: the job's page
+        self._page_watch: asyncio.Task[None] | None = None
 
     # -- control (lkmedia.worker.kind.Job) ---------------------------------------------------
     async def stop(self, reason: str = "StopEgress API") -> None:
@@ -135,6 +140,7 @@ class EgressJob:
                 log.exception("egress %s failed", self.cfg.egress_id)
             await self._fail(error_text(e))
         finally:
+            await self._close_chrome()
             await self.uploads.close()
 
     async def _until_stopped(self, g: Any) -> list[Any]:
@@ -160,6 +166,9 @@ class EgressJob:
 
     async def _build(self) -> Recipe:
         cfg, launch = self.cfg, self.launch
+        if cfg.engine == "chrome":  # a web egress is tied to no room: no token
+            return await self._build_chrome(egress_token(cfg.egress_id, cfg.room_name, launch.api_key,
+                                                         launch.api_secret) if cfg.room_name else "")
         token = egress_token(cfg.egress_id, cfg.room_name, launch.api_key, launch.api_secret)
         track = None
         if cfg.request_type == "track":
@@ -195,6 +204,47 @@ class EgressJob:
                 g.link(src.out("audio"), r.audio_in)
         self.source = src
         return r
+
+    async def _build_chrome(self, token: str) -> Recipe:
+        """The page in the job's own Chrome (lkmedia.egress.web), its display and sound
+        captured into the recipe; the page's end or failure ends the job."""
+        cfg, launch = self.cfg, self.launch
+        work = os.path.join(launch.tmp_dir, ".chrome", cfg.egress_id)
+        self.chrome = chrome = await open_page(cfg, launch, token, self._stop, work)
+        r = build_recipe(cfg, self.dir, live=True, fields=filename_fields(cfg), freeze_timeout=launch.freeze_timeout)
+        e = cfg.encoding
+        pcm = await chrome.take_audio() if cfg.audio_enabled else None
+        src = ScreenSource(chrome.display, e.width, e.height, e.fps, audio=pcm, video=cfg.video_enabled,
+                           name="screen")
+        r.graph.add(src)
+        if r.video_in is not None:
+            r.graph.link(src.out("video"), r.video_in)
+        if r.audio_in is not None:
+            r.graph.link(src.out("audio"), r.audio_in)
+        self.source = src
+        self._page_watch = asyncio.create_task(self._watch_page(chrome), name="page-watch")
+        return r
+
+    async def _watch_page(self, chrome: ChromeSession) -> None:
+        waits = [asyncio.ensure_future(chrome.failed.wait()), asyncio.ensure_future(chrome.ended.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        if chrome.failure:
+            await self.kill(f"Chrome: {chrome.failure}")
+        elif chrome.ended.is_set():
+            await self.stop("the page said END_RECORDING")
+
+    async def _close_chrome(self) -> None:
+        if self._page_watch is not None:
+            self._page_watch.cancel()
+            await asyncio.gather(self._page_watch, return_exceptions=True)
+        chrome, self.chrome = self.chrome, None
+        if chrome is not None:
+            await chrome.close()
 
     @staticmethod
     def _tile_router(r: Recipe, director: TileDirector) -> Any:
@@ -281,6 +331,9 @@ class EgressJob:
     async def _finish(self, errors: list[str], fatal: str = "") -> None:
         assert self.recipe is not None
         fatal = fatal or self._kill_error
+        await self._close_chrome()  # the capture has ended: Chrome goes before the job reports its end
+        if self.source is not None and self.cfg.engine == "chrome":
+            log.info("egress %s: capture %s", self.cfg.egress_id, self.source.stats())
         if self.recipe.compositor is not None:
             log.info("egress %s: compositor %s", self.cfg.egress_id, self.recipe.compositor.stats())
         up = await self.uploads.finish(self.recipe)
@@ -315,6 +368,8 @@ class EgressJob:
                 await self.recipe.graph.stop(timeout=10)
             except GraphError:
                 pass
+        await self._close_chrome()
+        if self.recipe is not None and self.recipe.graph.started:
             try:
                 up = await self.uploads.finish(self.recipe)
                 fill_results(self.info, self.recipe.results(), up.locations)
@@ -325,4 +380,5 @@ class EgressJob:
     async def _abort(self, reason: str) -> None:
         if self.recipe is not None and self.recipe.graph.started:
             await self.recipe.graph.cancel()
+        await self._close_chrome()
         await self._set(S.EGRESS_ABORTED, reason)

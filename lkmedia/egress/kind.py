@@ -15,7 +15,7 @@ from ..worker import codec
 from ..worker.kind import Costs
 from .costs import request_costs
 from .info import FINAL, ended, set_status
-from .spec import EgressLaunch, EgressSpec, dedup_key
+from .spec import ChromeSettings, EgressLaunch, EgressSpec, dedup_key
 
 S = lk.EgressStatus
 RESULTS = {S.EGRESS_COMPLETE: "completed", S.EGRESS_LIMIT_REACHED: "completed", S.EGRESS_ABORTED: "aborted",
@@ -45,7 +45,9 @@ class EgressKind:
         c = self.conf
         return EgressLaunch(spec, ws_url=spec.ws_url or c.ws_url, api_key=c.api_key, api_secret=c.api_secret,
                             tmp_dir=self.tmp_dir, storage=self._storage, max_duration=self.max_duration(spec),
-                            freeze_timeout=float(c.jobs.freeze_timeout))
+                            freeze_timeout=float(c.jobs.freeze_timeout),
+                            chrome=ChromeSettings(c.template_base, c.enable_chrome_sandbox, c.insecure,
+                                                  dict(c.chrome_flags), float(c.jobs.start_signal_timeout)))
 
     def max_duration(self, spec: EgressSpec) -> float:
         """The session limit for its outputs (the smallest that is set; 0: none)."""

@@ -102,7 +102,7 @@ def _encoders(cfg: EgressConfig, r: Recipe, live: bool) -> None:
     g, e = r.graph, cfg.encoding
     if cfg.video_enabled:
         r.video_in = g.add(Tee(name="video"))
-        if cfg.request_type == "room_composite":
+        if cfg.request_type == "room_composite" and cfg.engine == "native":
             # The room's video tracks are linked to the compositor as they come (the job
             # does it); it makes frames at a constant rate on the graph clock.
             r.compositor = Compositor(width=e.width, height=e.height, fps=e.fps, layout=cfg.layout, live=live,

@@ -45,6 +45,18 @@ class EgressLaunch:
     storage: dict[str, Any] = field(default_factory=dict)  # the server's storage: and backup: sections
     max_duration: float = 0.0  # session limits: 0 = none
     freeze_timeout: float = 30.0  # an output that takes no input this long fails the egress
+    chrome: ChromeSettings = field(default_factory=lambda: ChromeSettings())
+
+
+@dataclass
+class ChromeSettings:
+    """The node's Chrome options (the Go egress's keys; ``start_timeout``: lkmedia's
+    ``jobs.start_signal_timeout``)."""
+    template_base: str = ""
+    sandbox: bool = False
+    insecure: bool = False
+    flags: dict[str, Any] = field(default_factory=dict)
+    start_timeout: float = 60.0
 
 
 def spec_from_request(req: StartEgressRequest, output_roots: Sequence[str] = ANY_ROOT) -> EgressSpec:

@@ -238,6 +238,7 @@ class JobsConfig:
     ping_timeout: Seconds = _checked(Seconds(10.0), _positive)  # unanswered this long: hung, SIGKILL, FAILED
     max_starting: int = _checked(0, _non_negative)  # jobs starting at once (0: one per CPU); others queue
     freeze_timeout: Seconds = _checked(Seconds(30.0), _positive)  # an output taking no input this long: FAILED
+    start_signal_timeout: Seconds = _checked(Seconds(60.0), _positive)  # Chrome: no START_RECORDING by then: FAILED
 
 
 @dataclass

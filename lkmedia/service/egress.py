@@ -34,6 +34,7 @@ from ..worker.worker import Worker, WorkerSettings
 from .config import ServiceConfig
 from .health import HealthServer, status_body
 from .metrics import EgressMetrics, MetricsServer
+from .template import TemplateServer
 
 log = logging.getLogger("lkmedia.service")
 SPEC_CACHE = 256  # specs validated for a claim, kept for the start that follows it
@@ -61,6 +62,7 @@ class EgressService:
         self._specs: OrderedDict[str, EgressSpec] = OrderedDict()
         self.health = HealthServer(conf.health_port, self._health) if conf.health_port else None
         self.prom = MetricsServer(self.metrics, conf.prometheus_port) if conf.prometheus_port else None
+        self.template = TemplateServer(conf.template_port) if conf.template_port > 0 and not dispatcher else None
 
     def _worker(self) -> Worker:
         conf, jobs = self.conf, self.conf.jobs
@@ -99,6 +101,12 @@ class EgressService:
         for srv in (self.health, self.prom):
             if srv is not None:
                 await srv.start()
+        if self.template is not None:
+            try:
+                await self.template.start()
+            except OSError as e:  # only template-based room composites need it
+                log.warning("%s: the template page is not served", e)
+                self.template = None
         log.info("egress %s %s ready (redis %s)", "dispatcher" if self.dispatcher else "service",
                  self.node_id, self.bus.address)
 
@@ -141,7 +149,7 @@ class EgressService:
         for handler in list(self._handlers.values()):
             await handler.close()
         self._handlers.clear()
-        for srv in (self.health, self.prom):
+        for srv in (self.health, self.prom, self.template):
             if srv is not None:
                 await srv.stop()
         await self.internal.close()

@@ -69,8 +69,13 @@ def test_preset_and_advanced_options() -> None:
     (lk.RoomCompositeEgressRequest(room_name="r", audio_only=True, file_outputs=[mp4()],
                                    image_outputs=[lk.ImageOutput()]),
      "request has missing or invalid field: audio_only images"),
-    (lk.RoomCompositeEgressRequest(room_name="r", layout="my-custom", file_outputs=[mp4()]),
-     "room composite with a custom template (custom_base_url or a layout that is not built in) is not yet supported"),
+    (lk.RoomCompositeEgressRequest(room_name="r", custom_base_url="ftp://x/", file_outputs=[mp4()]),
+     "invalid custom_base_url ftp://...: must be http:// or https://"),
+    (lk.WebEgressRequest(file_outputs=[mp4()]), "request has missing or invalid field: url"),
+    (lk.WebEgressRequest(url="file:///etc/passwd", file_outputs=[mp4()]),
+     "a web egress records an http:// or https:// page"),
+    (lk.WebEgressRequest(url="http://x/", audio_only=True, video_only=True, file_outputs=[mp4()]),
+     "request has missing or invalid field: audio_only and video_only"),
 ])
 def test_invalid_requests_name_the_problem(req: object, message: str) -> None:
     assert message in error_of(req)
@@ -134,8 +139,24 @@ def test_v2_media_sources_map_to_the_v1_shapes() -> None:
     mix = egress_config("EG_v2", "", lk.StartEgressRequest(room_name="r", media=lk.MediaSource(
         audio=lk.AudioConfig(capture_all=True)), outputs=[lk.Output(file=lk.FileOutput(filepath="m"))]))
     assert (mix.request_type, mix.video_enabled, mix.file.file_type) == ("room_composite", False, "ogg")  # type: ignore[union-attr]
-    with pytest.raises(InvalidRequest, match="web source"):
-        egress_config("EG_v2", "", lk.StartEgressRequest(room_name="r", web=lk.WebSource(url="https://x")))
+    web = egress_config("EG_v2", "", lk.StartEgressRequest(web=lk.WebSource(url="https://x", audio_only=True),
+                                                           outputs=[lk.Output(file=lk.FileOutput(filepath="w"))]))
+    assert (web.request_type, web.engine, web.url, web.video_enabled) == ("web", "chrome", "https://x", False)
     with pytest.raises(InvalidRequest, match="audio routes by channel"):
         egress_config("EG_v2", "", lk.StartEgressRequest(room_name="r", media=lk.MediaSource(audio=lk.AudioConfig(
             routes=[lk.AudioRoute(track_id="a", channel=lk.AudioChannel.AUDIO_CHANNEL_LEFT)]))))
+
+
+def test_chrome_requests_choose_the_chrome_engine() -> None:
+    web = egress_config("EG_w", "", lk.WebEgressRequest(url="https://example.com/", await_start_signal=True,
+                                                       file_outputs=[mp4()]))
+    assert (web.request_type, web.engine, web.await_start_signal, web.room_name) == ("web", "chrome", True, "")
+    custom = egress_config("EG_c", "", lk.RoomCompositeEgressRequest(room_name="r", layout="my-custom",
+                                                                     file_outputs=[mp4()]))
+    assert (custom.engine, custom.layout, custom.await_start_signal) == ("chrome", "my-custom", True)
+    base = egress_config("EG_b", "", lk.RoomCompositeEgressRequest(room_name="r", custom_base_url="https://t/",
+                                                                   file_outputs=[mp4()]))
+    assert (base.engine, base.layout) == ("chrome", "grid")
+    native = egress_config("EG_n", "", lk.RoomCompositeEgressRequest(room_name="r", layout="speaker-light",
+                                                                     file_outputs=[mp4()]))
+    assert native.engine == "native"

@@ -1,0 +1,199 @@
+"""The Chrome engine against the real livekit-server: Debian's Chromium on an Xvfb display
+of the job's own, its sound from a PulseAudio sink of the job's own. A web egress of a
+page playing a flash/beep clip (A/V offset, frame rate, both streams); lkmedia's template
+page recording a real room; the start protocol's failure; a page that navigates away or
+whose renderer dies; nothing left running after the jobs."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from livekit import api
+from livekit.protocol import egress as lk
+
+from lkmedia.dev.publisher import PublisherProcess
+from lkmedia.dev.stack import DevStack, free_port
+from lkmedia.dev.webpage import PageServer, flash_beep_clip, write_video_page
+from lkmedia.probe import av_offsets, decode_errors, probe
+from lkmedia.service.egress import EgressService
+from lkmedia.testing.egress import TERMINAL, S, egress_service, wait_egress
+
+W, H = 1280, 720
+CAPTURE = ("Xvfb", "chromium", "pulseaudio", "parec")
+
+
+def leftovers() -> list[str]:
+    """Capture processes still running (zombies, already dead and waiting for init to reap
+    them, do not count)."""
+    out = subprocess.run(["ps", "-eo", "pid,stat,comm,args"], capture_output=True, text=True).stdout.splitlines()[1:]
+    rows = [line.split(None, 3) for line in out]
+    return [" ".join([r[0], r[2], r[3] if len(r) > 3 else ""]) for r in rows
+            if not r[1].startswith("Z") and any(r[2].startswith(c) for c in CAPTURE)]
+
+
+@pytest.fixture
+async def service(livekit_stack: DevStack, tmp_path: Path) -> AsyncIterator[EgressService]:
+    extra = (f"template_port: {free_port()}\ncpu_cost:\n  web_cpu_cost: 0.5\n  audio_web_cpu_cost: 0.5\n"
+             "  room_composite_cpu_cost: 0.5\njobs:\n  start_signal_timeout: 4s\n")
+    async with egress_service(livekit_stack, tmp_path, extra) as svc:
+        yield svc
+
+
+@pytest.fixture
+async def pages(tmp_path: Path) -> AsyncIterator[PageServer]:
+    d = tmp_path / "pages"
+    d.mkdir()
+    await flash_beep_clip(d / "clip.webm", 30)
+    write_video_page(d, "clip.webm")
+    (d / "silent.html").write_text("<html><body style='background:#08f'>no start signal here</body></html>")
+    (d / "away.html").write_text("<html><body style='background:#0a0'><script>console.log('START_RECORDING');"
+                                 "setTimeout(() => { location.href = 'other.html'; }, 2500);</script></body></html>")
+    (d / "other.html").write_text("<html><body>somewhere else</body></html>")
+    async with PageServer(d) as srv:
+        yield srv
+
+
+async def _web(lkapi: api.LiveKitAPI, url: str, **kw: Any) -> lk.EgressInfo:
+    return await lkapi.egress.start_web_egress(lk.WebEgressRequest(
+        url=url, preset=lk.H264_720P_30, file_outputs=[lk.EncodedFileOutput(filepath="web.mp4")], **kw))
+
+
+async def test_web_egress_of_a_playing_video_has_both_streams_in_sync_at_30_fps(
+        livekit_stack: DevStack, service: EgressService, pages: PageServer) -> None:
+    async with livekit_stack.api() as lkapi:
+        t_call = time.monotonic()
+        info = await _web(lkapi, pages.url(), await_start_signal=True)
+        await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE}, 30)
+        t_active = time.monotonic()
+        await asyncio.sleep(10)
+        await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+        t_stop = time.monotonic()
+        done = await wait_egress(lkapi, info.egress_id, TERMINAL, 30)
+    assert done.status == S.EGRESS_COMPLETE, done.error
+    (f,) = done.file_results
+    p = probe(f.location)
+    kinds = sorted((s.kind, s.codec) for s in p.streams)
+    assert kinds == [("audio", "aac"), ("video", "h264")] and decode_errors(f.location) == ""
+    assert p.duration == pytest.approx(t_stop - t_active, abs=0.5)
+    v = next(s for s in p.streams if s.kind == "video")
+    fps = v.frames / p.duration
+    offsets = av_offsets(f.location)
+    print(f"web egress: call->ACTIVE {t_active - t_call:.2f} s, {fps:.2f} fps, A/V offsets (ms) "
+          f"{[round(o * 1000) for o in offsets]}")
+    assert (v.width, v.height) == (W, H) and fps >= 29.0
+    assert len(offsets) >= 8 and max(abs(o) for o in offsets) <= 0.060, offsets
+    with av.open(f.location) as c:  # the bar moves: two frames half a second apart differ
+        imgs = [fr.to_ndarray(format="gray") for i, fr in enumerate(c.decode(video=0)) if i in (45, 60)]
+    assert np.abs(imgs[0].astype(int) - imgs[1].astype(int)).mean() > 1.0
+
+
+async def test_a_page_that_never_signals_start_fails_start_signal_not_received(
+        livekit_stack: DevStack, service: EgressService, pages: PageServer) -> None:
+    async with livekit_stack.api() as lkapi:
+        info = await _web(lkapi, pages.url("silent.html"), await_start_signal=True)
+        done = await wait_egress(lkapi, info.egress_id, TERMINAL, 40)
+    assert done.status == S.EGRESS_FAILED and done.error == "Start signal not received"
+    assert leftovers() == []
+
+
+async def test_a_page_that_navigates_away_ends_failed_with_its_recording_kept(
+        livekit_stack: DevStack, service: EgressService, pages: PageServer) -> None:
+    async with livekit_stack.api() as lkapi:
+        info = await _web(lkapi, pages.url("away.html"), await_start_signal=True)
+        done = await wait_egress(lkapi, info.egress_id, TERMINAL, 40)
+    assert done.status == S.EGRESS_FAILED
+    assert done.error == f"Chrome: the page navigated away (to {pages.url('other.html')})"
+    (f,) = done.file_results
+    assert probe(f.location).duration > 1.5 and decode_errors(f.location) == ""
+    assert leftovers() == []
+
+
+async def test_a_renderer_that_dies_ends_failed_with_its_recording_kept(
+        livekit_stack: DevStack, service: EgressService, pages: PageServer) -> None:
+    async with livekit_stack.api() as lkapi:
+        info = await _web(lkapi, pages.url(), await_start_signal=True)
+        await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE}, 30)
+        await asyncio.sleep(2)
+        renderers = [int(line.split()[0]) for line in leftovers() if "--type=renderer" in line]
+        assert renderers
+        for pid in renderers:
+            os.kill(pid, signal.SIGKILL)
+        done = await wait_egress(lkapi, info.egress_id, TERMINAL, 30)
+    assert done.status == S.EGRESS_FAILED and done.error == "Chrome: the page crashed"
+    (f,) = done.file_results
+    assert probe(f.location).duration > 1.5 and decode_errors(f.location) == ""
+    assert leftovers() == []
+
+
+async def test_a_page_that_cannot_load_fails_naming_it(livekit_stack: DevStack, service: EgressService) -> None:
+    port = free_port()
+    async with livekit_stack.api() as lkapi:
+        info = await _web(lkapi, f"http://127.0.0.1:{port}/page?secret=1")
+        done = await wait_egress(lkapi, info.egress_id, TERMINAL, 60)
+    assert done.status == S.EGRESS_FAILED
+    assert done.error == f"page load failed: http://127.0.0.1:{port}/page: ERR_CONNECTION_REFUSED"
+
+
+async def test_three_chrome_egresses_in_a_row_leave_no_chrome_display_or_sink(
+        livekit_stack: DevStack, service: EgressService, pages: PageServer) -> None:
+    assert leftovers() == []
+    async with livekit_stack.api() as lkapi:
+        for _ in range(3):
+            info = await _web(lkapi, pages.url(), await_start_signal=True)
+            await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE}, 30)
+            assert any(line.split()[1] == "Xvfb" for line in leftovers())
+            await asyncio.sleep(1)
+            await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+            done = await wait_egress(lkapi, info.egress_id, TERMINAL, 30)
+            assert done.status == S.EGRESS_COMPLETE, done.error
+            assert leftovers() == []
+    assert not os.listdir(Path(service.tmp_dir) / ".chrome")
+
+
+COLOURS = [(81, 90, 240), (145, 54, 34)]  # YUV: the two publishers
+
+
+async def test_the_template_page_records_a_room_with_both_publishers(
+        livekit_stack: DevStack, service: EgressService, room_name: str) -> None:
+    base = f"http://localhost:{service.conf.template_port}/"
+    pubs = [PublisherProcess(livekit_stack.url, livekit_stack.token(f"p{i}", room_name), color=c)
+            for i, c in enumerate(COLOURS)]
+    try:
+        for p in pubs:
+            await p.start()
+        async with livekit_stack.api() as lkapi:
+            info = await lkapi.egress.start_room_composite_egress(lk.RoomCompositeEgressRequest(
+                room_name=room_name, layout="grid", custom_base_url=base, preset=lk.H264_720P_30,
+                file_outputs=[lk.EncodedFileOutput(filepath="tpl.mp4")]))
+            await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE}, 40)
+            await asyncio.sleep(6)
+            await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+            done = await wait_egress(lkapi, info.egress_id, TERMINAL, 30)
+    finally:
+        await asyncio.gather(*(p.stop() for p in pubs))
+    assert done.status == S.EGRESS_COMPLETE, done.error
+    (f,) = done.file_results
+    assert decode_errors(f.location) == ""
+    with av.open(f.location) as c:
+        imgs = [fr.to_ndarray(format="yuv420p") for fr in c.decode(video=0)]
+    img = imgs[-30]
+    seen = [_colour(img, W // 4, H // 2), _colour(img, 3 * W // 4, H // 2)]
+    assert sorted(x for x in seen if x is not None) == [0, 1], seen
+
+
+def _colour(img: np.ndarray, x: int, y: int) -> int | None:
+    u = img[H + (y // 2) // 2, (y // 2) % 2 * (W // 2) + x // 2]
+    v = img[H + H // 4 + (y // 2) // 2, (y // 2) % 2 * (W // 2) + x // 2]
+    for i, (_, cu, cv) in enumerate(COLOURS):
+        if abs(int(u) - cu) < 25 and abs(int(v) - cv) < 25:
+            return i
+    return None
