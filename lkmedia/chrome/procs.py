@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -22,6 +23,8 @@ from ..core import LkmediaError
 log = logging.getLogger("lkmedia.chrome")
 
 SINK = "lkmedia"  # the null sink's name in each job's own daemon
+XVFB_LOCK = "/tmp/.lkmedia-xvfb.lock"
+FIRST_DISPLAY = 10  # as the Go egress (10 + a random number)
 CHROME = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 
 
@@ -69,27 +72,54 @@ class Child:
 
 
 async def start_xvfb(width: int, height: int, depth: int = 24, timeout: float = 10.0) -> tuple[Child, str]:
-    """An Xvfb display of ``width`` x ``height`` on the first free display number (it says
-    which through ``-displayfd``); no TCP listener. Returns it and ``":N"``."""
-    r, w = os.pipe()
-    try:
-        xvfb = await Child.start("Xvfb", ["Xvfb", "-displayfd", str(w), "-screen", "0", f"{width}x{height}x{depth}",
-                                          "-ac", "-nolisten", "tcp", "-noreset"], pass_fds=(w,))
-    finally:
-        os.close(w)
+    """An Xvfb display of ``width`` x ``height`` on a free display number from
+    ``FIRST_DISPLAY`` up; no TCP listener. Returns it and ``":N"`` once it accepts clients.
+
+    lkmedia picks the number itself, under a lock file shared by every job process, and
+    lets the next job choose only once this display answers: Xvfb's own ``-displayfd``
+    choice handed two concurrent jobs the same number (one display then answers nobody).
+    """
     loop = asyncio.get_running_loop()
+    lock = os.open(XVFB_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        async with asyncio.timeout(timeout):
-            data = await loop.run_in_executor(None, os.read, r, 32)
-    except TimeoutError:
-        data = b""
+        await loop.run_in_executor(None, fcntl.flock, lock, fcntl.LOCK_EX)
+        tries = 0
+        for n in range(FIRST_DISPLAY, FIRST_DISPLAY + 1000):
+            if os.path.exists(f"/tmp/.X{n}-lock") or os.path.exists(f"/tmp/.X11-unix/X{n}"):
+                continue
+            xvfb = await Child.start("Xvfb", ["Xvfb", f":{n}", "-screen", "0", f"{width}x{height}x{depth}", "-ac",
+                                              "-nolisten", "tcp", "-noreset"])
+            if await _x_ready(n, xvfb, timeout):
+                return xvfb, f":{n}"
+            exited = not xvfb.alive  # on its own: the number was taken by someone else, try the next
+            await xvfb.close()
+            tries += 1
+            if not exited:
+                raise ProcessError(f"Xvfb did not open display :{n} within {timeout:g} s")
+            if tries >= 10:
+                break
+        raise ProcessError(f"Xvfb could not start a display (exit status {xvfb.proc.returncode})")
     finally:
-        os.close(r)
-    number = data.decode().strip()
-    if not number.isdigit():
-        await xvfb.close()
-        raise ProcessError(f"Xvfb did not start a display (exit status {xvfb.proc.returncode})")
-    return xvfb, f":{number}"
+        os.close(lock)  # (releases the lock)
+
+
+async def _x_ready(n: int, xvfb: Child, timeout: float) -> bool:
+    """Whether display ``n`` accepts connections within ``timeout`` (False: Xvfb exited)."""
+    path = f"/tmp/.X11-unix/X{n}"
+    deadline = asyncio.get_running_loop().time() + timeout
+    while xvfb.alive and asyncio.get_running_loop().time() < deadline:
+        if os.path.exists(path):
+            try:
+                _, w = await asyncio.open_unix_connection(path)
+            except OSError:
+                pass
+            else:
+                w.close()
+                with contextlib.suppress(OSError):
+                    await w.wait_closed()
+                return True
+        await asyncio.sleep(0.02)
+    return False
 
 
 async def start_pulse(runtime_dir: str, rate: int = 48_000, channels: int = 2, timeout: float = 10.0

@@ -84,6 +84,7 @@ class ChromeSession:
         self._closing = False
         self._parec: Child | None = None
         self._drain: asyncio.Task[None] | None = None
+        self._chrome_log: Any = None
 
     @property
     def children(self) -> list[Child]:
@@ -115,9 +116,13 @@ class ChromeSession:
         user_dir = os.path.join(self.work_dir, "profile")
         args = chrome_args(self.width, self.height, user_dir, sandbox=self.sandbox, insecure=self.insecure,
                            flags=self.flags)
-        chrome = await Child.start("Chromium", [chrome_path(), *args], env=env)
+        self._chrome_log = open(os.path.join(self.work_dir, "chrome.log"), "wb")  # noqa: SIM115 (closed in close())
+        chrome = await Child.start("Chromium", [chrome_path(), *args], env=env, stderr=self._chrome_log.fileno())
         self._children.append(chrome)
-        port = await devtools_port(user_dir, chrome)
+        try:
+            port = await devtools_port(user_dir, chrome)
+        except ProcessError as e:
+            raise ProcessError(f"{e}: {self._log_tail()}") from None
         from playwright.async_api import async_playwright  # (imported by Chrome jobs only)
 
         self._pw = await async_playwright().start()
@@ -142,6 +147,16 @@ class ChromeSession:
             for w in waits:
                 w.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
+
+    def _log_tail(self) -> str:
+        try:
+            with open(os.path.join(self.work_dir, "chrome.log"), "rb") as f:
+                lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return "no log"
+        errors = [ln for ln in lines if "ERROR" in ln or "FATAL" in ln] or lines
+        log.warning("chrome: its log:\n%s", "\n".join(lines[-20:]))
+        return errors[0].strip()[:300] if errors else "no output"
 
     @staticmethod
     async def _discard(parec: Child) -> None:
@@ -219,6 +234,8 @@ class ChromeSession:
             self._drain.cancel()
             await asyncio.gather(self._drain, return_exceptions=True)
         self._children.clear()
+        if self._chrome_log is not None:
+            self._chrome_log.close()
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
 

@@ -197,3 +197,45 @@ def _colour(img: np.ndarray, x: int, y: int) -> int | None:
         if abs(int(u) - cu) < 25 and abs(int(v) - cv) < 25:
             return i
     return None
+
+
+async def _lk(stack: DevStack, tmp_path: Path, *args: str) -> str:
+    from lkmedia.dev.stack import find_binary
+
+    env = {"LIVEKIT_URL": stack.http_url, "LIVEKIT_API_KEY": stack.api_key, "LIVEKIT_API_SECRET": stack.api_secret,
+           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = await asyncio.create_subprocess_exec(find_binary("lk"), *args, env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text
+    return text
+
+
+async def test_lk_cli_and_v2_start_egress_start_web_egresses(
+        livekit_stack: DevStack, service: EgressService, pages: PageServer, tmp_path: Path) -> None:
+    """`lk egress start --type web` (livekit-cli v2.18.2) and the v2 StartEgress with a web
+    source, as livekit-server v1.13.5 routes them."""
+    import json
+
+    req = tmp_path / "web.json"
+    req.write_text(json.dumps({"url": pages.url(), "await_start_signal": True, "preset": "H264_720P_30",
+                               "file_outputs": [{"filepath": "cli-web.mp4"}]}))
+    text = await _lk(livekit_stack, tmp_path, "egress", "start", "--type", "web", str(req))
+    ids = [next(w for w in text.replace('"', " ").split() if w.startswith("EG_"))]
+    async with livekit_stack.api() as lkapi:
+        v2 = await lkapi.egress.start_egress(lk.StartEgressRequest(
+            web=lk.WebSource(url=pages.url(), await_start_signal=True), preset=lk.H264_720P_30,
+            outputs=[lk.Output(file=lk.FileOutput(filepath="v2-web.mp4"))]))
+        ids.append(v2.egress_id)
+        for egress_id in ids:
+            await wait_egress(lkapi, egress_id, {S.EGRESS_ACTIVE}, 40)
+        await asyncio.sleep(3)
+        await _lk(livekit_stack, tmp_path, "egress", "stop", "--id", ids[0])
+        await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=ids[1]))
+        done = [await wait_egress(lkapi, e, TERMINAL, 30) for e in ids]
+    for d in done:
+        assert d.status == S.EGRESS_COMPLETE, d.error
+        loc = d.file_results[0].location if d.file_results else d.file.location
+        p = probe(loc)
+        assert p.has("video") and p.has("audio") and p.duration > 2.0
