@@ -27,6 +27,7 @@ from typing import Any
 
 from bench import peers
 from bench.egress import Child, _env, _probe_dict, _wait_http, first_mp4, has_media, proc_cpu
+from bench.sampling import TreeSampler
 
 POLL = 0.02
 GOAL_2 = 0.6
@@ -71,6 +72,7 @@ async def _record(stack: Any, svc: Child, tmp: Path, room: str, seconds: float, 
     S = lk.EgressStatus
     async with stack.api() as lkapi:
         cpu0, t0 = proc_cpu(svc.pid), time.monotonic()
+        mem = TreeSampler(svc.pid, interval=0.5)
         info = await lkapi.egress.start_room_composite_egress(lk.RoomCompositeEgressRequest(
             room_name=room, layout="grid", preset=lk.H264_720P_30,
             file_outputs=[lk.EncodedFileOutput(filepath="grid.mp4")]))
@@ -95,6 +97,7 @@ async def _record(stack: Any, svc: Child, tmp: Path, room: str, seconds: float, 
                 break
             await asyncio.sleep(0.1)
         wall, cpu = time.monotonic() - t0, proc_cpu(svc.pid) - cpu0
+        mem.stop()
     done = res.items[0]
     if done.status != S.EGRESS_COMPLETE:
         raise RuntimeError(f"room composite ended {S.Name(done.status)}: {done.error}")
@@ -102,6 +105,7 @@ async def _record(stack: Any, svc: Child, tmp: Path, room: str, seconds: float, 
     duration = f.duration / 1e9
     return {"egress_id": info.egress_id, "location": f.location, "to_active_s": round(active, 3),
             "to_first_media_s": round(media, 3), "wall_s": round(wall, 3), "cpu": round(cpu, 3),
+            "peak_rss_mb": round(mem.peak_rss / 2**20),
             "file_duration_s": round(duration, 3), "cpu_per_media_s": round((cpu - idle * wall) / duration, 4)}
 
 
@@ -174,7 +178,8 @@ def bench_room_composite(ctx: Any, row: Any) -> list[Any]:
                         "decoding the same clips + xstack + x264", "cpu s / s", lkmedia=round(r["cpu_per_media_s"], 3),
                         peer_name="ffmpeg CLI", peer=round(peer, 3) if peer else None,
                         ratio=round(ratio, 3) if ratio else None, goal=goal, status="pass" if ok else "fail",
-                        note=f"file {r['file_duration_s']:.2f} s; idle {idle:.3f} cpu s/s; lkmedia includes WebRTC "
+                        note=f"file {r['file_duration_s']:.2f} s; peak RSS {r['peak_rss_mb']} MB (service + job); "
+                             f"idle {idle:.3f} cpu s/s; lkmedia includes WebRTC "
                              f"receive and H.264 decode in libwebrtc; the Go egress (Chrome) measured 0.84-0.87 for 2"))
     starts = [r["to_active_s"] for r in results.values()]
     media = [r["to_first_media_s"] for r in results.values()]

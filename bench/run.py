@@ -332,6 +332,13 @@ def bench_room_composite(ctx: Ctx) -> list[Row]:
     return run_room_composite(ctx, Row)
 
 
+# -- 9. Chrome engine (bench/chrome.py) --------------------------------------------------
+def bench_chrome(ctx: Ctx) -> list[Row]:
+    from bench.chrome import bench_chrome as run_chrome
+
+    return run_chrome(ctx, Row)
+
+
 #: name -> (benchmark, lkmedia modules it needs; missing ones make it "skipped").
 BENCHMARKS: dict[str, tuple[Callable[[Ctx], list[Row]], tuple[str, ...]]] = {
     "transcode": (bench_transcode, ("lkmedia.sources.file", "lkmedia.sinks.file")),
@@ -342,6 +349,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Ctx], list[Row]], tuple[str, ...]]] = {
     "egress": (bench_egress, ("lkmedia.service.egress", "lkmedia.dev.stack", "livekit.api")),
     "rejoin": (bench_rejoin, ("lkmedia.sources.livekit", "lkmedia.dev.publisher")),
     "room-composite": (bench_room_composite, ("lkmedia.service.egress", "lkmedia.dev.lk")),
+    "chrome": (bench_chrome, ("lkmedia.service.egress", "lkmedia.dev.lk", "lkmedia.chrome.session", "playwright")),
 }
 
 

@@ -162,7 +162,7 @@ async def test_three_chrome_egresses_in_a_row_leave_no_chrome_display_or_sink(
 COLOURS = [(81, 90, 240), (145, 54, 34)]  # YUV: the two publishers
 
 
-async def test_the_template_page_records_a_room_with_both_publishers(
+async def test_the_template_page_records_a_room_with_both_publishers_and_follows_update_layout(
         livekit_stack: DevStack, service: EgressService, room_name: str) -> None:
     base = f"http://localhost:{service.conf.template_port}/"
     pubs = [PublisherProcess(livekit_stack.url, livekit_stack.token(f"p{i}", room_name), color=c)
@@ -175,7 +175,11 @@ async def test_the_template_page_records_a_room_with_both_publishers(
                 room_name=room_name, layout="grid", custom_base_url=base, preset=lk.H264_720P_30,
                 file_outputs=[lk.EncodedFileOutput(filepath="tpl.mp4")]))
             await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE}, 40)
-            await asyncio.sleep(6)
+            t_active = time.monotonic()
+            await asyncio.sleep(5)
+            await lkapi.egress.update_layout(lk.UpdateLayoutRequest(egress_id=info.egress_id, layout="speaker"))
+            t_update = time.monotonic() - t_active
+            await asyncio.sleep(4)
             await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
             done = await wait_egress(lkapi, info.egress_id, TERMINAL, 30)
     finally:
@@ -184,10 +188,14 @@ async def test_the_template_page_records_a_room_with_both_publishers(
     (f,) = done.file_results
     assert decode_errors(f.location) == ""
     with av.open(f.location) as c:
-        imgs = [fr.to_ndarray(format="yuv420p") for fr in c.decode(video=0)]
-    img = imgs[-30]
-    seen = [_colour(img, W // 4, H // 2), _colour(img, 3 * W // 4, H // 2)]
+        fs = [(float(fr.time), fr.to_ndarray(format="yuv420p")) for fr in c.decode(video=0)]
+    grid = min(fs, key=lambda x: abs(x[0] - (t_update - 1.0)))[1]
+    seen = [_colour(grid, W // 4, H // 2), _colour(grid, 3 * W // 4, H // 2)]
     assert sorted(x for x in seen if x is not None) == [0, 1], seen
+    # speaker: the focus on the right five sixths, the other in the carousel's first tile
+    speaker = [t for t, img in fs if _colour(img, W // 12, 60) is not None and _colour(img, 7 * W // 12, H // 2) is not None
+               and _colour(img, W // 12, 60) != _colour(img, 7 * W // 12, H // 2)]
+    assert speaker and speaker[0] - t_update <= 1.0 and fs[-1][0] - speaker[0] > 2.0, (t_update, speaker[:3])
 
 
 def _colour(img: np.ndarray, x: int, y: int) -> int | None:
