@@ -161,11 +161,11 @@ def bench_chrome(ctx: Any, row: Any) -> list[Any]:
             ratio=round(t["cpu_per_media_s"] / 0.85, 3), goal=f"<= {GOAL_TEMPLATE}",
             status="pass" if t["cpu_per_media_s"] <= GOAL_TEMPLATE else "fail",
             note=f"file {t['file_duration_s']:.2f} s at {t['fps']} fps; tiles' mean luma {t['tiles_luma']}; "
-                 f"peak RSS {t['peak_rss_mb']} MB (service + job + Chrome); idle {idle:.3f} cpu s/s"),
+                 f"peak PSS {t['peak_rss_mb']} MB (service + job + Chrome); idle {idle:.3f} cpu s/s"),
         row("chrome/web-720p30", "CPU s per media s, web egress of a 720p30 page playing a VP8/Opus video "
             "(H264_720P_30 MP4, Chromium + Xvfb + PulseAudio counted)", "cpu s / s",
             lkmedia=round(w["cpu_per_media_s"], 3), status="info",
-            note=f"file {w['file_duration_s']:.2f} s at {w['fps']} fps delivered; peak RSS {w['peak_rss_mb']} MB"),
+            note=f"file {w['file_duration_s']:.2f} s at {w['fps']} fps delivered; peak PSS {w['peak_rss_mb']} MB"),
         row("chrome/start-active", "API call -> ACTIVE, Chrome engine (template page; web page)", "s",
             lkmedia=round(max(t["to_active_s"], w["to_active_s"]), 3), goal=f"<= {GOAL_ACTIVE:g}",
             status="pass" if max(t["to_active_s"], w["to_active_s"]) <= GOAL_ACTIVE else "fail",

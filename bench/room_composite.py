@@ -178,7 +178,7 @@ def bench_room_composite(ctx: Any, row: Any) -> list[Any]:
                         "decoding the same clips + xstack + x264", "cpu s / s", lkmedia=round(r["cpu_per_media_s"], 3),
                         peer_name="ffmpeg CLI", peer=round(peer, 3) if peer else None,
                         ratio=round(ratio, 3) if ratio else None, goal=goal, status="pass" if ok else "fail",
-                        note=f"file {r['file_duration_s']:.2f} s; peak RSS {r['peak_rss_mb']} MB (service + job); "
+                        note=f"file {r['file_duration_s']:.2f} s; peak PSS {r['peak_rss_mb']} MB (service + job); "
                              f"idle {idle:.3f} cpu s/s; lkmedia includes WebRTC "
                              f"receive and H.264 decode in libwebrtc; the Go egress (Chrome) measured 0.84-0.87 for 2"))
     starts = [r["to_active_s"] for r in results.values()]

@@ -1,7 +1,7 @@
 """CPU and memory of a process tree over an interval, for the benches: each process's own
 user + sys time as last seen (sampled every ``interval``), so that processes which die in
 the interval and are reaped by nobody in the tree (Chromium's, when their parent is
-killed) still count; and the tree's peak resident memory."""
+killed) still count; and the tree's peak memory (the sum of PSS)."""
 from __future__ import annotations
 
 import threading
@@ -22,11 +22,16 @@ def _own_cpu(pid: int) -> float | None:
 
 
 def _rss(pid: int) -> int:
+    """The process's proportional share of resident memory (PSS: pages shared by N
+    processes count 1/N in each, so a tree's sum is what it really holds)."""
     try:
-        with open(f"/proc/{pid}/statm", encoding="ascii") as f:
-            return int(f.read().split()[1]) * 4096
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
     except (OSError, IndexError, ValueError):
-        return 0
+        pass
+    return 0
 
 
 class TreeSampler:
@@ -36,7 +41,7 @@ class TreeSampler:
         self.root, self.interval = root, interval
         self.base = {p: c for p in process_tree(root) if (c := _own_cpu(p)) is not None}
         self.last: dict[int, float] = dict(self.base)
-        self.peak_rss = 0  # bytes: the most the tree held at once (resident, shared pages counted per process)
+        self.peak_rss = 0  # bytes: the most the tree held at once (sum of PSS)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import logging
 import os
@@ -32,6 +33,17 @@ class ProcessError(LkmediaError):
     """A capture process would not start: the message names it and why."""
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """(In the child, before exec.) SIGKILL when the job process dies, even by SIGKILL:
+    a killed job leaves no display, sound server or browser behind (Chromium's own
+    helpers end when their browser process goes)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 class Child:
     """One started process (its own process group) and its name for messages."""
 
@@ -48,7 +60,7 @@ class Child:
         proc = await asyncio.create_subprocess_exec(
             exe, *argv[1:], env=dict(env) if env is not None else None, pass_fds=tuple(pass_fds),
             stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_die_with_parent)
         return cls(name, proc)
 
     @property

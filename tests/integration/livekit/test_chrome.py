@@ -247,3 +247,20 @@ async def test_lk_cli_and_v2_start_egress_start_web_egresses(
         loc = d.file_results[0].location if d.file_results else d.file.location
         p = probe(loc)
         assert p.has("video") and p.has("audio") and p.duration > 2.0
+
+
+async def test_a_killed_chrome_job_leaves_no_chrome_display_or_sink(
+        livekit_stack: DevStack, service: EgressService, pages: PageServer) -> None:
+    async with livekit_stack.api() as lkapi:
+        info = await _web(lkapi, pages.url(), await_start_signal=True)
+        await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE}, 30)
+        xvfb = next(int(line.split()[0]) for line in leftovers() if line.split()[1] == "Xvfb")
+        with open(f"/proc/{xvfb}/stat") as f:
+            job_pid = int(f.read().rsplit(")", 1)[1].split()[1])  # Xvfb's parent: the job process
+        os.kill(job_pid, signal.SIGKILL)
+        done = await wait_egress(lkapi, info.egress_id, TERMINAL, 30)
+        assert done.status == S.EGRESS_FAILED
+        deadline = time.monotonic() + 5
+        while leftovers() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    assert leftovers() == []
