@@ -367,3 +367,33 @@ async def test_video_only_composite_has_no_audio(
     p = probe(done.file_results[0].location)
     assert p.has("video") and not p.has("audio")
     assert colour_at(frames(done.file_results[0].location)[-10][1], 640, 360) == 0
+
+
+async def test_lk_cli_starts_a_room_composite(
+        livekit_stack: DevStack, service: EgressService, room_name: str, tmp_path: Path) -> None:
+    """`lk egress start --type room-composite` (livekit-cli v2.18.2) -> the native engine."""
+    import json
+
+    from lkmedia.dev.stack import find_binary
+
+    env = {"LIVEKIT_URL": livekit_stack.http_url, "LIVEKIT_API_KEY": livekit_stack.api_key,
+           "LIVEKIT_API_SECRET": livekit_stack.api_secret, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    req = tmp_path / "rc.json"
+    req.write_text(json.dumps({"room_name": room_name, "layout": "grid", "preset": "H264_720P_30",
+                               "file_outputs": [{"filepath": "cli-rc.mp4"}]}))
+    async with publishers(livekit_stack, room_name, 2), livekit_stack.api() as lkapi:
+        proc = await asyncio.create_subprocess_exec(find_binary("lk"), "egress", "start", "--type", "room-composite",
+                                                    str(req), env=env, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        text = out.decode(errors="replace")
+        assert proc.returncode == 0, text
+        egress_id = next(w for w in text.replace('"', " ").split() if w.startswith("EG_"))
+        await wait_egress(lkapi, egress_id, {S.EGRESS_ACTIVE}, 30)
+        await asyncio.sleep(3)
+        await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=egress_id))
+        done = await wait_egress(lkapi, egress_id, TERMINAL, 30)
+    assert done.status == S.EGRESS_COMPLETE, done.error
+    fs = frames(done.file_results[0].location)
+    img = fs[-15][1]
+    assert [colour_at(img, *c) for c in centres("grid", 2) if c is not None] == [0, 1]
