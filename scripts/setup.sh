@@ -41,7 +41,7 @@ extra=""
 base=.cache/setup.$(sha256sum pyproject.toml | cut -c1-16)
 stamp=$base$([ $test_deps -eq 1 ] && echo .dev)
 here=$(pwd -P)
-if { [ -f "$stamp" ] || [ -f "$base.dev" ]; } && "$PY" - "$here" <<'PYCHECK' 2>/dev/null; then exit 0; fi
+if { [ -f "$stamp" ] || [ -f "$base.dev" ]; } && (cd / && "$PY" - "$here") <<'PYCHECK' 2>/dev/null; then exit 0; fi
 import sys, lkmedia, yaml, av
 sys.exit(0 if lkmedia.__file__.startswith(sys.argv[1] + "/") else 1)
 PYCHECK

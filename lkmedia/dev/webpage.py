@@ -20,7 +20,7 @@ VIDEO_PAGE = """<!doctype html>
 html, body {{ margin: 0; width: 100%; height: 100%; overflow: hidden; background: #000; }}
 video {{ width: 100vw; height: 100vh; object-fit: fill; display: block; }}
 </style></head><body>
-<video id="v" src="{clip}" autoplay playsinline></video>
+<video id="v" src="{clip}#t=0.5" autoplay playsinline></video>
 <script>
 const v = document.getElementById("v");
 v.addEventListener("playing", () => console.log("START_RECORDING"), {{ once: true }});
@@ -50,8 +50,9 @@ async def flash_beep_clip(path: str | os.PathLike[str], seconds: float, *, width
 
 
 def write_video_page(directory: str | os.PathLike[str], clip: str = "clip.webm", name: str = "index.html") -> Path:
-    """A page playing ``clip`` full screen with sound, START_RECORDING once it plays and
-    END_RECORDING when it ends."""
+    """A page playing ``clip`` full screen with sound from 0.5 s in (a recording that starts
+    with the first frame does not start in the middle of a flash), START_RECORDING once it
+    plays and END_RECORDING when it ends."""
     p = Path(directory) / name
     p.write_text(VIDEO_PAGE.format(clip=clip))
     return p

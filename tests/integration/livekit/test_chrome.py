@@ -83,7 +83,9 @@ async def test_web_egress_of_a_playing_video_has_both_streams_in_sync_at_30_fps(
     p = probe(f.location)
     kinds = sorted((s.kind, s.codec) for s in p.streams)
     assert kinds == [("audio", "aac"), ("video", "h264")] and decode_errors(f.location) == ""
-    assert p.duration == pytest.approx(t_stop - t_active, abs=0.5)
+    # The file starts when the capture does; ACTIVE is seen here after the job's report has
+    # gone through livekit-server (up to half a second in the session's first test).
+    assert p.duration == pytest.approx(t_stop - t_active, abs=1.0)
     v = next(s for s in p.streams if s.kind == "video")
     fps = v.frames / p.duration
     offsets = av_offsets(f.location)
