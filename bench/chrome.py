@@ -19,63 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from bench.egress import Child, _env, _wait_http, first_mp4, has_media
-from bench.room_composite import _publishers_up, make_clip
+from bench.livekit_rig import egress_service, installed, make_clip, publishers_up, record
 from bench.sampling import TreeSampler
 
 GOAL_TEMPLATE = 0.85
 GOAL_ACTIVE = 4.0
-
-
-async def _record(stack: Any, svc: Child, tmp: Path, start: Any, seconds: float, idle: float) -> dict[str, Any]:
-    from livekit.protocol import egress as lk
-
-    S = lk.EgressStatus
-    async with stack.api() as lkapi:
-        sampler, t0 = TreeSampler(svc.pid), time.monotonic()
-        info = await start(lkapi)
-        active = media = None
-        while active is None or media is None:
-            now = time.monotonic() - t0
-            res = await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=info.egress_id))
-            if res.items and res.items[0].status in (S.EGRESS_FAILED, S.EGRESS_ABORTED):
-                raise RuntimeError(f"egress ended {S.Name(res.items[0].status)}: {res.items[0].error}")
-            if active is None and res.items and res.items[0].status == S.EGRESS_ACTIVE:
-                active = now
-            mp4 = first_mp4(tmp / info.egress_id)
-            if media is None and mp4 is not None and has_media(mp4):
-                media = now
-            if now > 60:
-                raise RuntimeError(f"not recording after 60 s: {svc.tail()}")
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(seconds)
-        await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
-        while True:
-            res = await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=info.egress_id))
-            if res.items and res.items[0].status in (S.EGRESS_COMPLETE, S.EGRESS_FAILED):
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)  # the job process exits; its Chrome is gone
-        wall, cpu = time.monotonic() - t0, sampler.stop()
-        peak = sampler.peak_rss
-    done = res.items[0]
-    if done.status != S.EGRESS_COMPLETE:
-        raise RuntimeError(f"egress ended {S.Name(done.status)}: {done.error}")
-    f = done.file_results[0]
-    duration = f.duration / 1e9
-    from lkmedia.probe import probe
-
-    p = probe(f.location)
-    v = next((s for s in p.streams if s.kind == "video"), None)
-    return {"egress_id": info.egress_id, "location": f.location, "to_active_s": round(active, 3),
-            "to_first_media_s": round(media, 3), "wall_s": round(wall, 3), "cpu": round(cpu, 3),
-            "peak_rss_mb": round(peak / 2**20), "file_duration_s": round(duration, 3), "fps": round((v.frames or 0) / p.duration, 2) if v and p.duration else None,
-            "cpu_per_media_s": round((cpu - idle * wall) / duration, 4)}
 
 
 def _halves(path: str, t: float) -> list[float]:
@@ -95,13 +46,12 @@ def bench_chrome(ctx: Any, row: Any) -> list[Any]:
     from livekit.protocol import egress as lk
 
     from lkmedia.dev.lk import LkJoin
-    from lkmedia.dev.stack import DevStack, StackError, free_port
+    from lkmedia.dev.stack import DevStack, free_port
     from lkmedia.dev.webpage import PageServer, flash_beep_clip, write_video_page
 
-    try:
-        DevStack.check_installed()
-    except StackError as e:
-        return [row("chrome", "", "", status=f"skipped: {e}")]
+    why = installed()
+    if why:
+        return [row("chrome", "", "", status=f"skipped: {why}")]
     seconds = ctx.seconds
     clip = make_clip(ctx.cache, seconds)
     work = ctx.work / "chrome"
@@ -111,47 +61,35 @@ def bench_chrome(ctx: Any, row: Any) -> list[Any]:
     asyncio.run(flash_beep_clip(pages / "clip.webm", seconds + 20, width=1280, height=720))
     write_video_page(pages, "clip.webm")
     d: dict[str, Any] = ctx.details.setdefault("chrome", {})
-    with DevStack(workdir=work / "stack") as stack:
-        health, tport = free_port(), free_port()
-        body = (f"api_key: {stack.api_key}\napi_secret: {stack.api_secret}\nws_url: {stack.url}\n"
-                f"redis:\n  address: {stack.redis_address}\nhealth_port: {health}\ntemplate_port: {tport}\n"
-                "cpu_cost:\n  web_cpu_cost: 1\n  room_composite_cpu_cost: 1\n")
-        tmp_root = work / "tmp"
-        tmp_root.mkdir(exist_ok=True)
-        svc = Child([sys.executable, "-m", "lkmedia", "egress"], work / "egress.log",
-                    _env(EGRESS_CONFIG_BODY=body, TMPDIR=str(tmp_root)))
-        try:
-            _wait_http(f"http://127.0.0.1:{health}/", svc, 60)
-            time.sleep(3)
-            s = TreeSampler(svc.pid)
-            time.sleep(5)
-            idle = s.stop() / 5.0
-            tmp = tmp_root / "lkmedia-egress"
+    tport = free_port()
+    extra = f"template_port: {tport}\ncpu_cost:\n  web_cpu_cost: 1\n  room_composite_cpu_cost: 1\n"
+    with DevStack(workdir=work / "stack") as stack, egress_service(stack, work, extra) as (svc, tmp):
+        s = TreeSampler(svc.pid)
+        time.sleep(5)
+        idle = s.stop() / 5.0
 
-            def template(lkapi: Any) -> Any:
-                return lkapi.egress.start_room_composite_egress(lk.RoomCompositeEgressRequest(
-                    room_name="bench-template", layout="grid", custom_base_url=f"http://localhost:{tport}/",
-                    preset=lk.H264_720P_30, file_outputs=[lk.EncodedFileOutput(filepath="tpl.mp4")]))
+        def template(lkapi: Any) -> Any:
+            return lkapi.egress.start_room_composite_egress(lk.RoomCompositeEgressRequest(
+                room_name="bench-template", layout="grid", custom_base_url=f"http://localhost:{tport}/",
+                preset=lk.H264_720P_30, file_outputs=[lk.EncodedFileOutput(filepath="tpl.mp4")]))
 
-            with contextlib.ExitStack() as joins:
-                for i in range(2):
-                    joins.enter_context(LkJoin(stack, "bench-template", f"lk{i}", [clip],
-                                               log_path=work / f"lk-{i}.log"))
-                asyncio.run(_publishers_up(stack, "bench-template", 2))
-                d["template"] = asyncio.run(_record(stack, svc, tmp, template, seconds, idle))
-                d["template"]["tiles_luma"] = _halves(d["template"]["location"], seconds / 2)
+        with contextlib.ExitStack() as joins:
+            for i in range(2):
+                joins.enter_context(LkJoin(stack, "bench-template", f"lk{i}", [clip],
+                                           log_path=work / f"lk-{i}.log"))
+            asyncio.run(publishers_up(stack, "bench-template", 2))
+            d["template"] = asyncio.run(record(stack, svc, tmp, template, seconds, idle))
+            d["template"]["tiles_luma"] = _halves(d["template"]["location"], seconds / 2)
 
-            async def web_run() -> dict[str, Any]:
-                async with PageServer(pages) as srv:
-                    def web(lkapi: Any) -> Any:
-                        return lkapi.egress.start_web_egress(lk.WebEgressRequest(
-                            url=srv.url(), await_start_signal=True, preset=lk.H264_720P_30,
-                            file_outputs=[lk.EncodedFileOutput(filepath="web.mp4")]))
-                    return await _record(stack, svc, tmp, web, seconds, idle)
+        async def web_run() -> dict[str, Any]:
+            async with PageServer(pages) as srv:
+                def web(lkapi: Any) -> Any:
+                    return lkapi.egress.start_web_egress(lk.WebEgressRequest(
+                        url=srv.url(), await_start_signal=True, preset=lk.H264_720P_30,
+                        file_outputs=[lk.EncodedFileOutput(filepath="web.mp4")]))
+                return await record(stack, svc, tmp, web, seconds, idle)
 
-            d["web"] = asyncio.run(web_run())
-        finally:
-            svc.stop()
+        d["web"] = asyncio.run(web_run())
     d["idle_cpu_per_s"] = round(idle, 4)
     t, w = d["template"], d["web"]
     return [

@@ -20,27 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import peers
-from bench.egress import Child, _env, _probe_dict, _wait_http, first_mp4, has_media, proc_cpu
+from bench.egress import _probe_dict
+from bench.livekit_rig import egress_service, installed, make_clip, publishers_up, record
 from bench.sampling import TreeSampler
 
 POLL = 0.02
 GOAL_2 = 0.6
 GOAL_RATIO = 1.1
-
-
-def make_clip(cache: Path, seconds: float) -> Path:
-    from lkmedia.dev.lk import h264_clip
-
-    out = cache / f"room_composite_testsrc_720p30_{seconds + 15:g}s.h264"
-    if not out.exists():
-        h264_clip(out, seconds + 15, width=1280, height=720, bitrate="2M")
-    return out
 
 
 def ffmpeg_grid_peer(clip: Path, n: int, out: Path, lk_opts: dict[str, str], seconds: float) -> list[str]:
@@ -66,101 +57,38 @@ def ffmpeg_grid_peer(clip: Path, n: int, out: Path, lk_opts: dict[str, str], sec
             str(out)]
 
 
-async def _record(stack: Any, svc: Child, tmp: Path, room: str, seconds: float, idle: float) -> dict[str, Any]:
+def bench_room_composite(ctx: Any, row: Any) -> list[Any]:
     from livekit.protocol import egress as lk
 
-    S = lk.EgressStatus
-    async with stack.api() as lkapi:
-        cpu0, t0 = proc_cpu(svc.pid), time.monotonic()
-        mem = TreeSampler(svc.pid, interval=0.5)
-        info = await lkapi.egress.start_room_composite_egress(lk.RoomCompositeEgressRequest(
-            room_name=room, layout="grid", preset=lk.H264_720P_30,
-            file_outputs=[lk.EncodedFileOutput(filepath="grid.mp4")]))
-        active = media = None
-        while active is None or media is None:
-            now = time.monotonic() - t0
-            if active is None:
-                res = await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=info.egress_id))
-                if res.items and res.items[0].status == S.EGRESS_ACTIVE:
-                    active = now
-            mp4 = first_mp4(tmp / info.egress_id)
-            if media is None and mp4 is not None and has_media(mp4):
-                media = now
-            if now > 60:
-                raise RuntimeError(f"room composite not recording after 60 s: {svc.tail()}")
-            await asyncio.sleep(POLL)
-        await asyncio.sleep(seconds)
-        await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
-        while True:
-            res = await lkapi.egress.list_egress(lk.ListEgressRequest(egress_id=info.egress_id))
-            if res.items and res.items[0].status in (S.EGRESS_COMPLETE, S.EGRESS_FAILED):
-                break
-            await asyncio.sleep(0.1)
-        wall, cpu = time.monotonic() - t0, proc_cpu(svc.pid) - cpu0
-        mem.stop()
-    done = res.items[0]
-    if done.status != S.EGRESS_COMPLETE:
-        raise RuntimeError(f"room composite ended {S.Name(done.status)}: {done.error}")
-    f = done.file_results[0]
-    duration = f.duration / 1e9
-    return {"egress_id": info.egress_id, "location": f.location, "to_active_s": round(active, 3),
-            "to_first_media_s": round(media, 3), "wall_s": round(wall, 3), "cpu": round(cpu, 3),
-            "peak_rss_mb": round(mem.peak_rss / 2**20),
-            "file_duration_s": round(duration, 3), "cpu_per_media_s": round((cpu - idle * wall) / duration, 4)}
-
-
-async def _publishers_up(stack: Any, room: str, n: int) -> None:
-    from livekit import api
-
-    async with stack.api() as lkapi:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(api.TwirpError):
-                res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-                if sum(1 for p in res.participants for t in p.tracks if t.type == 1) >= n:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{n} lk publishers did not publish in {room} within 30 s")
-            await asyncio.sleep(0.2)
-
-
-def bench_room_composite(ctx: Any, row: Any) -> list[Any]:
     from lkmedia.dev.lk import LkJoin
-    from lkmedia.dev.stack import DevStack, StackError, free_port
+    from lkmedia.dev.stack import DevStack
 
-    try:
-        DevStack.check_installed()
-    except StackError as e:
-        return [row("room-composite", "", "", status=f"skipped: {e}")]
+    why = installed()
+    if why:
+        return [row("room-composite", "", "", status=f"skipped: {why}")]
     seconds = ctx.seconds
     clip = make_clip(ctx.cache, seconds)
     work = ctx.work / "room-composite"
     work.mkdir(exist_ok=True)
     d: dict[str, Any] = ctx.details.setdefault("room-composite", {})
     results: dict[int, dict[str, Any]] = {}
-    with DevStack(workdir=work / "stack") as stack:
-        health = free_port()
-        body = (f"api_key: {stack.api_key}\napi_secret: {stack.api_secret}\nws_url: {stack.url}\n"
-                f"redis:\n  address: {stack.redis_address}\nhealth_port: {health}\n")
-        tmp_root = work / "tmp"
-        tmp_root.mkdir(exist_ok=True)
-        svc = Child([sys.executable, "-m", "lkmedia", "egress"], work / "egress.log",
-                    _env(EGRESS_CONFIG_BODY=body, TMPDIR=str(tmp_root)))
-        try:
-            _wait_http(f"http://127.0.0.1:{health}/", svc, 60)
-            time.sleep(3)  # the spare job process has done its imports
-            c0, w0 = proc_cpu(svc.pid), time.monotonic()
-            time.sleep(5)
-            idle = (proc_cpu(svc.pid) - c0) / (time.monotonic() - w0)
-            for n in (2, 4):
-                room = f"bench-grid-{n}"
-                with contextlib.ExitStack() as joins:
-                    for i in range(n):
-                        joins.enter_context(LkJoin(stack, room, f"lk{i}", [clip], log_path=work / f"lk-{n}-{i}.log"))
-                    asyncio.run(_publishers_up(stack, room, n))
-                    results[n] = asyncio.run(_record(stack, svc, tmp_root / "lkmedia-egress", room, seconds, idle))
-        finally:
-            svc.stop()
+    with DevStack(workdir=work / "stack") as stack, egress_service(stack, work) as (svc, tmp):
+        s = TreeSampler(svc.pid)
+        time.sleep(5)
+        idle = s.stop() / 5.0
+        for n in (2, 4):
+            room = f"bench-grid-{n}"
+
+            def start(lkapi: Any, room: str = room) -> Any:
+                return lkapi.egress.start_room_composite_egress(lk.RoomCompositeEgressRequest(
+                    room_name=room, layout="grid", preset=lk.H264_720P_30,
+                    file_outputs=[lk.EncodedFileOutput(filepath="grid.mp4")]))
+
+            with contextlib.ExitStack() as joins:
+                for i in range(n):
+                    joins.enter_context(LkJoin(stack, room, f"lk{i}", [clip], log_path=work / f"lk-{n}-{i}.log"))
+                asyncio.run(publishers_up(stack, room, n))
+                results[n] = asyncio.run(record(stack, svc, tmp, start, seconds, idle))
     d["idle_cpu_per_s"] = round(idle, 4)
     d["runs"] = results
     rows = []

@@ -27,7 +27,8 @@ from lkmedia.probe import av_offsets, decode_errors, probe
 from lkmedia.service.egress import EgressService
 from lkmedia.testing.egress import TERMINAL, S, egress_service, wait_egress
 
-W, H = 1280, 720
+from .tiles import COLOURS, H, W, colour_at
+
 CAPTURE = ("Xvfb", "chromium", "pulseaudio", "parec")
 
 
@@ -161,14 +162,13 @@ async def test_three_chrome_egresses_in_a_row_leave_no_chrome_display_or_sink(
     assert not os.listdir(Path(service.tmp_dir) / ".chrome")
 
 
-COLOURS = [(81, 90, 240), (145, 54, 34)]  # YUV: the two publishers
 
 
 async def test_the_template_page_records_a_room_with_both_publishers_and_follows_update_layout(
         livekit_stack: DevStack, service: EgressService, room_name: str) -> None:
     base = f"http://localhost:{service.conf.template_port}/"
     pubs = [PublisherProcess(livekit_stack.url, livekit_stack.token(f"p{i}", room_name), color=c)
-            for i, c in enumerate(COLOURS)]
+            for i, c in enumerate(COLOURS[:2])]
     try:
         for p in pubs:
             await p.start()
@@ -192,21 +192,12 @@ async def test_the_template_page_records_a_room_with_both_publishers_and_follows
     with av.open(f.location) as c:
         fs = [(float(fr.time), fr.to_ndarray(format="yuv420p")) for fr in c.decode(video=0)]
     grid = min(fs, key=lambda x: abs(x[0] - (t_update - 1.0)))[1]
-    seen = [_colour(grid, W // 4, H // 2), _colour(grid, 3 * W // 4, H // 2)]
+    seen = [colour_at(grid, W // 4, H // 2), colour_at(grid, 3 * W // 4, H // 2)]
     assert sorted(x for x in seen if x is not None) == [0, 1], seen
     # speaker: the focus on the right five sixths, the other in the carousel's first tile
-    speaker = [t for t, img in fs if _colour(img, W // 12, 60) is not None and _colour(img, 7 * W // 12, H // 2) is not None
-               and _colour(img, W // 12, 60) != _colour(img, 7 * W // 12, H // 2)]
+    speaker = [t for t, img in fs if colour_at(img, W // 12, 60) is not None and colour_at(img, 7 * W // 12, H // 2) is not None
+               and colour_at(img, W // 12, 60) != colour_at(img, 7 * W // 12, H // 2)]
     assert speaker and speaker[0] - t_update <= 1.0 and fs[-1][0] - speaker[0] > 2.0, (t_update, speaker[:3])
-
-
-def _colour(img: np.ndarray, x: int, y: int) -> int | None:
-    u = img[H + (y // 2) // 2, (y // 2) % 2 * (W // 2) + x // 2]
-    v = img[H + H // 4 + (y // 2) // 2, (y // 2) % 2 * (W // 2) + x // 2]
-    for i, (_, cu, cv) in enumerate(COLOURS):
-        if abs(int(u) - cu) < 25 and abs(int(v) - cv) < 25:
-            return i
-    return None
 
 
 async def _lk(stack: DevStack, tmp_path: Path, *args: str) -> str:

@@ -33,8 +33,7 @@ from lkmedia.testing.egress import (
     wait_egress,
 )
 
-W, H = 1280, 720
-COLOURS = [(81, 90, 240), (145, 54, 34), (41, 240, 110), (210, 16, 146), (170, 166, 16)]  # YUV
+from .tiles import COLOURS, H, W, colour_at
 
 
 @pytest.fixture
@@ -76,16 +75,6 @@ def frames(path: str) -> list[tuple[float, np.ndarray]]:
     """Every decoded frame as (seconds, yuv420p planes stacked as av gives them)."""
     with av.open(path) as c:
         return [(float(f.pts * f.time_base), f.to_ndarray(format="yuv420p")) for f in c.decode(video=0)]
-
-
-def colour_at(img: np.ndarray, x: int, y: int) -> int | None:
-    """Which publisher's colour is at (x, y), by chroma (the flash changes only brightness)."""
-    u = img[H + (y // 2) // 2, (y // 2) % 2 * (W // 2) + x // 2]
-    v = img[H + H // 4 + (y // 2) // 2, (y // 2) % 2 * (W // 2) + x // 2]
-    for i, (_, cu, cv) in enumerate(COLOURS):
-        if abs(int(u) - cu) < 25 and abs(int(v) - cv) < 25:
-            return i
-    return None
 
 
 def centres(layout: str, n: int) -> list[tuple[int, int] | None]:
