@@ -58,8 +58,8 @@ def shown_url(url: str) -> str:
 
 
 class ChromeSession:
-    """Xvfb + PulseAudio + Chromium for one job. ``display`` and ``pulse_server`` are what a
-    capture (lkmedia.sources.screen) reads; ``sink`` the monitor source's sink."""
+    """Xvfb + PulseAudio + Chromium for one job. A capture (lkmedia.sources.screen) reads
+    ``display`` and the sound ``take_audio`` hands over."""
 
     def __init__(self, width: int, height: int, *, audio: bool = True, sandbox: bool = False,
                  insecure: bool = False, flags: Mapping[str, Any] | None = None, work_dir: str | None = None) -> None:
@@ -70,7 +70,6 @@ class ChromeSession:
         self.work_dir = work_dir or tempfile.mkdtemp(prefix="lkmedia-chrome-")
         self.display = ""
         self.pulse_server = ""
-        self.sink = SINK
         self.started = asyncio.Event()
         self.ended = asyncio.Event()
         self.failed = asyncio.Event()

@@ -166,10 +166,10 @@ class EgressJob:
 
     async def _build(self) -> Recipe:
         cfg, launch = self.cfg, self.launch
-        if cfg.engine == "chrome":  # a web egress is tied to no room: no token
-            return await self._build_chrome(egress_token(cfg.egress_id, cfg.room_name, launch.api_key,
-                                                         launch.api_secret) if cfg.room_name else "")
-        token = egress_token(cfg.egress_id, cfg.room_name, launch.api_key, launch.api_secret)
+        # (a web egress is tied to no room: no token)
+        token = egress_token(cfg.egress_id, cfg.room_name, launch.api_key, launch.api_secret) if cfg.room_name else ""
+        if cfg.engine == "chrome":
+            return await self._build_chrome(token)
         track = None
         if cfg.request_type == "track":
             track = await self._find_track(cfg.track_id)
