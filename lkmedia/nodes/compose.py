@@ -1,10 +1,11 @@
 """Compositor: raw video inputs that come and go, laid out on one canvas at a fixed fps.
 
 Like GStreamer's compositor (an aggregator), output frames are made on a clock, not on
-arrival: frame i (media time i/fps) shows each input's newest frame with pts <= i/fps,
-holding the last one while nothing new comes. Non-live, frame i waits until every
-active input has a frame at or after i/fps (or is at EOS); live, it is made at graph-clock
-time i/fps + latency whatever has arrived.
+arrival: frame i (media time i/fps) shows each input's nearest frame, the newest with
+pts <= (i + 1/2)/fps, holding the last one while nothing new comes (so resampling moves
+a picture by at most half an output interval either way, not up to a whole one late).
+Non-live, frame i waits until every active input has a frame past (i + 1/2)/fps (or is at
+EOS); live, it is made at graph-clock time i/fps + latency whatever has arrived.
 
 Layouts follow LiveKit's template (lkmedia.nodes.layouts): "grid", "speaker",
 "single-speaker", each with a "-light" variant (white background instead of dark).
@@ -144,6 +145,7 @@ class Compositor(Node):
         self.layout = layout
         self.live = live
         self.latency = latency
+        self._half = round(45_000 / self.fps)  # half an output interval, 90 kHz
         self.add_output("out", Caps("video", width=width, height=height, fps=self.fps, pix_fmt="yuv420p"))
         self._states: dict[str, _Video] = {}
         self._seen: set[str] = set()
@@ -272,7 +274,7 @@ class Compositor(Node):
         shown: list[tuple[_Video, Any]] = []
         for name, st in list(self._states.items()):
             q = st.queue
-            while q and q[0][0] <= t:
+            while q and q[0][0] <= t + self._half:
                 st.current_pts, st.current = q.popleft()
             if st.eos and not q:
                 end = st.end()
@@ -358,7 +360,7 @@ class Compositor(Node):
                 if not firsts:
                     return  # nothing linked, or every input ended without a frame
                 self._index = math.ceil(min(firsts) * self.fps / 90_000 - 1e-6)
-            t = self._pts(self._index)
+            t = self._pts(self._index) + self._half
             need = [st for st in states if not st.eos and (st.covered is None or st.covered < t)]
             if need:
                 if not self._drain(need, t):

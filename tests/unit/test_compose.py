@@ -265,3 +265,13 @@ async def test_live_with_no_inputs_emits_background() -> None:
     assert len(out.frames) >= 10
     check_timeline(out.frames)
     assert yuv_at(out.frames[-1], 320, 180) == LIGHT
+
+
+@pytest.mark.parametrize(("change", "first_green"), [(0.49, 15), (0.51, 15), (0.52, 16)])
+async def test_a_change_shows_on_the_nearest_output_frame(change: float, first_green: int) -> None:
+    """Resampling to the output rate moves a picture by at most half a frame interval
+    either way: a flash 10 ms before frame 15 (0.5 s) shows on frame 15, not on 16."""
+    times = sorted({i / 100 for i in range(100)} | {change})
+    _comp, out = await compose(Solid(RED, times=times, then=(change, GREEN)))
+    colours = [yuv_at(f, 320, 180) for f in out.frames]
+    assert colours.index(GREEN) == first_green, colours
