@@ -393,8 +393,34 @@ def build_parser() -> argparse.ArgumentParser:
     edemo.add_argument("--out", default="./out", metavar="DIR", help="output directory (default: ./out)")
     edemo.add_argument("--seconds", type=float, default=10.0, help="recording length (default: 10)")
     edemo.set_defaults(func=cmd_egress_demo)
-    # ingress / bench subcommands are added here as those packages land.
+    ingress = sub.add_parser("ingress", parents=[common], help="the ingress service livekit-server drives over Redis",
+                             description="Serve LiveKit ingress (RTMP, WHIP, URL) with the Go ingress's config "
+                                         "(--config, INGRESS_CONFIG_FILE or INGRESS_CONFIG_BODY).")
+    ingress.add_argument("--config", metavar="FILE", help="ingress config YAML (Go ingress keys)")
+    ingress.add_argument("--config-body", metavar="YAML", help="ingress config as YAML text")
+    ingress.add_argument("--check", action="store_true", help="load and check the config, print it redacted, exit")
+    ingress.set_defaults(func=cmd_ingress)
+    # bench subcommands are added here as that package lands.
     return p
+
+
+def cmd_ingress(args: argparse.Namespace) -> int:
+    from .service.config_yaml import ConfigError
+    from .service.ingress_config import load_ingress_config
+
+    try:
+        conf = load_ingress_config(args.config, args.config_body)
+    except (ConfigError, OSError) as e:
+        raise UsageError(f"ingress config: {e}") from None
+    if args.log_level == "warning" and not args.debug:
+        logging.getLogger().setLevel(conf.logging.level.upper() if conf.logging.level else "INFO")
+    shown = json.dumps(conf.redacted(), default=str)
+    log.info("ingress config: %s", shown)
+    if args.check:
+        print(shown)
+        return EXIT_OK
+    raise UsageError("the ingress service cannot run sessions yet (issue 10 is in progress): "
+                     "only `lkmedia ingress --check` is available")
 
 
 def cmd_egress_demo(args: argparse.Namespace) -> int:

@@ -21,8 +21,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from .config_yaml import (
     ConfigError,
     Seconds,
@@ -35,6 +33,8 @@ from .config_yaml import (
     _redact,
     _secret,
     _utilization,
+    compose,
+    read_source,
 )
 
 log = logging.getLogger("lkmedia.service.config")
@@ -417,19 +417,9 @@ def parse_config(text: str, *, source: str = "<body>", env: Mapping[str, str] | 
                  require_connection: bool = True) -> ServiceConfig:
     """YAML text → validated ``ServiceConfig`` with Go's defaults; ``ConfigError`` names the bad key."""
     env = os.environ if env is None else env
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:  # report the place, never the line itself (it may hold a secret)
-        mark = e.problem_mark or e.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{source}: not valid YAML{where}: {e.problem or e.context}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML ({type(e).__name__})") from None
+    root = compose(text, source)
     d = _Decoder()
-    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
-        conf = ServiceConfig()
-    else:
-        conf = d.struct(ServiceConfig, root, "")
+    conf = ServiceConfig() if root is None else d.struct(ServiceConfig, root, "")
     for key, var in (("api_key", "LIVEKIT_API_KEY"), ("api_secret", "LIVEKIT_API_SECRET"),
                      ("ws_url", "LIVEKIT_WS_URL")):
         if key not in d.present and env.get(var):
@@ -443,7 +433,8 @@ def parse_config(text: str, *, source: str = "<body>", env: Mapping[str, str] | 
     return conf
 
 
-def _check_connection(c: ServiceConfig) -> None:
+def _check_connection(c: Any) -> None:
+    """The keys every service needs (the egress's and the ingress's configs share them)."""
     env_names = (("api_key", "LIVEKIT_API_KEY"), ("api_secret", "LIVEKIT_API_SECRET"), ("ws_url", "LIVEKIT_WS_URL"))
     missing = [f"{k} (or {v})" for k, v in env_names if not getattr(c, k)]
     if c.redis is None or not c.redis.is_configured():
@@ -456,22 +447,8 @@ def load_config(config_file: str | None = None, config_body: str | None = None, 
                 env: Mapping[str, str] | None = None, require_connection: bool = True) -> ServiceConfig:
     """The service config from flags or env, resolved the way the Go egress resolves them."""
     env = os.environ if env is None else env
-    body = config_body or env.get("EGRESS_CONFIG_BODY") or ""
-    path = config_file or env.get("EGRESS_CONFIG_FILE") or ""
-    if body:
-        if path:
-            log.warning("config: both a config body and a config file (%s) given; using the body, "
-                        "as the Go egress does", path)
-        return parse_config(body, source="EGRESS_CONFIG_BODY" if not config_body else "--config-body",
-                            env=env, require_connection=require_connection)
-    if not path:
-        raise ConfigError("no config: pass --config FILE, or set EGRESS_CONFIG_FILE or EGRESS_CONFIG_BODY")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as e:
-        raise ConfigError(f"config file {path}: {e.strerror or e}") from None
-    return parse_config(text, source=path, env=env, require_connection=require_connection)
+    text, source = read_source(config_file, config_body, env, "EGRESS")
+    return parse_config(text, source=source, env=env, require_connection=require_connection)
 
 
 def embedded_default(env: Mapping[str, str] | None = None) -> ServiceConfig:

@@ -1,7 +1,8 @@
 """Typed dataclasses from YAML, the way the Go services' yaml.v3 decodes into structs: an
 unknown key is a warning naming its dotted path, a bad value a ``ConfigError`` naming the
 key (never showing a secret), ``key:`` with nothing after it keeps the default, durations
-are Go duration strings. Used by lkmedia.service.config (the egress keys)."""
+are Go duration strings. Used by lkmedia.service.config (the egress keys) and
+lkmedia.service.ingress_config (the ingress keys)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +11,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import field
 from typing import Any, NewType
 
@@ -219,3 +221,39 @@ def _redact(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_redact(v) for v in obj]
     return obj
+
+
+def compose(text: str, source: str) -> yaml.Node | None:
+    """The YAML node tree of ``text`` (None when empty); a syntax error names the place,
+    never the line itself (it may hold a secret)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({type(e).__name__})") from None
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
+        return None
+    return root
+
+
+def read_source(config_file: str | None, config_body: str | None, env: Mapping[str, str],
+                prefix: str) -> tuple[str, str]:
+    """(text, source) as the Go services' ``getConfig`` resolves them: a body (flag, then
+    ``<prefix>_CONFIG_BODY``) wins over a file (flag, then ``<prefix>_CONFIG_FILE``)."""
+    body = config_body or env.get(f"{prefix}_CONFIG_BODY") or ""
+    path = config_file or env.get(f"{prefix}_CONFIG_FILE") or ""
+    if body:
+        if path:
+            log.warning("config: both a config body and a config file (%s) given; using the body, "
+                        "as the Go %s does", path, prefix.lower())
+        return body, f"{prefix}_CONFIG_BODY" if not config_body else "--config-body"
+    if not path:
+        raise ConfigError(f"no config: pass --config FILE, or set {prefix}_CONFIG_FILE or {prefix}_CONFIG_BODY")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read(), path
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror or e}") from None
