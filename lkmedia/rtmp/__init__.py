@@ -6,5 +6,7 @@ nor livekit, so the ingress service can run it without the media stack.
 """
 from .flv import FlvTag, FlvWriter
 from .server import Limits, PublishRefused, PublishRequest, RtmpServer, RtmpSession
+from .tls import tls_context
 
-__all__ = ["FlvTag", "FlvWriter", "Limits", "PublishRefused", "PublishRequest", "RtmpServer", "RtmpSession"]
+__all__ = ["FlvTag", "FlvWriter", "Limits", "PublishRefused", "PublishRequest", "RtmpServer", "RtmpSession",
+           "tls_context"]

@@ -11,7 +11,7 @@ connection; anything it returns becomes ``RtmpSession.accepted``, ``NetStream.Pu
 is sent, and ``on_session(session)`` reads the media through ``session.tags()``. The
 connection ends when the publisher ends its stream (``FCUnpublish``/``deleteStream``),
 disconnects, stops sending for ``Limits.media_timeout`` or breaks the protocol; the reason
-is ``session.end_reason``. Whatever a connection does, it ends only itself: garbage bytes
+is ``session.end_reason``. With an ``ssl_context`` it listens for RTMPS (lkmedia.rtmp.tls). Whatever a connection does, it ends only itself: garbage bytes
 are logged in plain words and the server goes on serving.
 """
 from __future__ import annotations
@@ -46,6 +46,7 @@ from .chunks import (
     server_handshake,
 )
 from .flv import FlvPipe, FlvTag, script_data, split_aggregate
+from .tls import TlsListener
 
 log = logging.getLogger("lkmedia.rtmp")
 
@@ -133,6 +134,7 @@ class RtmpServer:
         self.ssl_context = ssl_context
         self.limits = limits or Limits()
         self._server: asyncio.Server | None = None
+        self._tls: TlsListener | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._conns: set[_Connection] = set()
         self.refused = 0
@@ -143,16 +145,22 @@ class RtmpServer:
         return "rtmps" if self.ssl_context is not None else "rtmp"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self.port, ssl=self.ssl_context,
-            ssl_handshake_timeout=self.limits.handshake_timeout if self.ssl_context else None)
-        self.port = self._server.sockets[0].getsockname()[1]
+        if self.ssl_context is not None:
+            self._tls = TlsListener(self.host, self.port, self.ssl_context, self._accept, self.limits.handshake_timeout)
+            self._tls.start()
+            self.port = self._tls.port
+        else:
+            self._server = await asyncio.start_server(self._accept, self.host, self.port)
+            self.port = self._server.sockets[0].getsockname()[1]
         log.info("%s server listening on %s:%d", self.scheme.upper(), self.host, self.port)
 
     async def close(self) -> None:
         """Stop listening and end every connection."""
         if self._server is not None:
             self._server.close()
+        if self._tls is not None:
+            await self._tls.close()
+            self._tls = None
         for conn in list(self._conns):
             conn.close()
         for t in list(self._tasks):
@@ -391,9 +399,3 @@ def _closed(e: BaseException) -> str:
         return f"end of stream after {len(e.partial)} of {e.expected} bytes" if e.partial else "end of stream"
     return str(e) or type(e).__name__
 
-
-def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
-    """A server TLS context for RTMPS from PEM files."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert_file, key_file)
-    return ctx

@@ -119,8 +119,7 @@ class FileSource(Source):
         if self._container is not None:
             return
         try:
-            c = av.open(self.url, "r", options=self.options or None,
-                        timeout=(self.timeout, self.timeout))
+            c = self._open_container()
         except (av.FFmpegError, OSError) as e:
             raise SourceOpenError(f"{self.name}: cannot open {self.display}: {_reason(e, self.timeout)}") from None
         try:
@@ -131,6 +130,9 @@ class FileSource(Source):
         self._container = c
         if c.start_time is not None:
             self._set_offset(Fraction(c.start_time, 1_000_000))
+
+    def _open_container(self) -> Any:
+        return av.open(self.url, "r", options=self.options or None, timeout=(self.timeout, self.timeout))
 
     def _pick_streams(self, c: Any) -> None:
         found = {kind: c.streams.best(kind) for kind in ("video", "audio")}
