@@ -2,7 +2,7 @@
 
 Layers: ``channels`` (names, IDs) and ``wire`` (envelope, errors) are pure; ``bus`` is
 the Redis link; ``server`` / ``client`` implement the psrpc roles; ``messages`` holds
-the rpc/* protobufs; ``egress`` the typed LiveKit egress endpoints. What was checked
+the rpc/* protobufs; ``egress`` and ``ingress`` the typed LiveKit endpoints. What was checked
 against a real livekit-server is recorded in docs/psrpc.md.
 """
 from __future__ import annotations

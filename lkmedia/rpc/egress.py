@@ -186,6 +186,10 @@ class IOInfoClient:
         req = GetIngressInfoRequest(ingress_id=ingress_id, stream_key=stream_key)
         return await self.rpc.call("GetIngressInfo", req, GetIngressInfoResponse)
 
+    async def create_ingress(self, info: lk_ingress.IngressInfo) -> None:
+        """Stores a URL-pull ingress (livekit-server leaves that to the ingress)."""
+        await self.rpc.call("CreateIngress", info, Empty, timeout=self.create_timeout)
+
     async def update_ingress_state(self, ingress_id: str, state: lk_ingress.IngressState) -> None:
         req = UpdateIngressStateRequest(ingress_id=ingress_id, state=state.SerializeToString())
         await self.rpc.call("UpdateIngressState", req, Empty)

@@ -105,6 +105,7 @@ class RtmpSession:
         self.stream_id = stream_id
         self.end_reason = ""
         self.clean_end = False  # the publisher ended its stream (not a drop, a timeout or an error)
+        self.error = ""  # set when the stream failed (stalled, broke the protocol), not when it was dropped
         self.media_messages = 0
 
     async def tags(self) -> AsyncIterator[FlvTag]:
@@ -117,7 +118,9 @@ class RtmpSession:
         async for tag in self.tags():
             await pipe.write(tag)
 
-    def close(self) -> None:
+    def close(self, reason: str = "ended by the server") -> None:
+        """End the session from our side (``end_reason`` says ``reason``)."""
+        self._conn.close_reason = self._conn.close_reason or reason
         self._conn.close()
 
 
@@ -162,6 +165,7 @@ class RtmpServer:
             await self._tls.close()
             self._tls = None
         for conn in list(self._conns):
+            conn.close_reason = conn.close_reason or "the server is shutting down"
             conn.close()
         for t in list(self._tasks):
             t.cancel()
@@ -216,6 +220,7 @@ class _Connection:
         self._next_stream = 1
         self._peer_window = 0  # the client's Window Acknowledgement Size: ack every this many bytes
         self._acked = 0
+        self.close_reason = ""  # set when we end a session ourselves
 
     def close(self) -> None:
         if not self._writer.is_closing():
@@ -363,11 +368,12 @@ class _Connection:
                         return
                     await self._answer(name, txn, args, msg.stream_id)
         except TimeoutError:
-            session.end_reason = f"no data from the publisher for {self.limits.media_timeout:g} s"
+            session.end_reason = session.error = f"no data from the publisher for {self.limits.media_timeout:g} s"
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as e:
-            session.end_reason = f"the publisher disconnected without ending the stream ({_closed(e)})"
+            session.end_reason = (self.close_reason or
+                                  f"the publisher disconnected without ending the stream ({_closed(e)})")
         except (RtmpProtocolError, amf0.AMFError, ValueError) as e:
-            session.end_reason = f"protocol error: {e}"
+            session.end_reason = session.error = f"protocol error: {e}"
         finally:
             self.close()
 

@@ -153,6 +153,7 @@ async def test_stalled_and_dropped_publishers_end_their_session(served: tuple[Rt
     await c.w.drain()
     await asyncio.wait_for(rec.ended.wait(), 5)  # media_timeout is 1 s
     assert rec.sessions[0].end_reason == "no data from the publisher for 1 s" and not rec.sessions[0].clean_end
+    assert rec.sessions[0].error == rec.sessions[0].end_reason
     assert len(rec.tags) == 1
     rec.ended.clear()
     c = await RtmpTestClient.connect(server.port)
@@ -162,6 +163,7 @@ async def test_stalled_and_dropped_publishers_end_their_session(served: tuple[Rt
     c.writer.transport.abort()  # gone mid-stream, no unpublish
     await asyncio.wait_for(rec.ended.wait(), 5)
     assert rec.sessions[1].end_reason.startswith("the publisher disconnected without ending the stream")
+    assert rec.sessions[1].error == ""  # a drop is the end of the stream, not a failure
     rec.ended.clear()
     await _publish_ok(server, rec)
 
@@ -209,6 +211,7 @@ async def test_garbage_after_the_handshake_and_mid_stream(served: tuple[RtmpServ
     await c.writer.drain()
     await asyncio.wait_for(rec.ended.wait(), 5)
     assert rec.sessions[0].end_reason == "protocol error: chunk stream 30 starts with a format-1 header (no full header yet)"
+    assert rec.sessions[0].error == rec.sessions[0].end_reason
     assert len(rec.tags) == 1
     rec.ended.clear()
     await _publish_ok(server, rec)
@@ -245,6 +248,27 @@ async def test_pings_acks_and_a_player(served: tuple[RtmpServer, Recorder]) -> N
         pass
     assert r[3]["code"] == "NetStream.Play.Failed"
     assert await c.closed_by_server()
+
+
+async def test_the_server_ends_a_session() -> None:
+    reasons: list[str] = []
+
+    async def one_tag_then_close(s: RtmpSession) -> None:
+        async for _ in s.tags():
+            s.close("ended by DeleteIngress")
+        reasons.append(s.end_reason)
+
+    async with RtmpServer(Recorder().validate, one_tag_then_close, host="127.0.0.1", port=0) as server:
+        c = await RtmpTestClient.connect(server.port)
+        await c.publish("GOODKEY")
+        c.send(VIDEO, 0, b"\x17\x00x")
+        await c.w.drain()
+        assert await c.closed_by_server()
+        for _ in range(50):
+            if reasons:
+                break
+            await asyncio.sleep(0.05)
+    assert reasons == ["ended by DeleteIngress"]
 
 
 async def test_connection_limit() -> None:
