@@ -17,9 +17,9 @@ import logging
 import os
 import re
 import secrets as _random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .config_yaml import (
     ConfigError,
@@ -38,6 +38,7 @@ from .config_yaml import (
 )
 
 log = logging.getLogger("lkmedia.service.config")
+C = TypeVar("C")
 
 
 
@@ -302,6 +303,7 @@ class ServiceConfig:
         return _redact(self)
 
 
+_ENV_KEYS = (("api_key", "LIVEKIT_API_KEY"), ("api_secret", "LIVEKIT_API_SECRET"), ("ws_url", "LIVEKIT_WS_URL"))
 _LATENCY_TYPES = ("template", "web", "media", "room_composite", "participant", "track_composite", "track")
 _ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # shortuuid's, as Go NewGuid
 
@@ -386,15 +388,20 @@ def _cpu_cost_defaults(cc: CPUCostConfig, d: _Decoder) -> None:
 
 
 def _check_addresses(c: ServiceConfig) -> None:
+    check_connection_values(c)
+    for i, root in enumerate(c.output_roots):
+        if not isinstance(root, str) or not root.startswith("/"):
+            raise ConfigError(f"output_roots[{i}]: must be an absolute directory, got {root!r}")
+
+
+def check_connection_values(c: Any) -> None:
+    """``redis`` addresses and ``ws_url`` of any service config (egress, ingress) that can work."""
     if c.redis is not None:
         if c.redis.address:
             _check_address(c.redis.address, "redis.address")
         for key in ("sentinel_addresses", "cluster_addresses"):
             for i, addr in enumerate(getattr(c.redis, key)):
                 _check_address(addr, f"redis.{key}[{i}]")
-    for i, root in enumerate(c.output_roots):
-        if not isinstance(root, str) or not root.startswith("/"):
-            raise ConfigError(f"output_roots[{i}]: must be an absolute directory, got {root!r}")
     if c.ws_url and not re.match(r"(?i)^(wss?|https?)://[^/\s]+", c.ws_url):
         raise ConfigError(f"ws_url: must be a ws://, wss://, http:// or https:// URL, got {c.ws_url!r}")
 
@@ -416,27 +423,33 @@ def new_node_id() -> str:
 def parse_config(text: str, *, source: str = "<body>", env: Mapping[str, str] | None = None,
                  require_connection: bool = True) -> ServiceConfig:
     """YAML text → validated ``ServiceConfig`` with Go's defaults; ``ConfigError`` names the bad key."""
+    return decode_service_config(ServiceConfig, text, source, env, _apply_defaults, require_connection)
+
+
+def decode_service_config(cls: type[C], text: str, source: str, env: Mapping[str, str] | None,
+                          apply_defaults: Callable[[C, _Decoder], None], require_connection: bool) -> C:
+    """What every service's config goes through (egress, ingress), as the Go services read
+    theirs: YAML over the ``LIVEKIT_*`` environment, then the defaults and checks of
+    ``apply_defaults``, then the connection keys; a new node ID."""
     env = os.environ if env is None else env
     root = compose(text, source)
     d = _Decoder()
-    conf = ServiceConfig() if root is None else d.struct(ServiceConfig, root, "")
-    for key, var in (("api_key", "LIVEKIT_API_KEY"), ("api_secret", "LIVEKIT_API_SECRET"),
-                     ("ws_url", "LIVEKIT_WS_URL")):
+    conf: Any = cls() if root is None else d.struct(cls, root, "")  # a dataclass with the common keys
+    for key, var in _ENV_KEYS:
         if key not in d.present and env.get(var):
             setattr(conf, key, env[var])
-    _apply_defaults(conf, d)
+    apply_defaults(conf, d)
     if require_connection:
         _check_connection(conf)
     conf.node_id = new_node_id()
     conf.source = source
     conf.warnings = d.warnings
-    return conf
+    out: C = conf
+    return out
 
 
 def _check_connection(c: Any) -> None:
-    """The keys every service needs (the egress's and the ingress's configs share them)."""
-    env_names = (("api_key", "LIVEKIT_API_KEY"), ("api_secret", "LIVEKIT_API_SECRET"), ("ws_url", "LIVEKIT_WS_URL"))
-    missing = [f"{k} (or {v})" for k, v in env_names if not getattr(c, k)]
+    missing = [f"{k} (or {v})" for k, v in _ENV_KEYS if not getattr(c, k)]
     if c.redis is None or not c.redis.is_configured():
         missing.append("redis.address (the Redis livekit-server uses)")
     if missing:

@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .config import LoggingConfig, RedisConfig, _check_connection, new_node_id
+from .config import LoggingConfig, RedisConfig, check_connection_values, decode_service_config
 from .config_yaml import (
     ConfigError,
     Seconds,
@@ -36,7 +36,6 @@ from .config_yaml import (
     _port,
     _redact,
     _secret,
-    compose,
     read_source,
 )
 
@@ -218,7 +217,7 @@ def _apply_defaults(c: IngressConfig, d: _Decoder) -> None:
             d.warn(f"cpu_cost.{key} {value:g} is below {minimum:g}: sessions may be admitted beyond what "
                    f"the node can run (recommended {default:g})")
     _check_rtmps(c)
-    _check_urls(c)
+    check_connection_values(c)
 
 
 def _check_rtmps(c: IngressConfig) -> None:
@@ -235,33 +234,11 @@ def _check_rtmps(c: IngressConfig) -> None:
             raise ConfigError(f"rtmps.{key}: cannot read {path if key == 'cert_file' else 'the file'}")
 
 
-def _check_urls(c: IngressConfig) -> None:
-    if c.redis is not None and c.redis.address:
-        host, sep, port = c.redis.address.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"redis.address: must be host:port (e.g. 127.0.0.1:6379), got {c.redis.address!r}")
-    if c.ws_url and not re.match(r"(?i)^(wss?|https?)://[^/\s]+", c.ws_url):
-        raise ConfigError(f"ws_url: must be a ws://, wss://, http:// or https:// URL, got {c.ws_url!r}")
-
-
 def parse_ingress_config(text: str, *, source: str = "<body>", env: Mapping[str, str] | None = None,
                          require_connection: bool = True) -> IngressConfig:
     """YAML text → validated ``IngressConfig`` with Go's defaults; ``ConfigError`` names the bad key."""
-    env = os.environ if env is None else env
-    root = compose(text, source)
-    d = _Decoder()
-    conf = IngressConfig() if root is None else d.struct(IngressConfig, root, "")
-    for key, var in (("api_key", "LIVEKIT_API_KEY"), ("api_secret", "LIVEKIT_API_SECRET"),
-                     ("ws_url", "LIVEKIT_WS_URL")):
-        if key not in d.present and env.get(var):
-            setattr(conf, key, env[var])
-    _apply_defaults(conf, d)
-    if require_connection:
-        _check_connection(conf)
-    conf.node_id = new_node_id()
+    conf = decode_service_config(IngressConfig, text, source, env, _apply_defaults, require_connection)
     conf.service_name = conf.service_name or "ingress"
-    conf.source = source
-    conf.warnings = d.warnings
     return conf
 
 
