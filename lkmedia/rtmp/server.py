@@ -241,6 +241,8 @@ class _Connection:
             log.warning("rtmp %s: connection ended: no publish within the time allowed", self.peer)
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as e:
             log.info("rtmp %s: connection closed before publishing (%s)", self.peer, _closed(e))
+        except Exception:  # a bug of ours: it ends this connection only
+            log.exception("rtmp %s: connection ended: internal error", self.peer)
         finally:
             self.close()
             with contextlib.suppress(Exception):
@@ -279,13 +281,14 @@ class _Connection:
         if name == "connect":
             obj = args[0] if args and isinstance(args[0], dict) else {}
             self.app, self.tc_url = str(obj.get("app") or ""), str(obj.get("tcUrl") or "")
-            enc = obj.get("objectEncoding") or 0
+            enc = obj.get("objectEncoding")
+            enc = enc if isinstance(enc, float) else 0.0
             self.w.write(_CONTROL_CSID, WINDOW_ACK_SIZE, 0, 0, self.limits.window_ack_size.to_bytes(4, "big"))
             self.w.write(_CONTROL_CSID, SET_PEER_BANDWIDTH, 0, 0, self.limits.window_ack_size.to_bytes(4, "big") + b"\x02")
             self.w.set_chunk_size(self.limits.chunk_size)
             self._result(txn, {"fmsVer": "FMS/3,0,1,123", "capabilities": 31.0},
                          {"level": "status", "code": "NetConnection.Connect.Success",
-                          "description": "Connection succeeded.", "objectEncoding": float(enc)})
+                          "description": "Connection succeeded.", "objectEncoding": enc})
         elif name == "createStream":
             if self._next_stream > 8:
                 raise RtmpProtocolError("more than 8 streams created on one connection")

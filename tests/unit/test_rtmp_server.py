@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -214,6 +215,27 @@ async def test_garbage_after_the_handshake_and_mid_stream(served: tuple[RtmpServ
     assert rec.sessions[0].error == rec.sessions[0].end_reason
     assert len(rec.tags) == 1
     rec.ended.clear()
+    await _publish_ok(server, rec)
+
+
+async def test_random_bytes_never_escape_a_connection(served: tuple[RtmpServer, Recorder],
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    server, rec = served
+    rnd = random.Random(10)
+    for i in range(40):
+        c = await RtmpTestClient.connect(server.port)
+        if i % 2:  # inside a valid connection, after connect
+            await c.command("connect", {"app": "live"})
+            await c.reply()
+        junk = bytearray(rnd.randbytes(rnd.randint(1, 3000)))
+        junk[0] = rnd.choice([0x03, 0x14, 0x43, 0x83, 0xC3, junk[0]])
+        c.writer.write(bytes(junk))
+        await c.writer.drain()
+        c.writer.write_eof()
+        assert await c.closed_by_server()
+        c.close()
+    await asyncio.sleep(0.1)
+    assert "internal error" not in caplog.text and "Traceback" not in caplog.text
     await _publish_ok(server, rec)
 
 
