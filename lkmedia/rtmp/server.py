@@ -348,6 +348,16 @@ class _Connection:
             log.exception("rtmp %s: the session handler failed", self.peer)
             session.end_reason = session.end_reason or "the session handler failed"
         log.info("rtmp %s: session with key %s ended: %s", self.peer, key, session.end_reason or "closed")
+        if session.clean_end and not self.close_reason:
+            await self._linger()
+
+    async def _linger(self, seconds: float = 2.0) -> None:
+        """After the publisher ended its stream: let it finish (deleteStream, its own close)
+        rather than cut it off, which some clients report as an error."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(seconds):
+                while True:
+                    await self._next()
 
     def _refuse(self, request: PublishRequest, stream_id: int, code: str, reason: str) -> None:
         self.server.refused += 1
@@ -378,7 +388,8 @@ class _Connection:
         except (RtmpProtocolError, amf0.AMFError, ValueError) as e:
             session.end_reason = session.error = f"protocol error: {e}"
         finally:
-            self.close()
+            if not session.clean_end:
+                self.close()
 
     @staticmethod
     def _media_tags(msg: Message) -> list[FlvTag]:

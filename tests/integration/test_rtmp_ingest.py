@@ -218,3 +218,24 @@ async def test_rtmps(clips: dict[str, Path], cert: tuple[str, str], caplog: pyte
     assert "plain RTMP sent to the RTMPS port (use rtmps://, or the RTMP port)" in caplog.text
     assert "the TLS handshake failed" in caplog.text
     _check_clip_media(ing.results[0], 3.0)
+
+
+@pytest.mark.parametrize("sink", ["rtmp2sink", "rtmpsink"])
+async def test_gstreamer_publishers(sink: str) -> None:
+    """Two more independent clients: GStreamer's own RTMP client (rtmp2sink) and librtmp
+    (rtmpsink; the library OBS's RTMP output grew from). Both end cleanly (exit 0)."""
+    ing = Ingest()
+    async with RtmpServer(ing.validate, ing.on_session, host="127.0.0.1", port=0) as server:
+        pipeline = (f"videotestsrc num-buffers=75 ! video/x-raw,format=I420,width=320,height=240,framerate=25/1 ! "
+                    f"x264enc tune=zerolatency ! h264parse ! flvmux name=m streamable=true ! "
+                    f"{sink} location=rtmp://127.0.0.1:{server.port}/live/{KEY} "
+                    f"audiotestsrc num-buffers=150 samplesperbuffer=960 ! audio/x-raw,rate=48000,channels=2 ! "
+                    f"avenc_aac ! aacparse ! m.")
+        p = await asyncio.create_subprocess_exec("gst-launch-1.0", "-q", *pipeline.split(),
+                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(p.communicate(), 60)
+        assert p.returncode == 0, out.decode(errors="replace")
+        await asyncio.wait_for(ing.done.wait(), 10)
+    [s] = ing.sessions
+    assert s.clean_end
+    _check_clip_media(ing.results[0], 3.0)
