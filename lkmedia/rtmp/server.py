@@ -339,7 +339,8 @@ class _Connection:
         self.server.accepted += 1
         self.w.write(_CONTROL_CSID, USER_CONTROL, 0, 0, b"\x00\x00" + stream_id.to_bytes(4, "big"))  # Stream Begin
         self._status(stream_id, "status", "NetStream.Publish.Start", "Start publishing")
-        await self.w.drain()
+        with contextlib.suppress(ConnectionError):  # gone already: the session sees it at its first read
+            await self.w.drain()
         log.info("rtmp %s: publishing with key %s (app %r)", self.peer, key, request.app)
         session = RtmpSession(self, request, accepted, stream_id)
         try:

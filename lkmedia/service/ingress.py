@@ -131,7 +131,11 @@ class IngressService:
             await self._report(info.ingress_id, state)
             raise PublishRefused(str(e), REJECTED) from None
         self.live[spec.ingress_id] = LiveSession(spec, state)
-        await self._report(spec.ingress_id, state)
+        try:
+            await self._report(spec.ingress_id, state)
+        except BaseException:  # cancelled (the check took too long): no session will follow
+            self.live.pop(spec.ingress_id, None)
+            raise
         return spec
 
     async def _report(self, ingress_id: str, state: lk.IngressState) -> None:

@@ -146,6 +146,20 @@ async def test_validation_holds_the_publish(served: tuple[RtmpServer, Recorder])
     await asyncio.wait_for(rec.ended.wait(), 5)
 
 
+async def test_publisher_gone_while_its_key_is_checked(served: tuple[RtmpServer, Recorder]) -> None:
+    """The session still starts and ends at once, so whoever counted it live learns it ended."""
+    server, rec = served
+    rec.delay = 0.5
+    c = await RtmpTestClient.connect(server.port)
+    await c.command("connect", {"app": "live"})
+    await c.reply()
+    await c.command("publish", None, "GOODKEY", "live", stream_id=1, csid=8)
+    c.writer.transport.abort()
+    await asyncio.wait_for(rec.ended.wait(), 5)
+    [s] = rec.sessions
+    assert s.end_reason.startswith("the publisher disconnected") and rec.tags == []
+
+
 async def test_stalled_and_dropped_publishers_end_their_session(served: tuple[RtmpServer, Recorder]) -> None:
     server, rec = served
     c = await RtmpTestClient.connect(server.port)
