@@ -53,9 +53,10 @@ class IngressKind:
     def decode_spec(self, data: Any) -> IngressSpec:
         return codec.decode(IngressSpec, data)
 
-    def launch(self, spec: IngressSpec, flv_fd: int = -1) -> IngressLaunch:
+    def launch(self, spec: IngressSpec, relay_url: str = "", relay_headers: str = "") -> IngressLaunch:
+        """``relay_*``: where an RTMP session's publish is read (lkmedia.service.ingress_relay)."""
         c = self.conf
-        return IngressLaunch(spec, c.ws_url, ingress_token(spec.info, c.api_key, c.api_secret), flv_fd)
+        return IngressLaunch(spec, c.ws_url, ingress_token(spec.info, c.api_key, c.api_secret), relay_url, relay_headers)
 
     def costs(self, spec: IngressSpec) -> Costs:
         return session_costs(self.conf, spec)

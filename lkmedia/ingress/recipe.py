@@ -1,7 +1,8 @@
 """Layer three: a launched spec -> the graph that takes its input.
 
-The input side is here: an RTMP publish arrives as FLV on a pipe from the service
-(lkmedia.sources.flv.FlvSource), a URL is pulled and paced in real time
+The input side is here: an RTMP publish arrives as FLV from the service, over its loopback
+relay in a job process (lkmedia.service.ingress_relay, read by FileSource) or on a pipe in
+the same process (lkmedia.sources.flv.FlvSource); a URL is pulled and paced in real time
 (lkmedia.sources.file.FileSource). Decoded (transcoding) or as packets (passthrough).
 What the frames feed, the room publisher with its simulcast layers and Opus audio, is
 linked by the job to ``Recipe.video`` / ``Recipe.audio``.
@@ -31,8 +32,10 @@ def input_source(launch: IngressLaunch, decode: bool = True) -> Source:
     """The source node for the session's input (not yet added to a graph)."""
     spec = launch.spec
     if spec.input == "rtmp":
+        if launch.relay_url:  # a job process: the service relays the publish over loopback HTTP
+            return FileSource(launch.relay_url, decode=decode, options={"headers": launch.relay_headers}, name="rtmp")
         if launch.flv_fd < 0:
-            raise ValueError(f"{spec.ingress_id}: an RTMP session needs the FLV pipe from the service")
+            raise ValueError(f"{spec.ingress_id}: an RTMP session needs the service's relay or FLV pipe")
         return FlvSource(launch.flv_fd, decode=decode, name="rtmp")
     if spec.input == "url":
         options = URL_OPTIONS if spec.url.startswith(("http://", "https://")) else {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from livekit import api
@@ -62,8 +62,10 @@ class IngressLaunch:
     """A spec with what the node that runs it adds (never stored, never logged)."""
     spec: IngressSpec
     ws_url: str
-    token: str
-    flv_fd: int = -1  # RTMP: the read end of the pipe the service writes the publish into
+    token: str = field(repr=False)
+    relay_url: str = ""  # RTMP: where the service relays the publish (lkmedia.service.ingress_relay)
+    relay_headers: str = field(default="", repr=False)  # its Authorization line
+    flv_fd: int = -1  # RTMP in the service's own process: the read end of an FlvPipe
 
 
 def new_resource_id(input_name: str) -> str:

@@ -121,6 +121,7 @@ class RtmpSession:
     def close(self, reason: str = "ended by the server") -> None:
         """End the session from our side (``end_reason`` says ``reason``)."""
         self._conn.close_reason = self._conn.close_reason or reason
+        self.end_reason = self.end_reason or reason
         self._conn.close()
 
 

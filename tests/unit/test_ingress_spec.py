@@ -178,5 +178,5 @@ async def test_recipe_url_input_is_paced(flv: Path) -> None:
     t0 = time.monotonic()
     await g.run()
     assert len(v.items) == 50 and time.monotonic() - t0 > 1.7  # real time, not as fast as it reads
-    with pytest.raises(ValueError, match="FLV pipe"):
+    with pytest.raises(ValueError, match="relay or FLV pipe"):
         build_recipe(IngressLaunch(spec_from_info(rtmp_info(), "rtmp"), "ws://x", "t"))
