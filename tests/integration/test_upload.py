@@ -221,7 +221,7 @@ async def test_preflight_fails_fast_naming_the_bucket_never_the_secret(minio: Mi
 
     with pytest.raises(StorageConfigError, match="bucket is required"):
         S3Storage(S3Config(access_key="a", secret="b"))
-    with pytest.raises(StorageConfigError, match="not supported yet"):
+    with pytest.raises(StorageConfigError, match="storage.gcp: credentials_json is not a Google credentials file"):
         settings_from_yaml({"storage": {"gcp": {"bucket": "x", "credentials_json": "{}"}}})
     with pytest.raises(StorageConfigError, match="storage.s3.max_retry_delay"):
         settings_from_yaml({"storage": {"s3": {"bucket": "x", "max_retry_delay": "soon"}}})
