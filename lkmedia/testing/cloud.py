@@ -85,6 +85,17 @@ class CloudTarget:
         listed: dict[str, int] = self.server.objects(bucket)
         return listed
 
+    def size(self, bucket: str, key: str) -> int | None:
+        """The stored object's size, None when there is none."""
+        try:
+            if self.provider == "azure":
+                return int(self.server.client().get_blob_client(bucket, key).get_blob_properties().size)
+            if self.provider == "gcp":
+                return int(self.server.metadata(bucket, key)["size"])
+            return len(self.server.download(bucket, key))
+        except Exception:
+            return None
+
     def download(self, bucket: str, key: str, dest: Path | None = None) -> bytes:
         data: bytes = self.server.download(bucket, key)
         if dest is not None:
