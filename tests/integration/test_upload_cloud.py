@@ -23,6 +23,7 @@ import pytest
 
 from lkmedia.storage import LocalStorage, Manifest, StorageConfigError, StorageError, Uploader, make_storage
 from lkmedia.testing.cloud import PROVIDERS, CloudTarget, missing
+from lkmedia.testing.rtmp_server import free_port
 
 pytestmark = pytest.mark.integration
 BUCKET = "recordings"
@@ -270,3 +271,29 @@ def test_oss_endpoint_refuses_requests_it_cannot_verify(tmp_path: Path) -> None:
         assert not t.objects(BUCKET)
     finally:
         t.cleanup()
+
+
+async def test_proxy_variables_are_honoured(target: CloudTarget, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPS_PROXY / HTTP_PROXY and NO_PROXY, as the providers' SDKs read them (GCS also
+    takes the Go egress's proxy_config). A proxy that is not there fails the preflight;
+    NO_PROXY naming the server lets it through."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", dead)
+    monkeypatch.setenv("HTTPS_PROXY", dead)
+    s = storage(target)
+    with pytest.raises(StorageError, match="failed for"):
+        await s.preflight(timeout=5.0)
+    await s.close()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with storage(target) as s:
+        await s.preflight(timeout=5.0)
+    if target.provider == "gcp":
+        monkeypatch.delenv("HTTP_PROXY")
+        monkeypatch.delenv("HTTPS_PROXY")
+        monkeypatch.delenv("NO_PROXY")
+        s = storage(target, proxy_url=dead)
+        with pytest.raises(StorageError, match="cannot reach"):
+            await s.preflight(timeout=5.0)
+        await s.close()
