@@ -23,19 +23,11 @@ from alibabacloud_oss_v2.aio.transport import AioHttpClient
 
 from .base import StorageError
 from .cloud_config import AliOSSConfig
-from .remote import PRESIGN_SECONDS, ProgressFn, RemoteStorage
+from .remote import PRESIGN_SECONDS, S3_STYLE_FATAL, ProgressFn, RemoteStorage
 
 log = logging.getLogger("lkmedia.storage.alioss")
 
-_FATAL = {
-    "NoSuchBucket": "the bucket does not exist",
-    "InvalidBucketName": "the bucket name is not valid",
-    "InvalidAccessKeyId": "the access key is not known to the server",
-    "SignatureDoesNotMatch": "the secret does not match the access key",
-    "AccessDenied": "access denied (the credentials may not write to this bucket)",
-    "InvalidArgument": "the server refused an argument",
-    "EntityTooLarge": "the object is too large",
-}
+_FATAL = {**S3_STYLE_FATAL, "InvalidObjectName": "the object name is not valid"}
 
 
 class AliOSSStorage(RemoteStorage):
@@ -43,13 +35,9 @@ class AliOSSStorage(RemoteStorage):
 
     def __init__(self, config: AliOSSConfig, *, prefix: str = "", on_progress: ProgressFn | None = None,
                  presign: bool = False) -> None:
-        config.validate()
-        super().__init__(prefix=prefix, on_progress=on_progress, presign=presign)
-        self.config = config
+        super().__init__(config, prefix=prefix, on_progress=on_progress, presign=presign)
+        self.config: AliOSSConfig = config
         self.region = config.signing_region()
-        self.policy = config.retry_policy()
-        self.part_size = config.part_size
-        self.multipart_threshold = config.multipart_threshold
         self._client: AsyncClient | None = None
         self._http: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()

@@ -49,12 +49,8 @@ class AzureStorage(RemoteStorage):
 
     def __init__(self, config: AzureConfig, *, prefix: str = "", on_progress: ProgressFn | None = None,
                  presign: bool = False) -> None:
-        config.validate()
-        super().__init__(prefix=prefix, on_progress=on_progress, presign=presign)
-        self.config = config
-        self.policy = config.retry_policy()
-        self.part_size = config.part_size
-        self.multipart_threshold = config.multipart_threshold
+        super().__init__(config, prefix=prefix, on_progress=on_progress, presign=presign)
+        self.config: AzureConfig = config
         self._service: BlobServiceClient | None = None
         self._lock = asyncio.Lock()
 

@@ -16,10 +16,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Self
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from .base import RetryPolicy, StorageConfigError
-from .config import parse_duration
+from .config import check_endpoint, parse_duration, parse_proxy, proxy_url
 
 _MIB = 1 << 20
 _DURATIONS = ("min_retry_delay", "max_retry_delay")
@@ -46,16 +46,7 @@ class _Provider:
         self.retry_policy()
         if self.part_size < 5 * _MIB:
             raise StorageConfigError(f"{self.provider}: part_size must be at least 5 MiB, got {self.part_size}")
-        endpoint = getattr(self, "endpoint", "")
-        if endpoint:
-            try:
-                parts = urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
-                ok = bool(parts.hostname) and parts.scheme in ("http", "https")
-                parts.port  # noqa: B018 - raises on a bad port
-            except ValueError:
-                ok = False
-            if not ok:
-                raise StorageConfigError(f"{self.provider}: endpoint {endpoint!r} is not a host or http(s) URL")
+        check_endpoint(getattr(self, "endpoint", ""), self.provider)
 
     @classmethod
     def from_yaml(cls, d: Mapping[str, Any], where: str) -> Self:
@@ -68,10 +59,7 @@ class _Provider:
             key = f"{where}.{k}"
             if k == "proxy_config" and "proxy_url" in {f.name for f in fields(cls)}:
                 if v:
-                    if not isinstance(v, Mapping):
-                        raise StorageConfigError(f"{key}: expected a mapping with url, username, password")
-                    args.update(proxy_url=str(v.get("url") or ""), proxy_username=str(v.get("username") or ""),
-                                proxy_password=str(v.get("password") or ""))
+                    args.update(parse_proxy(v, key))
                 continue
             if k not in known:
                 raise StorageConfigError(f"{key}: unknown {cls.provider} key")
@@ -127,6 +115,8 @@ class GCPConfig(_Provider):
         if not self.bucket:
             raise StorageConfigError("gcp: bucket is required")
         super().validate()
+        if self.part_size % (256 * 1024):  # resumable chunks are multiples of 256 KiB
+            raise StorageConfigError(f"gcp: part_size must be a multiple of 256 KiB, got {self.part_size}")
         self.credentials()
 
     def credentials(self) -> dict[str, Any] | None:
@@ -161,14 +151,7 @@ class GCPConfig(_Provider):
         return creds
 
     def proxy(self) -> str | None:
-        if not self.proxy_url:
-            return None
-        url = self.proxy_url
-        if self.proxy_username:
-            scheme, rest = url.split("://", 1) if "://" in url else ("http", url)
-            auth = quote(self.proxy_username, safe="") + ":" + quote(self.proxy_password, safe="")
-            url = f"{scheme}://{auth}@{rest}"
-        return url
+        return proxy_url(self.proxy_url, self.proxy_username, self.proxy_password) if self.proxy_url else None
 
     @classmethod
     def from_proto(cls, msg: Any, defaults: GCPConfig | None = None) -> GCPConfig:

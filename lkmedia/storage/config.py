@@ -40,6 +40,20 @@ def _s3_value(k: str, v: Any, key: str) -> Any:
     return "" if v is None else str(v)
 
 
+def check_endpoint(endpoint: str, provider: str) -> None:
+    """An endpoint must be a host (https:// is implied) or an http(s) URL with a valid port."""
+    if not endpoint:
+        return
+    try:
+        parts = urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
+        ok = bool(parts.hostname) and parts.scheme in ("http", "https")
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise StorageConfigError(f"{provider}: endpoint {endpoint!r} is not a host or http(s) URL")
+
+
 def parse_duration(value: Any, key: str) -> float:
     """Seconds from a Go duration: "100ms", "5s", "1m30s"; an int is nanoseconds (as Go's
     YAML reads it); a float is seconds."""
@@ -104,15 +118,7 @@ class S3Config:
                                      f"(bucket {self.bucket!r}); use access_key and secret")
         if self.part_size < 5 * _MIB:
             raise StorageConfigError(f"s3: part_size must be at least 5 MiB, got {self.part_size}")
-        if self.endpoint:
-            try:
-                parts = urlsplit(self.endpoint_url() or "")
-                ok = bool(parts.hostname) and parts.scheme in ("http", "https")
-                parts.port  # noqa: B018 - raises on a bad port
-            except ValueError:
-                ok = False
-            if not ok:
-                raise StorageConfigError(f"s3: endpoint {self.endpoint!r} is not a host or http(s) URL")
+        check_endpoint(self.endpoint, "s3")
         self.retry_policy()
 
     def retry_policy(self) -> RetryPolicy:
@@ -126,11 +132,7 @@ class S3Config:
     def proxies(self) -> dict[str, str]:
         if not self.proxy_url:
             return {}
-        url = self.proxy_url
-        if self.proxy_username:
-            scheme, rest = url.split("://", 1) if "://" in url else ("http", url)
-            auth = quote(self.proxy_username, safe="") + ":" + quote(self.proxy_password, safe="")
-            url = f"{scheme}://{auth}@{rest}"
+        url = proxy_url(self.proxy_url, self.proxy_username, self.proxy_password)
         return {"http": url, "https": url}
 
     # -- sources -------------------------------------------------------------------
@@ -147,7 +149,7 @@ class S3Config:
                 continue  # accepted for compatibility; botocore logs through logging
             if k == "proxy_config" or k == "proxy":
                 if v:
-                    args.update(_proxy(v, key))
+                    args.update(parse_proxy(v, key))
                 continue
             if k not in known:
                 raise StorageConfigError(f"{key}: unknown S3 key")
@@ -185,7 +187,16 @@ class S3Config:
         )
 
 
-def _proxy(v: Any, key: str) -> dict[str, str]:
+def proxy_url(url: str, username: str, password: str) -> str:
+    """The Go ``proxy_config`` as one URL, the credentials in it (quoted)."""
+    if not username:
+        return url
+    scheme, rest = url.split("://", 1) if "://" in url else ("http", url)
+    return f"{scheme}://{quote(username, safe='')}:{quote(password, safe='')}@{rest}"
+
+
+def parse_proxy(v: Any, key: str) -> dict[str, str]:
+    """A Go ``proxy_config`` mapping as the ``proxy_url`` / ``proxy_username`` / ``proxy_password`` fields."""
     if not isinstance(v, Mapping):
         raise StorageConfigError(f"{key}: expected a mapping with url, username, password")
     return {"proxy_url": str(v.get("url") or ""), "proxy_username": str(v.get("username") or ""),

@@ -22,13 +22,12 @@ import aiohttp
 from gcloud.aio.storage import Bucket
 from gcloud.aio.storage import Storage as GCSClient
 
-from .base import StorageConfigError, StorageError
+from .base import StorageError
 from .cloud_config import GCPConfig
 from .remote import PRESIGN_SECONDS, RESTART, ProgressFn, RemoteStorage
 
 log = logging.getLogger("lkmedia.storage.gcp")
 
-_CHUNK = 256 * 1024  # resumable chunks are multiples of this
 _FATAL = {
     401: "the credentials were refused",
     403: "the credentials may not write to this bucket",
@@ -43,14 +42,8 @@ class GCPStorage(RemoteStorage):
 
     def __init__(self, config: GCPConfig, *, prefix: str = "", on_progress: ProgressFn | None = None,
                  presign: bool = False) -> None:
-        config.validate()
-        if config.part_size % _CHUNK:
-            raise StorageConfigError(f"gcp: part_size must be a multiple of 256 KiB, got {config.part_size}")
-        super().__init__(prefix=prefix, on_progress=on_progress, presign=presign)
-        self.config = config
-        self.policy = config.retry_policy()
-        self.part_size = config.part_size
-        self.multipart_threshold = config.multipart_threshold
+        super().__init__(config, prefix=prefix, on_progress=on_progress, presign=presign)
+        self.config: GCPConfig = config
         self._creds = config.credentials()
         root = config.endpoint or os.environ.get("STORAGE_EMULATOR_HOST", "")
         if root and "://" not in root:

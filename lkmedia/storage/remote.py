@@ -30,8 +30,19 @@ from .base import RetryPolicy, Storage, StorageError, StoredObject, content_type
 log = logging.getLogger("lkmedia.storage")
 
 T = TypeVar("T")
+
+#: Error codes of S3 and of the services that copy its API (OSS) that no retry can fix,
+#: and what they mean.
+S3_STYLE_FATAL = {
+    "NoSuchBucket": "the bucket does not exist",
+    "InvalidBucketName": "the bucket name is not valid",
+    "InvalidAccessKeyId": "the access key is not known to the server",
+    "SignatureDoesNotMatch": "the secret does not match the access key",
+    "AccessDenied": "access denied (the credentials may not write to this bucket)",
+    "InvalidArgument": "the server refused an argument",
+    "EntityTooLarge": "the object is too large",
+}
 ProgressFn = Callable[[str, int, int], Any]
-MIB = 1 << 20
 #: StorageError.code of a part whose upload session the server no longer knows (a GCS
 #: resumable session that expired): the upload starts again, once.
 RESTART = "restart-upload"
@@ -44,11 +55,15 @@ class RemoteStorage(Storage):
     """``on_progress(key, bytes_done, total)`` is called after each part (and after a
     single-shot upload)."""
 
-    policy: RetryPolicy = RetryPolicy()
-    part_size: int = 8 * MIB
-    multipart_threshold: int = 16 * MIB
-
-    def __init__(self, *, prefix: str = "", on_progress: ProgressFn | None = None, presign: bool = False) -> None:
+    def __init__(self, config: Any, *, prefix: str = "", on_progress: ProgressFn | None = None,
+                 presign: bool = False) -> None:
+        """``config``: the provider's settings (S3Config, GCPConfig, ...), validated here;
+        its retry keys and part sizes are used."""
+        config.validate()
+        self.config = config
+        self.policy: RetryPolicy = config.retry_policy()
+        self.part_size: int = config.part_size
+        self.multipart_threshold: int = config.multipart_threshold
         self.prefix = prefix
         self.on_progress = on_progress
         self.presign = presign  # generate_presigned_url: results carry signed URLs

@@ -22,25 +22,19 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from ..redact import redact_key
 from .base import StorageConfigError, StorageError, content_type_for
 from .config import S3Config
-from .remote import PRESIGN_SECONDS, ProgressFn, RemoteStorage
+from .remote import PRESIGN_SECONDS, S3_STYLE_FATAL, ProgressFn, RemoteStorage
 
 log = logging.getLogger("lkmedia.storage.s3")
 
 #: Error codes that no retry can fix: fail at once with a message that says why.
 _FATAL = {
-    "NoSuchBucket": "the bucket does not exist",
-    "InvalidBucketName": "the bucket name is not valid",
-    "InvalidAccessKeyId": "the access key is not known to the server",
-    "SignatureDoesNotMatch": "the secret does not match the access key",
-    "AccessDenied": "access denied (the credentials may not write to this bucket)",
+    **S3_STYLE_FATAL,
     "AllAccessDisabled": "all access to the bucket is disabled",
     "InvalidToken": "the session token is not valid",
     "ExpiredToken": "the session token has expired",
     "AuthorizationHeaderMalformed": "the region or credentials are malformed",
     "PermanentRedirect": "the bucket is in another region (set region or endpoint)",
-    "InvalidArgument": "the server refused an argument",
     "InvalidTag": "the tagging is not valid",
-    "EntityTooLarge": "the object is too large",
 }
 _RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
                     "XMinioServerNotInitialized", "OperationAborted", "RequestTimeTooSkewed"}
@@ -53,12 +47,8 @@ class S3Storage(RemoteStorage):
 
     def __init__(self, config: S3Config, *, prefix: str = "", on_progress: ProgressFn | None = None,
                  presign: bool = False) -> None:
-        config.validate()
-        super().__init__(prefix=prefix, on_progress=on_progress, presign=presign)
-        self.config = config
-        self.policy = config.retry_policy()
-        self.part_size = config.part_size
-        self.multipart_threshold = config.multipart_threshold
+        super().__init__(config, prefix=prefix, on_progress=on_progress, presign=presign)
+        self.config: S3Config = config
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
