@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-import socket
 from typing import Any
 
 from ..dev.stack import CACHE_BIN
@@ -45,13 +44,6 @@ class AzuriteServer(ServerProcess):
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, "AZURITE_ACCOUNTS": f"{self.account_name}:{self.account_key}"}
-
-    def ready(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
 
     def client(self) -> Any:
         """A synchronous BlobServiceClient with the account key (test set-up, listing)."""

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import sys
 import threading
 import uuid
@@ -293,13 +292,6 @@ class OSSServer(ServerProcess):
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, "LKMEDIA_OSS_TEST_SECRET": self.secret}
-
-    def ready(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
 
     def create_bucket(self, name: str) -> str:
         (self.data_dir / "buckets" / name).mkdir(parents=True, exist_ok=True)

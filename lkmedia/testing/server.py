@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -36,7 +37,12 @@ class ServerProcess:
         return dict(os.environ)
 
     def ready(self) -> bool:
-        raise NotImplementedError
+        """Default: the port takes connections."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     @property
     def log(self) -> str:
@@ -71,6 +77,12 @@ class ServerProcess:
         """Hard stop (SIGKILL): connections are reset mid-request."""
         kill_process(self.proc)
         self.proc = None
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.kill()
+        if down_for:
+            time.sleep(down_for)
+        self.start()
 
     def cleanup(self) -> None:
         self.kill()
