@@ -116,7 +116,7 @@ class GCPStorage(RemoteStorage):
         await gcs.upload(self.config.bucket, key, data, content_type=content_type, force_resumable_upload=False,
                          timeout=60)
 
-    async def _parts_begin(self, key: str, content_type: str) -> str:
+    async def _parts_begin(self, key: str, content_type: str) -> tuple[str, str]:
         await self._client()
         assert self._http is not None
         url = f"{self.api_root}/upload/storage/v1/b/{quote(self.config.bucket, safe='')}/o"
@@ -125,14 +125,15 @@ class GCPStorage(RemoteStorage):
         async with self._http.post(url, params={"uploadType": "resumable", "name": key}, headers=headers,
                                    data=json.dumps({"name": key, "contentType": content_type})) as r:
             r.raise_for_status()
-            return str(r.headers["Location"])
+            return str(r.headers["Location"]), content_type  # the session's URL
 
     async def _part(self, key: str, state: Any, number: int, offset: int, chunk: bytes, total: int) -> Any:
         assert self._http is not None
         end = offset + len(chunk)
-        headers = {**await self._headers(),
+        session, content_type = state
+        headers = {**await self._headers(), "Content-Type": content_type,
                    "Content-Range": f"bytes {offset}-{end - 1}/{total if end == total else '*'}"}
-        async with self._http.put(state, data=chunk, headers=headers) as r:
+        async with self._http.put(session, data=chunk, headers=headers) as r:
             if r.status in (404, 410):
                 raise StorageError(f"upload of {key!r} to {self.describe()}: the resumable upload session is gone "
                                    f"(HTTP {r.status})", code=RESTART)
@@ -145,7 +146,7 @@ class GCPStorage(RemoteStorage):
 
     async def _parts_abort(self, key: str, state: Any) -> None:
         if self._http is not None:
-            async with self._http.delete(state, headers=await self._headers()):
+            async with self._http.delete(state[0], headers=await self._headers()):
                 pass
 
     async def _size(self, key: str) -> int | None:

@@ -107,17 +107,23 @@ async def test_files_and_parts_land_whole_and_the_manifest_lists_them(target: Cl
 
 
 async def test_content_type_is_set(target: CloudTarget, tmp_path: Path) -> None:
-    s = storage(target)
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(7 * MIB))
+    s = storage(target, part_size=5 * MIB, multipart_threshold=6 * MIB)
     async with s:
         await s.upload_bytes(b"#EXTM3U\n", "ct/index.m3u8")
-    if target.provider == "azure":
-        props = target.server.client().get_blob_client(BUCKET, "ct/index.m3u8").get_blob_properties()
-        got = props.content_settings.content_type
-    elif target.provider == "gcp":
-        got = target.server.metadata(BUCKET, "ct/index.m3u8")["contentType"]
-    else:
-        got = target.server.content_type(BUCKET, "ct/index.m3u8")
-    assert got == "application/x-mpegurl"
+        await s.upload_file(str(big), "ct/big.mp4")  # in parts
+
+    def content_type(key: str) -> str:
+        if target.provider == "azure":
+            props = target.server.client().get_blob_client(BUCKET, key).get_blob_properties()
+            return str(props.content_settings.content_type)
+        if target.provider == "gcp":
+            return str(target.server.metadata(BUCKET, key)["contentType"])
+        return str(target.server.content_type(BUCKET, key))
+
+    assert content_type("ct/index.m3u8") == "application/x-mpegurl"
+    assert content_type("ct/big.mp4") == "video/mp4"
 
 
 async def test_bad_bucket_or_credential_fails_preflight_fast(target: CloudTarget) -> None:
