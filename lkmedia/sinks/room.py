@@ -138,6 +138,7 @@ class RoomSink(Sink):
         self._asrc: rtc.AudioSource | None = None
         self._resampler: AudioResampler | None = None
         self.tracks: dict[str, str] = {}  # kind -> track sid
+        self.room_sid = ""
         self._start: tuple[float, float] | None = None  # (monotonic, media seconds) of the first frame
         self.frames = 0
         self.samples = 0
@@ -158,6 +159,8 @@ class RoomSink(Sink):
             raise RoomError(f"could not join the room at {redact_url(self.url)}: "
                             f"{e or 'timed out'}") from e
         self.room = room
+        with contextlib.suppress(Exception):
+            self.room_sid = await asyncio.wait_for(room.sid, 5)  # (an async property)
 
     async def _publish(self, kind: str, frame: Any) -> None:
         assert self.room is not None

@@ -132,6 +132,10 @@ class FileSource(Source):
         if c.start_time is not None:
             self._set_offset(Fraction(c.start_time, 1_000_000))
 
+    def streams(self) -> dict[str, Any]:
+        """The input streams read, by kind ("video", "audio"), once open."""
+        return dict(self._streams)
+
     def _pick_streams(self, c: Any) -> None:
         found = {kind: c.streams.best(kind) for kind in ("video", "audio")}
         v = found["video"]
