@@ -101,8 +101,9 @@ class AzureStorage(RemoteStorage):
             msg = f"{what} failed for {self.describe()}: {reason} ({code or status})"
             return StorageError(self._scrub(msg), retryable=retryable, code=code or str(status))
         if isinstance(e, ServiceRequestError | ServiceResponseError):
+            cause = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
             return StorageError(self._scrub(f"{what} failed for {self.describe()}: cannot reach the endpoint "
-                                            f"({type(e).__name__})"), retryable=True, code="connect")
+                                            f"({cause})"), retryable=True, code="connect")
         return self._common_error(what, e)
 
     # -- one attempt each --------------------------------------------------------------

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import time
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -79,7 +80,32 @@ class GCPStorage(RemoteStorage):
                 service_file = io.StringIO(json.dumps(self._creds)) if self._creds else None
                 self._gcs = GCSClient(service_file=service_file, session=cast(Any, self._http), api_root=self.api_root,
                                       api_is_dev=self.emulated)
+            if not self.emulated:
+                await self._ensure_token(self._gcs.token)
             return self._gcs
+
+    async def _ensure_token(self, token: Any) -> None:
+        """An access token, fetched once per attempt: gcloud-aio-auth retries a refused or
+        unreachable token endpoint 5 times with waits of up to a minute, which would turn
+        a revoked key into a slow timeout; here it fails at once with its reason (and
+        RemoteStorage's retries apply). The library then uses the token it holds."""
+        if token.access_token and time.time() < token.access_token_refresh_after:
+            return
+        acquire = getattr(type(token).acquire_access_token, "__wrapped__", None)  # without its retries
+        try:
+            if acquire is not None:
+                await acquire(token, timeout=10)
+            else:
+                await token.get()
+        except aiohttp.ClientResponseError as e:
+            status = int(e.status or 0)
+            raise StorageError(self._scrub(
+                f"the access token for {self.describe()} was refused by {token.token_uri} (HTTP {status}): "
+                "the service account key may be revoked or wrong"), retryable=status >= 500 or status == 429,
+                code=str(status)) from None
+        except aiohttp.ClientConnectionError as e:
+            raise StorageError(self._scrub(f"cannot get an access token for {self.describe()} from "
+                                           f"{token.token_uri}: {e}"), retryable=True, code="connect") from None
 
     async def _headers(self) -> dict[str, str]:
         if self.emulated:
