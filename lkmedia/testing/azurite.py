@@ -24,23 +24,23 @@ class AzuriteServer(ServerProcess):
     name = "azurite"
 
     def __init__(self, root: str | os.PathLike[str] | None = None, port: int | None = None,
-                 account_name: str = "lkmtest") -> None:
+                 account_name: str = "lkmtest", tls: tuple[str, str] | None = None) -> None:
         binary = azurite_binary()
         if binary is None:
             raise RuntimeError("Azurite is not installed (run scripts/setup.sh --test)")
         self.binary = binary
-        super().__init__(root, port)
+        super().__init__(root, port, tls)
         self.account_name = account_name
         self.account_key = base64.b64encode(secrets.token_bytes(32)).decode()
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{self.account_name}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/{self.account_name}"
 
     def command(self) -> list[str]:
         return [self.binary, "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location",
                 str(self.data_dir), "--silent", "--skipApiVersionCheck", "--disableProductStyleUrl",
-                "--disableTelemetry", "--loose"]
+                "--disableTelemetry", "--loose", *(["--cert", self.tls[0], "--key", self.tls[1]] if self.tls else [])]
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, "AZURITE_ACCOUNTS": f"{self.account_name}:{self.account_key}"}
@@ -50,7 +50,8 @@ class AzuriteServer(ServerProcess):
         from azure.storage.blob import BlobServiceClient
 
         return BlobServiceClient(self.endpoint, credential={"account_name": self.account_name,
-                                                            "account_key": self.account_key})
+                                                            "account_key": self.account_key},
+                                 connection_verify=self.tls[0] if self.tls else True)
 
     def create_container(self, name: str) -> str:
         self.client().create_container(name)

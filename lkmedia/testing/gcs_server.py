@@ -25,25 +25,27 @@ class FakeGCSServer(ServerProcess):
 
     name = "fake-gcs"
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, port: int | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, port: int | None = None,
+                 tls: tuple[str, str] | None = None) -> None:
         binary = fake_gcs_binary()
         if binary is None:
             raise RuntimeError("fake-gcs-server is not installed (run scripts/setup.sh --test)")
         self.binary = binary
-        super().__init__(root, port)
+        super().__init__(root, port, tls)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        return [self.binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
+        tls = ["-cert-location", self.tls[0], "-private-key-location", self.tls[1]] if self.tls else []
+        return [self.binary, "-scheme", self.scheme, "-host", "127.0.0.1", "-port", str(self.port),
                 "-backend", "filesystem", "-filesystem-root", str(self.data_dir),
-                "-public-host", f"127.0.0.1:{self.port}", "-external-url", self.endpoint, "-log-level", "warn"]
+                "-public-host", f"127.0.0.1:{self.port}", "-external-url", self.endpoint, "-log-level", "warn", *tls]
 
     def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.endpoint}/storage/v1/b", timeout=1.0) as r:
+            with urllib.request.urlopen(f"{self.endpoint}/storage/v1/b", timeout=1.0, context=self.ssl_context()) as r:
                 return bool(r.status == 200)
         except (urllib.error.URLError, OSError):
             return False
@@ -52,7 +54,7 @@ class FakeGCSServer(ServerProcess):
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.endpoint}{path}", data=data, method=method,
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10, context=self.ssl_context()) as r:
             raw = r.read()
         return json.loads(raw) if raw else None
 
@@ -74,7 +76,7 @@ class FakeGCSServer(ServerProcess):
 
     def download(self, bucket: str, name: str) -> bytes:
         url = f"{self.endpoint}/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}?alt=media"
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with urllib.request.urlopen(url, timeout=10, context=self.ssl_context()) as r:
             return bytes(r.read())
 
     def metadata(self, bucket: str, name: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import ssl
 import sys
 import threading
 import uuid
@@ -276,19 +277,20 @@ class OSSServer(ServerProcess):
     name = "oss"
 
     def __init__(self, root: str | os.PathLike[str] | None = None, port: int | None = None,
-                 region: str = "cn-hangzhou") -> None:
-        super().__init__(root, port)
+                 region: str = "cn-hangzhou", tls: tuple[str, str] | None = None) -> None:
+        super().__init__(root, port, tls)
         self.access_key = "LTAI" + secrets.token_hex(8)
         self.secret = "oss-" + secrets.token_urlsafe(20)
         self.region = region
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "lkmedia.testing.oss_server", "--port", str(self.port), "--root",
-                str(self.data_dir), "--access-key", self.access_key, "--region", self.region]
+                str(self.data_dir), "--access-key", self.access_key, "--region", self.region,
+                *(["--cert", self.tls[0], "--key", self.tls[1]] if self.tls else [])]
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, "LKMEDIA_OSS_TEST_SECRET": self.secret}
@@ -329,11 +331,17 @@ def main() -> None:
     p.add_argument("--root", required=True)
     p.add_argument("--access-key", required=True)
     p.add_argument("--region", default="cn-hangzhou")
+    p.add_argument("--cert", help="PEM certificate: serve HTTPS")
+    p.add_argument("--key", help="its PEM key")
     a = p.parse_args()
     secret = os.environ.get("LKMEDIA_OSS_TEST_SECRET", "")
     if not secret:
         sys.exit("LKMEDIA_OSS_TEST_SECRET is not set")
     srv = _OSSHTTPServer(a.port, Path(a.root), a.access_key, secret, a.region)
+    if a.cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.cert, a.key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     srv.serve_forever()
 
 

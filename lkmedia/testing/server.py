@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -22,13 +23,24 @@ class ServerProcess:
 
     name = "server"
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, port: int | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, port: int | None = None,
+                 tls: tuple[str, str] | None = None) -> None:
+        """``tls``: (certificate, key) PEM files: the server speaks HTTPS with them."""
+        self.tls = tls
         self._own_root = root is None
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix=f"lkm-{self.name}-"))
         self.data_dir = self.root / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For urllib calls to this server: trusts its certificate (None: plain HTTP)."""
+        return ssl.create_default_context(cafile=self.tls[0]) if self.tls else None
 
     def command(self) -> list[str]:
         raise NotImplementedError
