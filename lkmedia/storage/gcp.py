@@ -2,11 +2,12 @@
 
 Large files go as one resumable upload sent in ``part_size`` chunks (a multiple of
 256 KiB), each chunk retried on its own (RemoteStorage): the bytes already stored are not
-sent again (a session the server no longer knows starts the upload again). Credentials: ``credentials_json``, else ``GOOGLE_APPLICATION_CREDENTIALS``,
-else the machine's default credentials, as the Go egress. The API root is Google's unless
-``STORAGE_EMULATOR_HOST`` (as Google's SDKs) or lkmedia's ``endpoint`` says otherwise; a
-plain-HTTP root is an emulator and gets no token. ``HTTPS_PROXY`` / ``NO_PROXY`` /
-``SSL_CERT_FILE`` are honoured, and ``proxy_config`` as the Go key.
+sent again (a session the server no longer knows starts the upload again). Credentials:
+``credentials_json``, else ``GOOGLE_APPLICATION_CREDENTIALS``, else the machine's default
+credentials, as the Go egress. The API root is Google's unless ``STORAGE_EMULATOR_HOST``
+(an emulator, no token, as Google's SDKs) or lkmedia's ``endpoint`` says otherwise (a
+plain-HTTP one is an emulator too). ``HTTPS_PROXY`` / ``NO_PROXY`` / ``SSL_CERT_FILE`` are
+honoured, and ``proxy_config`` as the Go key.
 """
 from __future__ import annotations
 
@@ -46,11 +47,13 @@ class GCPStorage(RemoteStorage):
         super().__init__(config, prefix=prefix, on_progress=on_progress, presign=presign)
         self.config: GCPConfig = config
         self._creds = config.credentials()
-        root = config.endpoint or os.environ.get("STORAGE_EMULATOR_HOST", "")
-        if root and "://" not in root:
-            root = "http://" + root
-        self.api_root = (root or "https://storage.googleapis.com").rstrip("/")
-        self.emulated = self.api_root.startswith("http://")  # no token, as Google's SDKs treat an emulator
+        emulator = "" if config.endpoint else os.environ.get("STORAGE_EMULATOR_HOST", "")
+        if emulator and "://" not in emulator:
+            emulator = "http://" + emulator  # as Google's SDKs read it
+        endpoint = config.endpoint if "://" in config.endpoint or not config.endpoint else "https://" + config.endpoint
+        self.api_root = (endpoint or emulator or "https://storage.googleapis.com").rstrip("/")
+        # An emulator gets no token, as Google's SDKs treat one; so does a plain-HTTP endpoint.
+        self.emulated = bool(emulator) or self.api_root.startswith("http://")
         self._gcs: GCSClient | None = None
         self._http: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()

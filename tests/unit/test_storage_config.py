@@ -78,6 +78,9 @@ def test_credentials_file_and_emulator_variables(monkeypatch: pytest.MonkeyPatch
     gcs: Any = settings_from_yaml({"gcp": {"bucket": "b"}}).default_storage()
     assert gcs.api_root == "http://127.0.0.1:4443" and gcs.emulated
     assert gcs.location("x.mp4") == "http://127.0.0.1:4443/b/x.mp4"
+    # lkmedia's endpoint wins over the variable; without a scheme it is https (a real API: a token)
+    gcs = settings_from_yaml({"gcp": {"bucket": "b", "endpoint": "storage.example.eu"}}).default_storage()
+    assert gcs.api_root == "https://storage.example.eu" and not gcs.emulated
     path.write_text("{}")
     with pytest.raises(StorageConfigError, match="GOOGLE_APPLICATION_CREDENTIALS is not a Google credentials"):
         GCPConfig(bucket="b").validate()
