@@ -159,7 +159,7 @@ async def test_participant_egress_uploads_mp4_hls_images_and_manifest(
           f"MP4 {p.duration:.2f} s, {seg.segment_count} segments, {img.image_count} images, {len(stored)} objects")
 
 
-async def test_request_override_goes_to_its_own_bucket_with_signed_urls(
+async def test_request_overrides_go_to_their_own_bucket_with_signed_urls(
     livekit_stack: DevStack, target: CloudTarget, publisher: object, room_name: str, backup_dir: Path,
     tmp_path: Path, logs: pytest.LogCaptureFixture
 ) -> None:
@@ -169,6 +169,9 @@ async def test_request_override_goes_to_its_own_bucket_with_signed_urls(
         info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
             room_name=room_name, identity="pub",
             file_outputs=[lk.EncodedFileOutput(filepath="mine/{room_name}.mp4", **{field: upload})],
+            image_outputs=[lk.ImageOutput(capture_interval=1, width=320, height=180, filename_prefix="mine/img/shot",
+                                          **{field: upload})],
+            # no storage of its own: the server's bucket, as in the Go egress
             segment_outputs=[lk.SegmentedFileOutput(filename_prefix="theirs/seg", playlist_name="index.m3u8",
                                                     segment_duration=2)]))
         await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
@@ -185,6 +188,9 @@ async def test_request_override_goes_to_its_own_bucket_with_signed_urls(
     (seg,) = done.segment_results
     assert "theirs/index.m3u8" in default and sum(k.endswith(".ts") for k in default) == seg.segment_count >= 1
     assert not any(k.startswith("theirs/") for k in target.objects(OTHER))
+    (img,) = done.image_results
+    jpegs = [k for k in target.objects(OTHER) if k.startswith("mine/img/") and k.endswith(".jpeg")]
+    assert len(jpegs) == img.image_count >= 2 and not any(k.startswith("mine/") for k in default)
     # generate_presigned_url: the results carry signed URLs that read the objects
     loc = done.file_results[0].location
     assert_signed(target, loc, OTHER, key)
