@@ -169,32 +169,31 @@ async def test_request_overrides_go_to_their_own_bucket_with_signed_urls(
         info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
             room_name=room_name, identity="pub",
             file_outputs=[lk.EncodedFileOutput(filepath="mine/{room_name}.mp4", **{field: upload})],
-            image_outputs=[lk.ImageOutput(capture_interval=1, width=320, height=180, filename_prefix="mine/img/shot",
-                                          **{field: upload})],
+            segment_outputs=[lk.SegmentedFileOutput(filename_prefix="mine/hls/seg", playlist_name="index.m3u8",
+                                                    segment_duration=2, **{field: upload})],
             # no storage of its own: the server's bucket, as in the Go egress
-            segment_outputs=[lk.SegmentedFileOutput(filename_prefix="theirs/seg", playlist_name="index.m3u8",
-                                                    segment_duration=2)]))
+            image_outputs=[lk.ImageOutput(capture_interval=1, width=320, height=180,
+                                          filename_prefix="theirs/img/shot")]))
         await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
         await asyncio.sleep(2.5)
         await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
         done = await wait_egress(lkapi, info.egress_id, TERMINAL, timeout=30)
     assert done.status == S.EGRESS_COMPLETE, done.error
+    mine, default = target.objects(OTHER), target.objects(BUCKET)
     key = f"mine/{room_name}.mp4"
-    assert key in target.objects(OTHER) and key not in target.objects(BUCKET)
+    assert key in mine and key not in default
     target.download(OTHER, key, tmp_path / "o.mp4")
     p = probe(str(tmp_path / "o.mp4"))
     assert p.has("video") and p.has("audio") and p.duration == pytest.approx(2.5, abs=0.8)
-    default = target.objects(BUCKET)
     (seg,) = done.segment_results
-    assert "theirs/index.m3u8" in default and sum(k.endswith(".ts") for k in default) == seg.segment_count >= 1
-    assert not any(k.startswith("theirs/") for k in target.objects(OTHER))
+    assert "mine/hls/index.m3u8" in mine and sum(k.endswith(".ts") for k in mine) == seg.segment_count >= 1
     (img,) = done.image_results
-    jpegs = [k for k in target.objects(OTHER) if k.startswith("mine/img/") and k.endswith(".jpeg")]
-    assert len(jpegs) == img.image_count >= 2 and not any(k.startswith("mine/") for k in default)
+    jpegs = [k for k in default if k.startswith("theirs/img/") and k.endswith(".jpeg")]
+    assert len(jpegs) == img.image_count >= 2
+    assert not any(k.startswith("mine/") for k in default) and not any(k.startswith("theirs/") for k in mine)
     # generate_presigned_url: the results carry signed URLs that read the objects
-    loc = done.file_results[0].location
-    assert_signed(target, loc, OTHER, key)
-    assert_signed(target, seg.playlist_location, BUCKET, "theirs/index.m3u8")
+    assert_signed(target, done.file_results[0].location, OTHER, key)
+    assert_signed(target, seg.playlist_location, OTHER, "mine/hls/index.m3u8")
     assert done.manifest_location.split("?", 1)[0].endswith(f"/{OTHER}/mine/{info.egress_id}.json")
     # the request kept in EgressInfo names the bucket, not the secret
     out = getattr(done.participant.file_outputs[0], field)
