@@ -218,17 +218,22 @@ async def test_bad_credential_or_bucket_fails_within_5_s(
     tmp_path: Path, logs: pytest.LogCaptureFixture
 ) -> None:
     """GCS: fake-gcs-server takes any credentials, so the bad one is a malformed key
-    (refused by lkmedia) and the bucket is one that does not exist (refused by the server)."""
-    cases = [(target.request(OTHER, bad=True), target.bad_credential_reason()),
-             (target.request("no-such-bucket"), "does not exist")]
+    (refused by lkmedia) and the bucket is one that does not exist (refused by the server).
+    The bad bucket is an image output's own storage: every output's storage is tried."""
+    cases = [(target.request(OTHER, bad=True), target.bad_credential_reason(), "file"),
+             (target.request("no-such-bucket"), "does not exist", "images")]
     timings = []
     async with egress_service(livekit_stack, tmp_path, storage_yaml(target, backup_dir)), \
             livekit_stack.api() as lkapi:
-        for (field, upload), why in cases:
+        for (field, upload), why, output in cases:
             t0 = time.monotonic()
+            outputs: dict[str, Any] = (
+                {"file_outputs": [lk.EncodedFileOutput(filepath="bad.mp4", **{field: upload})]} if output == "file"
+                else {"file_outputs": [lk.EncodedFileOutput(filepath="good.mp4")],
+                      "image_outputs": [lk.ImageOutput(capture_interval=1, filename_prefix="bad/img",
+                                                       **{field: upload})]})
             info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
-                room_name=room_name, identity="pub",
-                file_outputs=[lk.EncodedFileOutput(filepath="bad.mp4", **{field: upload})]))
+                room_name=room_name, identity="pub", **outputs))
             failed = await wait_egress(lkapi, info.egress_id, TERMINAL, timeout=15)
             took = time.monotonic() - t0
             timings.append(took)
