@@ -303,3 +303,30 @@ async def test_proxy_variables_are_honoured(target: CloudTarget, monkeypatch: py
         with pytest.raises(StorageError, match="cannot reach"):
             await s.preflight(timeout=5.0)
         await s.close()
+
+
+async def test_a_cloud_provider_as_the_backup(tmp_path: Path) -> None:
+    """``backup: {azure: ...}`` under a primary OSS that is down: the file lands in Azurite,
+    confirmed, and only then is the local copy deleted."""
+    primary = start_target("alioss", tmp_path / "oss")
+    backup = start_target("azure", tmp_path / "azure")
+    try:
+        from lkmedia.storage import settings_from_yaml
+
+        settings = settings_from_yaml({"storage": {"alioss": {**primary.yaml(BUCKET), "max_retries": 1,
+                                                              "max_retry_delay": "100ms"}},
+                                       "backup": {"prefix": "saved", "azure": backup.yaml(BUCKET)}})
+        assert settings.backup is not None and settings.backup.kind == "azure"
+        primary.take_down()
+        mp4 = tmp_path / "rec.mp4"
+        mp4.write_bytes(os.urandom(200_000))
+        digest = sha(mp4.read_bytes())
+        async with Uploader(settings.default_storage(), backup=settings.backup, delete_after_upload=True) as up:
+            res = await up.upload_file(str(mp4), "rec.mp4")
+        assert res.stored and res.backup_storage_used and res.local_deleted and not mp4.exists(), res
+        assert res.location == backup.location(BUCKET, "saved/rec.mp4")
+        assert sha(backup.download(BUCKET, "saved/rec.mp4")) == digest
+        assert primary.secret not in (res.error or "") and "OSS bucket" in (res.error or "")
+    finally:
+        primary.cleanup()
+        backup.cleanup()

@@ -118,3 +118,11 @@ def test_a_missing_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) 
     assert "pip install 'lkmedia[azure]'" in str(ei.value)
     with pytest.raises(StorageConfigError, match="pip install 'lkmedia.azure.'"):
         provider_class("azure")
+    # the egress service stops at start-up (the CLI prints it as "lkmedia: error: ...")
+    from lkmedia.egress.kind import EgressKind
+    from lkmedia.service.config import parse_config
+
+    conf = parse_config("api_key: k\napi_secret: s\nws_url: ws://127.0.0.1:7880\nredis: {address: 127.0.0.1:6379}\n"
+                        "storage:\n  azure: {account_name: a, account_key: a2V5, container_name: c}\n")
+    with pytest.raises(StorageConfigError, match=r"storage.azure: .* pip install 'lkmedia\[azure\]'"):
+        EgressKind(conf, "/tmp/lkm-unused")
