@@ -14,16 +14,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 from .base import RetryPolicy, StorageConfigError
-from .config import check_endpoint, parse_duration, parse_proxy, proxy_url
+from .config import check_endpoint, from_mapping, proxy_url
 
 _MIB = 1 << 20
-_DURATIONS = ("min_retry_delay", "max_retry_delay")
-_INTS = ("max_retries", "part_size", "multipart_threshold")
 
 
 @dataclass
@@ -51,25 +49,7 @@ class _Provider:
     @classmethod
     def from_yaml(cls, d: Mapping[str, Any], where: str) -> Self:
         """From the YAML keys; an unknown key or a value of the wrong type is an error naming it."""
-        if not isinstance(d, Mapping):
-            raise StorageConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)} - {"proxy_url", "proxy_username", "proxy_password"}
-        args: dict[str, Any] = {}
-        for k, v in d.items():
-            key = f"{where}.{k}"
-            if k == "proxy_config" and "proxy_url" in {f.name for f in fields(cls)}:
-                if v:
-                    args.update(parse_proxy(v, key))
-                continue
-            if k not in known:
-                raise StorageConfigError(f"{key}: unknown {cls.provider} key")
-            args[k] = _value(k, v, key)
-        conf = cls(**args)
-        # Go: zero means the default
-        conf.max_retries = conf.max_retries or 5
-        conf.min_retry_delay = conf.min_retry_delay or 0.1
-        conf.max_retry_delay = conf.max_retry_delay or 5.0
-        return conf
+        return from_mapping(cls, d, where, cls.provider)
 
     @classmethod
     def from_proto(cls, msg: Any, defaults: Self | None = None) -> Self:
@@ -81,18 +61,6 @@ class _Provider:
     @classmethod
     def _proto_map(cls) -> dict[str, str]:
         return {f: f for f in cls.proto_fields}
-
-
-def _value(k: str, v: Any, key: str) -> Any:
-    if k in _DURATIONS:
-        return parse_duration(v, key)
-    if k in _INTS:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise StorageConfigError(f"{key}: expected an integer, got {v!r}")
-        return v
-    if v is not None and not isinstance(v, str | int | float):
-        raise StorageConfigError(f"{key}: expected a string, got {type(v).__name__}")
-    return "" if v is None else str(v)
 
 
 @dataclass

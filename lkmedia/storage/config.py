@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from .base import RetryPolicy, StorageConfigError
@@ -19,8 +19,8 @@ _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def _s3_value(k: str, v: Any, key: str) -> Any:
-    """One S3 key's YAML value, checked for its type."""
+def yaml_value(k: str, v: Any, key: str) -> Any:
+    """One storage key's YAML value (S3's and the other providers'), checked for its type."""
     if k in ("min_retry_delay", "max_retry_delay", "connect_timeout", "read_timeout"):
         return parse_duration(v, key)
     if k in ("max_retries", "part_size", "multipart_threshold"):
@@ -139,29 +139,8 @@ class S3Config:
     @classmethod
     def from_yaml(cls, d: Mapping[str, Any], where: str = "s3") -> S3Config:
         """From the Go egress YAML keys; unknown keys are an error naming the key."""
-        if not isinstance(d, Mapping):
-            raise StorageConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)} - {"proxy_url", "proxy_username", "proxy_password"}
-        args: dict[str, Any] = {}
-        for k, v in d.items():
-            key = f"{where}.{k}"
-            if k in ("aws_log_level",):
-                continue  # accepted for compatibility; botocore logs through logging
-            if k == "proxy_config" or k == "proxy":
-                if v:
-                    args.update(parse_proxy(v, key))
-                continue
-            if k not in known:
-                raise StorageConfigError(f"{key}: unknown S3 key")
-            args[k] = _s3_value(k, v, key)
-        conf = cls(**args)
-        if conf.max_retries == 0:
-            conf.max_retries = 5  # Go: zero means the default
-        if conf.min_retry_delay == 0:
-            conf.min_retry_delay = 0.1
-        if conf.max_retry_delay == 0:
-            conf.max_retry_delay = 5.0
-        return conf
+        # aws_log_level: accepted for compatibility; botocore logs through logging
+        return from_mapping(cls, d, where, "S3", ignored=("aws_log_level",))
 
     @classmethod
     def from_proto(cls, msg: Any, defaults: S3Config | None = None) -> S3Config:
@@ -185,6 +164,37 @@ class S3Config:
             proxy_username=proxy.username if has_proxy else "",
             proxy_password=proxy.password if has_proxy else "",
         )
+
+
+C = TypeVar("C")
+
+
+def from_mapping(cls: type[C], d: Any, where: str, provider: str, ignored: tuple[str, ...] = ()) -> C:
+    """A provider's config dataclass from its YAML mapping: each value checked for its
+    type, ``proxy_config`` (or the older ``proxy``) read into the proxy fields, an unknown
+    key an error naming it; a zero retry setting means the default, as in Go."""
+    if not isinstance(d, Mapping):
+        raise StorageConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    known = names - {"proxy_url", "proxy_username", "proxy_password"}
+    args: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{where}.{k}"
+        if k in ignored:
+            continue
+        if k in ("proxy_config", "proxy") and "proxy_url" in names:
+            if v:
+                args.update(parse_proxy(v, key))
+            continue
+        if k not in known:
+            raise StorageConfigError(f"{key}: unknown {provider} key")
+        args[k] = yaml_value(k, v, key)
+    conf: Any = cls(**args)
+    conf.max_retries = conf.max_retries or 5
+    conf.min_retry_delay = conf.min_retry_delay or 0.1
+    conf.max_retry_delay = conf.max_retry_delay or 5.0
+    result: C = conf
+    return result
 
 
 def proxy_url(url: str, username: str, password: str) -> str:
