@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -44,20 +43,6 @@ def minio(tmp_path: Path) -> Iterator[MinioServer]:
         yield srv
     finally:
         srv.kill()
-
-
-@pytest.fixture
-def backup_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "backup"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="lkmedia")
-    caplog.set_level(logging.INFO)
-    return caplog
 
 
 @pytest.fixture

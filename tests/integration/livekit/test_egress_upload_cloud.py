@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -47,20 +46,6 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CloudTarg
         yield t
     finally:
         t.cleanup()
-
-
-@pytest.fixture
-def backup_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "backup"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="lkmedia")
-    caplog.set_level(logging.INFO)
-    return caplog
 
 
 def storage_yaml(t: CloudTarget, backup_dir: Path, **storage: Any) -> str:
