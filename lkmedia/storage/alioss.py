@@ -94,8 +94,9 @@ class AliOSSStorage(RemoteStorage):
                                 retryable=retryable, code=code or str(status))
         if isinstance(cause, oss.exceptions.RequestError | oss.exceptions.ResponseError):
             inner = getattr(cause, "_error", None) or cause
+            why = f"{type(inner).__name__}: {str(inner).splitlines()[0][:300]}" if str(inner) else type(inner).__name__
             return StorageError(self._scrub(f"{what} failed for {self.describe()}: cannot reach the endpoint "
-                                            f"({type(inner).__name__})"), retryable=True, code="connect")
+                                            f"({why})"), retryable=True, code="connect")
         return self._common_error(what, cause)
 
     # -- one attempt each --------------------------------------------------------------
