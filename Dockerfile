@@ -10,7 +10,8 @@ FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY lkmedia ./lkmedia
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The extras' libraries too (uploads to GCS, Azure Blob, Alibaba OSS): stage 2 installs every wheel.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[gcp,azure,oss]"
 
 FROM node:20-bookworm-slim AS template
 WORKDIR /npm

@@ -5,8 +5,9 @@
 #   scripts/setup.sh          what the main job (the demo) needs: redis-server, livekit-server,
 #                             `pip install -e .`
 #   scripts/setup.sh --test   also what the tests need: the ffmpeg CLI, GStreamer, nginx-rtmp,
-#                             Chromium, Xvfb, PulseAudio and fonts (the Chrome engine), lk and
-#                             MinIO, livekit-client from npm, `pip install -e '.[dev]'`
+#                             Chromium, Xvfb, PulseAudio and fonts (the Chrome engine), lk,
+#                             MinIO and fake-gcs-server, livekit-client and Azurite from npm,
+#                             `pip install -e '.[dev]'` (with the gcp, azure and oss extras)
 #
 # Go-built servers go to $LKMEDIA_CACHE/bin (default ~/.cache/lkmedia/bin), outside the
 # clone, each checked against its pinned version, so a fresh clone does not rebuild them.
@@ -30,6 +31,7 @@ bash scripts/install_livekit.sh server
 if [ $test_deps -eq 1 ]; then
   bash scripts/install_livekit.sh lk
   bash scripts/install_s3_server.sh
+  bash scripts/install_storage_emulators.sh
   bash scripts/install_template_deps.sh
 fi
 

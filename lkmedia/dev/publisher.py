@@ -21,41 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import av
-import numpy as np
 from livekit import rtc
 
+from ..sinks.room import to_rtc_audio, to_rtc_video
 from ..sources.synthetic import SyntheticSource
 
 log = logging.getLogger("lkmedia.dev.publisher")
 
 AUDIO_CHUNK_MS = 10
-
-
-def to_rtc_video(frame: av.VideoFrame) -> rtc.VideoFrame:
-    """A yuv420p av frame as a packed I420 rtc frame (planes back to back, no padding)."""
-    if frame.format.name != "yuv420p":
-        frame = frame.reformat(format="yuv420p")
-    w, h = frame.width, frame.height
-    cw, ch = (w + 1) // 2, (h + 1) // 2
-    buf = bytearray(w * h + 2 * cw * ch)
-    out = np.frombuffer(buf, np.uint8)
-    off = 0
-    for i, (pw, ph) in enumerate(((w, h), (cw, ch), (cw, ch))):
-        plane = frame.planes[i]
-        src = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:ph, :pw]  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
-        out[off : off + pw * ph].reshape(ph, pw)[:] = src
-        off += pw * ph
-    return rtc.VideoFrame(w, h, rtc.VideoBufferType.I420, buf)
-
-
-def to_rtc_audio(frame: av.AudioFrame) -> rtc.AudioFrame:
-    """A packed s16 av frame as an rtc frame (interleaved int16)."""
-    if frame.format.name != "s16":
-        raise ValueError(f"expected packed s16 audio, got {frame.format.name}")
-    channels = len(frame.layout.channels)
-    data = bytes(frame.planes[0])[: frame.samples * channels * 2]
-    return rtc.AudioFrame(data, frame.sample_rate, channels, frame.samples)
 
 
 class SyntheticPublisher:

@@ -11,6 +11,7 @@ from livekit.protocol import egress as lk
 
 from ..service.config import ServiceConfig
 from ..service.health import request_json
+from ..storage.factory import settings_from_yaml
 from ..worker import codec
 from ..worker.kind import Costs
 from .costs import request_costs
@@ -30,6 +31,9 @@ class EgressKind:
     def __init__(self, conf: ServiceConfig, tmp_dir: str) -> None:
         self.conf, self.tmp_dir = conf, tmp_dir
         self._storage = _storage_sections(conf)
+        # Checked at start-up (each job process reads it again): a bad key, or a provider
+        # whose extra is not installed, stops the service with a message naming it.
+        settings_from_yaml(self._storage)
 
     # -- specs ---------------------------------------------------------------------------
     def job_id(self, spec: EgressSpec) -> str:

@@ -1,4 +1,5 @@
-"""The ingress job kind: RTMP, WHIP and URL inputs into a room (a drop-in for LiveKit's Go ingress).
+"""The ingress job kind: RTMP, WHIP and URL inputs published into a LiveKit room (a drop-in
+for LiveKit's Go ingress).
 
 The layers follow the egress kind's (lkmedia.egress), one module each:
 
@@ -6,13 +7,17 @@ The layers follow the egress kind's (lkmedia.egress), one module each:
   or IngressInternal.StartIngress for a URL) checked once, in the service, the way the Go
   ingress checks it (protocol ``ingress.Validate``, enabled, input type): ``IngressSpec``,
   and what a job process is given to run it (``IngressLaunch``: the join token, the input).
-* ``state``: the one place an IngressState changes status and is stamped (BUFFERING ->
-  PUBLISHING -> INACTIVE / COMPLETE / ERROR).
+* ``state``: IngressState status changes as the service side makes them (BUFFERING ->
+  PUBLISHING -> INACTIVE / COMPLETE / ERROR), stamped.
 * ``kind``: the ingress as the worker core sees it (lkmedia.worker.kind.JobKind): its costs
   (``cpu_cost:``), how its Info reads and is ended from outside.
-* ``recipe``: spec -> graph: the input's source node (lkmedia.sources.flv.FlvSource for an
-  RTMP publish, FileSource for a URL) and what it feeds.
+* ``recipe``: the session's input source node (the service's relay of an RTMP publish, a
+  URL pulled in real time).
+* ``presets``: what is published (video layers, Opus settings) and the participant token.
+* ``session``: one session's graph, input -> scale -> lkmedia.sinks.room.RoomSink, with the
+  states it reports and the media watchdog.
 
-The RTMP front end is lkmedia.rtmp (it runs in the service process and checks the stream
-key before accepting a publish); the config is lkmedia.service.ingress_config.
+The RTMP front end is lkmedia.rtmp (in the service process, it checks the stream key before
+accepting a publish); the service side is lkmedia.service.ingress (with ingress_config and
+ingress_relay).
 """

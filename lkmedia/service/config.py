@@ -72,21 +72,32 @@ class S3Config:
 
 
 @dataclass
-class GCPConfig:
+class _UploadRetries:
+    """lkmedia's keys for GCS, Azure and OSS (the Go egress has them for S3 only):
+    the same retry policy, and the same defaults, as the S3 section."""
+    max_retries: int = _checked(5, _non_negative)
+    max_retry_delay: Seconds = _checked(Seconds(5.0), _non_negative)
+    min_retry_delay: Seconds = _checked(Seconds(0.1), _non_negative)
+
+
+@dataclass
+class GCPConfig(_UploadRetries):
     credentials_json: str = _secret()
     bucket: str = ""
     proxy_config: ProxyConfig | None = None
+    endpoint: str = ""  # lkmedia: the API root (an emulator); STORAGE_EMULATOR_HOST works too
 
 
 @dataclass
-class AzureConfig:
+class AzureConfig(_UploadRetries):
     account_name: str = ""
     account_key: str = _secret()
     container_name: str = ""
+    endpoint: str = ""  # lkmedia: the blob endpoint, if not https://<account>.blob.core.windows.net
 
 
 @dataclass
-class AliOSSConfig:
+class AliOSSConfig(_UploadRetries):
     access_key: str = _partial()
     secret: str = _secret()
     region: str = ""  # README key (the Go struct has none)

@@ -134,6 +134,10 @@ class FileSource(Source):
     def _open_container(self) -> Any:
         return av.open(self.url, "r", options=self.options or None, timeout=(self.timeout, self.timeout))
 
+    def streams(self) -> dict[str, Any]:
+        """The input streams read, by kind ("video", "audio"), once open."""
+        return dict(self._streams)
+
     def _pick_streams(self, c: Any) -> None:
         found = {kind: c.streams.best(kind) for kind in ("video", "audio")}
         v = found["video"]

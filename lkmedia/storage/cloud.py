@@ -1,34 +1,49 @@
-"""GCP, Azure Blob and Alibaba OSS targets: named so configs that use them fail at once
-with a clear message, instead of recording for an hour and failing at the upload."""
+"""The providers beyond S3, loaded when a configuration names one: each needs its
+provider's library, an optional extra (``pip install 'lkmedia[gcp]'``, ``[azure]``,
+``[oss]``), so a config that names a provider whose extra is missing fails at start-up
+with the pip command to run, instead of recording for an hour and failing at the upload."""
 from __future__ import annotations
 
-from typing import Any, NoReturn
+import importlib
+from typing import Any
 
-from .base import StorageConfigError
+from .base import Storage, StorageConfigError
 
-
-def _unsupported(provider: str, where: str) -> NoReturn:
-    raise StorageConfigError(
-        f"{where}: {provider} uploads are not supported yet by lkmedia; use s3 (any S3-compatible "
-        "service, e.g. GCS interoperability or MinIO) or a local directory")
-
-
-class GCPStorage:
-    kind = "gcp"
-
-    def __init__(self, config: Any = None, *, where: str = "gcp", **_: Any) -> None:
-        _unsupported("Google Cloud Storage", where)
+#: provider -> (module, class, extra, the provider's name, top-level packages the extra installs)
+PROVIDERS: dict[str, tuple[str, str, str, str, tuple[str, ...]]] = {
+    "gcp": ("lkmedia.storage.gcp", "GCPStorage", "gcp", "Google Cloud Storage", ("gcloud",)),
+    "azure": ("lkmedia.storage.azure", "AzureStorage", "azure", "Azure Blob Storage", ("azure",)),
+    "alioss": ("lkmedia.storage.alioss", "AliOSSStorage", "oss", "Alibaba Cloud OSS", ("alibabacloud_oss_v2",)),
+}
 
 
-class AzureStorage:
-    kind = "azure"
+def provider_class(provider: str, where: str | None = None) -> type[Storage]:
+    """The Storage class of ``provider`` ("gcp", "azure", "alioss"), or StorageConfigError
+    naming the extra to install."""
+    module, cls, extra, title, packages = PROVIDERS[provider]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        missing = (e.name or "").split(".", 1)[0]
+        if missing not in packages:
+            raise
+        raise StorageConfigError(
+            f"{where or provider}: {title} uploads need lkmedia's [{extra}] extra, which is not installed "
+            f"({e.name} is missing): pip install 'lkmedia[{extra}]'") from None
+    klass: type[Storage] = getattr(mod, cls)
+    return klass
 
-    def __init__(self, config: Any = None, *, where: str = "azure", **_: Any) -> None:
-        _unsupported("Azure Blob Storage", where)
+
+def make_storage(provider: str, config: Any, *, prefix: str = "", presign: bool = False,
+                 where: str | None = None) -> Storage:
+    """A storage of ``provider`` for its parsed ``config`` (cloud_config.GCPConfig, ...)."""
+    klass: Any = provider_class(provider, where)
+    storage: Storage = klass(config, prefix=prefix, presign=presign)
+    return storage
 
 
-class AliOSSStorage:
-    kind = "alioss"
-
-    def __init__(self, config: Any = None, *, where: str = "alioss", **_: Any) -> None:
-        _unsupported("Alibaba Cloud OSS", where)
+def __getattr__(name: str) -> type[Storage]:
+    for provider, (_, cls, *_rest) in PROVIDERS.items():
+        if cls == name:
+            return provider_class(provider)
+    raise AttributeError(name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from .base import RetryPolicy, StorageConfigError
@@ -19,8 +19,8 @@ _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def _s3_value(k: str, v: Any, key: str) -> Any:
-    """One S3 key's YAML value, checked for its type."""
+def yaml_value(k: str, v: Any, key: str) -> Any:
+    """One storage key's YAML value (S3's and the other providers'), checked for its type."""
     if k in ("min_retry_delay", "max_retry_delay", "connect_timeout", "read_timeout"):
         return parse_duration(v, key)
     if k in ("max_retries", "part_size", "multipart_threshold"):
@@ -38,6 +38,20 @@ def _s3_value(k: str, v: Any, key: str) -> Any:
     if v is not None and not isinstance(v, str | int | float):
         raise StorageConfigError(f"{key}: expected a string, got {type(v).__name__}")
     return "" if v is None else str(v)
+
+
+def check_endpoint(endpoint: str, provider: str) -> None:
+    """An endpoint must be a host (https:// is implied) or an http(s) URL with a valid port."""
+    if not endpoint:
+        return
+    try:
+        parts = urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
+        ok = bool(parts.hostname) and parts.scheme in ("http", "https")
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise StorageConfigError(f"{provider}: endpoint {endpoint!r} is not a host or http(s) URL")
 
 
 def parse_duration(value: Any, key: str) -> float:
@@ -104,15 +118,7 @@ class S3Config:
                                      f"(bucket {self.bucket!r}); use access_key and secret")
         if self.part_size < 5 * _MIB:
             raise StorageConfigError(f"s3: part_size must be at least 5 MiB, got {self.part_size}")
-        if self.endpoint:
-            try:
-                parts = urlsplit(self.endpoint_url() or "")
-                ok = bool(parts.hostname) and parts.scheme in ("http", "https")
-                parts.port  # noqa: B018 - raises on a bad port
-            except ValueError:
-                ok = False
-            if not ok:
-                raise StorageConfigError(f"s3: endpoint {self.endpoint!r} is not a host or http(s) URL")
+        check_endpoint(self.endpoint, "s3")
         self.retry_policy()
 
     def retry_policy(self) -> RetryPolicy:
@@ -126,40 +132,15 @@ class S3Config:
     def proxies(self) -> dict[str, str]:
         if not self.proxy_url:
             return {}
-        url = self.proxy_url
-        if self.proxy_username:
-            scheme, rest = url.split("://", 1) if "://" in url else ("http", url)
-            auth = quote(self.proxy_username, safe="") + ":" + quote(self.proxy_password, safe="")
-            url = f"{scheme}://{auth}@{rest}"
+        url = proxy_url(self.proxy_url, self.proxy_username, self.proxy_password)
         return {"http": url, "https": url}
 
     # -- sources -------------------------------------------------------------------
     @classmethod
     def from_yaml(cls, d: Mapping[str, Any], where: str = "s3") -> S3Config:
         """From the Go egress YAML keys; unknown keys are an error naming the key."""
-        if not isinstance(d, Mapping):
-            raise StorageConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)} - {"proxy_url", "proxy_username", "proxy_password"}
-        args: dict[str, Any] = {}
-        for k, v in d.items():
-            key = f"{where}.{k}"
-            if k in ("aws_log_level",):
-                continue  # accepted for compatibility; botocore logs through logging
-            if k == "proxy_config" or k == "proxy":
-                if v:
-                    args.update(_proxy(v, key))
-                continue
-            if k not in known:
-                raise StorageConfigError(f"{key}: unknown S3 key")
-            args[k] = _s3_value(k, v, key)
-        conf = cls(**args)
-        if conf.max_retries == 0:
-            conf.max_retries = 5  # Go: zero means the default
-        if conf.min_retry_delay == 0:
-            conf.min_retry_delay = 0.1
-        if conf.max_retry_delay == 0:
-            conf.max_retry_delay = 5.0
-        return conf
+        # aws_log_level: accepted for compatibility; botocore logs through logging
+        return from_mapping(cls, d, where, "S3", ignored=("aws_log_level",))
 
     @classmethod
     def from_proto(cls, msg: Any, defaults: S3Config | None = None) -> S3Config:
@@ -185,7 +166,47 @@ class S3Config:
         )
 
 
-def _proxy(v: Any, key: str) -> dict[str, str]:
+C = TypeVar("C")
+
+
+def from_mapping(cls: type[C], d: Any, where: str, provider: str, ignored: tuple[str, ...] = ()) -> C:
+    """A provider's config dataclass from its YAML mapping: each value checked for its
+    type, ``proxy_config`` (or the older ``proxy``) read into the proxy fields, an unknown
+    key an error naming it; a zero retry setting means the default, as in Go."""
+    if not isinstance(d, Mapping):
+        raise StorageConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    known = names - {"proxy_url", "proxy_username", "proxy_password"}
+    args: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{where}.{k}"
+        if k in ignored:
+            continue
+        if k in ("proxy_config", "proxy") and "proxy_url" in names:
+            if v:
+                args.update(parse_proxy(v, key))
+            continue
+        if k not in known:
+            raise StorageConfigError(f"{key}: unknown {provider} key")
+        args[k] = yaml_value(k, v, key)
+    conf: Any = cls(**args)
+    conf.max_retries = conf.max_retries or 5
+    conf.min_retry_delay = conf.min_retry_delay or 0.1
+    conf.max_retry_delay = conf.max_retry_delay or 5.0
+    result: C = conf
+    return result
+
+
+def proxy_url(url: str, username: str, password: str) -> str:
+    """The Go ``proxy_config`` as one URL, the credentials in it (quoted)."""
+    if not username:
+        return url
+    scheme, rest = url.split("://", 1) if "://" in url else ("http", url)
+    return f"{scheme}://{quote(username, safe='')}:{quote(password, safe='')}@{rest}"
+
+
+def parse_proxy(v: Any, key: str) -> dict[str, str]:
+    """A Go ``proxy_config`` mapping as the ``proxy_url`` / ``proxy_username`` / ``proxy_password`` fields."""
     if not isinstance(v, Mapping):
         raise StorageConfigError(f"{key}: expected a mapping with url, username, password")
     return {"proxy_url": str(v.get("url") or ""), "proxy_username": str(v.get("username") or ""),

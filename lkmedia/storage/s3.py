@@ -1,10 +1,10 @@
 """S3Storage: uploads to AWS S3 or any S3-compatible server (MinIO, ...) with aioboto3.
 
-Retries are ours, not botocore's, so that the Go egress keys (``max_retries``,
-``min_retry_delay``, ``max_retry_delay``) mean what they say and a multipart upload
-retries the part that failed instead of starting over. Messages name the bucket and the
-endpoint; the secret and session token never appear (they are scrubbed from anything the
-SDK says before it is raised).
+Retries, multipart and the preflight probe are RemoteStorage's (lkmedia.storage.remote),
+so the Go egress keys (``max_retries``, ``min_retry_delay``, ``max_retry_delay``) mean what
+they say and a multipart upload retries the part that failed. Messages name the bucket and
+the endpoint; the secret and session token never appear (they are scrubbed from anything
+the SDK says before it is raised).
 """
 from __future__ import annotations
 
@@ -12,10 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
-import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import aioboto3
@@ -23,46 +20,35 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from ..redact import redact_key
-from .base import Storage, StorageConfigError, StorageError, StoredObject, content_type_for
+from .base import StorageConfigError, StorageError, content_type_for
 from .config import S3Config
+from .remote import PRESIGN_SECONDS, S3_STYLE_FATAL, ProgressFn, RemoteStorage
 
 log = logging.getLogger("lkmedia.storage.s3")
 
-T = TypeVar("T")
-
 #: Error codes that no retry can fix: fail at once with a message that says why.
 _FATAL = {
-    "NoSuchBucket": "the bucket does not exist",
-    "InvalidBucketName": "the bucket name is not valid",
-    "InvalidAccessKeyId": "the access key is not known to the server",
-    "SignatureDoesNotMatch": "the secret does not match the access key",
-    "AccessDenied": "access denied (the credentials may not write to this bucket)",
+    **S3_STYLE_FATAL,
     "AllAccessDisabled": "all access to the bucket is disabled",
     "InvalidToken": "the session token is not valid",
     "ExpiredToken": "the session token has expired",
     "AuthorizationHeaderMalformed": "the region or credentials are malformed",
     "PermanentRedirect": "the bucket is in another region (set region or endpoint)",
-    "InvalidArgument": "the server refused an argument",
     "InvalidTag": "the tagging is not valid",
-    "EntityTooLarge": "the object is too large",
 }
 _RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
                     "XMinioServerNotInitialized", "OperationAborted", "RequestTimeTooSkewed"}
 
-ProgressFn = Callable[[str, int, int], Any]
 
-
-class S3Storage(Storage):
+class S3Storage(RemoteStorage):
     """An S3 bucket. ``on_progress(key, bytes_done, total)`` is called after each part."""
 
     kind = "s3"
 
-    def __init__(self, config: S3Config, *, prefix: str = "", on_progress: ProgressFn | None = None) -> None:
-        config.validate()
-        self.config = config
-        self.prefix = prefix
-        self.on_progress = on_progress
-        self.policy = config.retry_policy()
+    def __init__(self, config: S3Config, *, prefix: str = "", on_progress: ProgressFn | None = None,
+                 presign: bool = False) -> None:
+        super().__init__(config, prefix=prefix, on_progress=on_progress, presign=presign)
+        self.config: S3Config = config
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
@@ -84,11 +70,8 @@ class S3Storage(Storage):
         host = endpoint.split("://", 1)[-1].rstrip("/")
         return f"https://{self.config.bucket}.{host}/{path}"
 
-    def _scrub(self, text: str) -> str:
-        for secret in (self.config.secret, self.config.session_token, self.config.proxy_password):
-            if len(secret) >= 4:  # shorter ones would garble every message and are no secret
-                text = text.replace(secret, "***")
-        return text
+    def _secrets(self) -> tuple[str, ...]:
+        return (self.config.secret, self.config.session_token, self.config.proxy_password)
 
     # -- client --------------------------------------------------------------------
     async def _get_client(self) -> Any:
@@ -149,33 +132,11 @@ class S3Storage(Storage):
         if isinstance(e, EndpointConnectionError):
             return StorageError(f"{what} failed for {self.describe()}: cannot connect to the endpoint",
                                 retryable=True, code="connect")
-        if isinstance(e, TimeoutError):
-            return StorageError(f"{what} failed for {self.describe()}: no answer in time", retryable=True)
-        if isinstance(e, BotoCoreError | OSError) or type(e).__module__.startswith("aiohttp"):
+        if isinstance(e, BotoCoreError):
             return StorageError(self._scrub(f"{what} failed for {self.describe()}: {e}"), retryable=True)
-        return StorageError(self._scrub(f"{what} failed for {self.describe()}: {type(e).__name__}: {e}"))
+        return self._common_error(what, e)
 
-    async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        """Run ``op`` with the retry policy; raises the last StorageError."""
-        attempt = 0
-        while True:
-            try:
-                return await op()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # classified below; never lose the cause
-                err = self._error(what, e)
-                if not err.retryable or attempt >= self.policy.max_retries:
-                    if attempt:
-                        err = StorageError(f"{err} (after {attempt + 1} attempts)", retryable=err.retryable,
-                                           code=err.code)
-                    raise err from None
-                attempt += 1
-                delay = self.policy.delay(attempt)
-                log.warning("%s; retry %d/%d in %.2f s", err, attempt, self.policy.max_retries, delay)
-                await asyncio.sleep(delay)
-
-    # -- uploads -------------------------------------------------------------------
+    # -- one attempt each ------------------------------------------------------------
     def _put_args(self, key: str, content_type: str | None) -> dict[str, Any]:
         c = self.config
         args: dict[str, Any] = {
@@ -189,91 +150,55 @@ class S3Storage(Storage):
             args["Tagging"] = c.tagging
         return args
 
-    async def upload_bytes(self, data: bytes, key: str, content_type: str | None = None) -> StoredObject:
+    async def _put(self, key: str, data: bytes, content_type: str) -> None:
         client = await self._get_client()
-        args = self._put_args(key, content_type)
-        await self._retry(f"upload of {key!r}", lambda: client.put_object(Body=data, **args))
-        self._progress(key, len(data), len(data))
-        return StoredObject(key, self.location(key), len(data))
+        await client.put_object(Body=data, **self._put_args(key, content_type))
 
-    async def upload_file(self, path: str, key: str, content_type: str | None = None) -> StoredObject:
-        try:
-            size = os.path.getsize(path)
-        except OSError as e:
-            raise StorageError(f"cannot read local file {path!r}: {e.strerror or e}") from e
-        if size <= self.config.multipart_threshold:
-            data = await asyncio.to_thread(_read_all, path)
-            return await self.upload_bytes(data, key, content_type)
-        return await self._multipart(path, size, key, content_type)
-
-    async def _multipart(self, path: str, size: int, key: str, content_type: str | None) -> StoredObject:
+    async def _parts_begin(self, key: str, content_type: str) -> str:
         client = await self._get_client()
-        what = f"upload of {key!r}"
-        created = await self._retry(what, lambda: client.create_multipart_upload(**self._put_args(key, content_type)))
-        upload_id = created["UploadId"]
-        part_size = self.config.part_size
-        parts: list[dict[str, Any]] = []
-        try:
-            with open(path, "rb") as f:
-                fd = f.fileno()
-                offset, number = 0, 1
-                while offset < size:
-                    n = min(part_size, size - offset)
-                    chunk = await asyncio.to_thread(os.pread, fd, n, offset)
-                    if len(chunk) != n:
-                        raise StorageError(f"local file {path!r} shrank while uploading")
+        created = await client.create_multipart_upload(**self._put_args(key, content_type))
+        return str(created["UploadId"])
 
-                    def put(chunk: bytes = chunk, number: int = number) -> Awaitable[Any]:
-                        return client.upload_part(Bucket=self.config.bucket, Key=key, UploadId=upload_id,
-                                                  PartNumber=number, Body=chunk)
+    async def _part(self, key: str, state: Any, number: int, offset: int, chunk: bytes, total: int) -> Any:
+        client = await self._get_client()
+        res = await client.upload_part(Bucket=self.config.bucket, Key=key, UploadId=state,
+                                       PartNumber=number, Body=chunk)
+        return {"ETag": res["ETag"], "PartNumber": number}
 
-                    res = await self._retry(f"{what} (part {number})", put)
-                    parts.append({"ETag": res["ETag"], "PartNumber": number})
-                    offset += n
-                    number += 1
-                    self._progress(key, offset, size)
-            await self._retry(what, lambda: client.complete_multipart_upload(
-                Bucket=self.config.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
-        except BaseException:
-            # Best effort: an unreachable server keeps the parts until its lifecycle rules
-            # clean them; the local file is what matters and the caller keeps it.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.abort_multipart_upload(
-                    Bucket=self.config.bucket, Key=key, UploadId=upload_id), 2.0)
-            raise
-        return StoredObject(key, self.location(key), size)
+    async def _parts_end(self, key: str, state: Any, parts: list[Any], content_type: str) -> None:
+        client = await self._get_client()
+        await client.complete_multipart_upload(Bucket=self.config.bucket, Key=key, UploadId=state,
+                                               MultipartUpload={"Parts": parts})
 
-    def _progress(self, key: str, done: int, total: int) -> None:
-        if self.on_progress is not None:
-            try:
-                self.on_progress(key, done, total)
-            except Exception:
-                log.exception("upload progress callback failed")
+    async def _parts_abort(self, key: str, state: Any) -> None:
+        client = await self._get_client()
+        await client.abort_multipart_upload(Bucket=self.config.bucket, Key=key, UploadId=state)
 
-    # -- reads ---------------------------------------------------------------------
-    async def stat(self, key: str) -> int | None:
+    async def _size(self, key: str) -> int | None:
         client = await self._get_client()
         try:
-            res = await self._retry(f"stat of {key!r}", lambda: client.head_object(Bucket=self.config.bucket, Key=key))
-        except StorageError as e:
-            if e.code in ("404", "NoSuchKey", "NotFound"):
+            res = await client.head_object(Bucket=self.config.bucket, Key=key)
+        except ClientError as e:
+            if str(e.response.get("Error", {}).get("Code") or "") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
         return int(res["ContentLength"])
 
-    async def download(self, key: str) -> bytes:
+    async def _get(self, key: str) -> bytes:
         client = await self._get_client()
+        res = await client.get_object(Bucket=self.config.bucket, Key=key)
+        async with res["Body"] as body:
+            return bytes(await body.read())
 
-        async def get() -> bytes:
-            res = await client.get_object(Bucket=self.config.bucket, Key=key)
-            async with res["Body"] as body:
-                return bytes(await body.read())
-
-        return await self._retry(f"download of {key!r}", get)
-
-    async def delete(self, key: str) -> None:
+    async def _remove(self, key: str) -> None:
         client = await self._get_client()
-        await self._retry(f"delete of {key!r}", lambda: client.delete_object(Bucket=self.config.bucket, Key=key))
+        await client.delete_object(Bucket=self.config.bucket, Key=key)
+
+    async def signed_url(self, key: str) -> str | None:
+        client = await self._get_client()
+        url = await client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.config.bucket, "Key": key}, ExpiresIn=PRESIGN_SECONDS)
+        return str(url)
 
     async def list_keys(self, prefix: str = "") -> list[str]:
         client = await self._get_client()
@@ -288,32 +213,6 @@ class S3Storage(Storage):
             token = res.get("NextContinuationToken")
             if not token:
                 return keys
-
-    # -- preflight -----------------------------------------------------------------
-    async def preflight(self, timeout: float = 5.0) -> None:
-        """Write and delete a tiny probe object under the prefix: proves the bucket
-        exists and these credentials may write to it, without waiting for retries.
-        A delete that is refused is fine (write-only credentials)."""
-        client = await self._get_client()
-        key = self.key(f".lkmedia-preflight-{uuid.uuid4().hex[:12]}")
-        try:
-            await asyncio.wait_for(client.put_object(
-                Bucket=self.config.bucket, Key=key, Body=b"lkmedia preflight", ContentType="text/plain"), timeout)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            raise self._error("preflight (test write)", e) from None
-        try:
-            await asyncio.wait_for(client.delete_object(Bucket=self.config.bucket, Key=key), timeout)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.warning("%s", self._error(f"preflight (removing probe {key!r})", e))
-
-
-def _read_all(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 __all__ = ["S3Config", "S3Storage", "StorageConfigError"]

@@ -8,32 +8,25 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import signal
-import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from ..dev.stack import CACHE_BIN
-from .process import kill_process, stop_process
 from .rtmp_server import free_port
+from .server import ServerProcess, cached_binary
 
 
 def minio_binary() -> str | None:
     """$LKMEDIA_MINIO, then the build cache's minio, then ``minio`` on PATH."""
-    for cand in (os.environ.get("LKMEDIA_MINIO"), str(CACHE_BIN / "minio"), shutil.which("minio")):
-        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    return None
+    return cached_binary("LKMEDIA_MINIO", CACHE_BIN / "minio")
 
 
-class MinioServer:
+class MinioServer(ServerProcess):
     """``start()`` a MinIO on 127.0.0.1; ``endpoint``, ``access_key``, ``secret`` to
     connect; ``create_bucket(name)``; ``s3_config(bucket)`` for lkmedia.storage."""
+
+    name = "minio"
 
     def __init__(self, root: str | os.PathLike[str] | None = None, port: int | None = None,
                  access_key: str = "lkmedia-test", secret: str | None = None) -> None:
@@ -41,71 +34,29 @@ class MinioServer:
         if binary is None:
             raise RuntimeError("MinIO is not installed (run scripts/setup.sh)")
         self.binary = binary
-        self._own_root = root is None
-        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="lkm-minio-"))
-        self.data_dir = self.root / "data"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
+        super().__init__(root, port)
         self.console_port = free_port()
         self.access_key = access_key
         self.secret = secret or "s3cr3t-" + secrets.token_hex(12)
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def log(self) -> str:
-        p = self.root / "minio.log"
-        return p.read_text(errors="replace") if p.exists() else ""
+    def command(self) -> list[str]:
+        return [self.binary, "server", "--quiet", "--address", f"127.0.0.1:{self.port}",
+                "--console-address", f"127.0.0.1:{self.console_port}", str(self.data_dir)]
 
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "MINIO_ROOT_USER": self.access_key, "MINIO_ROOT_PASSWORD": self.secret,
+                "MINIO_BROWSER": "off", "MINIO_UPDATE": "off", "HOME": str(self.root)}
 
-    def start(self, timeout: float = 30.0) -> Self:
-        if self.running():
-            return self
-        env = {**os.environ, "MINIO_ROOT_USER": self.access_key, "MINIO_ROOT_PASSWORD": self.secret,
-               "MINIO_BROWSER": "off", "MINIO_UPDATE": "off", "HOME": str(self.root)}
-        with open(self.root / "minio.log", "ab") as out:
-            self.proc = subprocess.Popen(
-                [self.binary, "server", "--quiet", "--address", f"127.0.0.1:{self.port}",
-                 "--console-address", f"127.0.0.1:{self.console_port}", str(self.data_dir)],
-                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"minio exited ({self.proc.returncode}): {self.log[-2000:]}")
-            if self._ready():
-                return self
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"minio was not ready on port {self.port} within {timeout:g} s: {self.log[-2000:]}")
-
-    def _ready(self) -> bool:
+    def ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.endpoint}/minio/health/ready", timeout=1.0) as r:
                 return bool(r.status == 200)
         except (urllib.error.URLError, OSError):
             return False
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Graceful stop (SIGTERM): the port closes, the data stays."""
-        stop_process(self.proc, signal.SIGTERM, timeout)
-        self.proc = None
-
-    def kill(self) -> None:
-        """Hard stop (SIGKILL): connections are reset mid-request."""
-        kill_process(self.proc)
-        self.proc = None
-
-    def restart(self, down_for: float = 0.0) -> None:
-        self.kill()
-        if down_for:
-            time.sleep(down_for)
-        self.start()
 
     # -- buckets -------------------------------------------------------------------
     def client(self) -> Any:
@@ -129,14 +80,3 @@ class MinioServer:
                                 "endpoint": self.endpoint, "region": "us-east-1", "force_path_style": True}
         args.update(overrides)
         return S3Config(**args)
-
-    def cleanup(self) -> None:
-        self.kill()
-        if self._own_root:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()

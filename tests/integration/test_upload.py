@@ -221,7 +221,7 @@ async def test_preflight_fails_fast_naming_the_bucket_never_the_secret(minio: Mi
 
     with pytest.raises(StorageConfigError, match="bucket is required"):
         S3Storage(S3Config(access_key="a", secret="b"))
-    with pytest.raises(StorageConfigError, match="not supported yet"):
+    with pytest.raises(StorageConfigError, match="storage.gcp: credentials_json is not a Google credentials file"):
         settings_from_yaml({"storage": {"gcp": {"bucket": "x", "credentials_json": "{}"}}})
     with pytest.raises(StorageConfigError, match="storage.s3.max_retry_delay"):
         settings_from_yaml({"storage": {"s3": {"bucket": "x", "max_retry_delay": "soon"}}})
@@ -344,3 +344,19 @@ def test_locations_follow_livekit() -> None:
         "https://minio.example.com/mybucket/foo.mp4"
     assert loc("café/my file.mp4") == "https://mybucket.s3.amazonaws.com/caf%C3%A9/my%20file.mp4"
     assert LocalStorage("/var/storage/").location("/foo.mp4") == "/var/storage/foo.mp4"
+
+
+async def test_presigned_url_reads_the_object(minio: MinioServer) -> None:
+    """generate_presigned_url: the location is a signed GET URL that MinIO honours."""
+    import urllib.error
+    import urllib.request
+
+    async with S3Storage(minio.s3_config(BUCKET), presign=True) as storage:
+        obj = await storage.upload_bytes(b"signed", "signed/clip.mp4")
+    assert obj.location.startswith(f"{minio.endpoint}/{BUCKET}/signed/clip.mp4?") and "X-Amz-Signature=" in obj.location
+    assert minio.secret not in obj.location
+    with urllib.request.urlopen(obj.location) as r:
+        assert r.read() == b"signed"
+    with pytest.raises(urllib.error.HTTPError) as ei:
+        urllib.request.urlopen(obj.location.replace("X-Amz-Signature=", "X-Amz-Signature=00"))
+    assert ei.value.code == 403

@@ -2,6 +2,7 @@
 (starting one takes ~0.2 s, but rooms are cheap), a fresh room name per test."""
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -52,3 +53,19 @@ async def publisher(livekit_stack: DevStack, room_name: str) -> AsyncIterator[ob
         yield pub
     finally:
         await pub.stop()
+
+
+@pytest.fixture
+def backup_dir(tmp_path: Path) -> Path:
+    """A local directory for an egress service's ``backup:`` storage."""
+    d = tmp_path / "backup"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Every lkmedia log line, down to DEBUG (tests check that no secret reaches them)."""
+    caplog.set_level(logging.DEBUG, logger="lkmedia")
+    caplog.set_level(logging.INFO)
+    return caplog

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from lkmedia.service.config import parse_config
 from lkmedia.service.egress import EgressService
 from lkmedia.testing.egress import TERMINAL, egress_service, wait_egress
 from lkmedia.testing.s3_server import MinioServer, minio_binary
+from lkmedia.testing.uploads import LocalWatcher
 
 S = lk.EgressStatus
 BUCKET = "recordings"
@@ -44,20 +43,6 @@ def minio(tmp_path: Path) -> Iterator[MinioServer]:
         yield srv
     finally:
         srv.kill()
-
-
-@pytest.fixture
-def backup_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "backup"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="lkmedia")
-    caplog.set_level(logging.INFO)
-    return caplog
 
 
 @pytest.fixture
@@ -94,47 +79,9 @@ def keys(minio: MinioServer, bucket: str) -> dict[str, int]:
     return {o["Key"]: o["Size"] for o in res.get("Contents", [])}
 
 
-class LocalWatcher:
-    """Polls the job's local directory; whenever a file disappears, asks the bucket for
-    the same key at once. A file gone locally before its object exists would be a file
-    deleted before a confirmed upload (checked afterwards for the final outputs)."""
-
-    def __init__(self, root: Path, minio: MinioServer, bucket: str) -> None:
-        self.root, self.bucket = root, bucket
-        self.client = minio.client()
-        self.seen: dict[str, int] = {}
-        self.vanished: dict[str, tuple[int, int | None]] = {}  # key -> (last local size, object size then)
-        self._stop = False
-
-    def _scan(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for dirpath, _, files in os.walk(self.root):
-            for f in files:
-                p = os.path.join(dirpath, f)
-                try:
-                    out[os.path.relpath(p, self.root)] = os.path.getsize(p)
-                except OSError:
-                    pass
-        return out
-
-    def _object_size(self, key: str) -> int | None:
-        try:
-            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
-        except Exception:
-            return None
-
-    def run(self) -> None:
-        while not self._stop:
-            now = self._scan()
-            for name, size in self.seen.items():
-                # size 0: the file sink's writability probe, removed before media arrives
-                if name not in now and size > 0:
-                    self.vanished[name] = (size, self._object_size(name))
-            self.seen = now
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self._stop = True
+def head_size(minio: MinioServer, bucket: str) -> Any:
+    client = minio.client()
+    return lambda key: int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])
 
 
 async def test_participant_egress_uploads_mp4_hls_and_manifest_to_s3(
@@ -150,7 +97,7 @@ async def test_participant_egress_uploads_mp4_hls_and_manifest_to_s3(
                                                     segment_duration=2)],
             image_outputs=[lk.ImageOutput(capture_interval=1, width=320, height=180, filename_prefix="up/img/shot")]))
         job_dir = Path(service.tmp_dir) / info.egress_id
-        watcher = LocalWatcher(job_dir, minio, BUCKET)
+        watcher = LocalWatcher(job_dir, head_size(minio, BUCKET))
         watch = asyncio.create_task(asyncio.to_thread(watcher.run))
         try:
             active = await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})

@@ -1,0 +1,194 @@
+"""One ingress session: an input's media transcoded into a room, with the IngressState the
+Go ingress reports along the way (``pkg/service/handler.go``, ``pkg/media/pipeline.go``).
+
+    BUFFERING (started_at, resource_id)
+      -> PUBLISHING, once per track as it is published (room_id, tracks, input states)
+      -> COMPLETE at the end of a URL's stream / INACTIVE when a reusable (RTMP, WHIP)
+         input ends / ERROR with the reason, whatever failed
+
+The input is any source node with raw "video" and/or "audio" outputs (URL pull:
+FileSource paced in real time). Video is scaled to fit the top layer of the ingress's
+preset (aspect kept, even sizes) and both go to a RoomSink. An input that sends no media
+for ``media_timeout`` (the Go ingress's watchdog: 10 s) ends the session in ERROR.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from livekit.protocol import ingress as lki
+from livekit.protocol import models as lkm
+
+from ..core import Graph, GraphError, Source
+from ..nodes.convert import Scale
+from ..sinks.room import RoomSink
+from ..sources.file import FileSource
+from .presets import audio_publishing, video_plan
+
+log = logging.getLogger("lkmedia.ingress")
+
+S = lki.IngressState.Status
+MEDIA_TIMEOUT = 10.0
+_MIME = {"h264": "video/h264", "hevc": "video/h265", "vp8": "video/vp8", "vp9": "video/vp9", "av1": "video/av1",
+         "aac": "audio/aac", "opus": "audio/opus", "mp3": "audio/mpeg", "vorbis": "audio/vorbis",
+         "flac": "audio/flac", "pcm_s16le": "audio/pcm", "pcm_alaw": "audio/pcma", "pcm_mulaw": "audio/pcmu"}
+
+
+def fit(width: int, height: int, box_w: int, box_h: int) -> tuple[int, int]:
+    """``width`` x ``height`` scaled to fit ``box_w`` x ``box_h`` (never up), even sizes."""
+    k = min(1.0, box_w / width, box_h / height)
+    return max(2, round(width * k / 2) * 2), max(2, round(height * k / 2) * 2)
+
+
+def input_states(src: FileSource) -> tuple[lki.InputVideoState | None, lki.InputAudioState | None]:
+    """What the Go ingress reports of its input: codec, size, rate, channels."""
+    video = audio = None
+    for kind, s in src.streams().items():
+        cc = s.codec_context
+        codec = cc.name if cc is not None else s.codec.name
+        mime = _MIME.get(codec, f"{kind}/{codec}")
+        rate = int(s.bit_rate or 0)
+        if kind == "video":
+            fps = s.average_rate or s.guessed_rate
+            video = lki.InputVideoState(mime_type=mime, average_bitrate=rate, width=cc.width, height=cc.height,
+                                        framerate=float(fps) if fps else 0.0)
+        else:
+            audio = lki.InputAudioState(mime_type=mime, average_bitrate=rate, sample_rate=cc.sample_rate,
+                                        channels=cc.layout.nb_channels if cc.layout is not None else 0)
+    return video, audio
+
+
+class IngressSession:
+    """Runs ``info``'s ingress from ``source`` into the room at ``ws_url`` as the
+    participant ``token`` names; ``on_state`` gets a copy of the state at each change."""
+
+    def __init__(self, info: lki.IngressInfo, source: Source, ws_url: str, token: str, *,
+                 resource_id: str = "", on_state: Callable[[lki.IngressState], None] | None = None,
+                 media_timeout: float = MEDIA_TIMEOUT) -> None:
+        self.info = info
+        self.source = source
+        self.ws_url = ws_url
+        self._token = token
+        self.on_state = on_state
+        self.media_timeout = media_timeout
+        self.state = lki.IngressState(status=S.ENDPOINT_BUFFERING, started_at=time.time_ns(),
+                                      resource_id=resource_id)
+        self.graph: Graph | None = None
+        self.sink: RoomSink | None = None
+        self._stopping = False
+
+    # -- state -----------------------------------------------------------------
+    def _send(self) -> None:
+        self.state.updated_at = time.time_ns()
+        if self.on_state is not None:
+            copy = lki.IngressState()
+            copy.CopyFrom(self.state)
+            self.on_state(copy)
+
+    def _published(self, kind: str, sid: str) -> None:
+        assert self.sink is not None
+        self.state.status = S.ENDPOINT_PUBLISHING
+        self.state.room_id = self.sink.room_sid
+        opts = self.sink.video if kind == "video" else self.sink.audio
+        self.state.tracks.append(lkm.TrackInfo(
+            sid=sid, type=lkm.TrackType.VIDEO if kind == "video" else lkm.TrackType.AUDIO,
+            name=opts.name if opts is not None else kind))
+        self._send()
+
+    def _end(self, error: str | None) -> lki.IngressState:
+        if error:
+            self.state.status, self.state.error = S.ENDPOINT_ERROR, error
+        else:
+            self.state.status = S.ENDPOINT_INACTIVE if self.info.reusable else S.ENDPOINT_COMPLETE
+        self.state.ended_at = time.time_ns()
+        self._send()
+        return self.state
+
+    # -- graph -----------------------------------------------------------------
+    def build(self) -> Graph:
+        """The session's graph; fails (naming the input) if the input cannot be opened."""
+        plan = video_plan(self.info.video if self.info.HasField("video") else None)
+        audio = audio_publishing(self.info.audio if self.info.HasField("audio") else None)
+        g = Graph()
+        src = g.add(self.source)
+        if isinstance(src, FileSource):
+            src.open()
+            v, a = input_states(src)
+            if v is not None:
+                self.state.video.CopyFrom(v)
+            if a is not None:
+                self.state.audio.CopyFrom(a)
+        has_video, has_audio = "video" in src.outputs, "audio" in src.outputs
+        sink = RoomSink(self.ws_url, self._token, video=plan.publishing if has_video else None,
+                        audio=audio if has_audio else None, on_published=self._published)
+        g.add(sink)
+        self.sink = sink
+        if has_video:
+            caps = src.outputs["video"].caps
+            w, h = (fit(caps.width, caps.height, plan.width, plan.height) if caps and caps.width and caps.height
+                    else (plan.width, plan.height))
+            g.chain(src.out("video"), Scale(w, h), sink.inp("video"))
+        if has_audio:
+            g.link(src.out("audio"), sink.inp("audio"))
+        self.graph = g
+        return g
+
+    async def run(self) -> lki.IngressState:
+        """BUFFERING, then the session to its end; the final state."""
+        self._send()
+        try:
+            g = self.graph or self.build()
+            await g.start()
+        except Exception as e:
+            return self._end(str(e))
+        waiter = asyncio.create_task(self._wait(g), name="ingress-graph")
+        watch = asyncio.create_task(self._watch_media(), name="ingress-media-watchdog")
+        stalled: str | None = None
+        try:
+            done, _ = await asyncio.wait({waiter, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if watch in done:
+                stalled = watch.result()
+                with contextlib.suppress(GraphError):
+                    await g.stop(timeout=2.0)  # a read blocked on a silent input is cancelled
+            error = await waiter
+        finally:
+            for t in (waiter, watch):
+                t.cancel()
+            await asyncio.gather(waiter, watch, return_exceptions=True)
+        return self._end(stalled or error)
+
+    @staticmethod
+    async def _wait(g: Graph) -> str | None:
+        """The graph to its end: None, or what failed."""
+        try:
+            errors = await g.wait()
+        except GraphError as e:
+            return str(e)
+        return "; ".join(str(e) for e in errors) or None
+
+    async def stop(self) -> None:
+        """End the session (the ingress was updated or deleted, the publisher left)."""
+        self._stopping = True
+        if self.graph is not None and self.graph.started:
+            self.graph.request_stop()
+
+    async def _watch_media(self) -> str:
+        """Returns (the reason) once the input has sent nothing for ``media_timeout``."""
+        assert self.sink is not None
+        last, since = -1, time.monotonic()
+        while True:
+            await asyncio.sleep(0.5)
+            now = self.sink.frames + self.sink.samples
+            if now != last or self._stopping:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since > self.media_timeout:
+                return f"the input sent no media for {self.media_timeout:g} s"
+
+
+def url_source(url: str) -> FileSource:
+    """URL pull: anything FFmpeg reads over http(s), HLS included, paced in real time."""
+    return FileSource(url, realtime=True, timeout=10.0, name="input")
+

@@ -1,0 +1,264 @@
+"""RoomSink: publish a graph's raw video and audio into a LiveKit room (what an ingress's
+session ends in).
+
+It joins with a token, publishes a ``VideoSource`` (libwebrtc encodes it: H.264 or VP8,
+simulcast layers made by the SDK) and an ``AudioSource`` (libwebrtc encodes Opus) the
+first time each input delivers a frame, and releases every frame at its media time on
+one timeline shared by both inputs: the first frame of either is sent ``latency`` after
+it arrived, each later one at ``start + (pts - first pts)``, so what left together in the
+input leaves together here (libwebrtc stamps video with its capture time and audio as it
+is played out of the source). A frame already late goes at once.
+
+``on_published(kind, track_sid)`` is called when a track is published (the Go ingress
+reports PUBLISHING there). A room that cannot be joined fails the graph, naming the URL.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+from av.audio.resampler import AudioResampler
+from livekit import rtc
+
+from ..core import EOS, Caps, Gap, LkmediaError, Sink
+from ..redact import redact_url
+
+log = logging.getLogger("lkmedia.sinks.room")
+
+AUDIO_CHUNK_MS = 10  # what libwebrtc takes from an AudioSource at a time
+CODECS = {"h264": rtc.VideoCodec.H264, "vp8": rtc.VideoCodec.VP8, "vp9": rtc.VideoCodec.VP9,
+          "av1": rtc.VideoCodec.AV1}
+
+
+class RoomError(LkmediaError):
+    """The room could not be joined or a track could not be published."""
+
+
+@dataclass(frozen=True)
+class VideoPublishing:
+    """How video goes into the room: libwebrtc's encoder settings for the top layer."""
+
+    codec: str = "h264"
+    max_bitrate: int = 1_900_000
+    max_fps: float = 30.0
+    simulcast: bool = True
+    name: str = "video"
+    source: rtc.TrackSource.ValueType = rtc.TrackSource.SOURCE_CAMERA
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise ValueError(f"video codec {self.codec!r} cannot be published; use one of {sorted(CODECS)}")
+
+
+@dataclass(frozen=True)
+class AudioPublishing:
+    """How audio goes into the room: Opus at ``bitrate`` with ``channels``."""
+
+    bitrate: int = 96_000
+    channels: int = 2
+    dtx: bool = True
+    name: str = "audio"
+    source: rtc.TrackSource.ValueType = rtc.TrackSource.SOURCE_MICROPHONE
+    sample_rate: int = 48_000
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 2):
+            raise ValueError(f"audio channels must be 1 or 2, not {self.channels}")
+
+
+def to_rtc_video(frame: av.VideoFrame) -> rtc.VideoFrame:
+    """A yuv420p av frame as a packed I420 rtc frame (planes back to back, no padding):
+    the one copy the SDK's frame needs."""
+    if frame.format.name != "yuv420p":
+        frame = frame.reformat(format="yuv420p")
+    w, h = frame.width, frame.height
+    cw, ch = (w + 1) // 2, (h + 1) // 2
+    buf = bytearray(w * h + 2 * cw * ch)
+    out = np.frombuffer(buf, np.uint8)
+    off = 0
+    for i, (pw, ph) in enumerate(((w, h), (cw, ch), (cw, ch))):
+        plane = frame.planes[i]
+        src = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:ph, :pw]  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
+        out[off : off + pw * ph].reshape(ph, pw)[:] = src
+        off += pw * ph
+    return rtc.VideoFrame(w, h, rtc.VideoBufferType.I420, buf)
+
+
+def to_rtc_audio(frame: av.AudioFrame) -> rtc.AudioFrame:
+    """A packed s16 av frame as an rtc frame (interleaved int16)."""
+    if frame.format.name != "s16":
+        raise ValueError(f"expected packed s16 audio, got {frame.format.name}")
+    channels = len(frame.layout.channels)
+    data = bytes(frame.planes[0])[: frame.samples * channels * 2]
+    return rtc.AudioFrame(data, frame.sample_rate, channels, frame.samples)
+
+
+class RoomSink(Sink):
+    """Publishes one raw video input and/or one raw audio input into a room as the
+    participant ``token`` names. Link raw frames (decode, scale first)."""
+
+    dynamic_inputs = False
+    error_scope = "graph"
+    connect_timeout = 15.0
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        video: VideoPublishing | None = VideoPublishing(),
+        audio: AudioPublishing | None = AudioPublishing(),
+        latency: float = 0.05,
+        on_published: Callable[[str, str], None] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name)
+        if video is None and audio is None:
+            raise ValueError("RoomSink needs video, audio or both")
+        self.url = url
+        self._token = token
+        self.video, self.audio = video, audio
+        self.latency = latency
+        self.on_published = on_published
+        if video is not None:
+            self.add_input("video", lambda c: None if c.media == "video" and not c.encoded
+                           else f"takes raw video, got {c.describe()}", capacity=4)
+        if audio is not None:
+            self.add_input("audio", lambda c: None if c.media == "audio" and not c.encoded
+                           else f"takes raw audio, got {c.describe()}", capacity=16)
+        self.room: rtc.Room | None = None
+        self._vsrc: rtc.VideoSource | None = None
+        self._asrc: rtc.AudioSource | None = None
+        self._resampler: AudioResampler | None = None
+        self.tracks: dict[str, str] = {}  # kind -> track sid
+        self.room_sid = ""
+        self._start: tuple[float, float] | None = None  # (monotonic, media seconds) of the first frame
+        self.frames = 0
+        self.samples = 0
+        self.late = 0
+
+    def accept_input(self, caps: Caps) -> str | None:
+        return None
+
+    # -- room ------------------------------------------------------------------
+    async def setup(self) -> None:
+        room = rtc.Room()
+        try:
+            await asyncio.wait_for(room.connect(self.url, self._token, rtc.RoomOptions(auto_subscribe=False)),
+                                   self.connect_timeout)
+        except (rtc.ConnectError, TimeoutError, OSError) as e:
+            with contextlib.suppress(Exception):
+                await room.disconnect()
+            raise RoomError(f"could not join the room at {redact_url(self.url)}: "
+                            f"{e or 'timed out'}") from e
+        self.room = room
+        with contextlib.suppress(Exception):
+            self.room_sid = await asyncio.wait_for(room.sid, 5)  # (an async property)
+
+    async def _publish(self, kind: str, frame: Any) -> None:
+        assert self.room is not None
+        lp = self.room.local_participant
+        if kind == "video":
+            assert self.video is not None
+            self._vsrc = rtc.VideoSource(frame.width, frame.height)
+            track: Any = rtc.LocalVideoTrack.create_video_track(self.video.name, self._vsrc)
+            opts = rtc.TrackPublishOptions(source=self.video.source, video_codec=CODECS[self.video.codec],
+                                           simulcast=self.video.simulcast)
+            opts.video_encoding.max_bitrate = self.video.max_bitrate
+            opts.video_encoding.max_framerate = self.video.max_fps
+        else:
+            assert self.audio is not None
+            self._asrc = rtc.AudioSource(self.audio.sample_rate, self.audio.channels, queue_size_ms=0)
+            self._resampler = AudioResampler(format="s16", layout="stereo" if self.audio.channels == 2 else "mono",
+                                             rate=self.audio.sample_rate,
+                                             frame_size=self.audio.sample_rate * AUDIO_CHUNK_MS // 1000)
+            track = rtc.LocalAudioTrack.create_audio_track(self.audio.name, self._asrc)
+            opts = rtc.TrackPublishOptions(source=self.audio.source, dtx=self.audio.dtx, red=False)
+            opts.audio_encoding.max_bitrate = self.audio.bitrate
+        try:
+            pub = await lp.publish_track(track, opts)
+        except Exception as e:
+            raise RoomError(f"could not publish the {kind} track: {e}") from e
+        self.tracks[kind] = pub.sid
+        log.info("%s: published %s track %s", self.name, kind, pub.sid)
+        if self.on_published is not None:
+            self.on_published(kind, pub.sid)
+
+    # -- pacing ----------------------------------------------------------------
+    async def _wait_for(self, t: float) -> None:
+        """Sleep until media time ``t`` (seconds) is due on the shared timeline."""
+        if self._start is None:
+            self._start = (time.monotonic() + self.latency, t)
+        due = self._start[0] + (t - self._start[1])
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.1:
+            self.late += 1
+
+    async def _send_video(self, frame: av.VideoFrame) -> None:
+        if frame.width < 2 or frame.height < 2:
+            return
+        if self._vsrc is None:
+            await self._publish("video", frame)
+        assert self._vsrc is not None
+        if frame.pts is not None and frame.time_base is not None:
+            await self._wait_for(float(frame.pts * frame.time_base))
+        self._vsrc.capture_frame(to_rtc_video(frame))
+        self.frames += 1
+
+    async def _send_audio(self, frame: av.AudioFrame) -> None:
+        if self._asrc is None:
+            await self._publish("audio", frame)
+        assert self._asrc is not None and self._resampler is not None
+        start = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base is not None else None
+        for chunk in self._resampler.resample(frame):
+            if start is not None:
+                await self._wait_for(start)
+                start += chunk.samples / chunk.sample_rate
+            await self._asrc.capture_frame(to_rtc_audio(chunk))
+            self.samples += chunk.samples
+
+    # -- run -------------------------------------------------------------------
+    async def run(self) -> None:
+        live = [p for p in self.inputs.values() if p.edge is not None]
+        try:
+            # One task per input: audio's capture waits on libwebrtc's pace, video's not.
+            await asyncio.gather(*(self._pump(p) for p in live))
+        finally:
+            await self._leave()
+
+    async def _pump(self, port: Any) -> None:
+        send = self._send_video if port.name == "video" else self._send_audio
+        while True:
+            item = await port.get()
+            if item is EOS:
+                return
+            if isinstance(item, Gap):
+                continue  # nothing to send: the track stays published and quiet
+            await send(item)
+
+    async def _leave(self) -> None:
+        if self._asrc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._asrc.wait_for_playout(), 2.0)
+        if self.room is not None:
+            with contextlib.suppress(Exception):
+                await self.room.disconnect()
+            self.room = None
+        for src in (self._vsrc, self._asrc):
+            if src is not None:
+                with contextlib.suppress(Exception):
+                    await src.aclose()
+        self._vsrc = self._asrc = None
+
+    def stats(self) -> dict[str, Any]:
+        return {"frames": self.frames, "audio_s": round(self.samples / 48_000, 2), "late": self.late,
+                "tracks": dict(self.tracks)}
