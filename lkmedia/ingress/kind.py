@@ -16,7 +16,7 @@ from livekit.protocol import ingress as lk
 from ..service.ingress_config import IngressConfig
 from ..worker import codec
 from ..worker.kind import Costs
-from .spec import IngressLaunch, IngressSpec, ingress_token
+from .spec import IngressLaunch, IngressSpec
 from .state import FINAL, S, set_status
 
 RESULTS = {S.ENDPOINT_INACTIVE: "completed", S.ENDPOINT_COMPLETE: "completed", S.ENDPOINT_ERROR: "process_error"}
@@ -55,8 +55,10 @@ class IngressKind:
 
     def launch(self, spec: IngressSpec, relay_url: str = "", relay_headers: str = "") -> IngressLaunch:
         """``relay_*``: where an RTMP session's publish is read (lkmedia.service.ingress_relay)."""
+        from .presets import ingress_token  # here, not at import: it brings the media stack along
+
         c = self.conf
-        return IngressLaunch(spec, c.ws_url, ingress_token(spec.info, c.api_key, c.api_secret), relay_url, relay_headers)
+        return IngressLaunch(spec, c.ws_url, ingress_token(c.api_key, c.api_secret, spec.info), relay_url, relay_headers)
 
     def costs(self, spec: IngressSpec) -> Costs:
         return session_costs(self.conf, spec)

@@ -8,16 +8,15 @@ input comes with its IngressInfo in IngressInternal.StartIngress.
 
 ``IngressSpec`` holds no secret (the stream key is dropped; a URL is kept for the job but
 only shown redacted). ``IngressLaunch`` is what a job process is given: the spec, this
-node's ``ws_url`` and the participant's join token, built as the Go ingress builds it.
+node's ``ws_url``, the participant's join token (lkmedia.ingress.presets.ingress_token) and
+where to read an RTMP publish.
 """
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from livekit import api
 from livekit.protocol import ingress as lk
 from livekit.protocol import models
 
@@ -26,8 +25,6 @@ from .errors import IngressError, disabled, invalid, wrong_input
 
 INPUTS = {lk.IngressInput.RTMP_INPUT: "rtmp", lk.IngressInput.WHIP_INPUT: "whip", lk.IngressInput.URL_INPUT: "url"}
 RESOURCE_PREFIX = {"rtmp": "RT_", "whip": "WH_", "url": "UR_"}
-TOKEN_TTL = dt.timedelta(hours=24)
-INGRESS_ID_ATTRIBUTE = "ingress.ingressID"
 _GUID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # Go utils.NewGuid's
 _VIDEO_SOURCES = (models.TrackSource.UNKNOWN, models.TrackSource.CAMERA, models.TrackSource.SCREEN_SHARE)
 _AUDIO_SOURCES = (models.TrackSource.UNKNOWN, models.TrackSource.MICROPHONE, models.TrackSource.SCREEN_SHARE_AUDIO)
@@ -172,15 +169,3 @@ def spec_from_info(info: lk.IngressInfo, input_name: str, resource_id: str = "")
     clean.stream_key = ""
     return IngressSpec(info.ingress_id, resource_id or new_resource_id(input_name), input_name, clean,
                        transcoding_enabled(info), info.url if input_name == "url" else "")
-
-
-def ingress_token(info: lk.IngressInfo, api_key: str, api_secret: str) -> str:
-    """The participant's join token as the Go ingress builds it when livekit-server sends none
-    (protocol ``ingress.BuildIngressToken``): publish only, may update its own metadata,
-    kind INGRESS, 24 h, the ingress ID as an attribute."""
-    grants = api.VideoGrants(room_join=True, room=info.room_name, can_publish=True, can_subscribe=False,
-                             can_update_own_metadata=True)
-    return (api.AccessToken(api_key, api_secret).with_identity(info.participant_identity)
-            .with_name(info.participant_name).with_metadata(info.participant_metadata)
-            .with_kind("ingress").with_attributes({INGRESS_ID_ATTRIBUTE: info.ingress_id})
-            .with_grants(grants).with_ttl(TOKEN_TTL).to_jwt())

@@ -1,5 +1,7 @@
-"""IngressState: the one place its status changes and is stamped, as the Go ingress does it
-(``params.SetStatus`` and the handler's end rules).
+"""IngressState as the service side changes and stamps it (the front door, UpdateIngress /
+DeleteIngress, a session ended from outside), as the Go ingress does it (``params.SetStatus``
+and the handler's end rules). lkmedia.ingress.session.IngressSession still stamps its own
+states; when the two are joined up, one set of rules should serve both.
 
 BUFFERING (``started_at``, ``resource_id``) -> PUBLISHING (once per track kind ready) ->
 INACTIVE (a reusable RTMP/WHIP ingress, which can be pushed to again) / COMPLETE (a URL

@@ -16,7 +16,7 @@ from livekit.protocol import models
 from lkmedia.core import Graph
 from lkmedia.ingress.errors import IngressError
 from lkmedia.ingress.kind import IngressKind
-from lkmedia.ingress.recipe import build_recipe
+from lkmedia.ingress.recipe import input_source
 from lkmedia.ingress.spec import IngressLaunch, IngressSpec, spec_from_info, validate_info
 from lkmedia.ingress.state import S, buffering, ended, set_status
 from lkmedia.service.ingress_config import parse_ingress_config
@@ -153,30 +153,32 @@ def flv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def test_recipe_rtmp_input_reads_the_pipe(flv: Path) -> None:
     spec = spec_from_info(rtmp_info(), "rtmp")
     r, w = os.pipe()
-    rec = build_recipe(IngressLaunch(spec, "ws://x", "t", flv_fd=r))
-    assert rec.video is not None and rec.audio is not None
-    v, a = rec.graph.add(Collect("v")), rec.graph.add(Collect("a"))
-    rec.graph.link(rec.video, v)
-    rec.graph.link(rec.audio, a)
+    g = Graph()
+    src = g.add(input_source(IngressLaunch(spec, "ws://x", "t", flv_fd=r)))
+    v, a = g.add(Collect("v")), g.add(Collect("a"))
+    g.link(src.out("video"), v)
+    g.link(src.out("audio"), a)
 
     def write() -> None:
         with os.fdopen(w, "wb") as f:
             f.write(flv.read_bytes())
 
-    await asyncio.gather(asyncio.to_thread(write), rec.graph.run())
+    await asyncio.gather(asyncio.to_thread(write), g.run())
     assert len(v.items) == 50 and v.items[0].width == 320  # type: ignore[attr-defined]
     assert abs(sum(f.samples for f in a.items) / 44100 - 2.0) < 0.05  # type: ignore[attr-defined]
 
 
 async def test_recipe_url_input_is_paced(flv: Path) -> None:
     url = rtmp_info(input_type=lk.IngressInput.URL_INPUT, stream_key="", url=str(flv))
-    rec = build_recipe(IngressLaunch(spec_from_info(url, "url"), "ws://x", "t"))
-    g: Graph = rec.graph
-    assert rec.video is not None
+    g = Graph()
+    src = g.add(input_source(IngressLaunch(spec_from_info(url, "url"), "ws://x", "t")))
     v = g.add(Collect("v"))
-    g.link(rec.video, v)
+    g.link(src.out("video"), v)
     t0 = time.monotonic()
     await g.run()
     assert len(v.items) == 50 and time.monotonic() - t0 > 1.7  # real time, not as fast as it reads
     with pytest.raises(ValueError, match="relay or FLV pipe"):
-        build_recipe(IngressLaunch(spec_from_info(rtmp_info(), "rtmp"), "ws://x", "t"))
+        input_source(IngressLaunch(spec_from_info(rtmp_info(), "rtmp"), "ws://x", "t"))
+    relay = input_source(IngressLaunch(spec_from_info(rtmp_info(), "rtmp"), "ws://x", "t",
+                                       relay_url="http://127.0.0.1:9/rtmp/RT_x", relay_headers="Authorization: x\r\n"))
+    assert relay.options == {"headers": "Authorization: x\r\n"}  # type: ignore[attr-defined]
