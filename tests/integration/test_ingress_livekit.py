@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
-import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +28,7 @@ from lkmedia.rtmp.flv import FlvPipe
 from lkmedia.service.ingress import IngressService, Report
 from lkmedia.service.ingress_config import parse_ingress_config
 from lkmedia.sources.flv import FlvSource
+from lkmedia.testing.media import av_clip
 from tests.unit.test_file_source import Collect
 
 pytestmark = pytest.mark.integration
@@ -54,12 +54,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """livekit-server with ingress.rtmp_base_url pointing at our RTMP port, webhooks to us,
     and the clips ffmpeg publishes (H.264 + AAC, 3 s and 30 s)."""
     d = tmp_path_factory.mktemp("ingress")
-    clips = {}
-    for name, seconds in (("short", 3), ("long", 30)):
-        clips[name] = d / f"{name}.flv"
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f",
-                        "lavfi", "-i", "sine=sample_rate=48000", "-t", str(seconds), "-c:v", "libx264", "-preset",
-                        "ultrafast", "-g", "25", "-c:a", "aac", str(clips[name])], check=True, timeout=120)
+    clips = {name: av_clip(d / f"{name}.flv", seconds) for name, seconds in (("short", 3), ("long", 30))}
     hooks = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
     threading.Thread(target=hooks.serve_forever, daemon=True).start()
     rtmp_port = free_port()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 
 from lkmedia.rtmp import PublishRequest, RtmpServer, RtmpSession
 from lkmedia.service.ingress_relay import FlvRelay, RelayTicket
+from lkmedia.testing.media import av_clip
 
 pytestmark = pytest.mark.integration
 
@@ -51,12 +51,7 @@ asyncio.run(main())
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("relay")
-    out = {}
-    for name, seconds in (("short", 3), ("long", 30)):
-        out[name] = d / f"{name}.flv"
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f",
-                        "lavfi", "-i", "sine=sample_rate=48000", "-t", str(seconds), "-c:v", "libx264", "-preset",
-                        "ultrafast", "-g", "25", "-c:a", "aac", str(out[name])], check=True, timeout=120)
+    out = {name: av_clip(d / f"{name}.flv", seconds) for name, seconds in (("short", 3), ("long", 30))}
     (d / "child.py").write_text(CHILD)
     out["child"] = d / "child.py"
     return out

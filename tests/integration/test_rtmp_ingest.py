@@ -19,6 +19,7 @@ from lkmedia.rtmp import Limits, PublishRefused, PublishRequest, RtmpServer, Rtm
 from lkmedia.rtmp.flv import FlvPipe
 from lkmedia.rtmp.tls import tls_context
 from lkmedia.sources.flv import FlvSource
+from lkmedia.testing.media import av_clip
 from tests.unit.test_file_source import Collect
 
 pytestmark = pytest.mark.integration
@@ -26,22 +27,12 @@ pytestmark = pytest.mark.integration
 KEY = "sk_Zt4qLm9Xw2"
 
 
-def _ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """H.264 (B-frames, 2 s GOP) + AAC stereo 48 kHz: 3 s at 320x240/25 fps, and 20 s for a drop."""
     d = tmp_path_factory.mktemp("rtmp")
-    out = {}
-    for name, seconds in (("short", 3), ("long", 20)):
-        out[name] = d / f"{name}.mp4"
-        _ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi", "-i",
-                "sine=frequency=1000:sample_rate=48000", "-t", str(seconds), "-ac", "2", "-c:v", "libx264",
-                "-preset", "ultrafast", "-bf", "2", "-g", "50", "-pix_fmt", "yuv420p", "-c:a", "aac",
-                "-b:a", "96k", str(out[name]))
-    return out
+    return {name: av_clip(d / f"{name}.mp4", seconds, gop=50, extra=("-bf", "2", "-b:a", "96k"))
+            for name, seconds in (("short", 3), ("long", 20))}
 
 
 class Ingest:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from lkmedia.ingress.recipe import input_source
 from lkmedia.ingress.spec import IngressLaunch, IngressSpec, spec_from_info, validate_info
 from lkmedia.ingress.state import S, buffering, ended, set_status
 from lkmedia.service.ingress_config import parse_ingress_config
+from lkmedia.testing.media import av_clip
 from lkmedia.worker import codec
 from tests.unit.test_file_source import Collect
 
@@ -143,11 +143,7 @@ def test_state_rules() -> None:
 
 @pytest.fixture(scope="module")
 def flv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ingress") / "in.flv"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi",
-                    "-i", "sine=sample_rate=44100", "-t", "2", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
-                    str(out)], check=True, timeout=60)
-    return out
+    return av_clip(tmp_path_factory.mktemp("ingress") / "in.flv", 2, sample_rate=44_100)
 
 
 async def test_recipe_rtmp_input_reads_the_pipe(flv: Path) -> None:

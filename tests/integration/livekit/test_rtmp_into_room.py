@@ -12,7 +12,6 @@ import asyncio
 import base64
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from lkmedia.rtmp import Limits, RtmpSession
 from lkmedia.service.ingress import IngressService, Report
 from lkmedia.service.ingress_config import parse_ingress_config
 from lkmedia.service.ingress_relay import FlvRelay
+from lkmedia.testing.media import av_clip
 
 IS = lki.IngressState.Status
 
@@ -58,11 +58,7 @@ asyncio.run(main())
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("rtmp-room") / "clip.flv"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-f",
-                    "lavfi", "-i", "sine=sample_rate=48000", "-t", "8", "-c:v", "libx264", "-preset", "ultrafast",
-                    "-g", "30", "-c:a", "aac", "-ac", "2", str(out)], check=True, timeout=120)
-    return out
+    return av_clip(tmp_path_factory.mktemp("rtmp-room") / "clip.flv", 8, size="1280x720", rate=30, pattern="testsrc2")
 
 
 async def test_rtmp_publish_into_a_room(clip: Path, tmp_path: Path) -> None:
