@@ -1,0 +1,167 @@
+"""WHIP into a room against the real livekit-server, with a client nobody here wrote
+(FFmpeg 8's WHIP muxer, through PyAV: lkmedia.dev.whip_client): without transcoding the
+offer is proxied to livekit-server's own WHIP endpoint and the client's DELETE ends the
+session INACTIVE; bad requests and an offer with no codec we can receive (aiortc's answer)
+are refused in plain words while the server goes on serving."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from livekit import api
+from livekit.protocol import ingress as lki
+from livekit.protocol import models as lkm
+
+from lkmedia.dev.stack import DevStack
+from lkmedia.ingress.whip import WhipRefused, WhipServer, WhipSessions
+
+IS = lki.IngressState.Status
+KEY = "whipkey123"
+
+
+class Rig:
+    def __init__(self, stack: DevStack, room: str, transcode: bool) -> None:
+        self.info = lki.IngressInfo(ingress_id="IN_whip", stream_key=KEY, room_name=room,
+                                    participant_identity="whipper", participant_name="WHIP publisher",
+                                    input_type=lki.WHIP_INPUT, enable_transcoding=transcode, reusable=True)
+        self.states: list[lki.IngressState] = []
+        self.sessions = WhipSessions(stack.url, stack.api_key, stack.api_secret, self.lookup,
+                                     on_state=lambda _info, s: self.states.append(s))
+        self.server = WhipServer(0, self.sessions.publish, self.sessions.delete, host="127.0.0.1")
+
+    async def lookup(self, key: str) -> lki.IngressInfo:
+        if key != KEY:
+            raise WhipRefused(404, "no ingress has this stream key")
+        return self.info
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}/w"
+
+
+@contextlib.asynccontextmanager
+async def rig(stack: DevStack, room: str, transcode: bool) -> AsyncIterator[Rig]:
+    r = Rig(stack, room, transcode)
+    await r.server.start()
+    try:
+        yield r
+    finally:
+        await r.server.stop()
+        await r.sessions.close()
+
+
+@contextlib.asynccontextmanager
+async def push(url: str, seconds: float) -> AsyncIterator[asyncio.subprocess.Process]:
+    """FFmpeg's WHIP muxer publishing for ``seconds`` in a child process (killed if the
+    test ends before it does)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lkmedia.dev.whip_client", url, str(seconds),
+        env={**os.environ, "LKM_WHIP_TOKEN": KEY}, stderr=asyncio.subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _participant(lkapi: api.LiveKitAPI, room: str, tracks: int, client: asyncio.subprocess.Process,
+                       timeout: float = 20) -> lkm.ParticipantInfo:
+    deadline = time.monotonic() + timeout
+    while True:
+        if client.returncode is not None:
+            _, err = await client.communicate()
+            raise AssertionError(f"the WHIP client exited {client.returncode}: {err.decode()[-500:]}")
+        with contextlib.suppress(api.TwirpError):
+            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+            for p in res.participants:
+                if p.identity == "whipper" and len(p.tracks) >= tracks:
+                    return p
+        assert time.monotonic() < deadline, f"whipper did not publish {tracks} tracks in {timeout:g} s"
+        await asyncio.sleep(0.2)
+
+
+async def _gone(lkapi: api.LiveKitAPI, room: str, timeout: float = 15) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        with contextlib.suppress(api.TwirpError):
+            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+            if not any(p.identity == "whipper" for p in res.participants):
+                return time.monotonic() - t0
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"whipper still in the room {timeout:g} s after the client left")
+
+
+async def test_without_transcoding_the_offer_goes_to_livekit_servers_own_whip(livekit_stack: DevStack,
+                                                                              room_name: str) -> None:
+    async with rig(livekit_stack, room_name, transcode=False) as r, livekit_stack.api() as lkapi:
+        async with push(r.url, 6) as client:
+            p = await _participant(lkapi, room_name, 2, client)
+            assert p.kind == lkm.ParticipantInfo.Kind.INGRESS
+            assert sorted(t.mime_type for t in p.tracks) == ["audio/opus", "video/H264"]
+            assert not next(t for t in p.tracks if t.type == lkm.TrackType.VIDEO).simulcast  # the client's own
+            _, err = await asyncio.wait_for(client.communicate(), 30)
+            assert client.returncode == 0, err.decode()
+        left = await _gone(lkapi, room_name)
+    print(f"WHIP proxy: publisher gone from the room {left:.2f} s after the client's DELETE")
+    assert [IS.Name(s.status) for s in r.states] == ["ENDPOINT_PUBLISHING", "ENDPOINT_INACTIVE"]
+    assert not r.sessions.resources
+
+
+OFFER_NOTHING_USABLE = """v=0
+o=- 1 1 IN IP4 127.0.0.1
+s=-
+t=0 0
+a=group:BUNDLE 0
+m=video 9 UDP/TLS/RTP/SAVPF 100
+c=IN IP4 0.0.0.0
+a=mid:0
+a=sendonly
+a=rtcp-mux
+a=ice-ufrag:abcd
+a=ice-pwd:abcdefghijklmnopqrstuvwx
+a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF
+a=setup:actpass
+a=rtpmap:100 H265/90000
+"""
+
+
+async def test_bad_requests_are_refused_in_plain_words_and_the_server_goes_on(livekit_stack: DevStack,
+                                                                              room_name: str) -> None:
+    async with rig(livekit_stack, room_name, transcode=True) as r, aiohttp.ClientSession() as http:
+        sdp = {"Content-Type": "application/sdp"}
+        cases = [
+            (f"{r.url}/{KEY}", OFFER_NOTHING_USABLE, sdp, 400, "no audio or video codec lkmedia can receive"),
+            (f"{r.url}/wrongkey", OFFER_NOTHING_USABLE, sdp, 404, "no ingress has this stream key"),
+            (r.url, OFFER_NOTHING_USABLE, sdp, 401, "no stream key"),
+            (f"{r.url}/{KEY}", "hello", {"Content-Type": "text/plain"}, 415, "must be sent as application/sdp"),
+        ]
+        for url, body, headers, status, words in cases:
+            async with http.post(url, data=body, headers=headers) as resp:
+                text = await resp.text()
+                assert (resp.status, words in text) == (status, True), (url, resp.status, text)
+        async with http.patch(f"{r.url}/{KEY}/WH_x", data="a=ice-ufrag:x") as resp:
+            assert resp.status == 422
+        async with http.get(f"http://127.0.0.1:{r.server.port}/health") as resp:
+            assert resp.status == 200
+        assert not r.sessions.resources
+        # ... and a good publisher right after is served.
+        r.info.enable_transcoding = False
+        async with livekit_stack.api() as lkapi:
+            async with push(r.url, 3) as client:
+                await _participant(lkapi, room_name, 2, client)
+                await asyncio.wait_for(client.communicate(), 30)
+                assert client.returncode == 0
+
+
+@pytest.mark.parametrize("path", ["/w/somekey", "/w/somekey/WH_123"])
+def test_the_stream_key_stays_out_of_logs(path: str) -> None:
+    from lkmedia.ingress.whip import _safe_path
+
+    assert "somekey" not in _safe_path(path)
