@@ -27,10 +27,10 @@ from ..nodes.convert import Scale
 from ..sinks.room import RoomSink
 from ..sources.file import FileSource
 from .presets import audio_publishing, video_plan
+from .state import S, buffering, ended, set_status
 
 log = logging.getLogger("lkmedia.ingress")
 
-S = lki.IngressState.Status
 MEDIA_TIMEOUT = 10.0
 _MIME = {"h264": "video/h264", "hevc": "video/h265", "vp8": "video/vp8", "vp9": "video/vp9", "av1": "video/av1",
          "aac": "audio/aac", "opus": "audio/opus", "mp3": "audio/mpeg", "vorbis": "audio/vorbis",
@@ -63,10 +63,14 @@ def input_states(src: FileSource) -> tuple[lki.InputVideoState | None, lki.Input
 
 class IngressSession:
     """Runs ``info``'s ingress from ``source`` into the room at ``ws_url`` as the
-    participant ``token`` names; ``on_state`` gets a copy of the state at each change."""
+    participant ``token`` names; ``on_state`` gets a copy of the state at each change.
+    ``state``: the session's BUFFERING state when the service has set (and reported) it
+    already; else a new one is made for ``resource_id``. States change by the rules of
+    lkmedia.ingress.state, which the service side uses too."""
 
     def __init__(self, info: lki.IngressInfo, source: Source, ws_url: str, token: str, *,
-                 resource_id: str = "", on_state: Callable[[lki.IngressState], None] | None = None,
+                 resource_id: str = "", state: lki.IngressState | None = None,
+                 on_state: Callable[[lki.IngressState], None] | None = None,
                  media_timeout: float = MEDIA_TIMEOUT) -> None:
         self.info = info
         self.source = source
@@ -74,15 +78,16 @@ class IngressSession:
         self._token = token
         self.on_state = on_state
         self.media_timeout = media_timeout
-        self.state = lki.IngressState(status=S.ENDPOINT_BUFFERING, started_at=time.time_ns(),
-                                      resource_id=resource_id)
+        self._announced = state is not None and state.status == S.ENDPOINT_BUFFERING
+        self.state = lki.IngressState.FromString(state.SerializeToString()) if state is not None \
+            else buffering(resource_id)
         self.graph: Graph | None = None
         self.sink: RoomSink | None = None
         self._stopping = False
+        self._stop_error = ""
 
     # -- state -----------------------------------------------------------------
     def _send(self) -> None:
-        self.state.updated_at = time.time_ns()
         if self.on_state is not None:
             copy = lki.IngressState()
             copy.CopyFrom(self.state)
@@ -90,7 +95,7 @@ class IngressSession:
 
     def _published(self, kind: str, sid: str) -> None:
         assert self.sink is not None
-        self.state.status = S.ENDPOINT_PUBLISHING
+        set_status(self.state, S.ENDPOINT_PUBLISHING)
         self.state.room_id = self.sink.room_sid
         opts = self.sink.video if kind == "video" else self.sink.audio
         self.state.tracks.append(lkm.TrackInfo(
@@ -99,11 +104,7 @@ class IngressSession:
         self._send()
 
     def _end(self, error: str | None) -> lki.IngressState:
-        if error:
-            self.state.status, self.state.error = S.ENDPOINT_ERROR, error
-        else:
-            self.state.status = S.ENDPOINT_INACTIVE if self.info.reusable else S.ENDPOINT_COMPLETE
-        self.state.ended_at = time.time_ns()
+        self.state = ended(self.state, self.info.reusable, self._stop_error or error or "")
         self._send()
         return self.state
 
@@ -137,8 +138,11 @@ class IngressSession:
         return g
 
     async def run(self) -> lki.IngressState:
-        """BUFFERING, then the session to its end; the final state."""
-        self._send()
+        """BUFFERING (unless the service reported it), then the session to its end; the final state."""
+        if not self._announced:
+            self._send()
+        if self._stopping:  # stopped before it began
+            return self._end(None)
         try:
             g = self.graph or self.build()
             await g.start()
@@ -169,9 +173,11 @@ class IngressSession:
             return str(e)
         return "; ".join(str(e) for e in errors) or None
 
-    async def stop(self) -> None:
-        """End the session (the ingress was updated or deleted, the publisher left)."""
+    async def stop(self, error: str = "") -> None:
+        """End the session (the ingress was updated or deleted, the publisher left); with
+        ``error``, it ends ERROR with it."""
         self._stopping = True
+        self._stop_error = self._stop_error or error
         if self.graph is not None and self.graph.started:
             self.graph.request_stop()
 

@@ -1,7 +1,6 @@
-"""IngressState as the service side changes and stamps it (the front door, UpdateIngress /
-DeleteIngress, a session ended from outside), as the Go ingress does it (``params.SetStatus``
-and the handler's end rules). lkmedia.ingress.session.IngressSession still stamps its own
-states; when the two are joined up, one set of rules should serve both.
+"""IngressState as the Go ingress changes and stamps it (``params.SetStatus`` and the
+handler's end rules): one set of rules for the service side (the front door, UpdateIngress /
+DeleteIngress, a session ended from outside) and the job's (lkmedia.ingress.session).
 
 BUFFERING (``started_at``, ``resource_id``) -> PUBLISHING (once per track kind ready) ->
 INACTIVE (a reusable RTMP/WHIP ingress, which can be pushed to again) / COMPLETE (a URL
