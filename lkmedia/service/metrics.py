@@ -29,16 +29,68 @@ CLAIM_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 3000)
 Probe = Callable[[], bool]
 
 
-class EgressMetrics:
+class PromPage:
+    """A private registry of one node's series, written as Go's promhttp writes its page.
+    ``const``: the const labels every series has (Go's ``ConstLabels``)."""
+
+    def __init__(self, const: dict[str, str]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._go_names: dict[str, str] = {}
+        self._const = dict(const)
+
+    def render(self) -> bytes:
+        """The text page, as Go's promhttp writes it."""
+        out: list[str] = []
+        for fam in self.registry.collect():
+            name = self._go_names.get(fam.name, fam.name)
+            samples = [s for s in fam.samples if not s.name.endswith("_created")]
+            if fam.type == "histogram":  # Go: buckets, then _sum, then _count, per series
+                rank = {"_bucket": 0, "_sum": 1, "_count": 2}
+                samples.sort(key=lambda s: rank.get(s.name[len(fam.name):], 3))  # stable within a rank
+                series: dict[tuple[tuple[str, str], ...], int] = {}
+                for s in samples:
+                    series.setdefault(_series_key(s.labels), len(series))
+                samples.sort(key=lambda s: series[_series_key(s.labels)])
+            if not samples:
+                continue
+            if fam.documentation:
+                out.append(f"# HELP {name} {_escape_help(fam.documentation)}")
+            out.append(f"# TYPE {name} {fam.type}")
+            for s in samples:
+                sname = name if fam.type == "counter" else s.name
+                labels = ",".join(f'{k}="{_escape_label(go_float(float(v)) if k == "le" else v)}"'
+                                  for k, v in sorted(s.labels.items()))
+                out.append(f"{sname}{{{labels}}} {go_float(s.value)}" if labels
+                           else f"{sname} {go_float(s.value)}")
+        return ("\n".join(out) + "\n").encode()
+
+    def _labels(self, extra: tuple[str, ...], const: bool) -> list[str]:
+        names = list(self._const) if const else [k for k in self._const if k == "node_id"]
+        return names + list(extra)
+
+    def _gauge(self, name: str, help_: str, extra: tuple[str, ...] = (), const: bool = True) -> Gauge:
+        self._go_names[name] = name
+        return Gauge(name, help_, self._labels(extra, const), registry=self.registry)
+
+    def _counter(self, name: str, help_: str, extra: tuple[str, ...], const: bool = True) -> Counter:
+        family = name[: -len("_total")] if name.endswith("_total") else name
+        self._go_names[family] = name
+        return Counter(name, help_, self._labels(extra, const), registry=self.registry)
+
+    def _histogram(self, name: str, help_: str, extra: tuple[str, ...], buckets: tuple[float, ...],
+                   const: bool = True) -> Histogram:
+        self._go_names[name] = name
+        return Histogram(name, help_, self._labels(extra, const), registry=self.registry, buckets=buckets)
+
+
+class EgressMetrics(PromPage):
     """Every egress series, bound to one node. ``is_idle`` / ``can_accept`` / ``is_disabled`` /
     ``is_terminating`` are read at scrape time (Go's GaugeFuncs); the rest is set by the service."""
 
     def __init__(self, node_id: str, cluster_id: str = "", *, is_idle: Probe, can_accept: Probe,
                  is_disabled: Probe, is_terminating: Probe) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        super().__init__({"node_id": node_id, "cluster_id": cluster_id})
         self.node_id, self.cluster_id = node_id, cluster_id
-        self._go_names: dict[str, str] = {}
-        self._const = {"node_id": node_id, "cluster_id": cluster_id}
         for name, probe in (("available", is_idle), ("can_accept_request", can_accept),
                             ("is_disabled", is_disabled), ("is_terminating", is_terminating)):
             g = self._gauge(f"livekit_egress_{name}", "")
@@ -221,54 +273,10 @@ class EgressMetrics:
                                outcome=outcome).observe(wait_ms)
 
     # --- exposition ----------------------------------------------------------------------------
-    def render(self) -> bytes:
-        """The text page, as Go's promhttp writes it."""
-        out: list[str] = []
-        for fam in self.registry.collect():
-            name = self._go_names.get(fam.name, fam.name)
-            samples = [s for s in fam.samples if not s.name.endswith("_created")]
-            if fam.type == "histogram":  # Go: buckets, then _sum, then _count, per series
-                rank = {"_bucket": 0, "_sum": 1, "_count": 2}
-                samples.sort(key=lambda s: rank.get(s.name[len(fam.name):], 3))  # stable within a rank
-                series: dict[tuple[tuple[str, str], ...], int] = {}
-                for s in samples:
-                    series.setdefault(_series_key(s.labels), len(series))
-                samples.sort(key=lambda s: series[_series_key(s.labels)])
-            if not samples:
-                continue
-            if fam.documentation:
-                out.append(f"# HELP {name} {_escape_help(fam.documentation)}")
-            out.append(f"# TYPE {name} {fam.type}")
-            for s in samples:
-                sname = name if fam.type == "counter" else s.name
-                labels = ",".join(f'{k}="{_escape_label(go_float(float(v)) if k == "le" else v)}"'
-                                  for k, v in sorted(s.labels.items()))
-                out.append(f"{sname}{{{labels}}} {go_float(s.value)}" if labels
-                           else f"{sname} {go_float(s.value)}")
-        return ("\n".join(out) + "\n").encode()
-
-    def _labels(self, extra: tuple[str, ...], const: bool) -> list[str]:
-        return (["node_id", "cluster_id"] if const else ["node_id"]) + list(extra)
-
-    def _gauge(self, name: str, help_: str, extra: tuple[str, ...] = (), const: bool = True) -> Gauge:
-        self._go_names[name] = name
-        return Gauge(name, help_, self._labels(extra, const), registry=self.registry)
-
-    def _counter(self, name: str, help_: str, extra: tuple[str, ...], const: bool = True) -> Counter:
-        family = name[: -len("_total")] if name.endswith("_total") else name
-        self._go_names[family] = name
-        return Counter(name, help_, self._labels(extra, const), registry=self.registry)
-
-    def _histogram(self, name: str, help_: str, extra: tuple[str, ...], buckets: tuple[float, ...],
-                   const: bool = True) -> Histogram:
-        self._go_names[name] = name
-        return Histogram(name, help_, self._labels(extra, const), registry=self.registry, buckets=buckets)
-
-
 class MetricsServer(HttpEndpoint):
     """``prometheus_port``: the page on every path, as Go's promhttp handler (it has no mux)."""
 
-    def __init__(self, metrics: EgressMetrics, port: int, *, host: str | None = None) -> None:
+    def __init__(self, metrics: PromPage, port: int, *, host: str | None = None) -> None:
         super().__init__(port, self._serve, host=host, name="prometheus")
         self.metrics = metrics
 

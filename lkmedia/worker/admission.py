@@ -81,6 +81,7 @@ class Admission:
         self._pulse_clients = pulse_clients  # None: no Chrome on this node, no PulseAudio limit
         self._jobs: dict[str, _Job] = {}
         self.memory_gb = 0.0  # measured (proc RSS or cgroup working set)
+        self.node_load = 0.0  # measured: the node's CPU use, 0..1 of all its CPUs
 
     # --- state ---------------------------------------------------------------------------------
     @property
@@ -178,8 +179,11 @@ class Admission:
             job.running = True
 
     def record_usage(self, cpu: Mapping[str, float], memory_gb: float | None = None,
-                     memory_by_job: Mapping[str, int] | None = None) -> None:
-        """Measurements: CPUs per job id, and the node's memory in GB (for the memory check)."""
+                     memory_by_job: Mapping[str, int] | None = None, node_load: float | None = None) -> None:
+        """Measurements: CPUs per job id, the node's memory in GB (for the memory check) and
+        its CPU load (0..1)."""
+        if node_load is not None:
+            self.node_load = node_load
         for job_id, value in cpu.items():
             if (job := self._jobs.get(job_id)) is None:
                 continue

@@ -370,7 +370,8 @@ class Worker:
 
     def _measured(self, sample: Sample) -> None:
         memory = sample.node_memory(self.memory_source)
-        self.admission.record_usage(sample.cpu, memory_gb=memory / GB, memory_by_job=sample.memory_by_job)
+        self.admission.record_usage(sample.cpu, memory_gb=memory / GB, memory_by_job=sample.memory_by_job,
+                                    node_load=sample.node_load)
         total, available, _, _ = self.admission.cpu_usage()
         limit = total * self.max_cpu_utilization
         self.metrics.node_usage(sample.node_load, sample.rss_bytes, sample.cgroup_bytes,
