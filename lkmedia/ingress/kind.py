@@ -23,8 +23,8 @@ RESULTS = {S.ENDPOINT_INACTIVE: "completed", S.ENDPOINT_COMPLETE: "completed", S
 
 
 def session_costs(c: IngressConfig, spec: IngressSpec) -> Costs:
-    """CPUs one session reserves, by input (Go ``monitor.getCPUCost``); the label is the
-    ``livekit_ingress_requests`` type."""
+    """CPUs one session reserves, by input (Go ``monitor.canAcceptIngress``); the label is the
+    ``livekit_ingress_requests`` type (``whip:bypass`` for WHIP without transcoding)."""
     cc = c.cpu_cost
     if spec.input == "rtmp":
         cpu = cc.rtmp_cpu_cost
@@ -32,16 +32,19 @@ def session_costs(c: IngressConfig, spec: IngressSpec) -> Costs:
         cpu = cc.whip_cpu_cost if spec.transcode else cc.whip_bypass_transcoding_cpu_cost
     else:
         cpu = cc.url_cpu_cost
-    return Costs(cpu, 0.0, False, spec.input)
+    return Costs(cpu, 0.0, False, spec.input if spec.transcode else f"{spec.input}:bypass")
 
 
 class IngressKind:
     name = "ingress"
-    runner = "lkmedia.ingress.runner"  # the child side: the session's job (next step of issue 10)
+    runner = "lkmedia.ingress.runner"  # the child side: the session's job
     info_type = lk.IngressInfo
 
     def __init__(self, conf: IngressConfig) -> None:
         self.conf = conf
+        #: resource ID -> (URL, headers) of the relay an RTMP session's job reads (set by the
+        #: service before the job starts; secrets: never logged)
+        self.relays: dict[str, tuple[str, str]] = {}
 
     # -- specs ---------------------------------------------------------------------------
     def job_id(self, spec: IngressSpec) -> str:
@@ -54,9 +57,12 @@ class IngressKind:
         return codec.decode(IngressSpec, data)
 
     def launch(self, spec: IngressSpec, relay_url: str = "", relay_headers: str = "") -> IngressLaunch:
-        """``relay_*``: where an RTMP session's publish is read (lkmedia.service.ingress_relay)."""
+        """``relay_*``: where an RTMP session's publish is read (lkmedia.service.ingress_relay);
+        by default what ``relays`` holds for the session."""
         from .presets import ingress_token  # here, not at import: it brings the media stack along
 
+        if not relay_url and spec.resource_id in self.relays:
+            relay_url, relay_headers = self.relays[spec.resource_id]
         c = self.conf
         return IngressLaunch(spec, c.ws_url, ingress_token(c.api_key, c.api_secret, spec.info), relay_url, relay_headers)
 
