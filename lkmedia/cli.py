@@ -419,8 +419,14 @@ def cmd_ingress(args: argparse.Namespace) -> int:
     if args.check:
         print(shown)
         return EXIT_OK
-    raise UsageError("the ingress service cannot run sessions yet (issue 10 is in progress): "
-                     "only `lkmedia ingress --check` is available")
+    from .service.ingress_node import IngressNode
+
+    try:
+        node = IngressNode(conf)
+    except ValueError as e:
+        raise UsageError(f"ingress config: {e}") from None
+    asyncio.run(node.run())
+    return EXIT_OK
 
 
 def cmd_egress_demo(args: argparse.Namespace) -> int:

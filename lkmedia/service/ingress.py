@@ -57,21 +57,24 @@ class LiveSession:
 
 class IngressService:
     def __init__(self, conf: IngressConfig, run_session: SessionRunner, *, admit: Admit | None = None,
-                 host: str = "0.0.0.0", limits: Limits | None = None) -> None:
+                 host: str = "0.0.0.0", limits: Limits | None = None, bus: RedisBus | None = None,
+                 io: IOInfoClient | None = None) -> None:
+        """``bus`` and ``io``: the service's, when it has them (else the front door opens its own)."""
         self.conf, self.run_session, self.admit = conf, run_session, admit
         self.host, self.limits = host, limits or Limits()
-        self.bus: RedisBus | None = None
-        self.io: IOInfoClient | None = None
+        self.bus, self.io = bus, io
+        self._owns_bus = bus is None
         self.servers: list[RtmpServer] = []
         self.live: dict[str, LiveSession] = {}  # by ingress ID
 
     async def start(self) -> None:
-        r = self.conf.redis
-        assert r is not None, "ingress config without redis"
-        self.bus = RedisBus(r.address, username=r.username or None, password=r.password or None, db=r.db)
-        await self.bus.start()
-        self.io = IOInfoClient(self.bus)
-        await self.io.start()
+        if self._owns_bus:
+            r = self.conf.redis
+            assert r is not None, "ingress config without redis"
+            self.bus = RedisBus(r.address, username=r.username or None, password=r.password or None, db=r.db)
+            await self.bus.start()
+            self.io = IOInfoClient(self.bus)
+            await self.io.start()
         if self.conf.rtmp_port > 0:
             self.servers.append(RtmpServer(self.check_rtmp, self._on_session, host=self.host,
                                            port=self.conf.rtmp_port, limits=self.limits))
@@ -89,9 +92,9 @@ class IngressService:
         for live in list(self.live.values()):
             if live.handler is not None:
                 await live.handler.close()
-        if self.io is not None:
+        if self._owns_bus and self.io is not None:
             await self.io.close()
-        if self.bus is not None:
+        if self._owns_bus and self.bus is not None:
             await self.bus.close()
 
     async def __aenter__(self) -> IngressService:
@@ -161,8 +164,11 @@ class IngressService:
                 async with live.lock:
                     if live.state.status in states.FINAL and live.state.ended_at:
                         return
+                    if state.updated_at and state.updated_at <= live.state.updated_at:
+                        return  # sent already (the BUFFERING the front door reported)
                     live.state = state
-                    await self._report(spec.ingress_id, state)
+                    if state.status not in states.FINAL or live.end_reason != "DeleteIngress":
+                        await self._report(spec.ingress_id, state)
 
             error = await self.run_session(spec, session, report)
         except Exception as e:
@@ -173,9 +179,10 @@ class IngressService:
             # away ends the session as its end of stream, INACTIVE, as in Go
             error = error or (session.error if not live.end_reason else "")
             async with live.lock:
-                live.state = states.ended(live.state, spec.reusable, error)
-                if live.end_reason != "DeleteIngress":  # a deleted ingress has nowhere to store it
-                    await self._report(spec.ingress_id, live.state)
+                if not (live.state.status in states.FINAL and live.state.ended_at):  # the job's end is reported
+                    live.state = states.ended(live.state, spec.reusable, error)
+                    if live.end_reason != "DeleteIngress":  # a deleted ingress has nowhere to store it
+                        await self._report(spec.ingress_id, live.state)
             with contextlib.suppress(Exception):
                 await live.handler.close()
             self.live.pop(spec.ingress_id, None)
