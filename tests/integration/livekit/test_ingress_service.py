@@ -1,0 +1,318 @@
+"""``lkmedia ingress`` as a real process, driven by an unmodified livekit-server over Redis:
+RTMP pushes from the ffmpeg CLI (ingresses made with livekit-api and with the lk CLI), URL
+pulls through StartIngress, DeleteIngress while publishing, a job process killed with
+SIGKILL, health and metrics. Each session runs in its own job process under the worker core.
+
+Prints two figures: ffmpeg start -> PUBLISHING, and the CPU the job process spends per
+second of 720p30 RTMP media."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.server
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from livekit import api
+from livekit.protocol import ingress as lki
+from livekit.protocol import models as lkm
+
+from lkmedia.dev.lk import run_lk
+from lkmedia.dev.stack import DevStack, free_port
+from lkmedia.testing.media import av_clip
+
+IS = lki.IngressState.Status
+CLIP_SECONDS = 8
+
+
+@dataclass
+class Node:
+    stack: DevStack
+    proc: subprocess.Popen[bytes]
+    rtmp_port: int
+    health_port: int
+    prometheus_port: int
+    log: Path
+
+    def job_pids(self) -> list[int]:
+        """The service's job processes (the spare included)."""
+        out = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{name}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                out.append(int(name))
+        return out
+
+    def http(self, port: int, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("ingress-service")
+    return {"short": av_clip(d / "short.flv", CLIP_SECONDS, size="1280x720", rate=30, pattern="testsrc2"),
+            "long": av_clip(d / "long.flv", 40, size="640x360", rate=30),
+            "mp4": av_clip(d / "clip.mp4", 6, size="640x360", rate=30, extra=("-movflags", "+faststart"))}
+
+
+@pytest.fixture(scope="module")
+def http_base(clips: dict[str, Path]) -> Iterator[str]:
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port),
+                                             functools.partial(Quiet, directory=str(clips["mp4"].parent)))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    d = tmp_path_factory.mktemp("ingress-node")
+    rtmp_port, health_port, prom_port, relay_port = free_port(), free_port(), free_port(), free_port()
+    stack = DevStack(config={"ingress": {"rtmp_base_url": f"rtmp://127.0.0.1:{rtmp_port}/live",
+                                         "whip_base_url": "http://127.0.0.1:1/w"}})
+    stack.start()
+    body = (f"api_key: {stack.api_key}\napi_secret: {stack.api_secret}\nws_url: {stack.url}\n"
+            f"redis:\n  address: {stack.redis_address}\nrtmp_port: {rtmp_port}\nwhip_port: -1\n"
+            f"http_relay_port: {relay_port}\nhealth_port: {health_port}\nprometheus_port: {prom_port}\n"
+            "cpu_cost:\n  rtmp_cpu_cost: 0.05\n  url_cpu_cost: 0.05\n  whip_cpu_cost: 0.05\n"
+            "  whip_bypass_transcoding_cpu_cost: 0.05\n  min_idle_ratio: 0.01\n")
+    log = d / "ingress.log"
+    env = {**os.environ, "INGRESS_CONFIG_BODY": body, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lkmedia", "ingress"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    n = Node(stack, proc, rtmp_port, health_port, prom_port, log)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "ready" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert "ready" in log.read_text(), log.read_text()
+        yield n
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        stack.cleanup()
+        text = log.read_text()
+        assert stack.api_secret not in text
+        print(f"\n--- lkmedia ingress log (last lines) ---\n{text[-3000:]}")
+
+
+@pytest.fixture
+async def lkapi(node: Node) -> AsyncIterator[Any]:
+    async with node.stack.api() as c:
+        yield c
+
+
+async def _state(lkapi: Any, ingress_id: str) -> lki.IngressState:
+    res = await lkapi.ingress.list_ingress(lki.ListIngressRequest(ingress_id=ingress_id))
+    return res.items[0].state if res.items else lki.IngressState()
+
+
+async def _wait(lkapi: Any, ingress_id: str, statuses: set[int], timeout: float = 30.0,
+                seen: list[int] | None = None) -> lki.IngressState:
+    deadline = time.monotonic() + timeout
+    st = lki.IngressState()
+    while time.monotonic() < deadline:
+        st = await _state(lkapi, ingress_id)
+        if seen is not None and (not seen or seen[-1] != st.status):
+            seen.append(st.status)
+        if st.status in statuses and (st.ended_at or st.status in (IS.ENDPOINT_BUFFERING, IS.ENDPOINT_PUBLISHING)):
+            return st
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{ingress_id}: still {IS.Name(st.status)} ({st.error}) after {timeout:g} s")
+
+
+async def _participant(lkapi: Any, room: str, identity: str, timeout: float = 30.0) -> lkm.ParticipantInfo:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+        for p in res.participants:
+            kinds = {t.type for t in p.tracks}
+            if p.identity == identity and {lkm.TrackType.VIDEO, lkm.TrackType.AUDIO} <= kinds:
+                return p
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{identity} never published video and audio in {room}")
+
+
+async def _push(node: Node, clip: Path, key: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        "ffmpeg", "-nostdin", "-v", "error", "-re", "-i", str(clip), "-c", "copy", "-f", "flv",
+        f"rtmp://127.0.0.1:{node.rtmp_port}/live/{key}", stderr=asyncio.subprocess.PIPE)
+
+
+async def _create_rtmp(lkapi: Any, room: str, identity: str) -> lki.IngressInfo:
+    info: lki.IngressInfo = await lkapi.ingress.create_ingress(lki.CreateIngressRequest(
+        input_type=lki.IngressInput.RTMP_INPUT, name="cam", room_name=room, participant_identity=identity,
+        participant_name="Camera"))
+    return info
+
+
+async def test_rtmp_sessions_in_job_processes(node: Node, lkapi: Any, clips: dict[str, Path]) -> None:
+    info = await _create_rtmp(lkapi, "svc-rtmp", "cam-1")
+    assert info.url == f"rtmp://127.0.0.1:{node.rtmp_port}/live"
+    spare = set(node.job_pids())
+    cpu0 = {pid: _cpu_seconds(pid) for pid in spare}
+    t0 = time.monotonic()
+    push = await _push(node, clips["short"], info.stream_key)
+    seen: list[int] = []
+    await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING}, seen=seen)
+    to_publishing = time.monotonic() - t0
+    p = await _participant(lkapi, "svc-rtmp", "cam-1")
+    status, metrics = node.http(node.prometheus_port, "/metrics")
+    _, err = await asyncio.wait_for(push.communicate(), 60)
+    assert push.returncode == 0, err.decode()
+    job_cpu = max((_cpu_seconds(pid) - cpu0[pid], pid) for pid in spare)
+    final = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE}, seen=seen)
+    while seen and seen[0] == IS.ENDPOINT_INACTIVE:  # as created, before the push
+        seen.pop(0)
+    order = [IS.ENDPOINT_BUFFERING, IS.ENDPOINT_PUBLISHING, IS.ENDPOINT_INACTIVE]
+    assert IS.ENDPOINT_PUBLISHING in seen and seen[-1] == IS.ENDPOINT_INACTIVE, seen
+    assert all(x in order for x in seen) and seen == sorted(seen, key=order.index), seen
+    assert not final.error and final.resource_id.startswith("RT_") and final.ended_at >= final.started_at
+    assert p.kind == lkm.ParticipantInfo.Kind.INGRESS and p.name == "Camera"
+    video = next(t for t in p.tracks if t.type == lkm.TrackType.VIDEO)
+    audio = next(t for t in p.tracks if t.type == lkm.TrackType.AUDIO)
+    assert (video.width, video.height) == (1280, 720) and video.simulcast and len(video.layers) == 3
+    assert audio.mime_type.lower() == "audio/opus"
+    assert status == 200 and 'livekit_ingress_requests{node_id="' in metrics
+    assert 'transcoding="true",type="rtmp"} 1' in metrics
+    print(f"\nRTMP: ffmpeg start -> PUBLISHING {to_publishing:.2f} s; job process CPU "
+          f"{job_cpu[0] / CLIP_SECONDS:.2f} s per media second (720p30 in, 3 layers out)")
+
+    # the same key again: a new session in a new job process
+    push = await _push(node, clips["short"], info.stream_key)
+    again = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
+    assert again.resource_id != final.resource_id
+    await asyncio.wait_for(push.communicate(), 60)
+    await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE})
+
+
+async def test_lk_cli_ingress_and_delete_while_publishing(node: Node, lkapi: Any, clips: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    req = tmp_path / "ingress.json"
+    req.write_text(json.dumps({"input_type": 0, "name": "lk-made", "room_name": "svc-lk",
+                               "participant_identity": "lk-cam", "participant_name": "lk camera"}))
+    res = await asyncio.to_thread(run_lk, node.stack, "ingress", "create", str(req))
+    assert res.returncode == 0, res.stderr
+    items = (await lkapi.ingress.list_ingress(lki.ListIngressRequest(room_name="svc-lk"))).items
+    assert len(items) == 1 and items[0].input_type == lki.IngressInput.RTMP_INPUT
+    info = items[0]
+    push = await _push(node, clips["long"], info.stream_key)
+    try:
+        await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
+        await _participant(lkapi, "svc-lk", "lk-cam")
+        await lkapi.ingress.delete_ingress(lki.DeleteIngressRequest(ingress_id=info.ingress_id))
+        await asyncio.wait_for(push.wait(), 15)  # the publisher is disconnected
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            res2 = await lkapi.room.list_participants(api.ListParticipantsRequest(room="svc-lk"))
+            if not any(p.identity == "lk-cam" for p in res2.participants):
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("the ingress participant stayed after DeleteIngress")
+        with pytest.raises(api.TwirpError, match="does not exist"):
+            await lkapi.ingress.list_ingress(lki.ListIngressRequest(ingress_id=info.ingress_id))
+    finally:
+        if push.returncode is None:
+            push.kill()
+            await push.wait()
+
+
+async def test_url_pull(node: Node, lkapi: Any, http_base: str) -> None:
+    info = await lkapi.ingress.create_ingress(lki.CreateIngressRequest(
+        input_type=lki.IngressInput.URL_INPUT, name="pull", room_name="svc-url", participant_identity="puller",
+        url=f"{http_base}/clip.mp4"))
+    seen: list[int] = []
+    await _participant(lkapi, "svc-url", "puller")
+    st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_COMPLETE, IS.ENDPOINT_ERROR}, seen=seen)
+    assert st.status == IS.ENDPOINT_COMPLETE and not st.error, st.error
+    assert st.resource_id.startswith("UR_") and IS.ENDPOINT_PUBLISHING in seen
+
+    bad = await lkapi.ingress.create_ingress(lki.CreateIngressRequest(
+        input_type=lki.IngressInput.URL_INPUT, name="bad", room_name="svc-url", participant_identity="nobody",
+        url="http://127.0.0.1:1/missing.mp4"))
+    st = await _wait(lkapi, bad.ingress_id, {IS.ENDPOINT_COMPLETE, IS.ENDPOINT_ERROR})
+    assert st.status == IS.ENDPOINT_ERROR and "127.0.0.1:1/missing.mp4" in st.error, st.error
+
+
+async def test_health_and_metrics(node: Node) -> None:
+    assert node.http(node.health_port, "/") == (200, "Healthy")
+    assert node.http(node.health_port, "/availability") == (200, "Available")
+    status, page = node.http(node.prometheus_port, "/")
+    assert status == 200
+    assert re.search(r'^livekit_ingress_available\{node_id="[^"]+"\} 1$', page, re.M), page
+    assert 'livekit_node_cpu_load{node_id="' in page and 'node_type="INGRESS"' in page
+
+
+async def test_job_process_killed(node: Node, lkapi: Any, clips: dict[str, Path]) -> None:
+    info = await _create_rtmp(lkapi, "svc-kill", "victim")
+    push = await _push(node, clips["long"], info.stream_key)
+    try:
+        await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
+        cpu0 = {pid: _cpu_seconds(pid) for pid in node.job_pids()}
+        await asyncio.sleep(1.5)
+        busy = max(cpu0, key=lambda pid: _cpu_seconds(pid) - cpu0[pid])  # the session's process works
+        os.kill(busy, signal.SIGKILL)
+        st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_ERROR}, timeout=20)
+        assert "killed by signal 9" in st.error and "Traceback" not in st.error, st.error
+        assert info.stream_key not in st.error
+    finally:
+        if push.returncode is None:
+            push.kill()
+            await push.wait()
+    # a load balancer sends the next publisher once the node says it can take it (the
+    # processes started after the kill load this small machine for a moment)
+    deadline = time.monotonic() + 20
+    while node.http(node.health_port, "/availability")[0] != 200 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    push = await _push(node, clips["short"], info.stream_key)
+    await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
+    await asyncio.wait_for(push.communicate(), 60)
+    st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE})
+    assert not st.error
+    assert node.proc.poll() is None
