@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class Node:
     health_port: int
     prometheus_port: int
     log: Path
+    secrets: list[str] = field(default_factory=list)  # stream keys: never in the service's log
 
     def job_pids(self) -> list[int]:
         """The service's job processes (the spare included)."""
@@ -137,7 +138,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             proc.wait()
         stack.cleanup()
         text = log.read_text()
-        assert stack.api_secret not in text
+        assert stack.api_secret not in text and "Bearer" not in text
+        for key in n.secrets:
+            assert key not in text
         print(f"\n--- lkmedia ingress log (last lines) ---\n{text[-3000:]}")
 
 
@@ -179,6 +182,7 @@ async def _participant(lkapi: Any, room: str, identity: str, timeout: float = 30
 
 
 async def _push(node: Node, clip: Path, key: str) -> asyncio.subprocess.Process:
+    node.secrets.append(key)
     return await asyncio.create_subprocess_exec(
         "ffmpeg", "-nostdin", "-v", "error", "-re", "-i", str(clip), "-c", "copy", "-f", "flv",
         f"rtmp://127.0.0.1:{node.rtmp_port}/live/{key}", stderr=asyncio.subprocess.PIPE)
@@ -316,3 +320,21 @@ async def test_job_process_killed(node: Node, lkapi: Any, clips: dict[str, Path]
     st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE})
     assert not st.error
     assert node.proc.poll() is None
+
+
+async def test_sigterm_drains(node: Node, lkapi: Any, clips: dict[str, Path]) -> None:
+    """Last: the service stops. SIGTERM: no new sessions (unavailable), the live one runs to
+    its end, then the process exits."""
+    info = await _create_rtmp(lkapi, "svc-drain", "drained")
+    push = await _push(node, clips["short"], info.stream_key)
+    await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
+    node.proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    assert node.http(node.health_port, "/availability")[0] == 503
+    assert node.proc.poll() is None
+    _, err = await asyncio.wait_for(push.communicate(), 60)
+    assert push.returncode == 0, err.decode()
+    st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE})
+    assert not st.error
+    assert await asyncio.to_thread(node.proc.wait, 30) == 0
+    assert not node.job_pids()  # no job process left behind
