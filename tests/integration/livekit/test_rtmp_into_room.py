@@ -4,8 +4,9 @@ the publish to a child process over the loopback relay, and the child runs an In
 (RoomSink) into the room. The ingress participant appears with simulcast video and audio;
 livekit-server records PUBLISHING, then INACTIVE when the publisher ends.
 
-The child here is a plain subprocess standing in for the worker core's job process (not
-yet wired): it reads its launch on stdin and prints each state as a line of JSON."""
+The child here is a plain subprocess, not the worker core's job process (that path is
+tests/integration/livekit/test_ingress_service.py): it reads its launch on stdin and prints
+each state as a line of JSON."""
 from __future__ import annotations
 
 import asyncio
