@@ -31,7 +31,8 @@ class IngressJob:
         self.launch, self.info, self.report = launch, info, report
         self.session: IngressSession | None = None
         self._states: asyncio.Queue[lk.IngressState | None] = asyncio.Queue()  # a session's few states
-        self._stopped = ""
+        self._stopped = ""  # why it was stopped (or killed) before its session existed
+        self._kill_error = ""
 
     async def run(self) -> None:
         spec = self.launch.spec
@@ -46,7 +47,7 @@ class IngressJob:
                                           resource_id=spec.resource_id, state=self.info.state,
                                           on_state=self._on_state)
             if self._stopped:
-                await self.session.stop()
+                await self.session.stop(self._kill_error)
             final = await self.session.run()
             log.info("ingress %s: session %s ended %s%s", spec.ingress_id, spec.resource_id,
                      lk.IngressState.Status.Name(final.status), f" ({final.error})" if final.error else "")
@@ -75,6 +76,7 @@ class IngressJob:
 
     async def kill(self, error: str) -> None:
         self._stopped = self._stopped or error
+        self._kill_error = self._kill_error or error
         if self.session is not None:
             await self.session.stop(error)
 

@@ -283,6 +283,21 @@ async def test_url_pull(node: Node, lkapi: Any, http_base: str) -> None:
     st = await _wait(lkapi, bad.ingress_id, {IS.ENDPOINT_COMPLETE, IS.ENDPOINT_ERROR})
     assert st.status == IS.ENDPOINT_ERROR and "127.0.0.1:1/missing.mp4" in st.error, st.error
 
+    # DeleteIngress while pulling: the job is stopped, the participant leaves
+    gone = await lkapi.ingress.create_ingress(lki.CreateIngressRequest(
+        input_type=lki.IngressInput.URL_INPUT, name="deleted", room_name="svc-url-del",
+        participant_identity="deleted", url=f"{http_base}/clip.mp4"))
+    await _participant(lkapi, "svc-url-del", "deleted")
+    await lkapi.ingress.delete_ingress(lki.DeleteIngressRequest(ingress_id=gone.ingress_id))
+    deadline = time.monotonic() + 4  # well before the 6 s clip would end
+    while time.monotonic() < deadline:
+        res = await lkapi.room.list_participants(api.ListParticipantsRequest(room="svc-url-del"))
+        if not res.participants:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the pulled participant stayed after DeleteIngress")
+
 
 async def test_health_and_metrics(node: Node) -> None:
     assert node.http(node.health_port, "/") == (200, "Healthy")
