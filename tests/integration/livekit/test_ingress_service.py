@@ -47,6 +47,11 @@ class Node:
     prometheus_port: int
     log: Path
     secrets: list[str] = field(default_factory=list)  # stream keys: never in the service's log
+    webhooks: list[dict[str, Any]] = field(default_factory=list)
+
+    def hooks(self, ingress_id: str) -> list[tuple[str, int]]:
+        return [(e["event"], IS.Value(e["ingressInfo"].get("state", {}).get("status", "ENDPOINT_INACTIVE")))
+                for e in list(self.webhooks) if e["ingressInfo"]["ingressId"] == ingress_id]
 
     def job_pids(self) -> list[int]:
         """The service's job processes (the spare included)."""
@@ -108,7 +113,23 @@ def http_base(clips: dict[str, Path]) -> Iterator[str]:
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     d = tmp_path_factory.mktemp("ingress-node")
     rtmp_port, health_port, prom_port, relay_port = free_port(), free_port(), free_port(), free_port()
-    stack = DevStack(config={"ingress": {"rtmp_base_url": f"rtmp://127.0.0.1:{rtmp_port}/live",
+    webhooks: list[dict[str, Any]] = []
+
+    class Hooks(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if body.get("event", "").startswith("ingress_"):
+                webhooks.append(body)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    hooks = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
+    threading.Thread(target=hooks.serve_forever, daemon=True).start()
+    stack = DevStack(webhook_urls=[f"http://127.0.0.1:{hooks.server_address[1]}/"],
+                     config={"ingress": {"rtmp_base_url": f"rtmp://127.0.0.1:{rtmp_port}/live",
                                          "whip_base_url": "http://127.0.0.1:1/w"}})
     stack.start()
     body = (f"api_key: {stack.api_key}\napi_secret: {stack.api_secret}\nws_url: {stack.url}\n"
@@ -121,7 +142,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "lkmedia", "ingress"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
-    n = Node(stack, proc, rtmp_port, health_port, prom_port, log)
+    n = Node(stack, proc, rtmp_port, health_port, prom_port, log, webhooks=webhooks)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "ready" not in log.read_text():
@@ -137,6 +158,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             proc.kill()
             proc.wait()
         stack.cleanup()
+        hooks.shutdown()
+        hooks.server_close()
         text = log.read_text()
         assert stack.api_secret not in text and "Bearer" not in text
         for key in n.secrets:
@@ -233,6 +256,11 @@ async def test_rtmp_sessions_in_job_processes(node: Node, lkapi: Any, clips: dic
     assert again.resource_id != final.resource_id
     await asyncio.wait_for(push.communicate(), 60)
     await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE})
+    deadline = time.monotonic() + 5
+    while len(node.hooks(info.ingress_id)) < 4 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert node.hooks(info.ingress_id) == [("ingress_started", IS.ENDPOINT_PUBLISHING),
+                                           ("ingress_ended", IS.ENDPOINT_INACTIVE)] * 2
 
 
 async def test_lk_cli_ingress_and_delete_while_publishing(node: Node, lkapi: Any, clips: dict[str, Path],
