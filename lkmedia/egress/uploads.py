@@ -4,9 +4,9 @@ Each output has its own storage in LiveKit's API: the request's, else the server
 ``storage:``. An output the request names by an absolute path (``/out/{room_name}.mp4``)
 with no storage goes to that path on this machine, as the Go egress writes it. Anything
 else stays in the job's directory. Outputs are recorded locally in the job's directory
-and moved to their storage as they finish (HLS segments as they are written), never
-deleted before the storage confirmed them (lkmedia.storage.Uploader); the manifest goes
-beside the first stored output.
+and moved to their storage as they finish (HLS segments and images as they are
+written), never deleted before the storage confirmed them (lkmedia.storage.Uploader);
+the manifest goes beside the first stored output.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import Any
 from ..sinks.results import FileResult, ImagesResult, SegmentsResult
 from ..storage.base import Storage, StorageConfigError
 from ..storage.factory import StorageSettings, storage_for_request
+from ..storage.images import ImageUploader
 from ..storage.local import LocalStorage
 from ..storage.manifest import Manifest
 from ..storage.segments import SegmentUploader
@@ -50,6 +51,7 @@ class Uploads:
                                  audio_track_id=cfg.audio_track_id, video_track_id=cfg.video_track_id,
                                  track_id=cfg.track_id)
         self._live: tuple[SegmentUploader, Uploader] | None = None
+        self._images: dict[int, ImageUploader] = {}  # id(sink) -> its live uploads
 
     # -- targets -------------------------------------------------------------------------
     def _configs(self) -> list[Any]:
@@ -101,13 +103,23 @@ class Uploads:
             raise
 
     async def close(self) -> None:
+        images, self._images = list(self._images.values()), {}
+        for img in images:
+            await img.close()
         ups, self._uploaders = list(self._uploaders.values()), {}
         for up in ups:
             await up.close()
 
     def attach_live(self, recipe: Recipe) -> None:
         """HLS to storage uploads each segment, and the playlists after it, as it is
-        written (a live viewer reads them from the bucket), not at the end."""
+        written (a live viewer reads them from the bucket), not at the end; so does an
+        image output each JPEG."""
+        for img in recipe.outputs:
+            iup = self.uploader(img.config) if img.kind == "images" else None
+            if iup is not None and iup.storage is not None:
+                isink: Any = img.sink
+                isink.on_image = self._images[id(isink)] = ImageUploader(
+                    iup, self.dir, overwrite=isink.suffix == "none_overwrite")
         out = recipe.output("segments")
         up = self.uploader(out.config) if out is not None else None
         if out is None or up is None or up.storage is None:  # local only: nothing to send
@@ -149,6 +161,8 @@ class Uploads:
         res = out.sink.result
         if out.kind == "segments" and self._live is not None:
             return await self._finish_live(res, up, done)
+        if out.kind == "images" and id(out.sink) in self._images:
+            return await self._finish_images(out, up, done)
         first = None
         playlist = self.manifest.add_playlist() if isinstance(res, SegmentsResult) else None
         for path in self._paths(out):
@@ -187,6 +201,19 @@ class Uploads:
         if res is not None and res.playlist_location in done.locations:
             return os.path.relpath(res.playlist_location, self.dir), up
         return None
+
+    async def _finish_images(self, out: Output, up: Uploader, done: Finished) -> tuple[str, Uploader] | None:
+        sink: Any = out.sink
+        img = self._images[id(sink)]
+        summary = await img.finish(sink.result.images, sink.directory)
+        log.info("egress %s: %s: %d images stored (%d while it ran) %s", self.cfg.egress_id, sink.name,
+                 summary.stored, summary.stored_live, img.stats())
+        done.locations.update(summary.locations)
+        done.failures += summary.failures
+        if summary.backup_storage_used:
+            up.backup_storage_used = True
+        first = next(iter(summary.locations), None)
+        return (os.path.relpath(first, self.dir), up) if first is not None else None
 
     def _paths(self, out: Output) -> list[str]:
         res = out.sink.result

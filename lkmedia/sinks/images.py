@@ -2,12 +2,15 @@
 
 It takes raw frames (link it beside the video encoder, not after it): decoding an
 encoded stream again just to grab one frame every ten seconds would waste a decoder.
+``on_image(path, image)`` is called on the sink's thread once each JPEG is in place
+(lkmedia.storage.images uploads it from there, without waiting on the network).
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
@@ -36,7 +39,8 @@ class ImageSink(Sink):
     ``<prefix>.jpeg`` rewritten in place (none_overwrite), from the first frame at or after
     each interval. ``width``/``height`` scale the image; with one of them the other keeps
     the aspect ratio. ``quality`` 1-100 (default: MJPEG qscale 3, about 90).
-    Files are written then renamed, so a reader never sees a partial JPEG."""
+    Files are written then renamed, so a reader never sees a partial JPEG; ``on_image``
+    is called after each (must not block: it runs on the sink's thread)."""
 
     def __init__(
         self,
@@ -48,6 +52,7 @@ class ImageSink(Sink):
         height: int | None = None,
         suffix: str = "index",
         quality: int | None = None,
+        on_image: Callable[[str, Image], Any] | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
@@ -70,6 +75,7 @@ class ImageSink(Sink):
         self.width, self.height = width, height
         self.suffix = suffix
         self.qscale = _qscale(quality) if quality is not None else 3
+        self.on_image = on_image
         self.images: list[Image] = []
         self._codec: Any = None
         self._size: tuple[int, int] | None = None
@@ -170,8 +176,14 @@ class ImageSink(Sink):
             count = self.result.image_count + 1
         else:
             count = len(self.images) + 1
-        self.images.append(Image(filename, wall))
+        image = Image(filename, wall)
+        self.images.append(image)
         self.result = self._result(count)
+        if self.on_image is not None:
+            try:
+                self.on_image(path, image)
+            except Exception:  # the JPEG is on disk and in the result: the end still finds it
+                log.exception("%s: on_image hook failed for %s", self.name, filename)
 
     def _filename(self, index: int, wall: float) -> str:
         if self.suffix == "index":

@@ -102,6 +102,26 @@ def test_request_messages_keep_the_servers_endpoint_and_retries() -> None:
     assert st.kind == "gcp" and st.config.bucket == "g"
 
 
+@pytest.mark.parametrize(("provider", "section", "request_msg"), [
+    ("gcp", {"bucket": "b", "credentials_json": json.dumps(KEY)}, lk.GCPUpload(bucket="g", credentials=json.dumps(KEY))),
+    ("azure", {"account_name": "acct", "account_key": "a2V5", "container_name": "c"},
+     lk.AzureBlobUpload(account_name="acct", account_key="b3RoZXI=", container_name="o")),
+    ("alioss", {"access_key": "a", "secret": "s", "bucket": "b", "region": "cn-hangzhou"},
+     lk.AliOSSUpload(access_key="ak", secret="sk", region="oss-cn-beijing", bucket="o")),
+])
+def test_part_size_and_multipart_threshold_reach_every_provider(provider: str, section: dict[str, Any],
+                                                                request_msg: Any) -> None:
+    """S3's transfer keys, read in each provider's section: the server's storage and a
+    request's own upload (which takes them from the server's section) use them."""
+    mib = 1 << 20
+    s = settings_from_yaml({"storage": {provider: {**section, "part_size": 6 * mib, "multipart_threshold": 7 * mib}}})
+    for st in (s.default_storage(), storage_for_request(request_msg, s)):
+        assert st is not None and st.kind == provider
+        assert (st.part_size, st.multipart_threshold) == (6 * mib, 7 * mib)  # type: ignore[attr-defined]
+    with pytest.raises(StorageConfigError, match="part_size must be at least 5 MiB"):
+        settings_from_yaml({"storage": {provider: {**section, "part_size": mib}}})
+
+
 def test_a_missing_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
     real_import = builtins.__import__
 
