@@ -14,13 +14,19 @@ from ..sources.flv import FlvSource
 from .session import url_source
 from .spec import IngressLaunch
 
+#: A live input arrives in real time: FFmpeg's default probing (up to 5 s of media) would
+#: hold the session that long before it publishes. Half a second finds both streams of an
+#: RTMP publish (its first tags are the codec headers).
+LIVE_PROBE = {"analyzeduration": "500000", "probesize": "500000"}
+
 
 def input_source(launch: IngressLaunch, decode: bool = True) -> Source:
     """The source node for the session's input (not yet added to a graph)."""
     spec = launch.spec
     if spec.input == "rtmp":
         if launch.relay_url:  # a job process: the service relays the publish over loopback HTTP
-            return FileSource(launch.relay_url, decode=decode, options={"headers": launch.relay_headers}, name="rtmp")
+            return FileSource(launch.relay_url, decode=decode, name="rtmp",
+                              options={"headers": launch.relay_headers, **LIVE_PROBE})
         if launch.flv_fd < 0:
             raise ValueError(f"{spec.ingress_id}: an RTMP session needs the service's relay or FLV pipe")
         return FlvSource(launch.flv_fd, decode=decode, name="rtmp")
