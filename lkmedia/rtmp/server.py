@@ -141,6 +141,7 @@ class RtmpServer:
         self._tls: TlsListener | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._conns: set[_Connection] = set()
+        self._closing = False  # close() has begun: its cancellations end connections quietly
         self.refused = 0
         self.accepted = 0
 
@@ -160,6 +161,7 @@ class RtmpServer:
 
     async def close(self) -> None:
         """Stop listening and end every connection."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
         if self._tls is not None:
@@ -195,6 +197,11 @@ class RtmpServer:
             self._tasks.add(task)
         try:
             await conn.run()
+        except asyncio.CancelledError:
+            # close() cancelled it: end quietly. (A cancelled connection task makes asyncio's
+            # StreamReaderProtocol log "Exception in callback" on Python 3.11.)
+            if not self._closing:
+                raise
         finally:
             self._conns.discard(conn)
             if task is not None:
