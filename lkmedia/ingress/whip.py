@@ -167,7 +167,7 @@ class WhipSessions:
             raise WhipRefused(400, f"ingress {info.ingress_id} is not a WHIP ingress")
         if self.live(stream_key):
             raise WhipRefused(409, f"ingress {info.ingress_id} is already being published to")
-        res = _Resource(info, f"WH_{uuid.uuid4().hex[:12]}")
+        res = _Resource(info, info.state.resource_id or f"WH_{uuid.uuid4().hex[:12]}")  # the service's, if set
         transcode = info.enable_transcoding if info.HasField("enable_transcoding") else not info.bypass_transcoding
         answer = await (self._transcode(res, offer) if transcode else self._proxy(res, offer))
         self.resources[res.resource_id] = res

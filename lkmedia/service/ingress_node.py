@@ -45,6 +45,7 @@ from .ingress import IngressService, Report
 from .ingress_config import IngressConfig
 from .ingress_relay import FlvRelay
 from .ingress_stats import IngressHealth, IngressMetrics
+from .ingress_whip import WhipFrontDoor
 from .metrics import MetricsServer
 
 log = logging.getLogger("lkmedia.ingress")
@@ -82,6 +83,10 @@ class IngressNode:
                              policy=_NoKill(), metrics=self.metrics)
         self.flv_relay = FlvRelay(conf.http_relay_port)
         self.front = IngressService(conf, self._run_rtmp, admit=self._admit, host=host, bus=self.bus, io=self.io)
+        self.whip = (WhipFrontDoor(conf, self.bus, self.io, admit=self._admit, available=self.can_accept,
+                                   started=lambda _id: self.metrics.request_started("whip:bypass"),
+                                   ended=lambda _id: self.metrics.request_ended("whip:bypass"), host=host)
+                     if conf.whip_port > 0 else None)
         self.internal = IngressInternalServer(self.bus, start_ingress=self._start_ingress, affinity=self._affinity,
                                               list_sessions=self._sessions)
         self.health = IngressHealth(conf.health_port, self.can_accept) if conf.health_port else None
@@ -98,6 +103,8 @@ class IngressNode:
         await self.worker.start()
         await self.flv_relay.start()
         await self.front.start()
+        if self.whip is not None:
+            await self.whip.start()
         await self.internal.start()
         for srv in (self.health, self.prom):
             if srv is not None:
@@ -138,6 +145,8 @@ class IngressNode:
     async def close(self) -> None:
         await self._stop_accepting()
         await self.front.close()  # RTMP publishers disconnected: their sessions end INACTIVE
+        if self.whip is not None:
+            await self.whip.close()  # WHIP sessions ended (their SFU resources deleted)
         await self.worker.close(drain_timeout=10.0)
         for handler in list(self._handlers.values()):
             await handler.close()

@@ -1,0 +1,165 @@
+"""The ingress service's WHIP front door on ``whip_port`` (lkmedia.ingress.whip's server and
+sessions), for WHIP without transcoding (the WHIP default): the offer goes to livekit-server's
+own WHIP endpoint, as the Go ingress's proxy mode does, so no media passes through lkmedia
+and the session needs no job process.
+
+A POST walks as an RTMP publish does: IOInfo.GetIngressInfo{stream_key} (unknown: 404, nothing
+reported) -> spec_from_info (wrong input, disabled, invalid) and admission; a refusal after
+GetIngressInfo is stored ENDPOINT_ERROR -> BUFFERING -> the offer proxied -> PUBLISHING ->
+INACTIVE when the client DELETEs its resource, DeleteIngress / UpdateIngress arrive on the
+ingress's IngressHandler topic, or the service stops. States change by lkmedia.ingress.state
+and are stored in the order they were set.
+
+WHIP with transcoding (a job process holding the WebRTC connection) is not served yet: such
+an offer is refused (501) and the refusal stored as ENDPOINT_ERROR.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from livekit.protocol import ingress as lk
+
+from ..ingress import state as states
+from ..ingress.errors import IngressError, already_live
+from ..ingress.spec import IngressSpec, new_resource_id, spec_from_info
+from ..ingress.whip import WhipAnswer, WhipRefused, WhipServer, WhipSessions
+from ..redact import redact_key
+from ..rpc import RedisBus, RequestContext, RpcError
+from ..rpc.egress import IOInfoClient
+from ..rpc.ingress import IngressHandlerServer
+from ..rpc.messages import ingress_info_of
+from .ingress_config import IngressConfig
+
+log = logging.getLogger("lkmedia.ingress")
+GET_INFO_TIMEOUT = 3.0
+_STATUS = {"invalid_argument": 400, "failed_precondition": 403, "already_exists": 409, "resource_exhausted": 503}
+
+
+class WhipFrontDoor:
+    def __init__(self, conf: IngressConfig, bus: RedisBus, io: IOInfoClient, *,
+                 admit: Callable[[IngressSpec], IngressError | None], available: Callable[[], bool],
+                 started: Callable[[str], None], ended: Callable[[str], None], host: str = "0.0.0.0") -> None:
+        self.conf, self.bus, self.io = conf, bus, io
+        self._admit, self._started, self._ended = admit, started, ended
+        self.sessions = WhipSessions(conf.ws_url, conf.api_key, conf.api_secret, self._lookup,
+                                     on_state=self._on_state)
+        self.server = WhipServer(conf.whip_port, self._publish, self.sessions.delete, host=host,
+                                 available=available)
+        self.live: dict[str, lk.IngressState] = {}  # by ingress ID: the state last set
+        self._handlers: dict[str, IngressHandlerServer] = {}
+        self._lock = asyncio.Lock()  # states are stored one at a time, in the order they were set
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._offering: dict[str, str] = {}  # stream key -> ingress ID, while its offer is answered
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def close(self) -> None:
+        await self.server.stop()
+        await self.sessions.close()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for h in list(self._handlers.values()):
+            await h.close()
+        self._handlers.clear()
+
+    # -- a new offer -------------------------------------------------------------------------------
+    async def _publish(self, app: str, stream_key: str, offer: str) -> WhipAnswer:
+        try:
+            return await self.sessions.publish(app, stream_key, offer)
+        except Exception as e:  # after the lookup: the session that began ends ERROR with the reason
+            ingress_id = self._offering.get(stream_key, "")
+            state = self.live.get(ingress_id)
+            if state is not None:
+                self.live[ingress_id] = end = states.ended(state, True, str(e) or type(e).__name__)
+                await self._store(ingress_id, end, final=True)
+            raise
+        finally:
+            self._offering.pop(stream_key, None)
+
+    async def _lookup(self, stream_key: str) -> lk.IngressInfo:
+        try:
+            res = await asyncio.wait_for(self.io.get_ingress_info(stream_key=stream_key), GET_INFO_TIMEOUT)
+        except RpcError as e:
+            log.info("whip: key %s refused: %s", redact_key(stream_key), e.message)
+            raise WhipRefused(404 if e.code == "not_found" else 503,
+                              e.message if e.code == "not_found" else "the stream key could not be checked") from None
+        except TimeoutError:
+            raise WhipRefused(503, "the stream key could not be checked in time") from None
+        info = ingress_info_of(res)
+        if info is None or not info.ingress_id:
+            raise WhipRefused(404, "ingress not found")
+        if info.ingress_id in self.live:
+            raise WhipRefused(409, str(already_live()))
+        resource_id = new_resource_id("whip")
+        state = states.buffering(resource_id)
+        try:
+            spec = spec_from_info(info, "whip", resource_id)
+            if spec.transcode:
+                raise IngressError("WHIP with transcoding is not served by lkmedia ingress yet", "unimplemented")
+            refusal = self._admit(spec)
+            if refusal is not None:
+                raise refusal
+        except IngressError as e:
+            states.set_status(state, states.S.ENDPOINT_ERROR, str(e))
+            await self._store(info.ingress_id, state)
+            raise WhipRefused(501 if e.code == "unimplemented" else _STATUS.get(e.code, 400), str(e)) from None
+        self.live[info.ingress_id] = state
+        self._offering[stream_key] = info.ingress_id
+        handler = IngressHandlerServer(self.bus, info.ingress_id, update=self._on_end_rpc, delete=self._on_end_rpc)
+        self._handlers[info.ingress_id] = handler
+        await handler.start()
+        self._started(spec.ingress_id)
+        await self._store(info.ingress_id, state)
+        out = lk.IngressInfo.FromString(info.SerializeToString())
+        out.state.CopyFrom(state)
+        return out  # (it keeps its stream key: the client's DELETE names it)
+
+    # -- its states --------------------------------------------------------------------------------
+    def _on_state(self, info: lk.IngressInfo, reported: lk.IngressState) -> None:
+        """WhipSessions' state changes, re-stamped by lkmedia.ingress.state and stored in order."""
+        current = self.live.get(info.ingress_id)
+        if current is None or (current.status in states.FINAL and current.ended_at):
+            return
+        if reported.status in states.FINAL:
+            new = states.ended(current, True, reported.error if reported.status == states.S.ENDPOINT_ERROR else "")
+        else:
+            new = lk.IngressState.FromString(current.SerializeToString())
+            states.set_status(new, reported.status)
+        self.live[info.ingress_id] = new
+        task = asyncio.get_running_loop().create_task(self._store(info.ingress_id, new, final=new.status
+                                                                  in states.FINAL))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store(self, ingress_id: str, state: lk.IngressState, final: bool = False) -> None:
+        async with self._lock:
+            if not final or self.live.get(ingress_id) is not None:
+                try:
+                    await self.io.update_ingress_state(ingress_id, state)
+                except RpcError as e:
+                    log.warning("ingress %s: state %s not stored: %s", ingress_id,
+                                lk.IngressState.Status.Name(state.status), e)
+            if final:
+                self.live.pop(ingress_id, None)
+                handler = self._handlers.pop(ingress_id, None)
+                if handler is not None:
+                    await handler.close()
+                self._ended(ingress_id)
+                log.info("ingress %s: WHIP session %s ended %s", ingress_id, state.resource_id,
+                         lk.IngressState.Status.Name(state.status))
+
+    async def _on_end_rpc(self, req: lk.UpdateIngressRequest | lk.DeleteIngressRequest,
+                          _ctx: RequestContext) -> lk.IngressState:
+        state = self.live.get(req.ingress_id)
+        res = next((r for r in list(self.sessions.resources.values()) if r.info.ingress_id == req.ingress_id), None)
+        if state is None or res is None:
+            raise RpcError("not_found", "ingress not found")
+        out = states.ended(state, True)
+        task = asyncio.get_running_loop().create_task(self.sessions.end(res))  # (not from inside its handler)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return out
+
