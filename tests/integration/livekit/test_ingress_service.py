@@ -43,6 +43,7 @@ class Node:
     stack: DevStack
     proc: subprocess.Popen[bytes]
     rtmp_port: int
+    whip_port: int
     health_port: int
     prometheus_port: int
     log: Path
@@ -112,7 +113,8 @@ def http_base(clips: dict[str, Path]) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     d = tmp_path_factory.mktemp("ingress-node")
-    rtmp_port, health_port, prom_port, relay_port = free_port(), free_port(), free_port(), free_port()
+    rtmp_port, whip_port, health_port, prom_port, relay_port = (free_port(), free_port(), free_port(), free_port(),
+                                                                free_port())
     webhooks: list[dict[str, Any]] = []
 
     class Hooks(http.server.BaseHTTPRequestHandler):
@@ -130,10 +132,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     threading.Thread(target=hooks.serve_forever, daemon=True).start()
     stack = DevStack(webhook_urls=[f"http://127.0.0.1:{hooks.server_address[1]}/"],
                      config={"ingress": {"rtmp_base_url": f"rtmp://127.0.0.1:{rtmp_port}/live",
-                                         "whip_base_url": "http://127.0.0.1:1/w"}})
+                                         "whip_base_url": f"http://127.0.0.1:{whip_port}/w"}})
     stack.start()
     body = (f"api_key: {stack.api_key}\napi_secret: {stack.api_secret}\nws_url: {stack.url}\n"
-            f"redis:\n  address: {stack.redis_address}\nrtmp_port: {rtmp_port}\nwhip_port: -1\n"
+            f"redis:\n  address: {stack.redis_address}\nrtmp_port: {rtmp_port}\nwhip_port: {whip_port}\n"
             f"http_relay_port: {relay_port}\nhealth_port: {health_port}\nprometheus_port: {prom_port}\n"
             "cpu_cost:\n  rtmp_cpu_cost: 0.05\n  url_cpu_cost: 0.05\n  whip_cpu_cost: 0.05\n"
             "  whip_bypass_transcoding_cpu_cost: 0.05\n  min_idle_ratio: 0.01\n")
@@ -142,7 +144,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "lkmedia", "ingress"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
-    n = Node(stack, proc, rtmp_port, health_port, prom_port, log, webhooks=webhooks)
+    n = Node(stack, proc, rtmp_port, whip_port, health_port, prom_port, log, webhooks=webhooks)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "ready" not in log.read_text():
@@ -205,7 +207,12 @@ async def _participant(lkapi: Any, room: str, identity: str, timeout: float = 30
 
 
 async def _push(node: Node, clip: Path, key: str) -> asyncio.subprocess.Process:
+    """ffmpeg publishing ``clip`` in real time, once the node says it can take a session (as
+    a load balancer would ask it: this machine's CPUs are shared with other test runs)."""
     node.secrets.append(key)
+    deadline = time.monotonic() + 30
+    while node.http(node.health_port, "/availability")[0] != 200 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
     return await asyncio.create_subprocess_exec(
         "ffmpeg", "-nostdin", "-v", "error", "-re", "-i", str(clip), "-c", "copy", "-f", "flv",
         f"rtmp://127.0.0.1:{node.rtmp_port}/live/{key}", stderr=asyncio.subprocess.PIPE)
@@ -352,17 +359,40 @@ async def test_job_process_killed(node: Node, lkapi: Any, clips: dict[str, Path]
         if push.returncode is None:
             push.kill()
             await push.wait()
-    # a load balancer sends the next publisher once the node says it can take it (the
-    # processes started after the kill load this small machine for a moment)
-    deadline = time.monotonic() + 20
-    while node.http(node.health_port, "/availability")[0] != 200 and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
     push = await _push(node, clips["short"], info.stream_key)
     await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
     await asyncio.wait_for(push.communicate(), 60)
     st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE})
     assert not st.error
     assert node.proc.poll() is None
+
+
+async def test_whip_without_transcoding_is_proxied(node: Node, lkapi: Any) -> None:
+    """WHIP (FFmpeg 8's WHIP muxer) to the service's whip_port: the offer goes to
+    livekit-server's own WHIP endpoint; PUBLISHING, then INACTIVE at the client's DELETE."""
+    info = await lkapi.ingress.create_ingress(lki.CreateIngressRequest(
+        input_type=lki.IngressInput.WHIP_INPUT, name="whip", room_name="svc-whip", participant_identity="whipper"))
+    assert info.url == f"http://127.0.0.1:{node.whip_port}/w"
+    node.secrets.append(info.stream_key)
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lkmedia.dev.whip_client", info.url, "6",
+        env={**os.environ, "LKM_WHIP_TOKEN": info.stream_key}, stderr=asyncio.subprocess.PIPE)
+    try:
+        seen: list[int] = []
+        await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING}, seen=seen)
+        p = await _participant(lkapi, "svc-whip", "whipper")
+        assert p.kind == lkm.ParticipantInfo.Kind.INGRESS
+        _, err = await asyncio.wait_for(client.communicate(), 30)
+        assert client.returncode == 0, err.decode()[-500:]
+        st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE}, seen=seen)
+    finally:
+        if client.returncode is None:
+            client.kill()
+            await client.wait()
+    while seen and seen[0] == IS.ENDPOINT_INACTIVE:
+        seen.pop(0)
+    assert IS.ENDPOINT_PUBLISHING in seen and seen[-1] == IS.ENDPOINT_INACTIVE, seen
+    assert st.resource_id.startswith("WH_") and not st.error and st.ended_at >= st.started_at > 0
 
 
 async def test_sigterm_drains(node: Node, lkapi: Any, clips: dict[str, Path]) -> None:
