@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from livekit.protocol import ingress as lk
 
@@ -29,7 +30,7 @@ from ..redact import redact_key
 from ..rpc import RedisBus, RequestContext, RpcError
 from ..rpc.egress import IOInfoClient
 from ..rpc.ingress import IngressHandlerServer
-from ..rpc.messages import ingress_info_of
+from ..rpc.messages import WHIPRTCConnectionNotifyRequest, ingress_info_of
 from .ingress_config import IngressConfig
 
 log = logging.getLogger("lkmedia.ingress")
@@ -68,7 +69,9 @@ class WhipFrontDoor:
     # -- a new offer -------------------------------------------------------------------------------
     async def _publish(self, app: str, stream_key: str, offer: str) -> WhipAnswer:
         try:
-            return await self.sessions.publish(app, stream_key, offer)
+            answer = await self.sessions.publish(app, stream_key, offer)
+            await self._watch_sfu(self._offering.get(stream_key, ""), answer.resource_id)
+            return answer
         except Exception as e:  # after the lookup: the session that began ends ERROR with the reason
             ingress_id = self._offering.get(stream_key, "")
             state = self.live.get(ingress_id)
@@ -117,6 +120,28 @@ class WhipFrontDoor:
         out.state.CopyFrom(state)
         return out  # (it keeps its stream key: the client's DELETE names it)
 
+    async def _watch_sfu(self, ingress_id: str, resource_id: str) -> None:
+        """livekit-server tells (WHIPRTCConnectionNotify on the participant's ID) when the
+        proxied connection closes: a client that vanished without its DELETE ends the session."""
+        res = self.sessions.resources.get(resource_id)
+        handler = self._handlers.get(ingress_id)
+        if res is None or handler is None or not res.sfu_location:
+            return
+        participant_id = res.sfu_location.rstrip("/").rsplit("/", 1)[-1]
+
+        async def notify(req: WHIPRTCConnectionNotifyRequest, _ctx: RequestContext) -> None:
+            if req.closed and resource_id in self.sessions.resources:
+                log.info("ingress %s: livekit-server closed the WHIP connection of %s", ingress_id,
+                         req.participant_id)
+                self._spawn(self.sessions.end(res))
+
+        await handler.serve_whip_notify(participant_id, notify)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # -- its states --------------------------------------------------------------------------------
     def _on_state(self, info: lk.IngressInfo, reported: lk.IngressState) -> None:
         """WhipSessions' state changes, re-stamped by lkmedia.ingress.state and stored in order."""
@@ -129,10 +154,7 @@ class WhipFrontDoor:
             new = lk.IngressState.FromString(current.SerializeToString())
             states.set_status(new, reported.status)
         self.live[info.ingress_id] = new
-        task = asyncio.get_running_loop().create_task(self._store(info.ingress_id, new, final=new.status
-                                                                  in states.FINAL))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._store(info.ingress_id, new, final=new.status in states.FINAL))
 
     async def _store(self, ingress_id: str, state: lk.IngressState, final: bool = False) -> None:
         async with self._lock:
@@ -158,8 +180,6 @@ class WhipFrontDoor:
         if state is None or res is None:
             raise RpcError("not_found", "ingress not found")
         out = states.ended(state, True)
-        task = asyncio.get_running_loop().create_task(self.sessions.end(res))  # (not from inside its handler)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self.sessions.end(res))  # (not from inside its handler, which ending closes)
         return out
 
