@@ -206,13 +206,17 @@ async def _participant(lkapi: Any, room: str, identity: str, timeout: float = 30
     raise AssertionError(f"{identity} never published video and audio in {room}")
 
 
+async def _available(node: Node) -> None:
+    deadline = time.monotonic() + 30
+    while node.http(node.health_port, "/availability")[0] != 200 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+
+
 async def _push(node: Node, clip: Path, key: str) -> asyncio.subprocess.Process:
     """ffmpeg publishing ``clip`` in real time, once the node says it can take a session (as
     a load balancer would ask it: this machine's CPUs are shared with other test runs)."""
     node.secrets.append(key)
-    deadline = time.monotonic() + 30
-    while node.http(node.health_port, "/availability")[0] != 200 and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
+    await _available(node)
     return await asyncio.create_subprocess_exec(
         "ffmpeg", "-nostdin", "-v", "error", "-re", "-i", str(clip), "-c", "copy", "-f", "flv",
         f"rtmp://127.0.0.1:{node.rtmp_port}/live/{key}", stderr=asyncio.subprocess.PIPE)
@@ -374,6 +378,7 @@ async def test_whip_without_transcoding_is_proxied(node: Node, lkapi: Any) -> No
         input_type=lki.IngressInput.WHIP_INPUT, name="whip", room_name="svc-whip", participant_identity="whipper"))
     assert info.url == f"http://127.0.0.1:{node.whip_port}/w"
     node.secrets.append(info.stream_key)
+    await _available(node)
     client = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lkmedia.dev.whip_client", info.url, "6",
         env={**os.environ, "LKM_WHIP_TOKEN": info.stream_key}, stderr=asyncio.subprocess.PIPE)
@@ -393,6 +398,23 @@ async def test_whip_without_transcoding_is_proxied(node: Node, lkapi: Any) -> No
         seen.pop(0)
     assert IS.ENDPOINT_PUBLISHING in seen and seen[-1] == IS.ENDPOINT_INACTIVE, seen
     assert st.resource_id.startswith("WH_") and not st.error and st.ended_at >= st.started_at > 0
+
+    # a client that vanishes without its DELETE: livekit-server says the connection closed
+    await _available(node)
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lkmedia.dev.whip_client", info.url, "60",
+        env={**os.environ, "LKM_WHIP_TOKEN": info.stream_key}, stderr=asyncio.subprocess.PIPE)
+    try:
+        await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
+        await _participant(lkapi, "svc-whip", "whipper")
+    finally:
+        if client.returncode is None:
+            client.kill()
+        _, err = await client.communicate()
+    assert client.returncode == -9, err.decode()[-500:]
+    t0 = time.monotonic()
+    st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE}, timeout=60)
+    print(f"\nWHIP client killed: INACTIVE {time.monotonic() - t0:.1f} s later (livekit-server's notify)")
 
 
 async def test_sigterm_drains(node: Node, lkapi: Any, clips: dict[str, Path]) -> None:
