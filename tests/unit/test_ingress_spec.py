@@ -15,7 +15,7 @@ from livekit.protocol import models
 from lkmedia.core import Graph
 from lkmedia.ingress.errors import IngressError
 from lkmedia.ingress.kind import IngressKind
-from lkmedia.ingress.recipe import input_source
+from lkmedia.ingress.recipe import LIVE_PROBE, input_source
 from lkmedia.ingress.spec import IngressLaunch, IngressSpec, spec_from_info, validate_info
 from lkmedia.ingress.state import S, buffering, ended, set_status
 from lkmedia.service.ingress_config import parse_ingress_config
@@ -177,4 +177,4 @@ async def test_recipe_url_input_is_paced(flv: Path) -> None:
         input_source(IngressLaunch(spec_from_info(rtmp_info(), "rtmp"), "ws://x", "t"))
     relay = input_source(IngressLaunch(spec_from_info(rtmp_info(), "rtmp"), "ws://x", "t",
                                        relay_url="http://127.0.0.1:9/rtmp/RT_x", relay_headers="Authorization: x\r\n"))
-    assert relay.options == {"headers": "Authorization: x\r\n"}  # type: ignore[attr-defined]
+    assert relay.options == {"headers": "Authorization: x\r\n", **LIVE_PROBE}  # type: ignore[attr-defined]
