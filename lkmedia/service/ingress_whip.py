@@ -68,6 +68,8 @@ class WhipFrontDoor:
 
     # -- a new offer -------------------------------------------------------------------------------
     async def _publish(self, app: str, stream_key: str, offer: str) -> WhipAnswer:
+        if stream_key in self._offering:  # another offer for this key is being answered
+            raise WhipRefused(409, str(already_live()))
         try:
             answer = await self.sessions.publish(app, stream_key, offer)
             await self._watch_sfu(self._offering.get(stream_key, ""), answer.resource_id)
