@@ -339,6 +339,13 @@ def bench_chrome(ctx: Ctx) -> list[Row]:
     return run_chrome(ctx, Row)
 
 
+# -- 10. Publishing into a room: ingress's output (bench/room_publish.py) ----------------
+def bench_room_publish(ctx: Ctx) -> list[Row]:
+    from bench.room_publish import bench_room_publish as run_room_publish
+
+    return run_room_publish(ctx, Row)
+
+
 #: name -> (benchmark, lkmedia modules it needs; missing ones make it "skipped").
 BENCHMARKS: dict[str, tuple[Callable[[Ctx], list[Row]], tuple[str, ...]]] = {
     "transcode": (bench_transcode, ("lkmedia.sources.file", "lkmedia.sinks.file")),
@@ -350,6 +357,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Ctx], list[Row]], tuple[str, ...]]] = {
     "rejoin": (bench_rejoin, ("lkmedia.sources.livekit", "lkmedia.dev.publisher")),
     "room-composite": (bench_room_composite, ("lkmedia.service.egress", "lkmedia.dev.lk")),
     "chrome": (bench_chrome, ("lkmedia.service.egress", "lkmedia.dev.lk", "lkmedia.chrome.session", "playwright")),
+    "room-publish": (bench_room_publish, ("lkmedia.sinks.room", "lkmedia.dev.stack")),
 }
 
 

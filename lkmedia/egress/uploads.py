@@ -177,6 +177,8 @@ class Uploads:
                 continue
             if isinstance(res, FileResult):
                 self.manifest.add_file(name, r.location)
+            elif isinstance(res, ImagesResult):
+                self._manifest_images(out.sink, {path: r.location})
             elif playlist is not None and isinstance(res, SegmentsResult):
                 if path == res.playlist_location:
                     playlist.update_location(r.location)
@@ -212,8 +214,17 @@ class Uploads:
         done.failures += summary.failures
         if summary.backup_storage_used:
             up.backup_storage_used = True
+        self._manifest_images(sink, summary.locations)
         first = next(iter(summary.locations), None)
         return (os.path.relpath(first, self.dir), up) if first is not None else None
+
+    def _manifest_images(self, sink: Any, locations: dict[str, str]) -> None:
+        """The stored images in the manifest, each with its time (an overwritten file: its last)."""
+        last = {i.filename: i.timestamp for i in sink.result.images}
+        for name, ts in last.items():
+            loc = locations.get(os.path.join(sink.directory, name))
+            if loc:
+                self.manifest.add_image(os.path.relpath(os.path.join(sink.directory, name), self.dir), ts, loc)
 
     def _paths(self, out: Output) -> list[str]:
         res = out.sink.result

@@ -9,6 +9,9 @@ it arrived, each later one at ``start + (pts - first pts)``, so what left togeth
 input leaves together here (libwebrtc stamps video with its capture time and audio as it
 is played out of the source). A frame already late goes at once.
 
+Video may instead come as encoded H.264 or VP8 packets: they go into the room as they came
+(passthrough, lkmedia.sinks.room_encoded), one layer, nothing encoded here.
+
 ``on_published(kind, track_sid)`` is called when a track is published (the Go ingress
 reports PUBLISHING there). A room that cannot be joined fails the graph, naming the URL.
 """
@@ -29,6 +32,7 @@ from livekit import rtc
 
 from ..core import EOS, Caps, Gap, LkmediaError, Sink
 from ..redact import redact_url
+from .room_encoded import PASSTHROUGH_CODECS, EncodedVideo
 
 log = logging.getLogger("lkmedia.sinks.room")
 
@@ -128,8 +132,7 @@ class RoomSink(Sink):
         self.latency = latency
         self.on_published = on_published
         if video is not None:
-            self.add_input("video", lambda c: None if c.media == "video" and not c.encoded
-                           else f"takes raw video, got {c.describe()}", capacity=4)
+            self.add_input("video", _accept_video, capacity=4)
         if audio is not None:
             self.add_input("audio", lambda c: None if c.media == "audio" and not c.encoded
                            else f"takes raw audio, got {c.describe()}", capacity=16)
@@ -137,6 +140,7 @@ class RoomSink(Sink):
         self._vsrc: rtc.VideoSource | None = None
         self._asrc: rtc.AudioSource | None = None
         self._resampler: AudioResampler | None = None
+        self._encoded: EncodedVideo | None = None  # passthrough
         self.tracks: dict[str, str] = {}  # kind -> track sid
         self.room_sid = ""
         self._start: tuple[float, float] | None = None  # (monotonic, media seconds) of the first frame
@@ -163,8 +167,6 @@ class RoomSink(Sink):
             self.room_sid = await asyncio.wait_for(room.sid, 5)  # (an async property)
 
     async def _publish(self, kind: str, frame: Any) -> None:
-        assert self.room is not None
-        lp = self.room.local_participant
         if kind == "video":
             assert self.video is not None
             self._vsrc = rtc.VideoSource(frame.width, frame.height)
@@ -182,8 +184,12 @@ class RoomSink(Sink):
             track = rtc.LocalAudioTrack.create_audio_track(self.audio.name, self._asrc)
             opts = rtc.TrackPublishOptions(source=self.audio.source, dtx=self.audio.dtx, red=False)
             opts.audio_encoding.max_bitrate = self.audio.bitrate
+        await self._publish_track(kind, track, opts)
+
+    async def _publish_track(self, kind: str, track: Any, opts: rtc.TrackPublishOptions) -> None:
+        assert self.room is not None
         try:
-            pub = await lp.publish_track(track, opts)
+            pub = await self.room.local_participant.publish_track(track, opts)
         except Exception as e:
             raise RoomError(f"could not publish the {kind} track: {e}") from e
         self.tracks[kind] = pub.sid
@@ -203,7 +209,22 @@ class RoomSink(Sink):
         elif delay < -0.1:
             self.late += 1
 
-    async def _send_video(self, frame: av.VideoFrame) -> None:
+    async def _send_encoded(self, packet: av.Packet) -> None:
+        """Passthrough: the publisher's own access units (room_encoded)."""
+        assert self.video is not None
+        if self._encoded is None:
+            self._encoded = EncodedVideo(packet)
+            track, opts = self._encoded.track(self.video.name, self.video.source, self.video.max_bitrate)
+            await self._publish_track("video", track, opts)
+        if packet.pts is not None and packet.time_base is not None:
+            await self._wait_for(float(packet.pts * packet.time_base))
+        self._encoded.send(packet)
+        self.frames += 1
+
+    async def _send_video(self, frame: Any) -> None:
+        if isinstance(frame, av.Packet):
+            await self._send_encoded(frame)
+            return
         if frame.width < 2 or frame.height < 2:
             return
         if self._vsrc is None:
@@ -253,12 +274,24 @@ class RoomSink(Sink):
             with contextlib.suppress(Exception):
                 await self.room.disconnect()
             self.room = None
-        for src in (self._vsrc, self._asrc):
+        for src in (self._vsrc, self._asrc, self._encoded.source if self._encoded else None):
             if src is not None:
                 with contextlib.suppress(Exception):
                     await src.aclose()
         self._vsrc = self._asrc = None
 
     def stats(self) -> dict[str, Any]:
-        return {"frames": self.frames, "audio_s": round(self.samples / 48_000, 2), "late": self.late,
-                "tracks": dict(self.tracks)}
+        out = {"frames": self.frames, "audio_s": round(self.samples / 48_000, 2), "late": self.late,
+               "tracks": dict(self.tracks)}
+        if self._encoded is not None:
+            out["passthrough"] = self._encoded.stats()
+        return out
+
+
+def _accept_video(caps: Caps) -> str | None:
+    if caps.media != "video":
+        return f"takes video, got {caps.describe()}"
+    if caps.encoded and caps.codec not in (None, *PASSTHROUGH_CODECS):
+        return (f"passes through {' or '.join(PASSTHROUGH_CODECS)} only, got {caps.describe()}: "
+                "decode it (and let the room sink encode)")
+    return None

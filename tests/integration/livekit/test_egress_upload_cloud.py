@@ -130,6 +130,9 @@ async def test_participant_egress_uploads_mp4_hls_images_and_manifest(
     (pl,) = man["playlists"]
     assert pl["location"] == seg.playlist_location
     assert sorted(x["filename"] for x in pl["segments"]) == seg_keys
+    # every stored image, as the Go egress's manifest lists them (name, time, where)
+    assert sorted(x["filename"] for x in man["images"]) == jpegs, man.get("images")
+    assert all(x["location"] == target.location(BUCKET, x["filename"]) and x["timestamp"] for x in man["images"])
 
     # local copies: gone, each only once its object was stored at full size
     left = [str(x) for x in job_dir.rglob("*") if x.is_file()] if job_dir.exists() else []
