@@ -24,7 +24,7 @@ from livekit.protocol import models as lkm
 from lkmedia.core import Graph
 from lkmedia.dev.stack import DevStack, free_port
 from lkmedia.ingress.presets import ingress_token
-from lkmedia.ingress.session import IngressSession, fit, url_source
+from lkmedia.ingress.session import IngressSession, url_source
 from lkmedia.nodes.encode import AudioEncoder, VideoEncoder
 from lkmedia.probe import assert_av_sync, av_offsets, decode_errors, probe
 from lkmedia.service.egress import EgressService
@@ -186,9 +186,3 @@ async def test_an_input_that_stalls_ends_when_the_media_watchdog_fires(livekit_s
     assert final.status == IS.ENDPOINT_ERROR and "no media for 3 s" in final.error, final.error
     assert "ENDPOINT_PUBLISHING" in [IS.Name(s.status) for s in states]
 
-
-def test_fit_keeps_the_aspect_within_the_top_layer() -> None:
-    assert fit(1920, 1080, 1280, 720) == (1280, 720)
-    assert fit(640, 480, 1280, 720) == (640, 480)  # never scaled up
-    assert fit(1440, 1080, 1280, 720) == (960, 720)
-    assert fit(1080, 1920, 1280, 720) == (404, 720)
