@@ -22,6 +22,7 @@ from livekit.protocol import models as lkm
 
 from lkmedia.dev.stack import DevStack
 from lkmedia.ingress.whip import WhipRefused, WhipServer, WhipSessions
+from lkmedia.testing.rooms import wait_tracks
 
 IS = lki.IngressState.Status
 KEY = "whipkey123"
@@ -75,20 +76,19 @@ async def push(url: str, seconds: float, p256: bool = False) -> AsyncIterator[as
             await proc.wait()
 
 
-async def _participant(lkapi: api.LiveKitAPI, room: str, tracks: int, client: asyncio.subprocess.Process,
-                       timeout: float = 20) -> lkm.ParticipantInfo:
-    deadline = time.monotonic() + timeout
-    while True:
+async def _participant(lkapi: api.LiveKitAPI, room: str, tracks: int, client: asyncio.subprocess.Process
+                       ) -> lkm.ParticipantInfo:
+    def alive() -> None:
+        if client.returncode is not None:
+            raise AssertionError("the WHIP client exited")
+
+    try:
+        return await wait_tracks(lkapi, room, "whipper", tracks, check=alive)
+    except AssertionError:
         if client.returncode is not None:
             _, err = await client.communicate()
-            raise AssertionError(f"the WHIP client exited {client.returncode}: {err.decode()[-4000:]}")
-        with contextlib.suppress(api.TwirpError):
-            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-            for p in res.participants:
-                if p.identity == "whipper" and len(p.tracks) >= tracks:
-                    return p
-        assert time.monotonic() < deadline, f"whipper did not publish {tracks} tracks in {timeout:g} s"
-        await asyncio.sleep(0.2)
+            raise AssertionError(f"the WHIP client exited {client.returncode}: {err.decode()[-4000:]}") from None
+        raise
 
 
 async def _gone(lkapi: api.LiveKitAPI, room: str, timeout: float = 15) -> float:
