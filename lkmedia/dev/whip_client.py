@@ -5,12 +5,14 @@ time, then closing (which DELETEs its WHIP resource).
     python3 -m lkmedia.dev.whip_client URL SECONDS [WIDTHxHEIGHT]
 
 The bearer token, if any, comes in the environment (LKM_WHIP_TOKEN), never in argv.
+LKM_WHIP_P256=1 gives FFmpeg's DTLS a P-256 certificate (p256_certificate says why).
 Exit status 0 when it sent everything; the error otherwise.
 """
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from fractions import Fraction
 
@@ -20,14 +22,44 @@ import av.logging
 from ..sources.synthetic import SyntheticSource
 
 
-def push(url: str, seconds: float, width: int = 640, height: int = 360, token: str | None = None) -> int:
-    if os.environ.get("LKM_WHIP_DEBUG"):
-        import logging
-        logging.basicConfig(level=logging.DEBUG)
-        av.logging.set_level(av.logging.DEBUG)
+def p256_certificate(directory: str) -> dict[str, str]:
+    """A self-signed P-256 ECDSA certificate for FFmpeg's DTLS (its ``cert_file`` and
+    ``key_file`` options). FFmpeg 8 built with GnuTLS (as PyAV's is) makes itself a P-224
+    key when given none, which OpenSSL 3/4 peers (aiortc among them) refuse as a DTLS
+    server certificate ("wrong curve"); Pion, livekit-server's stack, accepts it."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "whip-client")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30)).sign(key, hashes.SHA256()))
+    paths = {"cert_file": os.path.join(directory, "dtls.crt"), "key_file": os.path.join(directory, "dtls.key")}
+    with open(paths["cert_file"], "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(paths["key_file"], "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return paths
+
+
+def push(url: str, seconds: float, width: int = 640, height: int = 360, token: str | None = None,
+         certificate: dict[str, str] | None = None) -> int:
+    import logging
+
+    debug = bool(os.environ.get("LKM_WHIP_DEBUG"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
+    av.logging.set_level(av.logging.DEBUG if debug else av.logging.WARNING)  # FFmpeg says why it failed
     gen = SyntheticSource(width=width, height=height, fps=30, sample_rate=48_000, channels=2,
                           audio_frame_samples=960)
-    out = av.open(url, "w", format="whip", options={"authorization": token} if token else {}, timeout=10)
+    options = {**({"authorization": token} if token else {}), **(certificate or {})}
+    out = av.open(url, "w", format="whip", options=options, timeout=10)
     try:
         v = out.add_stream("libx264", rate=30, options={
             "preset": "veryfast", "tune": "zerolatency", "profile": "baseline", "bf": "0", "g": "30",
@@ -62,7 +94,9 @@ def main() -> int:
     size = sys.argv[3] if len(sys.argv) > 3 else "640x360"
     w, h = (int(x) for x in size.split("x"))
     try:
-        frames = push(sys.argv[1], float(sys.argv[2]), w, h, os.environ.get("LKM_WHIP_TOKEN"))
+        with tempfile.TemporaryDirectory(prefix="whip-client-") as d:
+            cert = p256_certificate(d) if os.environ.get("LKM_WHIP_P256") else None
+            frames = push(sys.argv[1], float(sys.argv[2]), w, h, os.environ.get("LKM_WHIP_TOKEN"), cert)
     except (av.FFmpegError, OSError) as e:
         print(f"whip_client: {e}", file=sys.stderr)
         return 1

@@ -23,7 +23,7 @@ from livekit.protocol import ingress as lki
 from livekit.protocol import models as lkm
 
 from ..core import Graph, GraphError, Source
-from ..nodes.convert import Scale
+from ..nodes.convert import Fit
 from ..sinks.room import RoomSink
 from ..sources.file import FileSource
 from .presets import audio_publishing, video_plan
@@ -35,12 +35,6 @@ MEDIA_TIMEOUT = 10.0
 _MIME = {"h264": "video/h264", "hevc": "video/h265", "vp8": "video/vp8", "vp9": "video/vp9", "av1": "video/av1",
          "aac": "audio/aac", "opus": "audio/opus", "mp3": "audio/mpeg", "vorbis": "audio/vorbis",
          "flac": "audio/flac", "pcm_s16le": "audio/pcm", "pcm_alaw": "audio/pcma", "pcm_mulaw": "audio/pcmu"}
-
-
-def fit(width: int, height: int, box_w: int, box_h: int) -> tuple[int, int]:
-    """``width`` x ``height`` scaled to fit ``box_w`` x ``box_h`` (never up), even sizes."""
-    k = min(1.0, box_w / width, box_h / height)
-    return max(2, round(width * k / 2) * 2), max(2, round(height * k / 2) * 2)
 
 
 def input_states(src: FileSource) -> tuple[lki.InputVideoState | None, lki.InputAudioState | None]:
@@ -128,10 +122,7 @@ class IngressSession:
         g.add(sink)
         self.sink = sink
         if has_video:
-            caps = src.outputs["video"].caps
-            w, h = (fit(caps.width, caps.height, plan.width, plan.height) if caps and caps.width and caps.height
-                    else (plan.width, plan.height))
-            g.chain(src.out("video"), Scale(w, h), sink.inp("video"))
+            g.chain(src.out("video"), Fit(plan.width, plan.height), sink.inp("video"))
         if has_audio:
             g.link(src.out("audio"), sink.inp("audio"))
         self.graph = g

@@ -226,7 +226,7 @@ class WhipSessions:
         except (aiohttp.ClientError, TimeoutError) as e:
             raise WhipRefused(502, f"livekit-server's WHIP endpoint cannot be reached: {e or 'timed out'}") from e
         self._state(res, lki.IngressState(status=lki.IngressState.ENDPOINT_PUBLISHING, resource_id=res.resource_id))
-        return body
+        return udp_first(body)
 
     # -- transcoding (aiortc) ---------------------------------------------------
     async def _transcode(self, res: _Resource, offer: str) -> str:
@@ -275,6 +275,24 @@ class WhipSessions:
     def _state(self, res: _Resource, state: lki.IngressState) -> None:
         if self.on_state is not None:
             self.on_state(res.info, state)
+
+
+def udp_first(sdp: str) -> str:
+    """``sdp`` with each media section's UDP candidates before its TCP ones. A client that
+    reads only the first candidate (FFmpeg 8's WHIP muxer) then gets one it can use: the
+    SFU's answer lists them in no fixed order."""
+    out: list[str] = []
+    tcp: list[str] = []
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:") and " tcp " in line.lower():
+            tcp.append(line)
+            continue
+        if line.startswith("m=") or (tcp and not line.startswith("a=candidate:")):
+            out += tcp
+            tcp = []
+        out.append(line)
+    out += tcp
+    return "\r\n".join(out) + "\r\n"
 
 
 VIDEO_CODECS = ("VP8", "H264")

@@ -93,6 +93,38 @@ class Scale(Processor):
         return {"frames": self.frames}
 
 
+class Fit(Scale):
+    """Scale video down to fit ``box_w`` x ``box_h``, keeping its aspect (never up; even
+    sizes), deciding from each frame: for inputs whose size is known only once media flows
+    (WebRTC, RTMP) or changes midway."""
+
+    def __init__(self, box_w: int, box_h: int, pix_fmt: str = "yuv420p", *, name: str | None = None) -> None:
+        super().__init__(box_w, box_h, pix_fmt, name=name)
+        self.box = (box_w, box_h)
+        self._for: tuple[int, int] | None = None
+
+    def negotiate(self) -> None:
+        super().negotiate()
+        caps = self.inputs["in"].caps or Caps("video")
+        w: int | None = None  # known at the first frame
+        h: int | None = None
+        if caps.width and caps.height:
+            w, h = fit(caps.width, caps.height, *self.box)
+        self.outputs["out"].caps = self.outputs["out"].caps.with_(width=w, height=h)  # type: ignore[union-attr]
+
+    def process(self, frame: Any) -> Iterable[Any]:
+        if not isinstance(frame, Gap) and (frame.width, frame.height) != self._for:
+            self._for = (frame.width, frame.height)
+            self.width, self.height = fit(frame.width, frame.height, *self.box)
+        return super().process(frame)
+
+
+def fit(width: int, height: int, box_w: int, box_h: int) -> tuple[int, int]:
+    """``width`` x ``height`` scaled to fit ``box_w`` x ``box_h`` (never up), even sizes."""
+    k = min(1.0, box_w / width, box_h / height)
+    return max(2, round(width * k / 2) * 2), max(2, round(height * k / 2) * 2)
+
+
 class PixelFormat(Scale):
     """Convert video frames to ``pix_fmt``, keeping their size."""
 

@@ -209,3 +209,27 @@ def test_bad_parameters() -> None:
         Resample(layout="bogus")
     with pytest.raises(ValueError, match="fps"):
         FpsConverter(0)
+
+
+def test_fit_keeps_the_aspect_within_the_box_and_never_scales_up() -> None:
+    from lkmedia.nodes.convert import fit
+
+    assert fit(1920, 1080, 1280, 720) == (1280, 720)
+    assert fit(640, 480, 1280, 720) == (640, 480)
+    assert fit(1440, 1080, 1280, 720) == (960, 720)
+    assert fit(1080, 1920, 1280, 720) == (404, 720)
+
+
+def test_fit_decides_from_each_frame() -> None:
+    import av
+
+    from lkmedia.nodes.convert import Fit
+
+    node = Fit(1280, 720)
+    sizes = []
+    for i, (w, h) in enumerate(((640, 360), (1920, 1080), (1080, 1920))):
+        frame = av.VideoFrame(w, h, "yuv420p")
+        frame.pts, frame.time_base = i * 3000, Fraction(1, 90_000)
+        (out,) = node.process(frame)
+        sizes.append((out.width, out.height))
+    assert sizes == [(640, 360), (1280, 720), (404, 720)]

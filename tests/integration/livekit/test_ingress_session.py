@@ -6,7 +6,6 @@ URL ends in ERROR naming it, and an input that stalls ends when the media watchd
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import http.server
 import subprocess
@@ -16,21 +15,20 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from livekit import api
-from livekit.protocol import egress as lk
 from livekit.protocol import ingress as lki
 from livekit.protocol import models as lkm
 
 from lkmedia.core import Graph
 from lkmedia.dev.stack import DevStack, free_port
 from lkmedia.ingress.presets import ingress_token
-from lkmedia.ingress.session import IngressSession, fit, url_source
+from lkmedia.ingress.session import IngressSession, url_source
 from lkmedia.nodes.encode import AudioEncoder, VideoEncoder
 from lkmedia.probe import assert_av_sync, av_offsets, decode_errors, probe
 from lkmedia.service.egress import EgressService
 from lkmedia.sinks.file import FileSink
 from lkmedia.sources.synthetic import SyntheticSource
-from lkmedia.testing.egress import TERMINAL, S, egress_service, wait_egress
+from lkmedia.testing.egress import egress_service
+from lkmedia.testing.rooms import record_participant, wait_tracks
 
 IS = lki.IngressState.Status
 CLIP_SECONDS = 12
@@ -105,18 +103,6 @@ def _session(stack: DevStack, info: lki.IngressInfo, states: list[lki.IngressSta
                           on_state=states.append, **kw)
 
 
-async def _tracks(lkapi: api.LiveKitAPI, room: str, identity: str, n: int) -> list[lkm.TrackInfo]:
-    deadline = time.monotonic() + 20
-    while True:
-        with contextlib.suppress(api.TwirpError):
-            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-            for p in res.participants:
-                if p.identity == identity and len(p.tracks) >= n:
-                    return list(p.tracks)
-        assert time.monotonic() < deadline, f"{identity} did not publish {n} tracks in 20 s"
-        await asyncio.sleep(0.2)
-
-
 @pytest.mark.parametrize("name", ["clip.mp4", "clip.m3u8"])
 async def test_a_url_is_published_then_complete(livekit_stack: DevStack, room_name: str, http_base: str,
                                                 name: str) -> None:
@@ -124,7 +110,7 @@ async def test_a_url_is_published_then_complete(livekit_stack: DevStack, room_na
     session = _session(livekit_stack, _info(room_name, f"{http_base}/{name}"), states)
     task = asyncio.create_task(session.run())
     async with livekit_stack.api() as lkapi:
-        tracks = await _tracks(lkapi, room_name, "pulled", 2)
+        tracks = (await wait_tracks(lkapi, room_name, "pulled", 2)).tracks
     video = next(t for t in tracks if t.type == lkm.TrackType.VIDEO)
     assert video.mime_type == "video/H264" and sorted((la.width, la.height) for la in video.layers)[-1] == (1280, 720)
     final = await asyncio.wait_for(task, CLIP_SECONDS + 10)
@@ -147,16 +133,9 @@ async def test_a_pulled_url_keeps_audio_and_video_in_sync(livekit_stack: DevStac
     session = _session(livekit_stack, _info(room_name, f"{http_base}/clip.mp4"), states)
     task = asyncio.create_task(session.run())
     async with livekit_stack.api() as lkapi:
-        await _tracks(lkapi, room_name, "pulled", 2)
-        info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
-            room_name=room_name, identity="pulled", preset=lk.H264_720P_30,
-            file_outputs=[lk.EncodedFileOutput(filepath="pulled.mp4")]))
-        await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE}, 30)
-        await asyncio.sleep(7)
-        await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
-        done = await wait_egress(lkapi, info.egress_id, TERMINAL, 30)
+        await wait_tracks(lkapi, room_name, "pulled", 2)
+        done = await record_participant(lkapi, room_name, "pulled", 7, "pulled.mp4")
     await asyncio.wait_for(task, CLIP_SECONDS + 10)
-    assert done.status == S.EGRESS_COMPLETE, done.error
     (f,) = done.file_results
     assert probe(f.location).has("video") and decode_errors(f.location) == ""
     offsets = av_offsets(f.location)
@@ -186,9 +165,3 @@ async def test_an_input_that_stalls_ends_when_the_media_watchdog_fires(livekit_s
     assert final.status == IS.ENDPOINT_ERROR and "no media for 3 s" in final.error, final.error
     assert "ENDPOINT_PUBLISHING" in [IS.Name(s.status) for s in states]
 
-
-def test_fit_keeps_the_aspect_within_the_top_layer() -> None:
-    assert fit(1920, 1080, 1280, 720) == (1280, 720)
-    assert fit(640, 480, 1280, 720) == (640, 480)  # never scaled up
-    assert fit(1440, 1080, 1280, 720) == (960, 720)
-    assert fit(1080, 1920, 1280, 720) == (404, 720)

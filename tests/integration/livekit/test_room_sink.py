@@ -11,8 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from livekit import api, rtc
-from livekit.protocol import egress as lk
+from livekit import rtc
 from livekit.protocol import ingress as lki
 from livekit.protocol import models as lkm
 
@@ -23,7 +22,8 @@ from lkmedia.probe import assert_av_sync, av_offsets, decode_errors, probe
 from lkmedia.service.egress import EgressService
 from lkmedia.sinks.room import RoomError, RoomSink, VideoPublishing
 from lkmedia.sources.synthetic import SyntheticSource
-from lkmedia.testing.egress import TERMINAL, S, egress_service, wait_egress
+from lkmedia.testing.egress import egress_service
+from lkmedia.testing.rooms import record_participant, wait_tracks
 
 
 @pytest.fixture
@@ -58,23 +58,11 @@ async def publishing(stack: DevStack, info: lki.IngressInfo, published: list[tup
         assert not errors, errors
 
 
-async def _participant(lkapi: api.LiveKitAPI, room: str, identity: str, tracks: int) -> lkm.ParticipantInfo:
-    deadline = time.monotonic() + 20
-    while True:
-        with contextlib.suppress(api.TwirpError):
-            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-            for p in res.participants:
-                if p.identity == identity and len(p.tracks) >= tracks:
-                    return p
-        assert time.monotonic() < deadline, f"{identity} did not publish {tracks} tracks in 20 s"
-        await asyncio.sleep(0.2)
-
-
 async def test_published_as_an_ingress_participant_with_simulcast_layers(livekit_stack: DevStack,
                                                                           room_name: str) -> None:
     published: list[tuple[str, str, float]] = []
     async with publishing(livekit_stack, _info(room_name), published) as sink, livekit_stack.api() as lkapi:
-        p = await _participant(lkapi, room_name, "ingress-cam", 2)
+        p = await wait_tracks(lkapi, room_name, "ingress-cam", 2)
         assert p.kind == lkm.ParticipantInfo.Kind.INGRESS and p.attributes[INGRESS_ID_ATTRIBUTE] == "IN_test"
         assert p.name == "Ingress camera"
         video = next(t for t in p.tracks if t.type == lkm.TrackType.VIDEO)
@@ -125,15 +113,8 @@ async def test_recorded_by_a_participant_egress_keeps_audio_and_video_in_sync(
         livekit_stack: DevStack, service: EgressService, room_name: str) -> None:
     published: list[tuple[str, str, float]] = []
     async with publishing(livekit_stack, _info(room_name), published), livekit_stack.api() as lkapi:
-        await _participant(lkapi, room_name, "ingress-cam", 2)
-        info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
-            room_name=room_name, identity="ingress-cam", preset=lk.H264_720P_30,
-            file_outputs=[lk.EncodedFileOutput(filepath="ingress.mp4")]))
-        await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE}, 30)
-        await asyncio.sleep(7)
-        await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
-        done = await wait_egress(lkapi, info.egress_id, TERMINAL, 30)
-    assert done.status == S.EGRESS_COMPLETE, done.error
+        await wait_tracks(lkapi, room_name, "ingress-cam", 2)
+        done = await record_participant(lkapi, room_name, "ingress-cam", 7, "ingress.mp4")
     (f,) = done.file_results
     p = probe(f.location)
     assert p.has("video") and p.has("audio") and decode_errors(f.location) == ""

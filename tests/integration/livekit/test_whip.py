@@ -1,6 +1,8 @@
 """WHIP into a room against the real livekit-server, with a client nobody here wrote
 (FFmpeg 8's WHIP muxer, through PyAV: lkmedia.dev.whip_client): without transcoding the
-offer is proxied to livekit-server's own WHIP endpoint and the client's DELETE ends the
+offer is proxied to livekit-server's own WHIP endpoint; with transcoding aiortc decodes and
+the session publishes simulcast H.264 and Opus (the client given a P-256 DTLS certificate:
+FFmpeg's own choice, P-224, is refused by aiortc's OpenSSL); the client's DELETE ends the
 session INACTIVE; bad requests and an offer with no codec we can receive (aiortc's answer)
 are refused in plain words while the server goes on serving."""
 from __future__ import annotations
@@ -20,6 +22,7 @@ from livekit.protocol import models as lkm
 
 from lkmedia.dev.stack import DevStack
 from lkmedia.ingress.whip import WhipRefused, WhipServer, WhipSessions
+from lkmedia.testing.rooms import wait_tracks
 
 IS = lki.IngressState.Status
 KEY = "whipkey123"
@@ -57,12 +60,14 @@ async def rig(stack: DevStack, room: str, transcode: bool) -> AsyncIterator[Rig]
 
 
 @contextlib.asynccontextmanager
-async def push(url: str, seconds: float) -> AsyncIterator[asyncio.subprocess.Process]:
+async def push(url: str, seconds: float, p256: bool = False) -> AsyncIterator[asyncio.subprocess.Process]:
     """FFmpeg's WHIP muxer publishing for ``seconds`` in a child process (killed if the
-    test ends before it does)."""
+    test ends before it does). ``p256``: with a P-256 DTLS certificate, which aiortc's
+    OpenSSL needs (lkmedia.dev.whip_client.p256_certificate)."""
+    env = {**os.environ, "LKM_WHIP_TOKEN": KEY, **({"LKM_WHIP_P256": "1"} if p256 else {})}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lkmedia.dev.whip_client", url, str(seconds),
-        env={**os.environ, "LKM_WHIP_TOKEN": KEY}, stderr=asyncio.subprocess.PIPE)
+        sys.executable, "-m", "lkmedia.dev.whip_client", url, str(seconds), env=env,
+        stderr=asyncio.subprocess.PIPE)
     try:
         yield proc
     finally:
@@ -71,20 +76,19 @@ async def push(url: str, seconds: float) -> AsyncIterator[asyncio.subprocess.Pro
             await proc.wait()
 
 
-async def _participant(lkapi: api.LiveKitAPI, room: str, tracks: int, client: asyncio.subprocess.Process,
-                       timeout: float = 20) -> lkm.ParticipantInfo:
-    deadline = time.monotonic() + timeout
-    while True:
+async def _participant(lkapi: api.LiveKitAPI, room: str, tracks: int, client: asyncio.subprocess.Process
+                       ) -> lkm.ParticipantInfo:
+    def alive() -> None:
+        if client.returncode is not None:
+            raise AssertionError("the WHIP client exited")
+
+    try:
+        return await wait_tracks(lkapi, room, "whipper", tracks, check=alive)
+    except AssertionError:
         if client.returncode is not None:
             _, err = await client.communicate()
-            raise AssertionError(f"the WHIP client exited {client.returncode}: {err.decode()[-500:]}")
-        with contextlib.suppress(api.TwirpError):
-            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-            for p in res.participants:
-                if p.identity == "whipper" and len(p.tracks) >= tracks:
-                    return p
-        assert time.monotonic() < deadline, f"whipper did not publish {tracks} tracks in {timeout:g} s"
-        await asyncio.sleep(0.2)
+            raise AssertionError(f"the WHIP client exited {client.returncode}: {err.decode()[-4000:]}") from None
+        raise
 
 
 async def _gone(lkapi: api.LiveKitAPI, room: str, timeout: float = 15) -> float:
@@ -101,7 +105,7 @@ async def _gone(lkapi: api.LiveKitAPI, room: str, timeout: float = 15) -> float:
 async def test_without_transcoding_the_offer_goes_to_livekit_servers_own_whip(livekit_stack: DevStack,
                                                                               room_name: str) -> None:
     async with rig(livekit_stack, room_name, transcode=False) as r, livekit_stack.api() as lkapi:
-        async with push(r.url, 6) as client:
+        async with push(r.url, 10) as client:
             p = await _participant(lkapi, room_name, 2, client)
             assert p.kind == lkm.ParticipantInfo.Kind.INGRESS
             assert sorted(t.mime_type for t in p.tracks) == ["audio/opus", "video/H264"]
@@ -112,6 +116,26 @@ async def test_without_transcoding_the_offer_goes_to_livekit_servers_own_whip(li
     print(f"WHIP proxy: publisher gone from the room {left:.2f} s after the client's DELETE")
     assert [IS.Name(s.status) for s in r.states] == ["ENDPOINT_PUBLISHING", "ENDPOINT_INACTIVE"]
     assert not r.sessions.resources
+
+
+async def test_with_transcoding_aiortc_decodes_and_the_session_publishes_simulcast(livekit_stack: DevStack,
+                                                                                   room_name: str) -> None:
+    async with rig(livekit_stack, room_name, transcode=True) as r, livekit_stack.api() as lkapi:
+        async with push(r.url, 8, p256=True) as client:
+            p = await _participant(lkapi, room_name, 2, client)
+            video = next(t for t in p.tracks if t.type == lkm.TrackType.VIDEO)
+            audio = next(t for t in p.tracks if t.type == lkm.TrackType.AUDIO)
+            assert audio.mime_type == "audio/opus" and video.mime_type == "video/H264" and video.simulcast
+            # the client's 640x360 published as it is (never scaled up to the preset's 1280x720),
+            # in the layers the SDK makes for that size
+            assert max((la.width, la.height) for la in video.layers) == (640, 360) and len(video.layers) == 2
+            _, err = await asyncio.wait_for(client.communicate(), 30)
+            assert client.returncode == 0, err.decode()
+        await _gone(lkapi, room_name)
+    names = [IS.Name(s.status) for s in r.states]
+    print(f"WHIP transcoding states: {names}")
+    assert names == ["ENDPOINT_BUFFERING", "ENDPOINT_PUBLISHING", "ENDPOINT_PUBLISHING", "ENDPOINT_INACTIVE"]
+    assert r.states[-1].error == "" and r.states[-1].resource_id.startswith("WH_")
 
 
 OFFER_NOTHING_USABLE = """v=0
@@ -154,7 +178,7 @@ async def test_bad_requests_are_refused_in_plain_words_and_the_server_goes_on(li
         # ... and a good publisher right after is served.
         r.info.enable_transcoding = False
         async with livekit_stack.api() as lkapi:
-            async with push(r.url, 3) as client:
+            async with push(r.url, 10) as client:
                 await _participant(lkapi, room_name, 2, client)
                 await asyncio.wait_for(client.communicate(), 30)
                 assert client.returncode == 0
@@ -165,3 +189,17 @@ def test_the_stream_key_stays_out_of_logs(path: str) -> None:
     from lkmedia.ingress.whip import _safe_path
 
     assert "somekey" not in _safe_path(path)
+
+
+def test_udp_candidates_come_first_in_a_proxied_answer() -> None:
+    from lkmedia.ingress.whip import udp_first
+
+    sdp = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n"
+           "a=candidate:1 1 tcp 1671430143 127.0.0.1 7881 typ host tcptype passive\r\n"
+           "a=candidate:2 1 udp 2130706431 127.0.0.1 50000 typ host\r\na=end-of-candidates\r\n"
+           "m=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+           "a=candidate:3 1 TCP 1 127.0.0.1 7881 typ host\r\na=candidate:4 1 udp 2 127.0.0.1 50000 typ host\r\n")
+    lines = udp_first(sdp).splitlines()
+    cands = [x.split()[0] + " " + x.split()[2].lower() for x in lines if x.startswith("a=candidate")]
+    assert cands == ["a=candidate:2 udp", "a=candidate:1 tcp", "a=candidate:4 udp", "a=candidate:3 tcp"]
+    assert lines.index("a=end-of-candidates") > lines.index(next(x for x in lines if x.startswith("a=candidate:1")))

@@ -1,0 +1,46 @@
+"""Waiting on a room, for the tests of what publishes into one (ingress, RoomSink, WHIP):
+a participant with its tracks, and a participant egress that records it."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+from livekit import api
+from livekit.protocol import egress as lk
+from livekit.protocol import models as lkm
+
+from .egress import TERMINAL, S, wait_egress
+
+
+async def wait_tracks(lkapi: api.LiveKitAPI, room: str, identity: str, tracks: int, *, timeout: float = 20,
+                      check: Callable[[], None] | None = None) -> lkm.ParticipantInfo:
+    """``identity`` once it has published ``tracks`` tracks in ``room``; ``check`` runs at
+    each poll (to fail early, e.g. when the publisher has exited)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check is not None:
+            check()
+        with contextlib.suppress(api.TwirpError):
+            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+            for p in res.participants:
+                if p.identity == identity and len(p.tracks) >= tracks:
+                    return p
+        assert time.monotonic() < deadline, f"{identity} did not publish {tracks} tracks in {timeout:g} s"
+        await asyncio.sleep(0.2)
+
+
+async def record_participant(lkapi: api.LiveKitAPI, room: str, identity: str, seconds: float,
+                             filepath: str) -> lk.EgressInfo:
+    """A participant egress of ``identity`` (H264_720P_30 MP4) for ``seconds`` after ACTIVE;
+    its final EgressInfo, COMPLETE."""
+    info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
+        room_name=room, identity=identity, preset=lk.H264_720P_30,
+        file_outputs=[lk.EncodedFileOutput(filepath=filepath)]))
+    await wait_egress(lkapi, info.egress_id, {int(S.EGRESS_ACTIVE)}, 30)
+    await asyncio.sleep(seconds)
+    await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+    done = await wait_egress(lkapi, info.egress_id, TERMINAL, 30)
+    assert done.status == S.EGRESS_COMPLETE, done.error
+    return done
