@@ -41,6 +41,6 @@ async def record_participant(lkapi: api.LiveKitAPI, room: str, identity: str, se
     await wait_egress(lkapi, info.egress_id, {int(S.EGRESS_ACTIVE)}, 30)
     await asyncio.sleep(seconds)
     await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
-    done = await wait_egress(lkapi, info.egress_id, TERMINAL, 30)
+    done = await wait_egress(lkapi, info.egress_id, {int(s) for s in TERMINAL}, 30)
     assert done.status == S.EGRESS_COMPLETE, done.error
     return done
