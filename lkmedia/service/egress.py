@@ -34,6 +34,7 @@ from ..worker.worker import Worker, WorkerSettings
 from .config import ServiceConfig
 from .health import HealthServer, status_body
 from .metrics import EgressMetrics, MetricsServer
+from .shutdown import close_service
 from .template import TemplateServer
 
 log = logging.getLogger("lkmedia.service")
@@ -146,15 +147,8 @@ class EgressService:
     async def close(self, drain_timeout: float = 60.0) -> None:
         await self._stop_accepting()
         await self.worker.close(drain_timeout)
-        for handler in list(self._handlers.values()):
-            await handler.close()
-        self._handlers.clear()
-        for srv in (self.health, self.prom, self.template):
-            if srv is not None:
-                await srv.stop()
-        await self.internal.close()
-        await self.io.close()
-        await self.bus.close()
+        await close_service(self._handlers, (self.health, self.prom, self.template), (self.internal, self.io),
+                            self.bus)
 
     # -- the worker's hooks --------------------------------------------------------------
     @property

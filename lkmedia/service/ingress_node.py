@@ -47,6 +47,7 @@ from .ingress_relay import FlvRelay
 from .ingress_stats import IngressHealth, IngressMetrics
 from .ingress_whip import WhipFrontDoor
 from .metrics import MetricsServer
+from .shutdown import close_service
 
 log = logging.getLogger("lkmedia.ingress")
 
@@ -148,15 +149,8 @@ class IngressNode:
         if self.whip is not None:
             await self.whip.close()  # WHIP sessions ended (their SFU resources deleted)
         await self.worker.close(drain_timeout=10.0)
-        for handler in list(self._handlers.values()):
-            await handler.close()
-        self._handlers.clear()
-        for srv in (self.health, self.prom, self.flv_relay):
-            if srv is not None:
-                await srv.stop()
-        await self.internal.close()
-        await self.io.close()
-        await self.bus.close()
+        await close_service(self._handlers, (self.health, self.prom, self.flv_relay), (self.internal, self.io),
+                            self.bus)
 
     # -- admission --------------------------------------------------------------------------------
     def can_accept(self) -> bool:
