@@ -385,12 +385,18 @@ async def test_whip_without_transcoding_is_proxied(node: Node, lkapi: Any) -> No
     node.secrets.append(info.stream_key)
     await _available(node)
     client = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lkmedia.dev.whip_client", info.url, "6",
+        sys.executable, "-m", "lkmedia.dev.whip_client", info.url, "10",
         env={**os.environ, "LKM_WHIP_TOKEN": info.stream_key}, stderr=asyncio.subprocess.PIPE)
     try:
         seen: list[int] = []
         await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING}, seen=seen)
-        p = await _participant(lkapi, "svc-whip", "whipper")
+        try:  # (10 s of media: a client done before its tracks are listed would fail this)
+            p = await _participant(lkapi, "svc-whip", "whipper")
+        except AssertionError:
+            if client.returncode is None:
+                raise
+            _, err = await client.communicate()
+            raise AssertionError(f"the WHIP client exited {client.returncode}: {err.decode()[-2000:]}") from None
         assert p.kind == lkm.ParticipantInfo.Kind.INGRESS
         _, err = await asyncio.wait_for(client.communicate(), 30)
         assert client.returncode == 0, err.decode()[-500:]
