@@ -247,6 +247,10 @@ class DevStack:
                 "node_ip": self.host,
                 "use_external_ip": False,
                 "enable_loopback_candidate": True,
+                # loopback only: with node_ip mapping every interface's socket to 127.0.0.1,
+                # two sockets share one advertised candidate, and a client that tries only one
+                # (FFmpeg's WHIP muxer) reached the wrong one about half the time
+                "interfaces": {"includes": ["lo"]},
             },
             "logging": {"level": "info"},
         }

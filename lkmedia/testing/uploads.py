@@ -47,8 +47,11 @@ class LocalWatcher:
             for name in now.keys() - self.seen.keys():
                 self.appeared.setdefault(name, t)
             for name, size in self.seen.items():
-                # size 0: the file sink's writability probe, removed before media arrives
-                if name not in now and size > 0:
+                # Size 0 too: a small file (the first HLS segment) can be written in one go when
+                # it is closed and be uploaded and removed before the next scan sees its size.
+                # The file sink's writability probe (size 0, same name as the file) vanishes
+                # first; the real file vanishing later overwrites its entry.
+                if name not in now:
                     self.vanished[name] = (size, self._size(name))
             self.seen = now
             time.sleep(0.01)

@@ -153,7 +153,7 @@ def check_outage(run: Run, in_bucket: set[str], backup_dir: Path) -> str:
     # every JPEG is somewhere: in the bucket (before the stop) or in the backup
     assert (in_bucket & expected) | in_backup == expected and in_backup, (sorted(expected), in_bucket, in_backup)
     for k in in_backup:
-        if k in run.watcher.vanished:
+        if run.watcher.vanished.get(k, (0, None))[0] > 0:  # seen locally at its size
             assert (backup_dir / k).stat().st_size == run.watcher.vanished[k][0], k
     assert not run.left(), run.left()
     (f,) = run.done.file_results

@@ -33,6 +33,7 @@ from livekit.protocol import models as lkm
 from lkmedia.dev.lk import run_lk
 from lkmedia.dev.stack import DevStack, free_port
 from lkmedia.testing.media import av_clip
+from lkmedia.testing.rooms import SeenParticipant, watch_tracks
 
 IS = lki.IngressState.Status
 CLIP_SECONDS = 8
@@ -204,6 +205,13 @@ async def _participant(lkapi: Any, room: str, identity: str, timeout: float = 30
                 return p
         await asyncio.sleep(0.2)
     raise AssertionError(f"{identity} never published video and audio in {room}")
+
+
+async def _seen(node: Node, room: str, identity: str) -> SeenParticipant:
+    """A participant livekit-server's own WHIP endpoint made, as a subscriber sees it (its
+    ListParticipants can miss those: lkmedia.testing.rooms.watch_tracks)."""
+    s = node.stack
+    return await watch_tracks(s.url, s.api_key, s.api_secret, room, identity, 2, timeout=30)
 
 
 async def _available(node: Node) -> None:
@@ -391,7 +399,7 @@ async def test_whip_without_transcoding_is_proxied(node: Node, lkapi: Any) -> No
         seen: list[int] = []
         await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING}, seen=seen)
         try:  # (10 s of media: a client done before its tracks are listed would fail this)
-            p = await _participant(lkapi, "svc-whip", "whipper")
+            p = await _seen(node, "svc-whip", "whipper")
         except AssertionError:
             if client.returncode is None:
                 raise
@@ -417,7 +425,7 @@ async def test_whip_without_transcoding_is_proxied(node: Node, lkapi: Any) -> No
         env={**os.environ, "LKM_WHIP_TOKEN": info.stream_key}, stderr=asyncio.subprocess.PIPE)
     try:
         await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
-        await _participant(lkapi, "svc-whip", "whipper")
+        await _seen(node, "svc-whip", "whipper")
     finally:
         if client.returncode is None:
             client.kill()

@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -22,7 +22,7 @@ from livekit.protocol import models as lkm
 
 from lkmedia.dev.stack import DevStack
 from lkmedia.ingress.whip import WhipRefused, WhipServer, WhipSessions
-from lkmedia.testing.rooms import wait_tracks
+from lkmedia.testing.rooms import SeenParticipant, wait_tracks, watch_tracks
 
 IS = lki.IngressState.Status
 KEY = "whipkey123"
@@ -76,18 +76,37 @@ async def push(url: str, seconds: float, p256: bool = False) -> AsyncIterator[as
             await proc.wait()
 
 
-async def _participant(lkapi: api.LiveKitAPI, room: str, tracks: int, client: asyncio.subprocess.Process
-                       ) -> lkm.ParticipantInfo:
+def _alive(client: asyncio.subprocess.Process) -> Callable[[], None]:
     def alive() -> None:
         if client.returncode is not None:
             raise AssertionError("the WHIP client exited")
+    return alive
 
+
+async def _client_failed(client: asyncio.subprocess.Process) -> None:
+    if client.returncode is not None:
+        _, err = await client.communicate()
+        raise AssertionError(f"the WHIP client exited {client.returncode}: {err.decode()[-4000:]}") from None
+
+
+async def _participant(lkapi: api.LiveKitAPI, room: str, tracks: int, client: asyncio.subprocess.Process
+                       ) -> lkm.ParticipantInfo:
+    """The participant as ListParticipants gives it (published through livekit.rtc)."""
     try:
-        return await wait_tracks(lkapi, room, "whipper", tracks, check=alive)
+        return await wait_tracks(lkapi, room, "whipper", tracks, check=_alive(client))
     except AssertionError:
-        if client.returncode is not None:
-            _, err = await client.communicate()
-            raise AssertionError(f"the WHIP client exited {client.returncode}: {err.decode()[-4000:]}") from None
+        await _client_failed(client)
+        raise
+
+
+async def _seen(stack: DevStack, room: str, tracks: int, client: asyncio.subprocess.Process) -> SeenParticipant:
+    """The participant as a subscriber in the room sees it (livekit-server's own WHIP
+    participants: its ListParticipants can miss them, see watch_tracks)."""
+    try:
+        return await watch_tracks(stack.url, stack.api_key, stack.api_secret, room, "whipper", tracks,
+                                  check=_alive(client))
+    except AssertionError:
+        await _client_failed(client)
         raise
 
 
@@ -106,10 +125,10 @@ async def test_without_transcoding_the_offer_goes_to_livekit_servers_own_whip(li
                                                                               room_name: str) -> None:
     async with rig(livekit_stack, room_name, transcode=False) as r, livekit_stack.api() as lkapi:
         async with push(r.url, 10) as client:
-            p = await _participant(lkapi, room_name, 2, client)
+            p = await _seen(livekit_stack, room_name, 2, client)
             assert p.kind == lkm.ParticipantInfo.Kind.INGRESS
-            assert sorted(t.mime_type for t in p.tracks) == ["audio/opus", "video/H264"]
-            assert not next(t for t in p.tracks if t.type == lkm.TrackType.VIDEO).simulcast  # the client's own
+            assert sorted(t.mime_type.lower() for t in p.tracks) == ["audio/opus", "video/h264"]
+            assert not next(t for t in p.tracks if t.kind == "video").simulcast  # the client's own
             _, err = await asyncio.wait_for(client.communicate(), 30)
             assert client.returncode == 0, err.decode()
         left = await _gone(lkapi, room_name)
@@ -177,11 +196,10 @@ async def test_bad_requests_are_refused_in_plain_words_and_the_server_goes_on(li
         assert not r.sessions.resources
         # ... and a good publisher right after is served.
         r.info.enable_transcoding = False
-        async with livekit_stack.api() as lkapi:
-            async with push(r.url, 10) as client:
-                await _participant(lkapi, room_name, 2, client)
-                await asyncio.wait_for(client.communicate(), 30)
-                assert client.returncode == 0
+        async with push(r.url, 10) as client:
+            await _seen(livekit_stack, room_name, 2, client)
+            await asyncio.wait_for(client.communicate(), 30)
+            assert client.returncode == 0
 
 
 @pytest.mark.parametrize("path", ["/w/somekey", "/w/somekey/WH_123"])
