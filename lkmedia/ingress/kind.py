@@ -24,10 +24,11 @@ RESULTS = {S.ENDPOINT_INACTIVE: "completed", S.ENDPOINT_COMPLETE: "completed", S
 
 def session_costs(c: IngressConfig, spec: IngressSpec) -> Costs:
     """CPUs one session reserves, by input (Go ``monitor.canAcceptIngress``); the label is the
-    ``livekit_ingress_requests`` type (``whip:bypass`` for WHIP without transcoding)."""
+    ``livekit_ingress_requests`` type (``whip:bypass`` for WHIP without transcoding,
+    ``rtmp:bypass`` for RTMP passthrough)."""
     cc = c.cpu_cost
     if spec.input == "rtmp":
-        cpu = cc.rtmp_cpu_cost
+        cpu = cc.rtmp_cpu_cost if spec.transcode else cc.rtmp_passthrough_cpu_cost
     elif spec.input == "whip":
         cpu = cc.whip_cpu_cost if spec.transcode else cc.whip_bypass_transcoding_cpu_cost
     else:

@@ -20,9 +20,12 @@ from .spec import IngressLaunch
 LIVE_PROBE = {"analyzeduration": "500000", "probesize": "500000"}
 
 
-def input_source(launch: IngressLaunch, decode: bool = True) -> Source:
-    """The source node for the session's input (not yet added to a graph)."""
+def input_source(launch: IngressLaunch) -> Source:
+    """The source node for the session's input (not yet added to a graph). RTMP passthrough
+    (``spec.transcode`` off): its packets, undecoded (lkmedia.ingress.session passes the
+    video through and decodes the audio)."""
     spec = launch.spec
+    decode = spec.transcode
     if spec.input == "rtmp":
         if launch.relay_url:  # a job process: the service relays the publish over loopback HTTP
             return FileSource(launch.relay_url, decode=decode, name="rtmp",

@@ -18,13 +18,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from livekit.protocol import ingress as lki
 from livekit.protocol import models as lkm
 
 from ..core import Graph, GraphError, Source
 from ..nodes.convert import Fit
+from ..nodes.decode import Decoder
 from ..sinks.room import RoomSink
+from ..sinks.room_encoded import PASSTHROUGH_CODECS, PassthroughError
 from ..sources.file import FileSource
 from .presets import audio_publishing, video_plan
 from .state import S, buffering, ended, set_status
@@ -53,6 +56,34 @@ def input_states(src: FileSource) -> tuple[lki.InputVideoState | None, lki.Input
             audio = lki.InputAudioState(mime_type=mime, average_bitrate=rate, sample_rate=cc.sample_rate,
                                         channels=cc.layout.nb_channels if cc.layout is not None else 0)
     return video, audio
+
+
+def check_passthrough(src: FileSource) -> None:
+    """PassthroughError, in plain words, when the opened input's video cannot go into the
+    room as it is: a codec WebRTC does not carry here, or B-frames (frames sent out of
+    display order: x264's default and OBS's, which WebRTC has no way to reorder)."""
+    s = src.streams().get("video")
+    if s is None:
+        return
+    cc = s.codec_context
+    codec = cc.name if cc is not None else s.codec.name
+    if codec not in PASSTHROUGH_CODECS:
+        raise PassthroughError(f"the stream's video is {codec}, which passthrough cannot put into a room "
+                               f"(it takes {' or '.join(c.upper() for c in PASSTHROUGH_CODECS)}): publish H.264, "
+                               "or ask the operator to turn rtmp_passthrough off")
+    if cc is not None and cc.has_b_frames:
+        raise PassthroughError("the stream's H.264 has B-frames, which passthrough cannot put into a room: "
+                               "publish without them (OBS: x264 options bframes=0; ffmpeg: -bf 0), "
+                               "or ask the operator to turn rtmp_passthrough off")
+
+
+def passthrough_bitrate(src: FileSource) -> int:
+    """The encoder's bitrate cap the SDK is given for a passed-through track: the input's
+    own rate with headroom when the stream says it, else 8 Mbps (nothing is encoded here, so
+    this only bounds what the room is told to expect)."""
+    s = src.streams().get("video")
+    rate = int(s.bit_rate or 0) if s is not None else 0
+    return max(rate * 3 // 2, 2_000_000) if rate else 8_000_000
 
 
 class IngressSession:
@@ -111,20 +142,33 @@ class IngressSession:
         src = g.add(self.source)
         if isinstance(src, FileSource):
             src.open()
+            if not src.decode:
+                check_passthrough(src)
             v, a = input_states(src)
             if v is not None:
                 self.state.video.CopyFrom(v)
             if a is not None:
                 self.state.audio.CopyFrom(a)
         has_video, has_audio = "video" in src.outputs, "audio" in src.outputs
-        sink = RoomSink(self.ws_url, self._token, video=plan.publishing if has_video else None,
+        passthrough = isinstance(src, FileSource) and not src.decode
+        video = plan.publishing
+        if passthrough and has_video:
+            assert isinstance(src, FileSource)
+            video = replace(video, simulcast=False, max_bitrate=passthrough_bitrate(src))
+        sink = RoomSink(self.ws_url, self._token, video=video if has_video else None,
                         audio=audio if has_audio else None, on_published=self._published)
         g.add(sink)
         self.sink = sink
-        if has_video:
-            g.chain(src.out("video"), Fit(plan.width, plan.height), sink.inp("video"))
-        if has_audio:
-            g.link(src.out("audio"), sink.inp("audio"))
+        if passthrough:  # the publisher's video as it came; its audio decoded, for Opus
+            if has_video:
+                g.link(src.out("video"), sink.inp("video"))
+            if has_audio:
+                g.chain(src.out("audio"), Decoder(name="audio-decoder"), sink.inp("audio"))
+        else:
+            if has_video:
+                g.chain(src.out("video"), Fit(plan.width, plan.height), sink.inp("video"))
+            if has_audio:
+                g.link(src.out("audio"), sink.inp("audio"))
         self.graph = g
         return g
 

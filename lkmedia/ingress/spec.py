@@ -36,7 +36,7 @@ class IngressSpec:
     resource_id: str  # this session: RT_/WH_/UR_ + a guid
     input: str  # rtmp | whip | url
     info: lk.IngressInfo  # as livekit-server has it, without the stream key
-    transcode: bool  # enable_transcoding resolved (WHIP: off unless asked; others: always on)
+    transcode: bool  # WHIP: enable_transcoding resolved (off unless asked); RTMP: off with rtmp_passthrough
     url: str = ""  # URL input only (may hold credentials: show redact_url(url))
 
     @property

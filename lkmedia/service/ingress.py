@@ -125,6 +125,7 @@ class IngressService:
         state = states.buffering(resource_id)
         try:
             spec = spec_from_info(info, "rtmp", resource_id)
+            spec.transcode = not self.conf.rtmp_passthrough
             refusal = self.admit(spec) if self.admit is not None else None
             if refusal is not None:
                 raise refusal

@@ -140,6 +140,7 @@ class IngressCPUCost:
     whip_cpu_cost: float = _checked(0.0, _non_negative)
     whip_bypass_transcoding_cpu_cost: float = _checked(0.0, _non_negative)
     url_cpu_cost: float = _checked(0.0, _non_negative)
+    rtmp_passthrough_cpu_cost: float = _checked(0.0, _non_negative)  # lkmedia's: RTMP with rtmp_passthrough
     min_idle_ratio: float = _checked(0.0, _ratio)  # kept idle for the node's own work; 0 = 0.3
 
 
@@ -173,6 +174,9 @@ class IngressConfig:
     multicast_interface: str = ""
     # lkmedia's own keys
     rtmps: RTMPSConfig = field(default_factory=RTMPSConfig)
+    #: RTMP video into the room as the publisher encoded it (H.264 without B-frames; no
+    #: simulcast, audio still re-encoded to Opus); a stream that cannot pass ends ERROR saying why
+    rtmp_passthrough: bool = False
     # legacy and internal keys the Go ingress reads
     log_level: str = ""  # older README: use logging.level
     service_name: str = ""
@@ -188,7 +192,7 @@ class IngressConfig:
 
 
 _MIN_COST = (("rtmp_cpu_cost", 1.0, 2.0), ("whip_cpu_cost", 1.0, 2.0), ("url_cpu_cost", 1.0, 2.0),
-             ("whip_bypass_transcoding_cpu_cost", 0.05, 0.1))  # (key, Go's warning threshold, default)
+             ("whip_bypass_transcoding_cpu_cost", 0.05, 0.1), ("rtmp_passthrough_cpu_cost", 0.05, 0.2))  # (key, Go's warning threshold, default)
 
 
 def _apply_defaults(c: IngressConfig, d: _Decoder) -> None:
