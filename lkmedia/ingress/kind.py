@@ -46,6 +46,8 @@ class IngressKind:
         #: resource ID -> (URL, headers) of the relay an RTMP session's job reads (set by the
         #: service before the job starts; secrets: never logged)
         self.relays: dict[str, tuple[str, str]] = {}
+        #: resource ID -> the SDP offer a WHIP session's job answers (transcoding)
+        self.offers: dict[str, str] = {}
 
     # -- specs ---------------------------------------------------------------------------
     def job_id(self, spec: IngressSpec) -> str:
@@ -65,7 +67,8 @@ class IngressKind:
         if not relay_url and spec.resource_id in self.relays:
             relay_url, relay_headers = self.relays[spec.resource_id]
         c = self.conf
-        return IngressLaunch(spec, c.ws_url, ingress_token(c.api_key, c.api_secret, spec.info), relay_url, relay_headers)
+        return IngressLaunch(spec, c.ws_url, ingress_token(c.api_key, c.api_secret, spec.info), relay_url,
+                             relay_headers, whip_offer=self.offers.get(spec.resource_id, ""))
 
     def costs(self, spec: IngressSpec) -> Costs:
         return session_costs(self.conf, spec)

@@ -63,6 +63,7 @@ class IngressLaunch:
     relay_url: str = ""  # RTMP: where the service relays the publish (lkmedia.service.ingress_relay)
     relay_headers: str = field(default="", repr=False)  # its Authorization line
     flv_fd: int = -1  # RTMP in the service's own process: the read end of an FlvPipe
+    whip_offer: str = field(default="", repr=False)  # WHIP with transcoding: the client's SDP offer
 
 
 def new_resource_id(input_name: str) -> str:

@@ -139,6 +139,7 @@ class _Resource:
     session: IngressSession | None = None
     task: asyncio.Task[lki.IngressState] | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    end_remote: Callable[[], Awaitable[None]] | None = None  # a session run elsewhere (a job process)
 
 
 class WhipSessions:
@@ -148,10 +149,15 @@ class WhipSessions:
 
     def __init__(self, ws_url: str, api_key: str, api_secret: str,
                  lookup: Callable[[str], Awaitable[lki.IngressInfo]], *,
-                 on_state: Callable[[lki.IngressInfo, lki.IngressState], None] | None = None) -> None:
+                 on_state: Callable[[lki.IngressInfo, lki.IngressState], None] | None = None,
+                 transcoder: Callable[[_Resource, str], Awaitable[str]] | None = None) -> None:
+        """``transcoder(resource, offer)``: answers a transcoding offer with a session run
+        elsewhere (the service's job process; it sets ``resource.end_remote``); by default
+        the session runs here, in this process."""
         self.ws_url, self._api_key, self._api_secret = ws_url, api_key, api_secret
         self._lookup = lookup
         self.on_state = on_state
+        self._transcoder = transcoder
         self.resources: dict[str, _Resource] = {}
         self._http: aiohttp.ClientSession | None = None
 
@@ -169,7 +175,12 @@ class WhipSessions:
             raise WhipRefused(409, f"ingress {info.ingress_id} is already being published to")
         res = _Resource(info, info.state.resource_id or f"WH_{uuid.uuid4().hex[:12]}")  # the service's, if set
         transcode = info.enable_transcoding if info.HasField("enable_transcoding") else not info.bypass_transcoding
-        answer = await (self._transcode(res, offer) if transcode else self._proxy(res, offer))
+        if not transcode:
+            answer = await self._proxy(res, offer)
+        elif self._transcoder is not None:
+            answer = await self._transcoder(res, offer)
+        else:
+            answer = await self._transcode(res, offer)
         self.resources[res.resource_id] = res
         return WhipAnswer(answer, res.resource_id)
 
@@ -181,6 +192,8 @@ class WhipSessions:
 
     async def end(self, res: _Resource) -> None:
         """End a session and wait for its last state."""
+        if res.end_remote is not None:
+            await res.end_remote()
         if res.session is not None:
             await res.session.stop()
         if res.pc is not None:
@@ -230,25 +243,7 @@ class WhipSessions:
 
     # -- transcoding (aiortc) ---------------------------------------------------
     async def _transcode(self, res: _Resource, offer: str) -> str:
-        from aiortc import RTCPeerConnection, RTCSessionDescription
-
-        if not receivable(offer):
-            raise WhipRefused(400, "the offer has no audio or video codec lkmedia can receive "
-                                   f"(video: {', '.join(VIDEO_CODECS)}; audio: {', '.join(AUDIO_CODECS)})")
-        pc = RTCPeerConnection()
-        tracks: dict[str, Any] = {}
-        pc.on("track", lambda track: tracks.setdefault(track.kind, track))
-        try:
-            await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
-            answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)  # gathers every candidate: no trickle
-        except Exception as e:
-            await pc.close()
-            raise WhipRefused(400, f"the offer cannot be answered: {e}") from e
-        usable = {k: t for k, t in tracks.items() if _negotiated(pc, k)}
-        if not usable:
-            await pc.close()
-            raise WhipRefused(400, "the offer's media could not be negotiated")
+        pc, answer, usable = await answer_offer(offer)
         res.pc = pc
         res.session = IngressSession(res.info, RtcTrackSource(usable, name="whip"), self.ws_url,
                                      self._token(res.info), resource_id=res.resource_id,
@@ -260,7 +255,7 @@ class WhipSessions:
             if pc.connectionState in ("failed", "closed") and res.session is not None:
                 await res.session.stop()
 
-        return str(pc.localDescription.sdp)
+        return answer
 
     async def _run(self, res: _Resource) -> lki.IngressState:
         assert res.session is not None
@@ -275,6 +270,31 @@ class WhipSessions:
     def _state(self, res: _Resource, state: lki.IngressState) -> None:
         if self.on_state is not None:
             self.on_state(res.info, state)
+
+
+async def answer_offer(offer: str) -> tuple[Any, str, dict[str, Any]]:
+    """aiortc's answer to a WHIP offer (every candidate gathered: no trickle): the peer
+    connection, the answer SDP and the remote tracks it will receive, by kind. WhipRefused
+    (400, in plain words) for an offer with nothing lkmedia can receive."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    if not receivable(offer):
+        raise WhipRefused(400, "the offer has no audio or video codec lkmedia can receive "
+                               f"(video: {', '.join(VIDEO_CODECS)}; audio: {', '.join(AUDIO_CODECS)})")
+    pc = RTCPeerConnection()
+    tracks: dict[str, Any] = {}
+    pc.on("track", lambda track: tracks.setdefault(track.kind, track))
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+    except Exception as e:
+        await pc.close()
+        raise WhipRefused(400, f"the offer cannot be answered: {e}") from e
+    usable = {k: t for k, t in tracks.items() if _negotiated(pc, k)}
+    if not usable:
+        await pc.close()
+        raise WhipRefused(400, "the offer's media could not be negotiated")
+    return pc, str(pc.localDescription.sdp), usable
 
 
 def udp_first(sdp: str) -> str:

@@ -18,6 +18,7 @@ alone. A job process that dies ends its ingress ERROR with the reason; the servi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from ..ingress.admission import IngressAdmission
 from ..ingress.errors import IngressError, no_capacity
 from ..ingress.kind import IngressKind
 from ..ingress.spec import IngressSpec, spec_from_info
+from ..ingress.whip import WhipRefused
 from ..rpc import RedisBus, RequestContext, RpcError
 from ..rpc.egress import IOInfoClient
 from ..rpc.ingress import IngressHandlerServer, IngressInternalServer
@@ -86,7 +88,8 @@ class IngressNode:
         self.front = IngressService(conf, self._run_rtmp, admit=self._admit, host=host, bus=self.bus, io=self.io)
         self.whip = (WhipFrontDoor(conf, self.bus, self.io, admit=self._admit, available=self.can_accept,
                                    started=lambda _id: self.metrics.request_started("whip:bypass"),
-                                   ended=lambda _id: self.metrics.request_ended("whip:bypass"), host=host)
+                                   ended=lambda _id: self.metrics.request_ended("whip:bypass"), host=host,
+                                   transcode=self._run_whip, stop_transcode=self._stop_whip)
                      if conf.whip_port > 0 else None)
         self.internal = IngressInternalServer(self.bus, start_ingress=self._start_ingress, affinity=self._affinity,
                                               list_sessions=self._sessions)
@@ -198,6 +201,39 @@ class IngressNode:
             self.kind.relays.pop(spec.resource_id, None)
             self.flv_relay.withdraw(spec.resource_id)
 
+    # -- WHIP with transcoding: an offer the front door admitted ----------------------------------
+    async def _run_whip(self, spec: IngressSpec, info: lk.IngressInfo, offer: str) -> tuple[str, asyncio.Event]:
+        """Start the session's job, which answers ``offer`` with aiortc; the answer, and the
+        event set once the job has ended."""
+        self.kind.offers[spec.resource_id] = offer
+        try:
+            ended = await self._launch(spec, info)
+            sup = self.worker.jobs.get(spec.ingress_id)
+            try:
+                reply = await self.worker.ask(spec.ingress_id, "answer", {})
+            except JobError as e:  # the offer refused (the job ends ERROR with why), or the job died
+                if e.code != "invalid_argument" and sup is not None:  # ended before it was asked: its last state
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(ended.wait(), 5)
+                    final = sup.info
+                    assert isinstance(final, lk.IngressInfo)
+                    if final.state.status == states.S.ENDPOINT_ERROR and final.state.error:
+                        raise WhipRefused(400, final.state.error) from None
+                raise WhipRefused(400 if e.code == "invalid_argument" else 503, str(e)) from None
+            return str(reply.get("sdp", "")), ended
+        finally:
+            self.kind.offers.pop(spec.resource_id, None)
+
+    async def _stop_whip(self, ingress_id: str) -> None:
+        """The client's DELETE (or the service closing): the session ends INACTIVE."""
+        ended = self._ended.get(ingress_id)
+        try:
+            await self.worker.stop(ingress_id, "the WHIP client ended the session")
+        except JobError:
+            pass  # ended already
+        if ended is not None:
+            await ended.wait()
+
     # -- URL pull: IngressInternal ---------------------------------------------------------------
     def _url_spec(self, req: StartIngressRequest) -> IngressSpec:
         info = ingress_info_of(req)
@@ -231,7 +267,7 @@ class IngressNode:
     def _sessions(self) -> list[tuple[str, str]]:
         return [(jid, sup.spec.resource_id) for jid, sup in self.worker.jobs.items()]
 
-    async def _end_url(self, ingress_id: str, reason: str) -> lk.IngressState:
+    async def _end_job(self, ingress_id: str, reason: str) -> lk.IngressState:
         sup = self.worker.jobs.get(ingress_id)
         if sup is None:
             raise RpcError("not_found", "ingress not found")
@@ -242,13 +278,13 @@ class IngressNode:
         except JobError as e:
             raise RpcError(e.code, str(e)) from None
         assert isinstance(info, lk.IngressInfo)
-        return states.ended(info.state, reusable=False)
+        return states.ended(info.state, reusable=sup.spec.reusable)
 
     async def _on_update(self, req: lk.UpdateIngressRequest, _ctx: RequestContext) -> lk.IngressState:
-        return await self._end_url(req.ingress_id, "UpdateIngress")
+        return await self._end_job(req.ingress_id, "UpdateIngress")
 
     async def _on_delete(self, req: lk.DeleteIngressRequest, _ctx: RequestContext) -> lk.IngressState:
-        return await self._end_url(req.ingress_id, "DeleteIngress")
+        return await self._end_job(req.ingress_id, "DeleteIngress")
 
     # -- the worker's hooks ------------------------------------------------------------------------
     @property

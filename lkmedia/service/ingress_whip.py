@@ -10,14 +10,17 @@ INACTIVE when the client DELETEs its resource, DeleteIngress / UpdateIngress arr
 ingress's IngressHandler topic, or the service stops. States change by lkmedia.ingress.state
 and are stored in the order they were set.
 
-WHIP with transcoding (a job process holding the WebRTC connection) is not served yet: such
-an offer is refused (501) and the refusal stored as ENDPOINT_ERROR.
+WHIP with transcoding runs in a job process of its own (``transcode``, from the service:
+lkmedia.service.ingress_node), as RTMP sessions do: after admission and BUFFERING, the job
+answers the offer with aiortc, decodes and publishes; its states are stored by the service as
+RTMP's are; the client's DELETE stops the job (``stop_transcode``). Without ``transcode``
+such an offer is refused (501) and the refusal stored as ENDPOINT_ERROR.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from livekit.protocol import ingress as lk
@@ -25,7 +28,7 @@ from livekit.protocol import ingress as lk
 from ..ingress import state as states
 from ..ingress.errors import IngressError, already_live
 from ..ingress.spec import IngressSpec, new_resource_id, spec_from_info
-from ..ingress.whip import WhipAnswer, WhipRefused, WhipServer, WhipSessions
+from ..ingress.whip import WhipAnswer, WhipRefused, WhipServer, WhipSessions, _Resource
 from ..redact import redact_key
 from ..rpc import RedisBus, RequestContext, RpcError
 from ..rpc.egress import IOInfoClient
@@ -36,16 +39,23 @@ from .ingress_config import IngressConfig
 log = logging.getLogger("lkmedia.ingress")
 GET_INFO_TIMEOUT = 3.0
 _STATUS = {"invalid_argument": 400, "failed_precondition": 403, "already_exists": 409, "resource_exhausted": 503}
+#: (spec, its IngressInfo with the BUFFERING state stored, the offer) -> (the SDP answer, set when it has ended)
+Transcode = Callable[[IngressSpec, lk.IngressInfo, str], Awaitable[tuple[str, asyncio.Event]]]
 
 
 class WhipFrontDoor:
     def __init__(self, conf: IngressConfig, bus: RedisBus, io: IOInfoClient, *,
                  admit: Callable[[IngressSpec], IngressError | None], available: Callable[[], bool],
-                 started: Callable[[str], None], ended: Callable[[str], None], host: str = "0.0.0.0") -> None:
+                 started: Callable[[str], None], ended: Callable[[str], None], host: str = "0.0.0.0",
+                 transcode: Transcode | None = None,
+                 stop_transcode: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.conf, self.bus, self.io = conf, bus, io
         self._admit, self._started, self._ended = admit, started, ended
+        self._run_transcode, self._stop_transcode = transcode, stop_transcode
         self.sessions = WhipSessions(conf.ws_url, conf.api_key, conf.api_secret, self._lookup,
-                                     on_state=self._on_state)
+                                     on_state=self._on_state,
+                                     transcoder=self._transcode if transcode is not None else None)
+        self._pending: dict[str, tuple[IngressSpec, lk.IngressState]] = {}  # transcoding, by ingress ID
         self.server = WhipServer(conf.whip_port, self._publish, self.sessions.delete, host=host,
                                  available=available)
         self.live: dict[str, lk.IngressState] = {}  # by ingress ID: the state last set
@@ -76,6 +86,9 @@ class WhipFrontDoor:
             return answer
         except Exception as e:  # after the lookup: the session that began ends ERROR with the reason
             ingress_id = self._offering.get(stream_key, "")
+            pending = self._pending.pop(ingress_id, None)
+            if pending is not None:  # refused before its job was launched
+                await self._store(ingress_id, states.ended(pending[1], True, str(e) or type(e).__name__))
             state = self.live.get(ingress_id)
             if state is not None:
                 self.live[ingress_id] = end = states.ended(state, True, str(e) or type(e).__name__)
@@ -102,8 +115,8 @@ class WhipFrontDoor:
         state = states.buffering(resource_id)
         try:
             spec = spec_from_info(info, "whip", resource_id)
-            if spec.transcode:
-                raise IngressError("WHIP with transcoding is not served by lkmedia ingress yet", "unimplemented")
+            if spec.transcode and self._run_transcode is None:
+                raise IngressError("WHIP with transcoding is not served by this lkmedia ingress", "unimplemented")
             refusal = self._admit(spec)
             if refusal is not None:
                 raise refusal
@@ -111,6 +124,13 @@ class WhipFrontDoor:
             states.set_status(state, states.S.ENDPOINT_ERROR, str(e))
             await self._store(info.ingress_id, state)
             raise WhipRefused(501 if e.code == "unimplemented" else _STATUS.get(e.code, 400), str(e)) from None
+        if spec.transcode:  # a job process answers (_transcode); the service stores its states
+            self._pending[info.ingress_id] = (spec, state)
+            self._offering[stream_key] = info.ingress_id
+            await self._store(info.ingress_id, state)
+            out = lk.IngressInfo.FromString(info.SerializeToString())
+            out.state.CopyFrom(state)
+            return out
         self.live[info.ingress_id] = state
         self._offering[stream_key] = info.ingress_id
         handler = IngressHandlerServer(self.bus, info.ingress_id, update=self._on_end_rpc, delete=self._on_end_rpc)
@@ -121,6 +141,29 @@ class WhipFrontDoor:
         out = lk.IngressInfo.FromString(info.SerializeToString())
         out.state.CopyFrom(state)
         return out  # (it keeps its stream key: the client's DELETE names it)
+
+    async def _transcode(self, res: _Resource, offer: str) -> str:
+        """WHIP with transcoding: the session's job process answers the offer."""
+        assert self._run_transcode is not None and self._stop_transcode is not None
+        spec, state = self._pending.pop(res.info.ingress_id)
+        info = lk.IngressInfo.FromString(spec.info.SerializeToString())
+        info.state.CopyFrom(state)
+        try:
+            answer, ended = await self._run_transcode(spec, info, offer)
+        except IngressError as e:  # not launched (no capacity, draining): nothing else stores it
+            states.set_status(state, states.S.ENDPOINT_ERROR, str(e))
+            await self._store(info.ingress_id, state)
+            raise WhipRefused(_STATUS.get(e.code, 503), str(e)) from None
+        stop = self._stop_transcode
+        res.end_remote = lambda: stop(spec.ingress_id)
+        self._spawn(self._forget(res, ended))
+        return answer
+
+    async def _forget(self, res: _Resource, ended: asyncio.Event) -> None:
+        """A transcoding session's resource goes once its job has ended (for any reason)."""
+        await ended.wait()
+        res.ended.set()
+        self.sessions.resources.pop(res.resource_id, None)
 
     async def _watch_sfu(self, ingress_id: str, resource_id: str) -> None:
         """livekit-server tells (WHIPRTCConnectionNotify on the participant's ID) when the

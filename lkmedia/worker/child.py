@@ -76,13 +76,14 @@ async def _commands(chan: Channel, job: Job | None) -> None:
         try:
             if job is None:
                 raise JobError("the job is being recovered", "unavailable")
+            result: dict[str, Any] | None = None
             if isinstance(msg, Stop):
                 await job.stop(msg.reason)
             elif isinstance(msg, Kill):
                 await job.kill(msg.error)
             else:
-                await job.request(msg.op, msg.args)
-            await chan.send(Reply(msg.id))
+                result = await job.request(msg.op, msg.args)
+            await chan.send(Reply(msg.id, result=result or {}))
         except JobError as e:
             await chan.send(Reply(msg.id, error=str(e), code=e.code))
 

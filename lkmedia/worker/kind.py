@@ -51,8 +51,9 @@ class Job(Protocol):
 
     async def kill(self, error: str) -> None: ...
 
-    async def request(self, op: str, args: dict[str, Any]) -> None:
-        """A kind's own control call (UpdateStream); raises JobError to refuse it."""
+    async def request(self, op: str, args: dict[str, Any]) -> dict[str, Any] | None:
+        """A kind's own control call (UpdateStream, a WHIP session's SDP answer); its answer
+        (JSON values) or None; raises JobError to refuse it."""
         ...
 
 

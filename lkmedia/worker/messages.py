@@ -78,6 +78,7 @@ class Reply:
     id: int
     error: str = ""
     code: str = ""
+    result: dict[str, Any] = field(default_factory=dict)  # a Request's answer (JSON values)
 
 
 @dataclass

@@ -212,7 +212,7 @@ class Supervisor:
                 await proc.send(Ping(seq))
 
     # -- control ------------------------------------------------------------------------
-    async def _call(self, make: Callable[[int], Stop | Kill | Request]) -> None:
+    async def _call(self, make: Callable[[int], Stop | Kill | Request]) -> Reply:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 await self._ready.wait()
@@ -238,6 +238,7 @@ class Supervisor:
             self._replies.pop(rid, None)
         if reply.error:
             raise JobError(reply.error, reply.code or "internal")
+        return reply
 
     async def stop(self, reason: str) -> Message:
         """Drain: the job ends once every output is finalised. Returns its Info now. A job
@@ -256,6 +257,10 @@ class Supervisor:
         """A kind's own call (UpdateStream); JobError when the job refuses it."""
         await self._call(lambda rid: Request(rid, op, args))
         return self.info
+
+    async def ask(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A kind's own call whose answer is wanted (a WHIP session's SDP answer)."""
+        return (await self._call(lambda rid: Request(rid, op, args))).result
 
     def kill(self, error: str, result: str, timeout: float) -> None:
         """End FAILED with ``error``, outputs finalised; a job that does not answer within

@@ -244,6 +244,13 @@ class Worker:
             raise JobError(f"the {self.kind.name} is queued: call again once it is active", "failed_precondition")
         raise JobError(f"{self.kind.name} not found", "not_found")
 
+    async def ask(self, job_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """``request``, for the job's answer."""
+        sup = self.jobs.get(job_id)
+        if sup is None:
+            raise JobError(f"{self.kind.name} not found", "not_found")
+        return await sup.ask(op, args)
+
     def running_ids(self) -> list[str]:
         return list(self.jobs)
 

@@ -23,6 +23,7 @@ from livekit.protocol import models as lkm
 from lkmedia.dev.stack import DevStack
 from lkmedia.ingress.whip import WhipRefused, WhipServer, WhipSessions
 from lkmedia.testing.rooms import SeenParticipant, wait_tracks, watch_tracks
+from lkmedia.testing.whip import OFFER_NOTHING_USABLE
 
 IS = lki.IngressState.Status
 KEY = "whipkey123"
@@ -157,22 +158,6 @@ async def test_with_transcoding_aiortc_decodes_and_the_session_publishes_simulca
     assert r.states[-1].error == "" and r.states[-1].resource_id.startswith("WH_")
 
 
-OFFER_NOTHING_USABLE = """v=0
-o=- 1 1 IN IP4 127.0.0.1
-s=-
-t=0 0
-a=group:BUNDLE 0
-m=video 9 UDP/TLS/RTP/SAVPF 100
-c=IN IP4 0.0.0.0
-a=mid:0
-a=sendonly
-a=rtcp-mux
-a=ice-ufrag:abcd
-a=ice-pwd:abcdefghijklmnopqrstuvwx
-a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF
-a=setup:actpass
-a=rtpmap:100 H265/90000
-"""
 
 
 async def test_bad_requests_are_refused_in_plain_words_and_the_server_goes_on(livekit_stack: DevStack,
