@@ -3,7 +3,9 @@
     POST   /{app}/{stream_key}  or  /{app} with "Authorization: Bearer <stream_key>"
            (Content-Type application/sdp) -> 201, the SDP answer, Location /{app}/{key}/{resource}
     DELETE /{app}/{stream_key}/{resource_id} -> the session ends
-    PATCH  -> 422: no trickle ICE, and no ICE restart (aiortc cannot restart ICE)
+    PATCH  /{app}/{stream_key}/{resource_id} -> without transcoding, to livekit-server's own
+           WHIP resource (trickle ICE, and ICE restart with If-Match: *); with transcoding 422
+           (aiortc cannot restart ICE)
     OPTIONS (CORS), GET /health, GET /availability
 
 ``WhipSessions`` serves them for ingresses looked up by stream key:
@@ -57,6 +59,17 @@ class WhipRefused(LkmediaError):
 class WhipAnswer:
     sdp: str
     resource_id: str
+    etag: str = ""  # the ICE session's tag, for PATCH (livekit-server's in proxy mode)
+
+
+@dataclass
+class WhipPatched:
+    status: int
+    body: str = ""
+    etag: str = ""
+
+
+SDPFRAG = "application/trickle-ice-sdpfrag"
 
 
 class WhipServer:
@@ -64,8 +77,10 @@ class WhipServer:
 
     def __init__(self, port: int, publish: Callable[[str, str, str], Awaitable[WhipAnswer]],
                  delete: Callable[[str, str], Awaitable[None]], *, host: str | None = None,
-                 available: Callable[[], bool] = lambda: True) -> None:
-        self._publish, self._delete, self._available = publish, delete, available
+                 available: Callable[[], bool] = lambda: True,
+                 patch: Callable[[str, str, str, str, str], Awaitable[WhipPatched]] | None = None) -> None:
+        """``patch(stream_key, resource_id, if_match, content_type, fragment)``: PATCH; 422 without it."""
+        self._publish, self._delete, self._available, self._patch = publish, delete, available, patch
         self.endpoint = HttpEndpoint(port, self._handle, host=host, name="whip")
 
     @property
@@ -111,11 +126,21 @@ class WhipServer:
             offer = await req.text()
             ans = await self._publish(app, key, offer)
             headers = {**CORS, "Location": f"/{app}/{key}/{ans.resource_id}",
-                       "ETag": f'"{zlib.crc32(offer.encode()):08x}"'}
+                       "ETag": ans.etag or f'"{zlib.crc32(offer.encode()):08x}"'}
             return web.Response(status=201, body=ans.sdp.encode(), content_type=SDP, headers=headers)
         if req.method == "DELETE" and key is not None and resource is not None:
             await self._delete(key, resource)
             return web.Response(status=200, headers=CORS)
+        if req.method == "PATCH" and key is not None and resource is not None and self._patch is not None:
+            if req.content_type != SDPFRAG:
+                raise WhipRefused(415, f"a PATCH must be sent as {SDPFRAG}, not {req.content_type or 'nothing'}")
+            if_match = req.headers.get("If-Match", "")
+            if not if_match:
+                raise WhipRefused(428, "a PATCH needs If-Match: '*' for an ICE restart, or the ETag for trickle")
+            out = await self._patch(key, resource, if_match, req.content_type, await req.text())
+            return web.Response(status=out.status, body=out.body.encode() if out.body else None,
+                                headers={**CORS, **({"ETag": out.etag} if out.etag else {}),
+                                         **({"Content-Type": SDPFRAG} if out.body else {})})
         if req.method == "PATCH":
             raise WhipRefused(422, "trickle ICE and ICE restart are not supported: send the whole offer again")
         raise WhipRefused(405, f"{req.method} is not a WHIP method for this path")
@@ -134,12 +159,13 @@ def _safe_path(path: str) -> str:
 class _Resource:
     info: lki.IngressInfo
     resource_id: str
-    sfu_location: str = ""  # proxy mode: the SFU's resource, DELETEd at the end
+    sfu_location: str = ""  # proxy mode: the SFU's resource, DELETEd at the end (and PATCHed)
     pc: Any = None  # transcoding: the aiortc peer connection
     session: IngressSession | None = None
     task: asyncio.Task[lki.IngressState] | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     end_remote: Callable[[], Awaitable[None]] | None = None  # a session run elsewhere (a job process)
+    etag: str = ""  # proxy mode: the SFU's ICE session tag
 
 
 class WhipSessions:
@@ -182,7 +208,31 @@ class WhipSessions:
         else:
             answer = await self._transcode(res, offer)
         self.resources[res.resource_id] = res
-        return WhipAnswer(answer, res.resource_id)
+        return WhipAnswer(answer, res.resource_id, res.etag)
+
+    async def patch(self, stream_key: str, resource_id: str, if_match: str, content_type: str,
+                    fragment: str) -> WhipPatched:
+        """PATCH (RFC 9725 trickle ICE / ICE restart): proxied sessions to livekit-server's own
+        resource; transcoding sessions cannot (aiortc restarts no ICE): 422."""
+        res = self.resources.get(resource_id)
+        if res is None or res.info.stream_key != stream_key:
+            raise WhipRefused(404, "no such WHIP session")
+        if not res.sfu_location:
+            raise WhipRefused(422, "ICE restart and trickle ICE are not supported for a transcoding WHIP session "
+                                   "(aiortc cannot restart ICE): send a new offer")
+        headers = {"Authorization": f"Bearer {self._token(res.info)}", "Content-Type": content_type,
+                   "If-Match": if_match}
+        try:
+            async with self._client().patch(self._sfu_url(res.sfu_location), data=fragment.encode(),
+                                            headers=headers) as r:
+                body = await r.text()
+                if r.status >= 300:
+                    raise WhipRefused(r.status if r.status < 500 else 502,
+                                      f"livekit-server refused the PATCH ({r.status}): {body.strip()[:200]}")
+                res.etag = r.headers.get("ETag", res.etag)
+                return WhipPatched(r.status, body, r.headers.get("ETag", ""))
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise WhipRefused(502, f"livekit-server's WHIP endpoint cannot be reached: {e or 'timed out'}") from e
 
     async def delete(self, stream_key: str, resource_id: str) -> None:
         res = self.resources.get(resource_id)
@@ -236,6 +286,7 @@ class WhipSessions:
                     raise WhipRefused(502 if r.status >= 500 else r.status,
                                       f"livekit-server refused the offer ({r.status}): {body.strip()[:200]}")
                 res.sfu_location = r.headers.get("Location", "")
+                res.etag = r.headers.get("ETag", "")
         except (aiohttp.ClientError, TimeoutError) as e:
             raise WhipRefused(502, f"livekit-server's WHIP endpoint cannot be reached: {e or 'timed out'}") from e
         self._state(res, lki.IngressState(status=lki.IngressState.ENDPOINT_PUBLISHING, resource_id=res.resource_id))

@@ -57,7 +57,7 @@ class WhipFrontDoor:
                                      transcoder=self._transcode if transcode is not None else None)
         self._pending: dict[str, tuple[IngressSpec, lk.IngressState]] = {}  # transcoding, by ingress ID
         self.server = WhipServer(conf.whip_port, self._publish, self.sessions.delete, host=host,
-                                 available=available)
+                                 available=available, patch=self.sessions.patch)
         self.live: dict[str, lk.IngressState] = {}  # by ingress ID: the state last set
         self._handlers: dict[str, IngressHandlerServer] = {}
         self._lock = asyncio.Lock()  # states are stored one at a time, in the order they were set

@@ -460,6 +460,13 @@ async def test_whip_with_transcoding_runs_in_its_own_job_process(node: Node, lka
         audio = next(t for t in p.tracks if t.kind == "audio")
         assert video.mime_type.lower() == "video/h264" and video.simulcast, p
         assert audio.mime_type.lower() == "audio/opus", p
+        # no ICE restart for a transcoding session (aiortc has none): 422 in plain words
+        live = await _state(lkapi, info.ingress_id)
+        req = urllib.request.Request(f"{info.url}/{info.stream_key}/{live.resource_id}", data=b"a=ice-ufrag:x\r\n",
+                                     headers={"Content-Type": "application/trickle-ice-sdpfrag", "If-Match": "*"},
+                                     method="PATCH")
+        status, text = await asyncio.to_thread(_send, req)
+        assert status == 422 and "aiortc cannot restart ICE" in text, (status, text)
         # one more process than before: the session's (the worker's spare became it, and a new spare came)
         deadline = time.monotonic() + 5
         while len(node.job_pids()) <= len(before) and time.monotonic() < deadline:

@@ -27,6 +27,9 @@ from lkmedia.testing.whip import OFFER_NOTHING_USABLE
 
 IS = lki.IngressState.Status
 KEY = "whipkey123"
+RESTART = "a=ice-ufrag:Rst1\r\na=ice-pwd:restartrestartrestartrest\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n"
+TRICKLE = "a=ice-ufrag:Trk1\r\na=ice-pwd:tricklettricklettrickle\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n" \
+          "a=candidate:1 1 udp 2130706431 127.0.0.1 9999 typ host\r\n"
 
 
 class Rig:
@@ -37,7 +40,8 @@ class Rig:
         self.states: list[lki.IngressState] = []
         self.sessions = WhipSessions(stack.url, stack.api_key, stack.api_secret, self.lookup,
                                      on_state=lambda _info, s: self.states.append(s))
-        self.server = WhipServer(0, self.sessions.publish, self.sessions.delete, host="127.0.0.1")
+        self.server = WhipServer(0, self.sessions.publish, self.sessions.delete, host="127.0.0.1",
+                                 patch=self.sessions.patch)
 
     async def lookup(self, key: str) -> lki.IngressInfo:
         if key != KEY:
@@ -130,6 +134,21 @@ async def test_without_transcoding_the_offer_goes_to_livekit_servers_own_whip(li
             assert p.kind == lkm.ParticipantInfo.Kind.INGRESS
             assert sorted(t.mime_type.lower() for t in p.tracks) == ["audio/opus", "video/h264"]
             assert not next(t for t in p.tracks if t.kind == "video").simulcast  # the client's own
+            # PATCH goes to livekit-server's own resource: trickle ICE (If-Match: the ETag) with
+            # credentials that are not the client's is refused there, in its words; an ICE restart
+            # (If-Match: *) is answered with the SFU's new ufrag/pwd and ETag
+            (res,) = r.sessions.resources.values()
+            assert res.etag
+            async with aiohttp.ClientSession() as http:
+                frag = {"Content-Type": "application/trickle-ice-sdpfrag"}
+                url = f"{r.url}/{KEY}/{res.resource_id}"
+                async with http.patch(url, data=TRICKLE, headers={**frag, "If-Match": res.etag}) as resp:
+                    text = await resp.text()
+                    assert resp.status == 400 and "ice credential mismatch" in text, (resp.status, text)
+                async with http.patch(url, data=RESTART, headers={**frag, "If-Match": "*"}) as resp:
+                    body = await resp.text()
+                    assert resp.status == 200 and "a=ice-ufrag:" in body and "a=ice-pwd:" in body, (resp.status, body)
+                    assert resp.headers.get("ETag") and resp.content_type == "application/trickle-ice-sdpfrag"
             _, err = await asyncio.wait_for(client.communicate(), 30)
             assert client.returncode == 0, err.decode()
         left = await _gone(lkapi, room_name)
@@ -174,8 +193,11 @@ async def test_bad_requests_are_refused_in_plain_words_and_the_server_goes_on(li
             async with http.post(url, data=body, headers=headers) as resp:
                 text = await resp.text()
                 assert (resp.status, words in text) == (status, True), (url, resp.status, text)
-        async with http.patch(f"{r.url}/{KEY}/WH_x", data="a=ice-ufrag:x") as resp:
-            assert resp.status == 422
+        frag = {"Content-Type": "application/trickle-ice-sdpfrag", "If-Match": "*"}
+        async with http.patch(f"{r.url}/{KEY}/WH_x", data=RESTART, headers=frag) as resp:
+            assert resp.status == 404, resp.status  # no such session
+        async with http.patch(f"{r.url}/{KEY}/WH_x", data=RESTART) as resp:
+            assert resp.status == 415, resp.status  # not an sdpfrag
         async with http.get(f"http://127.0.0.1:{r.server.port}/health") as resp:
             assert resp.status == 200
         assert not r.sessions.resources
