@@ -346,6 +346,13 @@ def bench_room_publish(ctx: Ctx) -> list[Row]:
     return run_room_publish(ctx, Row)
 
 
+# -- 11. RTMP into a room through the ingress service (bench/ingress.py) ------------------
+def bench_ingress(ctx: Ctx) -> list[Row]:
+    from bench.ingress import bench_ingress as run_ingress
+
+    return run_ingress(ctx, Row)
+
+
 #: name -> (benchmark, lkmedia modules it needs; missing ones make it "skipped").
 BENCHMARKS: dict[str, tuple[Callable[[Ctx], list[Row]], tuple[str, ...]]] = {
     "transcode": (bench_transcode, ("lkmedia.sources.file", "lkmedia.sinks.file")),
@@ -358,6 +365,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Ctx], list[Row]], tuple[str, ...]]] = {
     "room-composite": (bench_room_composite, ("lkmedia.service.egress", "lkmedia.dev.lk")),
     "chrome": (bench_chrome, ("lkmedia.service.egress", "lkmedia.dev.lk", "lkmedia.chrome.session", "playwright")),
     "room-publish": (bench_room_publish, ("lkmedia.sinks.room", "lkmedia.dev.stack")),
+    "ingress": (bench_ingress, ("lkmedia.service.ingress_node", "lkmedia.dev.stack")),
 }
 
 

@@ -14,10 +14,11 @@ from ..sources.flv import FlvSource
 from .session import url_source
 from .spec import IngressLaunch
 
-#: A live input arrives in real time: FFmpeg's default probing (up to 5 s of media) would
-#: hold the session that long before it publishes. Half a second finds both streams of an
-#: RTMP publish (its first tags are the codec headers).
-LIVE_PROBE = {"analyzeduration": "500000", "probesize": "500000"}
+#: A live input arrives in real time: what FFmpeg probes before the first frame comes out
+#: is latency the session keeps for its whole life (bench/ingress.py: 0.5 s of probing gave
+#: 0.74 s glass to glass, 0.1 s gives 0.36 s). An RTMP publish's first tags are the codec
+#: headers, so 0.1 s finds both streams.
+LIVE_PROBE = {"analyzeduration": "100000", "probesize": "500000"}
 
 
 def input_source(launch: IngressLaunch) -> Source:
