@@ -36,7 +36,7 @@ from .room_encoded import PASSTHROUGH_CODECS, EncodedVideo
 
 log = logging.getLogger("lkmedia.sinks.room")
 
-AUDIO_CHUNK_MS = 10  # what libwebrtc takes from an AudioSource at a time
+AUDIO_CHUNK_MS = 10  # what libwebrtc takes from an AudioSource at a time (direct capture: exactly 10 ms)
 CODECS = {"h264": rtc.VideoCodec.H264, "vp8": rtc.VideoCodec.VP8, "vp9": rtc.VideoCodec.VP9,
           "av1": rtc.VideoCodec.AV1}
 
@@ -84,15 +84,14 @@ def to_rtc_video(frame: av.VideoFrame) -> rtc.VideoFrame:
         frame = frame.reformat(format="yuv420p")
     w, h = frame.width, frame.height
     cw, ch = (w + 1) // 2, (h + 1) // 2
-    buf = bytearray(w * h + 2 * cw * ch)
-    out = np.frombuffer(buf, np.uint8)
+    out = np.empty(w * h + 2 * cw * ch, np.uint8)  # (every byte is written below: no zero fill)
     off = 0
     for i, (pw, ph) in enumerate(((w, h), (cw, ch), (cw, ch))):
         plane = frame.planes[i]
         src = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:ph, :pw]  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
         out[off : off + pw * ph].reshape(ph, pw)[:] = src
         off += pw * ph
-    return rtc.VideoFrame(w, h, rtc.VideoBufferType.I420, buf)
+    return rtc.VideoFrame(w, h, rtc.VideoBufferType.I420, out.data)
 
 
 def to_rtc_audio(frame: av.AudioFrame) -> rtc.AudioFrame:
