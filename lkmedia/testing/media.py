@@ -1,4 +1,5 @@
-"""Test clips made with the ffmpeg CLI: H.264 + AAC from lavfi's test pattern and a sine."""
+"""Test clips: H.264 + AAC from lavfi's test pattern and a sine (the ffmpeg CLI), and the
+flash/beep clip whose A/V offset lkmedia.probe measures (lkmedia's own graph)."""
 from __future__ import annotations
 
 import subprocess
@@ -16,4 +17,27 @@ def av_clip(path: str | Path, seconds: float, *, size: str = "320x240", rate: in
             "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(gop or rate),
             "-c:a", "aac", "-ac", str(channels), *extra, str(path)]
     subprocess.run(args, check=True, timeout=120)
+    return Path(path)
+
+
+def flash_beep_clip(path: str | Path, seconds: float, *, width: int = 1280, height: int = 720, fps: int = 30) -> Path:
+    """``seconds`` of SyntheticSource's flash/beep A/V: H.264 (libx264, no B-frames, a key
+    frame a second) and AAC, into ``path`` (.mp4, .flv, ...)."""
+    import asyncio
+
+    from ..core import Graph
+    from ..nodes.encode import AudioEncoder, VideoEncoder
+    from ..sinks.file import FileSink
+    from ..sources.synthetic import SyntheticSource
+
+    async def make() -> None:
+        g = Graph()
+        src = g.add(SyntheticSource(width=width, height=height, fps=fps, duration=seconds))
+        sink = g.add(FileSink(path))
+        g.chain(src.out("video"), VideoEncoder("libx264", width=width, height=height, fps=fps, bitrate=2_000_000,
+                                               keyframe_interval=1, profile="baseline"), sink)
+        g.chain(src.out("audio"), AudioEncoder("aac", bitrate=128_000), sink)
+        await g.run()
+
+    asyncio.run(make())
     return Path(path)

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from livekit import api
 from livekit.protocol import egress as lk
@@ -88,3 +89,41 @@ async def watch_tracks(url: str, api_key: str, api_secret: str, room: str, ident
             await asyncio.sleep(0.1)
     finally:
         await r.disconnect()
+
+
+async def sizes_per_quality(url: str, token: str, sid: str) -> dict[str, tuple[int, int]]:
+    """A livekit.rtc subscriber (``token``: its join token) asks for each simulcast layer
+    in turn and reports the size of the frames it then decodes."""
+    from livekit import rtc
+
+    room_ = rtc.Room()
+    await room_.connect(url, token, rtc.RoomOptions(auto_subscribe=False))
+    try:
+        pub = next(pb for rp in room_.remote_participants.values() for s, pb in rp.track_publications.items()
+                   if s == sid)
+        got: asyncio.Future[rtc.Track] = asyncio.get_running_loop().create_future()
+
+        def subscribed(track: rtc.Track, *_: Any) -> None:
+            if not got.done():
+                got.set_result(track)
+
+        room_.on("track_subscribed", subscribed)
+        pub.set_subscribed(True)
+        track = await asyncio.wait_for(got, 10)
+        stream = rtc.VideoStream(track)
+        out: dict[str, tuple[int, int]] = {}
+        try:
+            for name, q, want in (("LOW", rtc.VideoQuality.VIDEO_QUALITY_LOW, 180),
+                                  ("MEDIUM", rtc.VideoQuality.VIDEO_QUALITY_MEDIUM, 360),
+                                  ("HIGH", rtc.VideoQuality.VIDEO_QUALITY_HIGH, 720)):
+                pub.set_video_quality(q)
+                deadline = time.monotonic() + 10
+                async for ev in stream:
+                    out[name] = (ev.frame.width, ev.frame.height)
+                    if ev.frame.height == want or time.monotonic() > deadline:
+                        break
+        finally:
+            await stream.aclose()
+        return out
+    finally:
+        await room_.disconnect()

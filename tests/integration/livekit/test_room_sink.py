@@ -4,14 +4,12 @@ with simulcast video at each layer's size and Opus audio; recorded by lkmedia's 
 participant egress, A/V stays within the ingress's 60 ms."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from livekit import rtc
 from livekit.protocol import ingress as lki
 from livekit.protocol import models as lkm
 
@@ -23,7 +21,7 @@ from lkmedia.service.egress import EgressService
 from lkmedia.sinks.room import RoomError, RoomSink, VideoPublishing
 from lkmedia.sources.synthetic import SyntheticSource
 from lkmedia.testing.egress import egress_service
-from lkmedia.testing.rooms import record_participant, wait_tracks
+from lkmedia.testing.rooms import record_participant, sizes_per_quality, wait_tracks
 
 
 @pytest.fixture
@@ -73,40 +71,9 @@ async def test_published_as_an_ingress_participant_with_simulcast_layers(livekit
         assert video.mime_type == "video/H264" and video.simulcast
         layers = sorted((la.width, la.height) for la in video.layers)
         assert layers == [(320, 180), (640, 360), (1280, 720)], layers
-        sizes = await _sizes_per_quality(livekit_stack, room_name, video.sid)
+        sizes = await sizes_per_quality(livekit_stack.url, livekit_stack.token("viewer", room_name), video.sid)
     print(f"simulcast sizes received per quality: {sizes}")
     assert sizes == {"LOW": (320, 180), "MEDIUM": (640, 360), "HIGH": (1280, 720)}
-
-
-async def _sizes_per_quality(stack: DevStack, room: str, sid: str) -> dict[str, tuple[int, int]]:
-    """A livekit.rtc subscriber asks for each simulcast layer in turn and reports the size
-    of the frames it then decodes."""
-    room_ = rtc.Room()
-    await room_.connect(stack.url, stack.token("viewer", room), rtc.RoomOptions(auto_subscribe=False))
-    try:
-        pub = next(pb for rp in room_.remote_participants.values() for s, pb in rp.track_publications.items()
-                   if s == sid)
-        got: asyncio.Future[rtc.Track] = asyncio.get_running_loop().create_future()
-        room_.on("track_subscribed", lambda t, *_: got.done() or got.set_result(t))
-        pub.set_subscribed(True)
-        track = await asyncio.wait_for(got, 10)
-        stream = rtc.VideoStream(track)
-        out: dict[str, tuple[int, int]] = {}
-        try:
-            for name, q, want in (("LOW", rtc.VideoQuality.VIDEO_QUALITY_LOW, 180),
-                                  ("MEDIUM", rtc.VideoQuality.VIDEO_QUALITY_MEDIUM, 360),
-                                  ("HIGH", rtc.VideoQuality.VIDEO_QUALITY_HIGH, 720)):
-                pub.set_video_quality(q)
-                deadline = time.monotonic() + 10
-                async for ev in stream:
-                    out[name] = (ev.frame.width, ev.frame.height)
-                    if ev.frame.height == want or time.monotonic() > deadline:
-                        break
-        finally:
-            await stream.aclose()
-        return out
-    finally:
-        await room_.disconnect()
 
 
 async def test_recorded_by_a_participant_egress_keeps_audio_and_video_in_sync(
