@@ -69,10 +69,15 @@ async def _publish_tags(node: Node, key: str, tags: list[FlvTag]) -> bool:
     """Publish ``tags`` paced by their timestamps; True if the server closed the connection
     before they were all sent (or within 10 s of the last)."""
     node.secrets.append(key)
-    await _available(node)
-    c = await RtmpTestClient.connect(node.rtmp_port)
-    try:
+    for _ in range(3):  # (this machine's CPUs are shared: the node may refuse a moment for load)
+        await _available(node)
+        c = await RtmpTestClient.connect(node.rtmp_port)
         status = await c.publish(key)
+        if status["code"] == "NetStream.Publish.Start" or "capacity" not in str(status):
+            break
+        c.close()
+        await asyncio.sleep(2)
+    try:
         assert status["code"] == "NetStream.Publish.Start", status
         t0 = time.monotonic()
         for t in tags:
@@ -91,13 +96,34 @@ async def _publish_tags(node: Node, key: str, tags: list[FlvTag]) -> bool:
         c.close()
 
 
+async def _served(node: Node, lkapi: Any, clip: Path, info: Any) -> tuple[asyncio.subprocess.Process, Any]:
+    """ffmpeg pushing ``clip`` to ``info``'s key, once its session is PUBLISHING (pushed again
+    if the node refused it for load: this machine's CPUs are shared with other test runs)."""
+    after = (await _state(lkapi, info.ingress_id)).updated_at
+    for _ in range(3):
+        push = await _push(node, clip, info.stream_key)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            st = await _state(lkapi, info.ingress_id)
+            if st.updated_at > after and st.status in (IS.ENDPOINT_PUBLISHING, IS.ENDPOINT_ERROR):
+                break
+            await asyncio.sleep(0.1)
+        if st.status == IS.ENDPOINT_ERROR and st.error == "server capacity exceeded":
+            await push.wait()
+            after = st.updated_at
+            await asyncio.sleep(2)
+            continue
+        assert st.status == IS.ENDPOINT_PUBLISHING, (IS.Name(st.status), st.error)
+        return push, st
+    raise AssertionError("the node refused the push three times for load")
+
+
 async def test_unusual_but_decodable_codecs_are_transcoded(node: Node, lkapi: Any, media: dict[str, Path]) -> None:
     """Sorenson H.263 video and MP3 audio (the Go ingress takes only H.264 and AAC): FFmpeg
     decodes both, so the session publishes them like any other input."""
     info = await _create_rtmp(lkapi, "rob-flash", "flash")
-    push = await _push(node, media["flash"], info.stream_key)
-    st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING, IS.ENDPOINT_ERROR})
-    assert st.status == IS.ENDPOINT_PUBLISHING, st.error
+    push, _ = await _served(node, lkapi, media["flash"], info)
+    st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
     p = await _participant(lkapi, "rob-flash", "flash")
     assert {t.type for t in p.tracks} == {lkm.TrackType.VIDEO, lkm.TrackType.AUDIO}
     assert st.audio.mime_type == "audio/mpeg" and st.audio.sample_rate == 44100 and st.audio.channels == 2
@@ -124,10 +150,7 @@ async def test_an_undecodable_codec_ends_error_naming_it_and_the_next_push_is_se
     assert closed  # the publisher is told: its connection is closed
     assert node.proc.poll() is None
 
-    push = await _push(node, media["good"], info.stream_key)  # the same key, the same node: served
-    seen = []
-    await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING}, seen=seen)
-    assert IS.ENDPOINT_BUFFERING in seen or seen[0] == IS.ENDPOINT_PUBLISHING
+    push, _ = await _served(node, lkapi, media["good"], info)  # the same key, the same node: served
     _, err = await asyncio.wait_for(push.communicate(), 60)
     assert push.returncode == 0, err.decode()
     st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE, IS.ENDPOINT_ERROR})
@@ -154,9 +177,8 @@ def _measured(clip: Path) -> dict[str, float]:
 async def test_input_bitrates_are_measured_and_refreshed(node: Node, lkapi: Any, media: dict[str, Path]) -> None:
     real = _measured(media["hd"])
     info = await _create_rtmp(lkapi, "rob-rates", "rates")
-    push = await _push(node, media["hd"], info.stream_key)
+    push, first = await _served(node, lkapi, media["hd"], info)
     try:
-        first = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
         v, a = first.video, first.audio
         assert v.mime_type == "video/h264" and (v.width, v.height) == (1280, 720) and abs(v.framerate - 30) < 0.1, v
         assert a.mime_type == "audio/aac" and a.sample_rate == 48000 and a.channels == 2, a
