@@ -2,7 +2,8 @@
 Go ingress reports along the way (``pkg/service/handler.go``, ``pkg/media/pipeline.go``).
 
     BUFFERING (started_at, resource_id)
-      -> PUBLISHING, once per track as it is published (room_id, tracks, input states)
+      -> PUBLISHING, once per track as it is published (room_id, tracks, input states),
+         then again every ``stats_interval`` with the input's measured bitrates
       -> COMPLETE at the end of a URL's stream / INACTIVE when a reusable (RTMP, WHIP)
          input ends / ERROR with the reason, whatever failed
 
@@ -25,7 +26,7 @@ from livekit.protocol import models as lkm
 
 from ..core import Graph, GraphError, Source
 from ..nodes.convert import Fit
-from ..nodes.decode import Decoder
+from ..nodes.decode import Decoder, codec_name
 from ..sinks.room import RoomSink
 from ..sinks.room_encoded import PASSTHROUGH_CODECS, PassthroughError
 from ..sources.file import FileSource
@@ -35,9 +36,11 @@ from .state import S, buffering, ended, set_status
 log = logging.getLogger("lkmedia.ingress")
 
 MEDIA_TIMEOUT = 10.0
+STATS_INTERVAL = 10.0  # while PUBLISHING, the state is sent again this often with the input's bitrates
 _MIME = {"h264": "video/h264", "hevc": "video/h265", "vp8": "video/vp8", "vp9": "video/vp9", "av1": "video/av1",
-         "aac": "audio/aac", "opus": "audio/opus", "mp3": "audio/mpeg", "vorbis": "audio/vorbis",
-         "flac": "audio/flac", "pcm_s16le": "audio/pcm", "pcm_alaw": "audio/pcma", "pcm_mulaw": "audio/pcmu"}
+         "flv1": "video/x-flash-video", "aac": "audio/aac", "opus": "audio/opus", "mp3": "audio/mpeg",
+         "vorbis": "audio/vorbis", "flac": "audio/flac", "pcm_s16le": "audio/pcm", "pcm_alaw": "audio/pcma",
+         "pcm_mulaw": "audio/pcmu"}
 
 
 def input_states(src: FileSource) -> tuple[lki.InputVideoState | None, lki.InputAudioState | None]:
@@ -45,7 +48,7 @@ def input_states(src: FileSource) -> tuple[lki.InputVideoState | None, lki.Input
     video = audio = None
     for kind, s in src.streams().items():
         cc = s.codec_context
-        codec = cc.name if cc is not None else s.codec.name
+        codec = codec_name(s)  # the codec ("mp3"), not FFmpeg's decoder ("mp3float")
         mime = _MIME.get(codec, f"{kind}/{codec}")
         rate = int(s.bit_rate or 0)
         if kind == "video":
@@ -66,7 +69,7 @@ def check_passthrough(src: FileSource) -> None:
     if s is None:
         return
     cc = s.codec_context
-    codec = cc.name if cc is not None else s.codec.name
+    codec = codec_name(s)
     if codec not in PASSTHROUGH_CODECS:
         raise PassthroughError(f"the stream's video is {codec}, which passthrough cannot put into a room "
                                f"(it takes {' or '.join(c.upper() for c in PASSTHROUGH_CODECS)}): publish H.264, "
@@ -96,13 +99,14 @@ class IngressSession:
     def __init__(self, info: lki.IngressInfo, source: Source, ws_url: str, token: str, *,
                  resource_id: str = "", state: lki.IngressState | None = None,
                  on_state: Callable[[lki.IngressState], None] | None = None,
-                 media_timeout: float = MEDIA_TIMEOUT) -> None:
+                 media_timeout: float = MEDIA_TIMEOUT, stats_interval: float = STATS_INTERVAL) -> None:
         self.info = info
         self.source = source
         self.ws_url = ws_url
         self._token = token
         self.on_state = on_state
         self.media_timeout = media_timeout
+        self.stats_interval = stats_interval
         self._announced = state is not None and state.status == S.ENDPOINT_BUFFERING
         self.state = lki.IngressState.FromString(state.SerializeToString()) if state is not None \
             else buffering(resource_id)
@@ -118,8 +122,29 @@ class IngressSession:
             copy.CopyFrom(self.state)
             self.on_state(copy)
 
+    def _measure(self) -> None:
+        """The input's measured bitrates into the state (the Go ingress reports them; an
+        RTMP publish's metadata has none)."""
+        if not isinstance(self.source, FileSource):
+            return
+        rates = self.source.bitrates()
+        if rates.get("video") and self.state.HasField("video"):
+            self.state.video.average_bitrate = rates["video"]
+        if rates.get("audio") and self.state.HasField("audio"):
+            self.state.audio.average_bitrate = rates["audio"]
+
+    async def _refresh(self) -> None:
+        """While PUBLISHING, the state again every ``stats_interval`` with fresh bitrates."""
+        while True:
+            await asyncio.sleep(self.stats_interval)
+            if self.state.status == S.ENDPOINT_PUBLISHING and not self._stopping:
+                self._measure()
+                set_status(self.state, S.ENDPOINT_PUBLISHING)
+                self._send()
+
     def _published(self, kind: str, sid: str) -> None:
         assert self.sink is not None
+        self._measure()
         set_status(self.state, S.ENDPOINT_PUBLISHING)
         self.state.room_id = self.sink.room_sid
         opts = self.sink.video if kind == "video" else self.sink.audio
@@ -129,6 +154,7 @@ class IngressSession:
         self._send()
 
     def _end(self, error: str | None) -> lki.IngressState:
+        self._measure()  # over the whole session
         self.state = ended(self.state, self.info.reusable, self._stop_error or error or "")
         self._send()
         return self.state
@@ -185,6 +211,7 @@ class IngressSession:
             return self._end(str(e))
         waiter = asyncio.create_task(self._wait(g), name="ingress-graph")
         watch = asyncio.create_task(self._watch_media(), name="ingress-media-watchdog")
+        refresh = asyncio.create_task(self._refresh(), name="ingress-stats")
         stalled: str | None = None
         try:
             done, _ = await asyncio.wait({waiter, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -194,9 +221,9 @@ class IngressSession:
                     await g.stop(timeout=2.0)  # a read blocked on a silent input is cancelled
             error = await waiter
         finally:
-            for t in (waiter, watch):
+            for t in (waiter, watch, refresh):
                 t.cancel()
-            await asyncio.gather(waiter, watch, return_exceptions=True)
+            await asyncio.gather(waiter, watch, refresh, return_exceptions=True)
         return self._end(stalled or error)
 
     @staticmethod

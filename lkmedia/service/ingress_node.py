@@ -193,7 +193,8 @@ class IngressNode:
             await ended.wait()
             final = sup.info if sup is not None else info
             assert isinstance(final, lk.IngressInfo)
-            return final.state.error if final.state.status == states.S.ENDPOINT_ERROR else ""
+            refused = self.flv_relay.refusals.get(spec.resource_id, "")
+            return refused or (final.state.error if final.state.status == states.S.ENDPOINT_ERROR else "")
         except JobError as e:
             return str(e)
         finally:
@@ -305,7 +306,7 @@ class IngressNode:
     async def relay(self, info: lk.IngressInfo) -> None:
         report = self._reports.get(info.ingress_id)
         if report is not None:  # an RTMP session: the front door reports its states
-            await report(info.state)
+            await report(self._refused(info.state))
             return
         if info.ingress_id in self._deleted and info.state.status in states.FINAL:
             return  # a deleted ingress has nowhere to store it
@@ -314,6 +315,14 @@ class IngressNode:
         except RpcError as e:
             log.warning("ingress %s: state %s not stored: %s", info.ingress_id,
                         lk.IngressState.Status.Name(info.state.status), e)
+
+    def _refused(self, state: lk.IngressState) -> lk.IngressState:
+        """An RTMP session whose publish the relay refused (a codec nothing decodes) ends ERROR
+        with that reason, whatever its job made of the stream cut short."""
+        why = self.flv_relay.refusals.get(state.resource_id, "")
+        if not why or state.status not in states.FINAL:
+            return state
+        return states.ended(state, reusable=True, error=why)
 
     async def track(self, job_id: str) -> None:
         if job_id in self.front.live or job_id in self._handlers:

@@ -9,6 +9,11 @@ stream as FLV, chunked, for as long as it lasts. One reader per session; a wrong
 an unknown session 404, a second reader 409. Back-pressure runs all the way: a job that reads
 slowly slows the HTTP writes, which slow the reads from the publisher's socket. A job that stops
 reading ends the RTMP session.
+
+A publish whose first audio or video tag carries a codec FFmpeg cannot decode
+(lkmedia.rtmp.flv_codecs) is refused here, where its bytes are seen: the tag is not relayed,
+the publisher is disconnected, and ``refusals`` keeps the reason (naming the codec) for the
+session's final state, whatever its job made of the truncated stream.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from aiohttp import web
 
 from ..rtmp import RtmpSession
 from ..rtmp.flv import HEADER
+from ..rtmp.flv_codecs import FlvCodecCheck
 from .health import HttpEndpoint
 
 log = logging.getLogger("lkmedia.ingress")
@@ -50,6 +56,7 @@ class FlvRelay(HttpEndpoint):
         super().__init__(port, self._serve, host=host, name="http relay")
         self._host_name = host
         self._offers: dict[str, _Offer] = {}
+        self.refusals: dict[str, str] = {}  # resource ID -> why its publish was refused (until withdrawn)
 
     def offer(self, resource_id: str, session: RtmpSession) -> RelayTicket:
         if not _PATH.fullmatch(f"/rtmp/{resource_id}"):
@@ -65,6 +72,13 @@ class FlvRelay(HttpEndpoint):
         offer = self._offers.pop(resource_id, None)
         if offer is not None and not offer.done.done():
             offer.done.set_result("never read")
+        self.refusals.pop(resource_id, None)
+
+    def _refuse(self, resource_id: str, session: RtmpSession, why: str) -> None:
+        log.warning("relay: %s refused: %s", resource_id, why)
+        self.refusals[resource_id] = why
+        session.error = why
+        session.close(why)
 
     async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
         m = _PATH.fullmatch(request.path)
@@ -83,7 +97,11 @@ class FlvRelay(HttpEndpoint):
         try:
             await resp.prepare(request)
             await resp.write(HEADER)
+            check = FlvCodecCheck()
             async for tag in offer.session.tags():
+                if refusal := check(tag):
+                    self._refuse(m.group(1), offer.session, refusal)
+                    break
                 await resp.write(tag.encode())
             await resp.write_eof()
         except ConnectionError:  # the job went away: the publisher has nobody to publish to

@@ -51,6 +51,36 @@ def _reason(e: BaseException, timeout: float) -> str:
     return type(e).__name__
 
 
+class _Meter:
+    """One stream's compressed bytes and the media time they span (a few attribute updates
+    per packet, on the node's thread)."""
+
+    __slots__ = ("bytes", "first", "last", "packets", "time_base", "timed")
+
+    def __init__(self, time_base: float) -> None:
+        self.time_base = time_base
+        self.bytes = self.packets = 0
+        self.first = self.last = 0.0
+        self.timed = False
+
+    def add(self, size: int, ts: int | None) -> None:
+        self.bytes += size
+        self.packets += 1
+        if ts is not None:
+            t = ts * self.time_base
+            if not self.timed:
+                self.first = self.last = t
+                self.timed = True
+            elif t > self.last:
+                self.last = t
+
+    def bitrate(self) -> int:
+        n, span = self.packets, self.last - self.first
+        if n < 2 or span <= 0:
+            return 0
+        return round(self.bytes * 8 / (span * n / (n - 1)))  # n packets cover n - 1 gaps, and one more
+
+
 class FileSource(Source):
     """Reads a file or URL; outputs "video" and/or "audio" (those the input has and
     that are enabled).
@@ -103,6 +133,8 @@ class FileSource(Source):
         self._offset: Fraction | None = None
         self._packets: Iterator[av.Packet] | None = None
         self._errors_in_row = 0
+        self._meters: dict[int, _Meter] = {}  # stream index -> its compressed bytes so far
+        self._rates: dict[str, _Meter] = {}  # the same by kind (a closed input's streams are gone)
         self.packets = 0
         self.frames = 0
         self.samples = 0
@@ -203,6 +235,7 @@ class FileSource(Source):
             if not port.edges:
                 continue
             self._ports[s.index] = port
+            self._meters[s.index] = self._rates[kind] = _Meter(float(s.time_base or 0))
             if self.decode:
                 fps = None
                 if kind == "video":
@@ -243,6 +276,8 @@ class FileSource(Source):
         port = self._ports.get(idx)
         if port is None:
             return
+        if pkt.size:
+            self._meters[idx].add(pkt.size, pkt.dts if pkt.dts is not None else pkt.pts)
         if self._offset is None and pkt.size:
             ts = pkt.dts if pkt.dts is not None else pkt.pts
             if ts is not None and pkt.time_base is not None:
@@ -331,6 +366,11 @@ class FileSource(Source):
             if self.errors:
                 log.warning("%s: skipped %d corrupt packets in %s", self.name, self.errors, self.display)
         await self.offload(self._close)
+
+    def bitrates(self) -> dict[str, int]:
+        """The input's average bitrate so far, by kind (bits/s of compressed media over its
+        media time; 0 until two packets have been read)."""
+        return {kind: m.bitrate() for kind, m in self._rates.items()}
 
     def stats(self) -> dict[str, Any]:
         return {"packets": self.packets, "frames": self.frames, "samples": self.samples,

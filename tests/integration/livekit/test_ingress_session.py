@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import http.server
+import json
 import subprocess
 import threading
 import time
@@ -105,7 +106,7 @@ def _session(stack: DevStack, info: lki.IngressInfo, states: list[lki.IngressSta
 
 @pytest.mark.parametrize("name", ["clip.mp4", "clip.m3u8"])
 async def test_a_url_is_published_then_complete(livekit_stack: DevStack, room_name: str, http_base: str,
-                                                name: str) -> None:
+                                                media_dir: Path, name: str) -> None:
     states: list[lki.IngressState] = []
     session = _session(livekit_stack, _info(room_name, f"{http_base}/{name}"), states)
     task = asyncio.create_task(session.run())
@@ -114,14 +115,23 @@ async def test_a_url_is_published_then_complete(livekit_stack: DevStack, room_na
     video = next(t for t in tracks if t.type == lkm.TrackType.VIDEO)
     assert video.mime_type == "video/H264" and sorted((la.width, la.height) for la in video.layers)[-1] == (1280, 720)
     final = await asyncio.wait_for(task, CLIP_SECONDS + 10)
-    assert [IS.Name(s.status) for s in states] == [
-        "ENDPOINT_BUFFERING", "ENDPOINT_PUBLISHING", "ENDPOINT_PUBLISHING", "ENDPOINT_COMPLETE"], states
+    names = [IS.Name(s.status) for s in states]  # PUBLISHING per track, then every 10 s with the bitrates
+    assert [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n] == [
+        "ENDPOINT_BUFFERING", "ENDPOINT_PUBLISHING", "ENDPOINT_COMPLETE"], names
+    assert names.count("ENDPOINT_PUBLISHING") == 2 + int(CLIP_SECONDS > 10), names
     assert final.status == IS.ENDPOINT_COMPLETE and final.error == "" and final.ended_at > final.started_at
     assert final.resource_id == "UR_test" and final.room_id.startswith("RM_")
     assert sorted(t.type for t in final.tracks) == [lkm.TrackType.AUDIO, lkm.TrackType.VIDEO]
     assert (final.video.mime_type, final.video.width, final.video.height) == ("video/h264", 1280, 720)
     assert final.video.framerate == pytest.approx(30, abs=0.5)
     assert (final.audio.mime_type, final.audio.sample_rate, final.audio.channels) == ("audio/aac", 48_000, 2)
+    real = {s["codec_type"]: int(s["bit_rate"]) for s in json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,bit_rate", "-of", "json",
+         str(media_dir / "clip.mp4")], check=True, capture_output=True, text=True).stdout)["streams"]}
+    print(f"{name}: measured {final.video.average_bitrate / 1000:.1f} / {final.audio.average_bitrate / 1000:.1f} "
+          f"kbps, the clip has {real['video'] / 1000:.1f} / {real['audio'] / 1000:.1f} (video / audio)")
+    assert final.video.average_bitrate == pytest.approx(real["video"], rel=0.3)
+    assert final.audio.average_bitrate == pytest.approx(real["audio"], rel=0.3)
     took = (final.ended_at - final.started_at) / 1e9
     print(f"{name}: BUFFERING -> COMPLETE in {took:.2f} s for a {CLIP_SECONDS} s clip (paced in real time)")
     assert CLIP_SECONDS - 0.5 < took < CLIP_SECONDS + 5
