@@ -393,6 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
     edemo.add_argument("--out", default="./out", metavar="DIR", help="output directory (default: ./out)")
     edemo.add_argument("--seconds", type=float, default=10.0, help="recording length (default: 10)")
     edemo.set_defaults(func=cmd_egress_demo)
+    idemo = sub.add_parser("ingress-demo", parents=[common],
+                           help="local dev stack: push RTMP into an ingress made through the real API",
+                           description="Start Redis, livekit-server and `lkmedia ingress`; create an RTMP ingress "
+                                       "through livekit-server's API; push synthetic A/V with the ffmpeg CLI; show "
+                                       "the participant and its tracks as a subscriber sees them; print the final "
+                                       "IngressInfo (stream key redacted).")
+    idemo.add_argument("--seconds", type=float, default=10.0, help="push length (default: 10)")
+    idemo.set_defaults(func=cmd_ingress_demo)
     ingress = sub.add_parser("ingress", parents=[common], help="the ingress service livekit-server drives over Redis",
                              description="Serve LiveKit ingress (RTMP, WHIP, URL) with the Go ingress's config "
                                          "(--config, INGRESS_CONFIG_FILE or INGRESS_CONFIG_BODY).")
@@ -437,6 +445,20 @@ def cmd_egress_demo(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel("ERROR")
     try:
         return run(args.out, args.seconds)
+    except StackError as e:
+        raise UsageError(f"{e} (./scripts/setup.sh installs livekit-server and redis-server)") from None
+
+
+def cmd_ingress_demo(args: argparse.Namespace) -> int:
+    from .dev.ingress_demo import run
+    from .dev.stack import StackError
+
+    if args.seconds <= 0:
+        raise UsageError("--seconds must be positive")
+    if args.log_level == "warning" and not args.debug:
+        logging.getLogger().setLevel("ERROR")
+    try:
+        return run(args.seconds)
     except StackError as e:
         raise UsageError(f"{e} (./scripts/setup.sh installs livekit-server and redis-server)") from None
 

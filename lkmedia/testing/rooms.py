@@ -1,19 +1,25 @@
 """Waiting on a room, for the tests of what publishes into one (ingress, RoomSink, WHIP):
-a participant with its tracks, and a participant egress that records it."""
+a participant with its tracks, and a participant egress that records it. The hidden
+subscriber (watch_tracks, watch_media) lives in lkmedia.dev.rooms, which the ingress demo
+uses too; its watch_tracks here fails the test with an AssertionError on a timeout."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from livekit import api
 from livekit.protocol import egress as lk
 from livekit.protocol import models as lkm
 
+from ..dev.rooms import ReceivedTrack, SeenParticipant, SeenTrack, watch_media
+from ..dev.rooms import watch_tracks as _watch_tracks
 from .egress import TERMINAL, S, wait_egress
+
+__all__ = ["ReceivedTrack", "SeenParticipant", "SeenTrack", "record_participant", "sizes_per_quality", "wait_tracks",
+           "watch_media", "watch_tracks"]
 
 
 async def wait_tracks(lkapi: api.LiveKitAPI, room: str, identity: str, tracks: int, *, timeout: float = 20,
@@ -48,47 +54,13 @@ async def record_participant(lkapi: api.LiveKitAPI, room: str, identity: str, se
     return done
 
 
-@dataclass(frozen=True)
-class SeenTrack:
-    kind: str  # "audio" | "video"
-    mime_type: str
-    simulcast: bool
-
-
-@dataclass(frozen=True)
-class SeenParticipant:
-    identity: str
-    kind: int  # lkm.ParticipantInfo.Kind
-    tracks: tuple[SeenTrack, ...]
-
-
 async def watch_tracks(url: str, api_key: str, api_secret: str, room: str, identity: str, tracks: int, *,
                        timeout: float = 20, check: Callable[[], None] | None = None) -> SeenParticipant:
-    """``identity`` once a hidden subscriber in ``room`` (livekit.rtc, signalling) sees it with
-    ``tracks`` published tracks. For WHIP participants: livekit-server's ListParticipants
-    (its participant store) missed one for the whole of a 7 s session about one time in ten
-    here, while its own subscribers saw it at once."""
-    from livekit import rtc
-
-    token = (api.AccessToken(api_key, api_secret).with_identity(f"watch-{identity}")
-             .with_grants(api.VideoGrants(room_join=True, room=room, hidden=True, can_publish=False))
-             .to_jwt())
-    r = rtc.Room()
-    await r.connect(url, token, rtc.RoomOptions(auto_subscribe=False))
+    """lkmedia.dev.rooms.watch_tracks, failing the test (AssertionError) when it times out."""
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if check is not None:
-                check()
-            p = r.remote_participants.get(identity)
-            if p is not None and len(p.track_publications) >= tracks:
-                return SeenParticipant(identity, int(p.kind), tuple(
-                    SeenTrack("audio" if t.kind == rtc.TrackKind.KIND_AUDIO else "video", t.mime_type, t.simulcasted)
-                    for t in p.track_publications.values()))
-            assert time.monotonic() < deadline, f"{identity} was not seen with {tracks} tracks in {timeout:g} s"
-            await asyncio.sleep(0.1)
-    finally:
-        await r.disconnect()
+        return await _watch_tracks(url, api_key, api_secret, room, identity, tracks, timeout=timeout, check=check)
+    except TimeoutError as e:
+        raise AssertionError(str(e)) from None
 
 
 async def sizes_per_quality(url: str, token: str, sid: str) -> dict[str, tuple[int, int]]:
