@@ -32,8 +32,10 @@ from livekit.protocol import models as lkm
 
 from lkmedia.dev.lk import run_lk
 from lkmedia.dev.stack import DevStack, free_port
-from lkmedia.testing.media import av_clip
-from lkmedia.testing.rooms import SeenParticipant, watch_tracks
+from lkmedia.probe import assert_av_sync, av_offsets
+from lkmedia.testing.egress import egress_service
+from lkmedia.testing.media import av_clip, flash_beep_clip
+from lkmedia.testing.rooms import SeenParticipant, record_participant, sizes_per_quality, watch_tracks
 from lkmedia.testing.whip import OFFER_NOTHING_USABLE
 
 IS = lki.IngressState.Status
@@ -383,6 +385,34 @@ async def test_job_process_killed(node: Node, lkapi: Any, clips: dict[str, Path]
     st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE})
     assert not st.error
     assert node.proc.poll() is None
+
+
+async def test_rtmp_flash_beep_reaches_every_layer_in_sync(node: Node, lkapi: Any, tmp_path: Path) -> None:
+    """The issue's RTMP must-show through the service: the ffmpeg CLI pushes the 720p30
+    flash/beep clip; a subscriber decodes each simulcast layer at its size; a participant
+    egress of the ingress participant has its flashes and beeps within 60 ms."""
+    clip = await asyncio.to_thread(flash_beep_clip, tmp_path / "flash_beep.flv", 30)
+    info = await _create_rtmp(lkapi, "svc-av", "av-cam")
+    push = await _push(node, clip, info.stream_key)
+    try:
+        await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
+        p = await _participant(lkapi, "svc-av", "av-cam")
+        video = next(t for t in p.tracks if t.type == lkm.TrackType.VIDEO)
+        assert sorted((la.width, la.height) for la in video.layers) == [(320, 180), (640, 360), (1280, 720)]
+        sizes = await sizes_per_quality(node.stack.url, node.stack.token("viewer", "svc-av"), video.sid)
+        async with egress_service(node.stack, tmp_path) as _svc:
+            done = await record_participant(lkapi, "svc-av", "av-cam", 7, "rtmp-av.mp4")
+    finally:
+        if push.returncode is None:
+            push.kill()
+        await push.wait()
+    (f,) = done.file_results
+    offsets = av_offsets(f.location)
+    print(f"\nRTMP through the service: sizes per layer {sizes}; A/V offsets in a participant egress (ms): "
+          f"{[round(o * 1000, 1) for o in offsets]}")
+    assert sizes == {"LOW": (320, 180), "MEDIUM": (640, 360), "HIGH": (1280, 720)}, sizes
+    assert len(offsets) >= 4, offsets
+    assert_av_sync(offsets, tolerance=0.060)
 
 
 async def test_whip_without_transcoding_is_proxied(node: Node, lkapi: Any) -> None:
