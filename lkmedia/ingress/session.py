@@ -257,6 +257,14 @@ class IngressSession:
 
 
 def url_source(url: str) -> FileSource:
-    """URL pull: anything FFmpeg reads over http(s), HLS included, paced in real time."""
+    """URL pull: anything FFmpeg reads over http(s), HLS included, paced in real time; SRT
+    through the system ffmpeg (lkmedia.sources.srt), paced by its sender."""
+    if url.lower().startswith("srt://"):
+        from ..sources.srt import SrtSource
+
+        # MPEG-TS carries the H.264 parameter sets only with key frames: probe up to a 1 s GOP
+        # so the input's size is known (RTMP sends its headers first and needs 0.1 s). With
+        # the ffmpeg child's own probe, an SRT session publishes about 2.5 s after it connects.
+        return SrtSource(url, name="input", options={"analyzeduration": "1000000", "probesize": "1000000"})
     return FileSource(url, realtime=True, timeout=10.0, name="input")
 

@@ -9,6 +9,7 @@ import asyncio
 import functools
 import http.server
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -175,3 +176,47 @@ async def test_an_input_that_stalls_ends_when_the_media_watchdog_fires(livekit_s
     assert final.status == IS.ENDPOINT_ERROR and "no media for 3 s" in final.error, final.error
     assert "ENDPOINT_PUBLISHING" in [IS.Name(s.status) for s in states]
 
+
+
+SRT_PASSPHRASE = "srtsecret-0123"
+
+
+async def test_srt_is_pulled_through_the_ffmpeg_cli_then_complete(livekit_stack: DevStack, room_name: str,
+                                                                  media_dir: Path) -> None:
+    """SRT (caller) from an ffmpeg CLI listener sending the clip in real time, with a
+    passphrase: published, COMPLETE when the sender ends; the passphrase in no state."""
+    port = free_port(socket.SOCK_DGRAM)
+    sender = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-nostdin", "-v", "error", "-re", "-i", str(media_dir / "clip.ts"), "-c", "copy", "-f", "mpegts",
+        f"srt://127.0.0.1:{port}?mode=listener&passphrase={SRT_PASSPHRASE}")
+    try:
+        await asyncio.sleep(0.5)  # listening
+        states: list[lki.IngressState] = []
+        url = f"srt://127.0.0.1:{port}?passphrase={SRT_PASSPHRASE}"
+        task = asyncio.create_task(_session(livekit_stack, _info(room_name, url), states).run())
+        async with livekit_stack.api() as lkapi:
+            tracks = (await wait_tracks(lkapi, room_name, "pulled", 2)).tracks
+        final = await asyncio.wait_for(task, CLIP_SECONDS + 15)
+    finally:
+        if sender.returncode is None:
+            sender.kill()
+        await sender.wait()
+    names = [IS.Name(s.status) for s in states]
+    assert names[0] == "ENDPOINT_BUFFERING" and names[-1] == "ENDPOINT_COMPLETE" and "ENDPOINT_PUBLISHING" in names
+    assert final.error == "" and sorted(t.type for t in tracks) == [lkm.TrackType.AUDIO, lkm.TrackType.VIDEO]
+    assert (final.video.mime_type, final.video.width, final.video.height) == ("video/h264", 1280, 720)
+    took = (final.ended_at - final.started_at) / 1e9
+    print(f"SRT pull: {took:.1f} s session for a {CLIP_SECONDS} s clip; states "
+          f"{[(IS.Name(s.status), round((s.updated_at - states[0].updated_at) / 1e9, 2)) for s in states]}")
+    assert took == pytest.approx(CLIP_SECONDS, abs=4)  # (+ about 2.5 s of probing: lkmedia.sources.srt)
+    assert not any(SRT_PASSPHRASE in s.SerializeToString().decode(errors="replace") for s in states)
+
+
+async def test_an_unreachable_srt_url_ends_in_error_naming_it(livekit_stack: DevStack, room_name: str) -> None:
+    states: list[lki.IngressState] = []
+    port = free_port(socket.SOCK_DGRAM)
+    url = f"srt://127.0.0.1:{port}?passphrase={SRT_PASSPHRASE}"
+    final = await asyncio.wait_for(_session(livekit_stack, _info(room_name, url), states).run(), 30)
+    assert [IS.Name(s.status) for s in states] == ["ENDPOINT_BUFFERING", "ENDPOINT_ERROR"]
+    assert f"cannot open srt://127.0.0.1:{port}" in final.error and SRT_PASSPHRASE not in final.error, final.error
+    print(f"unreachable SRT URL: {final.error}")
