@@ -30,6 +30,7 @@ from ..nodes.decode import Decoder, codec_name
 from ..sinks.room import RoomSink
 from ..sinks.room_encoded import PASSTHROUGH_CODECS, PassthroughError
 from ..sources.file import FileSource
+from ..sources.rtsp import RtspSource, is_rtsp
 from .presets import audio_publishing, video_plan
 from .state import S, buffering, ended, set_status
 
@@ -257,6 +258,9 @@ class IngressSession:
 
 
 def url_source(url: str) -> FileSource:
-    """URL pull: anything FFmpeg reads over http(s), HLS included, paced in real time."""
+    """URL pull: anything FFmpeg reads over http(s), HLS included, paced in real time; an
+    RTSP server's live stream as it comes (lkmedia.sources.rtsp)."""
+    if is_rtsp(url):
+        return RtspSource(url, timeout=10.0, name="input")
     return FileSource(url, realtime=True, timeout=10.0, name="input")
 
