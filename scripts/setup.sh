@@ -4,7 +4,8 @@
 #
 #   scripts/setup.sh          what the main job (the demo) needs: redis-server, livekit-server,
 #                             `pip install -e .`
-#   scripts/setup.sh --test   also what the tests need: the ffmpeg CLI, GStreamer, nginx-rtmp,
+#   scripts/setup.sh --test   also what the tests need: the ffmpeg CLI, GStreamer (and its
+#                             RTSP server, for the system Python), nginx-rtmp,
 #                             Chromium, Xvfb, PulseAudio and fonts (the Chrome engine), lk,
 #                             MinIO and fake-gcs-server, livekit-client and Azurite from npm,
 #                             `pip install -e '.[dev]'` (with the gcp, azure and oss extras)
@@ -23,6 +24,7 @@ if [ $test_deps -eq 1 ]; then
   apt_install ffmpeg \
     gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
     gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
+    python3-gi gir1.2-gst-rtsp-server-1.0 \
     nginx libnginx-mod-rtmp \
     chromium xvfb pulseaudio pulseaudio-utils fonts-noto-core
 fi

@@ -30,6 +30,7 @@ from ..nodes.decode import Decoder, codec_name
 from ..sinks.room import RoomSink
 from ..sinks.room_encoded import PASSTHROUGH_CODECS, PassthroughError
 from ..sources.file import FileSource
+from ..sources.rtsp import RtspSource, is_rtsp
 from .presets import audio_publishing, video_plan
 from .state import S, buffering, ended, set_status
 
@@ -257,14 +258,17 @@ class IngressSession:
 
 
 def url_source(url: str) -> FileSource:
-    """URL pull: anything FFmpeg reads over http(s), HLS included, paced in real time; SRT
-    through the system ffmpeg (lkmedia.sources.srt), paced by its sender."""
+    """URL pull: anything FFmpeg reads over http(s), HLS included, paced in real time; an
+    RTSP server's live stream as it comes (lkmedia.sources.rtsp); SRT through the system
+    ffmpeg (lkmedia.sources.srt), paced by its sender."""
+    if is_rtsp(url):
+        return RtspSource(url, timeout=10.0, name="input")
     if url.lower().startswith("srt://"):
         from ..sources.srt import SrtSource
 
         # MPEG-TS carries the H.264 parameter sets only with key frames: probe up to a 1 s GOP
         # so the input's size is known (RTMP sends its headers first and needs 0.1 s). With
-        # the ffmpeg child's own probe, an SRT session publishes about 2.5 s after it connects.
+        # the ffmpeg child's own probe, an SRT session publishes about 4.5 s after it connects.
         return SrtSource(url, name="input", options={"analyzeduration": "1000000", "probesize": "1000000"})
     return FileSource(url, realtime=True, timeout=10.0, name="input")
 
