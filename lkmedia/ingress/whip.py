@@ -348,6 +348,15 @@ async def answer_offer(offer: str) -> tuple[Any, str, dict[str, Any]]:
     return pc, str(pc.localDescription.sdp), usable
 
 
+def sdpfrag(ufrag: str, pwd: str, candidates: list[str]) -> str:
+    """An ``application/trickle-ice-sdpfrag`` body (RFC 8840) from ICE credentials and
+    candidates (``candidate:...`` with or without the ``a=``), as the Go ingress's
+    ICERestartWHIPResource request carries them."""
+    lines = [f"a=ice-ufrag:{ufrag}", f"a=ice-pwd:{pwd}", "m=audio 9 UDP/TLS/RTP/SAVPF 0", "a=mid:0"]
+    lines += [c if c.startswith("a=") else f"a={c}" for c in candidates]
+    return "\r\n".join(lines) + "\r\n"
+
+
 def udp_first(sdp: str) -> str:
     """``sdp`` with each media section's UDP candidates before its TCP ones. A client that
     reads only the first candidate (FFmpeg 8's WHIP muxer) then gets one it can use: the

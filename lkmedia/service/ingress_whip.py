@@ -28,12 +28,18 @@ from livekit.protocol import ingress as lk
 from ..ingress import state as states
 from ..ingress.errors import IngressError, already_live
 from ..ingress.spec import IngressSpec, new_resource_id, spec_from_info
-from ..ingress.whip import WhipAnswer, WhipRefused, WhipServer, WhipSessions, _Resource
+from ..ingress.whip import SDPFRAG, WhipAnswer, WhipRefused, WhipServer, WhipSessions, _Resource, sdpfrag
 from ..redact import redact_key
 from ..rpc import RedisBus, RequestContext, RpcError
 from ..rpc.egress import IOInfoClient
 from ..rpc.ingress import IngressHandlerServer
-from ..rpc.messages import WHIPRTCConnectionNotifyRequest, ingress_info_of
+from ..rpc.messages import (
+    DeleteWHIPResourceRequest,
+    ICERestartWHIPResourceRequest,
+    ICERestartWHIPResourceResponse,
+    WHIPRTCConnectionNotifyRequest,
+    ingress_info_of,
+)
 from .ingress_config import IngressConfig
 
 log = logging.getLogger("lkmedia.ingress")
@@ -56,6 +62,7 @@ class WhipFrontDoor:
                                      on_state=self._on_state,
                                      transcoder=self._transcode if transcode is not None else None)
         self._pending: dict[str, tuple[IngressSpec, lk.IngressState]] = {}  # transcoding, by ingress ID
+        self._resource_handlers: dict[str, IngressHandlerServer] = {}  # transcoding: the WHIP resource RPCs
         self.server = WhipServer(conf.whip_port, self._publish, self.sessions.delete, host=host,
                                  available=available, patch=self.sessions.patch)
         self.live: dict[str, lk.IngressState] = {}  # by ingress ID: the state last set
@@ -72,9 +79,10 @@ class WhipFrontDoor:
         await self.sessions.close()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for h in list(self._handlers.values()):
+        for h in [*self._handlers.values(), *self._resource_handlers.values()]:
             await h.close()
         self._handlers.clear()
+        self._resource_handlers.clear()
 
     # -- a new offer -------------------------------------------------------------------------------
     async def _publish(self, app: str, stream_key: str, offer: str) -> WhipAnswer:
@@ -83,6 +91,7 @@ class WhipFrontDoor:
         try:
             answer = await self.sessions.publish(app, stream_key, offer)
             await self._watch_sfu(self._offering.get(stream_key, ""), answer.resource_id)
+            await self._serve_resource(self._offering.get(stream_key, ""), stream_key, answer.resource_id)
             return answer
         except Exception as e:  # after the lookup: the session that began ends ERROR with the reason
             ingress_id = self._offering.get(stream_key, "")
@@ -164,6 +173,9 @@ class WhipFrontDoor:
         await ended.wait()
         res.ended.set()
         self.sessions.resources.pop(res.resource_id, None)
+        handler = self._resource_handlers.pop(res.resource_id, None)
+        if handler is not None:
+            await handler.close()
 
     async def _watch_sfu(self, ingress_id: str, resource_id: str) -> None:
         """livekit-server tells (WHIPRTCConnectionNotify on the participant's ID) when the
@@ -181,6 +193,33 @@ class WhipFrontDoor:
                 self._spawn(self.sessions.end(res))
 
         await handler.serve_whip_notify(participant_id, notify)
+
+    async def _serve_resource(self, ingress_id: str, stream_key: str, resource_id: str) -> None:
+        """IngressHandler.DeleteWHIPResource / ICERestartWHIPResource on the resource's topic,
+        as the Go ingress serves them (its WHIP front reaches sessions that way): the same
+        as the client's DELETE and PATCH here."""
+        handler = self._handlers.get(ingress_id)
+        if handler is None:  # a transcoding session: the job's handler is the service's; these are ours
+            handler = self._resource_handlers[resource_id] = IngressHandlerServer(
+                self.bus, ingress_id, update=self._on_end_rpc, delete=self._on_end_rpc)
+
+        async def delete(req: DeleteWHIPResourceRequest, _ctx: RequestContext) -> None:
+            if req.stream_key != stream_key:
+                raise RpcError("not_found", "no such WHIP session")
+            self._spawn(self.sessions.delete(stream_key, resource_id))  # (ending closes this handler)
+
+        async def ice_restart(req: ICERestartWHIPResourceRequest, _ctx: RequestContext
+                              ) -> ICERestartWHIPResourceResponse:
+            if req.stream_key != stream_key:
+                raise RpcError("not_found", "no such WHIP session")
+            frag = req.raw_trickle_ice_sdpfrag or sdpfrag(req.user_fragment, req.password, list(req.candidates))
+            try:
+                out = await self.sessions.patch(stream_key, resource_id, req.if_match or "*", SDPFRAG, frag)
+            except WhipRefused as e:
+                raise RpcError("invalid_argument" if e.status < 500 else "unavailable", str(e)) from None
+            return ICERestartWHIPResourceResponse(trickle_ice_sdpfrag=out.body, etag=out.etag)
+
+        await handler.serve_whip(resource_id, delete=delete, ice_restart=ice_restart)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

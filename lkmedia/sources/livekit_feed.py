@@ -451,6 +451,10 @@ class LiveKitSourceBase(Source):
             n = rf.samples_per_channel
             if n == 0:
                 continue
+            if feed.next_audio is None and feed.jb_seen[1] == 0 and feed.track is not None:
+                # the first audio is dated with the buffer's delay, not with none until the
+                # next stats tick (the first beep came up to 62 ms late under load)
+                await self._read_delay(feed, feed.track)
             played = self._now() - feed.jb_delay
             if feed.muted:
                 continue  # the muted time is reported as gaps, not as silence

@@ -5,6 +5,7 @@ serving the next push), and the input's measured bitrates in IngressState."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import time
 from pathlib import Path
@@ -214,3 +215,53 @@ async def test_input_bitrates_are_measured_and_refreshed(node: Node, lkapi: Any,
         await asyncio.sleep(0.1)
     assert node.hooks(info.ingress_id) == [("ingress_started", IS.ENDPOINT_PUBLISHING),
                                            ("ingress_ended", IS.ENDPOINT_INACTIVE)]
+
+
+async def test_a_publisher_killed_mid_stream_ends_its_session_and_the_key_is_served_again(
+        node: Node, lkapi: Any, media: dict[str, Path]) -> None:
+    """ffmpeg SIGKILLed while publishing: the session ends INACTIVE (the publisher went away:
+    for a reusable RTMP ingress that is not an error, as in Go), its job process exits, and
+    the same key is served at once."""
+    info = await _create_rtmp(lkapi, "rob-kill", "killed")
+    push, _ = await _served(node, lkapi, media["hd"], info)
+    await asyncio.sleep(2)
+    job = max(node.job_pids(), key=service._cpu_seconds)  # the session's (a spare is idle)
+    push.kill()
+    await push.wait()
+    t0 = time.monotonic()
+    st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE, IS.ENDPOINT_ERROR})
+    took = time.monotonic() - t0
+    print(f"\npublisher SIGKILLed mid-stream: {IS.Name(st.status)} {took:.2f} s later ({st.error or 'no error'})")
+    assert st.status == IS.ENDPOINT_INACTIVE and not st.error and took < 5, (IS.Name(st.status), st.error, took)
+    deadline = time.monotonic() + 10
+    while job in node.job_pids() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert job not in node.job_pids(), (job, node.job_pids())  # its job process is gone
+    push, _ = await _served(node, lkapi, media["good"], info)
+    _, err = await asyncio.wait_for(push.communicate(), 60)
+    assert push.returncode == 0, err.decode()
+
+
+async def test_garbage_on_the_rtmp_port_is_dropped_and_the_service_serves_on(
+        node: Node, lkapi: Any, media: dict[str, Path]) -> None:
+    """Random bytes (no RTMP handshake) on rtmp_port: the connection is closed, no session
+    begins, and the next real publish is served."""
+    import os
+
+    info = await _create_rtmp(lkapi, "rob-garbage", "after-garbage")
+    before = await _state(lkapi, info.ingress_id)
+    # not RTMP at all; an HTTP request; a valid handshake followed by random chunk bytes
+    for junk in (b"\xff" + os.urandom(4000), b"GET / HTTP/1.0\r\n\r\n",
+                 b"\x03" + bytes(1536) + bytes(1536) + b"\xff" * 4000):
+        r, w = await asyncio.open_connection("127.0.0.1", node.rtmp_port)
+        w.write(junk)
+        with contextlib.suppress(ConnectionError):
+            await w.drain()
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(r.read(), 15)  # to EOF: the server closed it
+        w.close()
+    assert node.proc.poll() is None and node.http(node.health_port, "/")[0] == 200
+    assert (await _state(lkapi, info.ingress_id)).updated_at == before.updated_at  # nothing began
+    push, _ = await _served(node, lkapi, media["good"], info)
+    _, err = await asyncio.wait_for(push.communicate(), 60)
+    assert push.returncode == 0, err.decode()
