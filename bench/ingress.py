@@ -25,15 +25,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lkmedia.dev.procs import child_pids, cpu_seconds
 
 GOAL_RATIO = 1.1
 GOAL_LATENCY = 1.0
@@ -114,14 +114,6 @@ def latency_of(decoded_at: float, index_mod: int, stamp: float) -> float:
     return decoded_at - (stamp + (i + k * n) / FPS)
 
 
-def _cpu(pid: int) -> float:
-    try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _threads(pids: list[int]) -> dict[str, float]:
     """CPU seconds by (process role, thread name) so far."""
     out: dict[str, float] = {}
@@ -134,15 +126,6 @@ def _threads(pids: list[int]) -> dict[str, float]:
                     f = s.rsplit(")", 1)[1].split()
                     key = f"{role}:{s[s.index('(') + 1: s.rindex(')')]}"
                     out[key] = out.get(key, 0.0) + (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-    return out
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for name in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            if int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(name))
     return out
 
 
@@ -177,8 +160,8 @@ async def _run_session(stack: Any, service: subprocess.Popen[bytes], rtmp_port: 
                     raise RuntimeError(f"the session did not publish: {IS.Name(st.status)} {st.error}")
                 await asyncio.sleep(0.02)
             t_publishing = time.time() - relay.first_byte
-            pids = [service.pid, *_children(service.pid)]
-            cpu0 = {p: _cpu(p) for p in pids}
+            pids = [service.pid, *child_pids(service.pid)]
+            cpu0 = {p: cpu_seconds(p) for p in pids}
             threads0 = _threads(pids)
             wall0 = time.monotonic()
             stream = rtc.VideoStream(await asyncio.wait_for(video, 15), format=rtc.VideoBufferType.I420)
@@ -193,8 +176,8 @@ async def _run_session(stack: Any, service: subprocess.Popen[bytes], rtmp_port: 
             await push.wait()
             wall = time.monotonic() - wall0
             threads = {k: round((v - threads0.get(k, 0.0)) / wall, 3)
-                       for k, v in _threads([service.pid, *_children(service.pid)]).items()}
-            per_pid = {p: _cpu(p) - cpu0.get(p, 0.0) for p in [service.pid, *_children(service.pid)]}
+                       for k, v in _threads([service.pid, *child_pids(service.pid)]).items()}
+            per_pid = {p: cpu_seconds(p) - cpu0.get(p, 0.0) for p in [service.pid, *child_pids(service.pid)]}
             service_cpu = per_pid.pop(service.pid, 0.0)
             job = max(per_pid, key=lambda p: per_pid[p])
             # the others: the worker's spare processes, one started for the next session (its
@@ -224,6 +207,7 @@ async def _run_session(stack: Any, service: subprocess.Popen[bytes], rtmp_port: 
 def bench_ingress(ctx: Any, row: Any) -> list[Any]:
     from bench.livekit_rig import installed
     from bench.room_publish import _clip, ffmpeg_layers_peer
+    from lkmedia.dev.ingress_demo import PORTS, IngressProcess
     from lkmedia.dev.stack import DevStack, free_port
     from lkmedia.probe import probe
 
@@ -236,30 +220,16 @@ def bench_ingress(ctx: Any, row: Any) -> list[Any]:
     if not clip.exists():
         asyncio.run(_clip(clip, ctx.seconds))
     media = probe(str(clip)).duration or ctx.seconds
-    rtmp, whip, relay = free_port(), free_port(), free_port()
+    ports = {name: free_port() for name in PORTS}
     with DevStack(workdir=work / "stack",
-                  config={"ingress": {"rtmp_base_url": f"rtmp://127.0.0.1:{rtmp}/live"}}) as stack:
-        body = (f"api_key: {stack.api_key}\napi_secret: {stack.api_secret}\nws_url: {stack.url}\n"
-                f"redis:\n  address: {stack.redis_address}\nrtmp_port: {rtmp}\nwhip_port: {whip}\n"
-                f"http_relay_port: {relay}\ncpu_cost:\n  rtmp_cpu_cost: 0.5\n  min_idle_ratio: 0.01\n"
-                "logging:\n  level: info\n")
-        log = work / "ingress.log"
-        with open(log, "wb") as out:
-            service = subprocess.Popen([sys.executable, "-m", "lkmedia", "ingress"], stdout=out,
-                                       stderr=subprocess.STDOUT, env={**os.environ, "INGRESS_CONFIG_BODY": body})
+                  config={"ingress": {"rtmp_base_url": f"rtmp://127.0.0.1:{ports['rtmp']}/live"}}) as stack:
+        node = IngressProcess(stack, ports, work / "ingress.log")
         try:
-            deadline = time.monotonic() + 30
-            while not _ready(log) and service.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.2)
+            asyncio.run(node.wait_ready(30))
             time.sleep(2.0)  # the worker's spare process up, idle
-            r = asyncio.run(_run_session(stack, service, rtmp, clip, media))
+            r = asyncio.run(_run_session(stack, node.proc, ports["rtmp"], clip, media))
         finally:
-            service.send_signal(signal.SIGINT)
-            try:
-                service.wait(30)
-            except subprocess.TimeoutExpired:
-                service.kill()
-                service.wait()
+            node.stop(30)
     peer = ctx.measure(ffmpeg_layers_peer(clip, work))
     peer_rate = peer.cpu / media if peer.ok else None
     lk = r["cpu_per_s"]
@@ -286,10 +256,6 @@ def bench_ingress(ctx: Any, row: Any) -> list[Any]:
         row("ingress/first-byte-to-publishing", "seconds from the first RTMP byte to the PUBLISHING state stored in "
             "livekit-server", "s", lkmedia=round(r["publishing_s"], 3), status="info"),
     ]
-
-
-def _ready(log: Path) -> bool:
-    return log.exists() and "ready" in log.read_text(errors="replace")
 
 
 def _selftest() -> None:

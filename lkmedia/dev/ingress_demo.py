@@ -32,6 +32,7 @@ from livekit.protocol import models as lkm
 
 from ..core.errors import LkmediaError
 from ..sources.synthetic import SyntheticSource
+from .procs import child_pids
 from .rooms import ReceivedTrack, SeenParticipant, watch_media
 from .stack import DevStack, free_port
 
@@ -80,7 +81,8 @@ class IngressProcess:
     stays out of argv), its output in ``log``, in a session of its own: a Ctrl-C at the
     terminal reaches the demo only, which stops it before the stack."""
 
-    def __init__(self, stack: DevStack, ports: dict[str, int], log: Path) -> None:
+    def __init__(self, stack: DevStack, ports: dict[str, int], log: Path, extra: str = "") -> None:
+        """``extra``: more top-level config keys (YAML lines), e.g. ``rtmp_passthrough: true``."""
         p = ports
         body = (f"api_key: {stack.api_key}\napi_secret: {stack.api_secret}\nws_url: {stack.url}\n"
                 f"redis:\n  address: {stack.redis_address}\nrtmp_port: {p['rtmp']}\nwhip_port: {p['whip']}\n"
@@ -89,7 +91,8 @@ class IngressProcess:
                 # One session on a shared dev machine (the defaults reserve 2 CPUs a session, and
                 # /availability asks for the costliest input): not refused while others use the CPU.
                 "cpu_cost:\n  rtmp_cpu_cost: 0.05\n  url_cpu_cost: 0.05\n  whip_cpu_cost: 0.05\n"
-                "  whip_bypass_transcoding_cpu_cost: 0.05\n  min_idle_ratio: 0.01\n")
+                "  whip_bypass_transcoding_cpu_cost: 0.05\n  rtmp_passthrough_cpu_cost: 0.05\n"
+                "  min_idle_ratio: 0.01\n" + extra)
         self.log = log
         self.health_port = p["health"]
         env = {**os.environ, "INGRESS_CONFIG_BODY": body, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -124,19 +127,10 @@ class IngressProcess:
                 raise DemoError(f"lkmedia ingress was not ready in {timeout:g} s; its last lines:\n{self.tail()}")
             await asyncio.sleep(0.2)
 
-    def _children(self) -> list[int]:
-        """Its job processes (each in a session of its own)."""
-        out = []
-        for name in filter(str.isdigit, os.listdir("/proc")):
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(self.proc.pid):
-                    out.append(int(name))
-        return out
-
     def stop(self, timeout: float = 20) -> None:
         """SIGINT (stop now: it ends its sessions and job processes), SIGKILL at ``timeout``;
         then any job process still there (they die with it anyway: PR_SET_PDEATHSIG)."""
-        jobs = self._children()
+        jobs = child_pids(self.proc.pid)  # its job processes (each in a session of its own)
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(signal.SIGINT)
         try:

@@ -9,16 +9,10 @@ process (lkmedia.sources.flv.FlvSource). A URL is pulled and paced in real time
 from __future__ import annotations
 
 from ..core import Source
-from ..sources.file import FileSource
+from ..sources.file import LIVE_PROBE, FileSource
 from ..sources.flv import FlvSource
 from .session import url_source
 from .spec import IngressLaunch
-
-#: A live input arrives in real time: what FFmpeg probes before the first frame comes out
-#: is latency the session keeps for its whole life (bench/ingress.py: 0.5 s of probing gave
-#: 0.74 s glass to glass, 0.1 s gives 0.36 s). An RTMP publish's first tags are the codec
-#: headers, so 0.1 s finds both streams.
-LIVE_PROBE = {"analyzeduration": "100000", "probesize": "500000"}
 
 
 def input_source(launch: IngressLaunch) -> Source:

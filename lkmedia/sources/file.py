@@ -23,6 +23,12 @@ from ..redact import redact_url
 
 log = logging.getLogger("lkmedia.sources.file")
 
+#: A live input arrives in real time: what FFmpeg probes before the first frame comes out
+#: is latency a session keeps for its whole life (bench/ingress.py: 0.5 s of probing gave
+#: 0.74 s glass to glass, 0.1 s gives 0.36 s). An RTMP publish's first tags are the codec
+#: headers, so 0.1 s finds both streams (lkmedia.ingress.recipe, lkmedia.sources.rtsp).
+LIVE_PROBE = {"analyzeduration": "100000", "probesize": "500000"}
+
 #: FFmpeg errors that mean "this packet is bad", not "the input is gone".
 _DATA_ERRORS: tuple[type[BaseException], ...] = (
     av.InvalidDataError, av.error.PatchWelcomeError, av.error.BugError,

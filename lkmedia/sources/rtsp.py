@@ -14,7 +14,7 @@ probed as latency, for the whole session). What differs from a file:
   FFmpeg 5 removed ``stimeout``) as well as PyAV's own: an unreachable or silent server
   fails the open within ``timeout`` seconds, named (without credentials) in plain words.
 * A small probe (the SDP already describes the streams): a live input keeps whatever is
-  probed before its first frame as latency (lkmedia.ingress.recipe.LIVE_PROBE).
+  probed before its first frame as latency (lkmedia.sources.file.LIVE_PROBE).
 
 The stream ends (COMPLETE for an ingress session) when the server ends it: an RTCP BYE on
 every stream (gst-rtsp-server at end of stream) or the connection closed (both tried
@@ -30,13 +30,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import av
 
-from .file import FileSource
+from .file import LIVE_PROBE, FileSource
 
 RTSP_SCHEMES = ("rtsp", "rtsps")
 #: FFmpeg's rtsp_transport values a URL may ask for with ``?transport=``.
 TRANSPORTS = ("tcp", "udp", "udp_multicast", "http", "https")
-#: The same small probe as lkmedia.ingress.recipe.LIVE_PROBE (0.1 s).
-RTSP_PROBE = {"analyzeduration": "100000", "probesize": "500000"}
 
 
 def is_rtsp(url: str | os.PathLike[str]) -> bool:
@@ -72,7 +70,7 @@ class RtspSource(FileSource):
         if not is_rtsp(raw):
             raise ValueError(f"not an rtsp:// or rtsps:// URL: {urlsplit(raw).scheme or raw!r}")
         stripped, transport = split_transport(raw)
-        opts = {**RTSP_PROBE, "rtsp_transport": transport,
+        opts = {**LIVE_PROBE, "rtsp_transport": transport,
                 "timeout": str(round(timeout * 1_000_000)), **(options or {})}
         super().__init__(stripped, realtime=False, timeout=timeout, options=opts, **kw)
         self.live = True

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -23,6 +20,8 @@ import pytest
 from livekit import rtc
 from livekit.protocol import ingress as lki
 
+from lkmedia.dev.ingress_demo import PORTS, IngressProcess
+from lkmedia.dev.procs import child_pids, cpu_seconds
 from lkmedia.dev.stack import DevStack, free_port
 
 IS = lki.IngressState.Status
@@ -41,58 +40,27 @@ def _clip(path: Path, bframes: int) -> Path:
 @dataclass
 class Node:
     stack: DevStack
-    proc: subprocess.Popen[bytes]
+    service: IngressProcess
     rtmp_port: int
-    log: Path
 
     def job_pids(self) -> list[int]:
-        out = []
-        for name in filter(str.isdigit, os.listdir("/proc")):
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{name}/stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
-                    out.append(int(name))
-        return out
-
-
-def _cpu(pid: int) -> float:
-    try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        return child_pids(self.service.proc.pid)
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    d = tmp_path_factory.mktemp("passthrough-node")
-    rtmp, whip, health, relay = free_port(), free_port(), free_port(), free_port()
-    stack = DevStack(config={"ingress": {"rtmp_base_url": f"rtmp://127.0.0.1:{rtmp}/live"}})
+    ports = {name: free_port() for name in PORTS}
+    stack = DevStack(config={"ingress": {"rtmp_base_url": f"rtmp://127.0.0.1:{ports['rtmp']}/live"}})
     stack.start()
-    body = (f"api_key: {stack.api_key}\napi_secret: {stack.api_secret}\nws_url: {stack.url}\n"
-            f"redis:\n  address: {stack.redis_address}\nrtmp_port: {rtmp}\nwhip_port: {whip}\n"
-            f"http_relay_port: {relay}\nhealth_port: {health}\nrtmp_passthrough: true\n"
-            "cpu_cost:\n  rtmp_passthrough_cpu_cost: 0.05\n  min_idle_ratio: 0.01\n")
-    log = d / "ingress.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "lkmedia", "ingress"], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "INGRESS_CONFIG_BODY": body,
-                                     "PYTHONPATH": os.pathsep.join(sys.path)})
+    service = IngressProcess(stack, ports, tmp_path_factory.mktemp("passthrough-node") / "ingress.log",
+                             extra="rtmp_passthrough: true\n")
     try:
-        deadline = time.monotonic() + 30
-        while "ready" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        yield Node(stack, proc, rtmp, log)
+        asyncio.run(service.wait_ready(30))
+        yield Node(stack, service, ports["rtmp"])
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        service.stop(30)
         stack.cleanup()
-        print(f"\n--- lkmedia ingress log (last lines) ---\n{log.read_text()[-2000:]}")
+        print(f"\n--- lkmedia ingress log (last lines) ---\n{service.tail(20)}")
 
 
 @contextlib.asynccontextmanager
@@ -155,7 +123,7 @@ async def test_the_room_gets_the_publishers_own_h264(node: Node, tmp_path: Path)
             await _wait(node, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
             t_pub = time.monotonic() - t0
             (job,) = node.job_pids() or [0]
-            cpu0, wall0 = _cpu(job), time.monotonic()
+            cpu0, wall0 = cpu_seconds(job), time.monotonic()
             stream = rtc.VideoStream(await asyncio.wait_for(video, 15), format=rtc.VideoBufferType.I420)
 
             async def read() -> None:
@@ -167,7 +135,7 @@ async def test_the_room_gets_the_publishers_own_h264(node: Node, tmp_path: Path)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(read(), 5)
             await stream.aclose()
-            cpu = (_cpu(job) - cpu0) / (time.monotonic() - wall0)
+            cpu = (cpu_seconds(job) - cpu0) / (time.monotonic() - wall0)
         st = await _wait(node, info.ingress_id, {IS.ENDPOINT_INACTIVE, IS.ENDPOINT_ERROR})
     finally:
         await viewer.disconnect()

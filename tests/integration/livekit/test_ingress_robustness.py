@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from livekit.protocol import models as lkm
 
+from lkmedia.dev.procs import cpu_seconds
 from lkmedia.rtmp.flv import AUDIO, SCRIPT, VIDEO, FlvTag
 from lkmedia.testing.media import av_clip
 from lkmedia.testing.rtmp_client import RtmpTestClient
@@ -225,7 +226,7 @@ async def test_a_publisher_killed_mid_stream_ends_its_session_and_the_key_is_ser
     info = await _create_rtmp(lkapi, "rob-kill", "killed")
     push, _ = await _served(node, lkapi, media["hd"], info)
     await asyncio.sleep(2)
-    job = max(node.job_pids(), key=service._cpu_seconds)  # the session's (a spare is idle)
+    job = max(node.job_pids(), key=cpu_seconds)  # the session's (a spare is idle)
     push.kill()
     await push.wait()
     t0 = time.monotonic()

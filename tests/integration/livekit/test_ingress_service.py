@@ -31,6 +31,7 @@ from livekit.protocol import ingress as lki
 from livekit.protocol import models as lkm
 
 from lkmedia.dev.lk import run_lk
+from lkmedia.dev.procs import child_pids, cpu_seconds
 from lkmedia.dev.stack import DevStack, free_port
 from lkmedia.probe import assert_av_sync, av_offsets
 from lkmedia.testing.egress import egress_service
@@ -59,17 +60,7 @@ class Node:
 
     def job_pids(self) -> list[int]:
         """The service's job processes (the spare included)."""
-        out = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{name}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
-                out.append(int(name))
-        return out
+        return child_pids(self.proc.pid)
 
     def http(self, port: int, path: str) -> tuple[int, str]:
         try:
@@ -77,14 +68,6 @@ class Node:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +219,7 @@ async def test_rtmp_sessions_in_job_processes(node: Node, lkapi: Any, clips: dic
     info = await _create_rtmp(lkapi, "svc-rtmp", "cam-1")
     assert info.url == f"rtmp://127.0.0.1:{node.rtmp_port}/live"
     spare = set(node.job_pids())
-    cpu0 = {pid: _cpu_seconds(pid) for pid in spare}
+    cpu0 = {pid: cpu_seconds(pid) for pid in spare}
     await _available(node)  # (not counted in the time to PUBLISHING)
     t0 = time.monotonic()
     push = await _push(node, clips["short"], info.stream_key)
@@ -247,7 +230,7 @@ async def test_rtmp_sessions_in_job_processes(node: Node, lkapi: Any, clips: dic
     status, metrics = node.http(node.prometheus_port, "/metrics")
     _, err = await asyncio.wait_for(push.communicate(), 60)
     assert push.returncode == 0, err.decode()
-    job_cpu = max((_cpu_seconds(pid) - cpu0[pid], pid) for pid in spare)
+    job_cpu = max((cpu_seconds(pid) - cpu0[pid], pid) for pid in spare)
     final = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE}, seen=seen)
     while seen and seen[0] == IS.ENDPOINT_INACTIVE:  # as created, before the push
         seen.pop(0)
@@ -360,9 +343,9 @@ async def test_job_process_killed(node: Node, lkapi: Any, clips: dict[str, Path]
     push = await _push(node, clips["long"], info.stream_key)
     try:
         await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
-        cpu0 = {pid: _cpu_seconds(pid) for pid in node.job_pids()}
+        cpu0 = {pid: cpu_seconds(pid) for pid in node.job_pids()}
         await asyncio.sleep(1.5)
-        busy = max(cpu0, key=lambda pid: _cpu_seconds(pid) - cpu0[pid])  # the session's process works
+        busy = max(cpu0, key=lambda pid: cpu_seconds(pid) - cpu0[pid])  # the session's process works
         os.kill(busy, signal.SIGKILL)
         st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_ERROR}, timeout=20)
         assert "killed by signal 9" in st.error and "Traceback" not in st.error, st.error
