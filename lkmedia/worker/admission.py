@@ -94,6 +94,11 @@ class Admission:
     def job_ids(self) -> list[str]:
         return list(self._jobs)
 
+    def samples(self, job_id: str) -> int:
+        """How many measurements of this job's CPU were recorded so far (0: none or gone)."""
+        job = self._jobs.get(job_id)
+        return job.samples if job is not None else 0
+
     def _held(self, job: _Job, now: float) -> bool:
         return now - job.accepted_at < CPU_HOLD_SECONDS
 
