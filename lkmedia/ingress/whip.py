@@ -166,6 +166,7 @@ class _Resource:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     end_remote: Callable[[], Awaitable[None]] | None = None  # a session run elsewhere (a job process)
     etag: str = ""  # proxy mode: the SFU's ICE session tag
+    ending: asyncio.Future[None] | None = None  # WhipSessions.end, once
 
 
 class WhipSessions:
@@ -241,7 +242,13 @@ class WhipSessions:
         await self.end(res)
 
     async def end(self, res: _Resource) -> None:
-        """End a session and wait for its last state."""
+        """End a session and wait for its last state. Several may ask at once (the client's
+        DELETE and livekit-server's notify that the connection closed): it ends once."""
+        if res.ending is None:
+            res.ending = asyncio.ensure_future(self._end(res))
+        await asyncio.shield(res.ending)
+
+    async def _end(self, res: _Resource) -> None:
         if res.end_remote is not None:
             await res.end_remote()
         if res.session is not None:

@@ -232,6 +232,8 @@ class WhipFrontDoor:
         current = self.live.get(info.ingress_id)
         if current is None or (current.status in states.FINAL and current.ended_at):
             return
+        if reported.resource_id and current.resource_id and reported.resource_id != current.resource_id:
+            return  # a late word on the ingress's previous session: the current one goes on
         if reported.status in states.FINAL:
             new = states.ended(current, True, reported.error if reported.status == states.S.ENDPOINT_ERROR else "")
         else:
