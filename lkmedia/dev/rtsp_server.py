@@ -4,11 +4,13 @@ stream for RTSP pull: H.264 (x264enc tune=zerolatency, a key frame every second)
 (avenc_aac), both paced in real time, SECONDS long, then end of stream (the server's
 RTP sessions send RTCP BYE).
 
-    /usr/bin/python3 lkmedia/dev/rtsp_server.py SECONDS [WIDTHxHEIGHT]
+    /usr/bin/python3 lkmedia/dev/rtsp_server.py SECONDS [WIDTHxHEIGHT] [--tls CERT KEY]
 
 Run it with the system Python (``/usr/bin/python3``: the one with ``gi``); it imports
 nothing from lkmedia. It binds a free loopback port and prints its URL
 (``rtsp://127.0.0.1:PORT/test``) on one line once it listens, then serves until killed.
+With ``--tls`` (PEM files) it serves RTSPS instead: TLS on the control connection, which
+carries the media too with TCP-interleaved transport (``rtsps://127.0.0.1:PORT/test``).
 Each client gets its own stream from the start (the media is not shared).
 """
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 gi: Any = importlib.import_module("gi")
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-GLib, Gst, GstRtspServer = (importlib.import_module(f"gi.repository.{m}") for m in ("GLib", "Gst", "GstRtspServer"))
+GLib, Gio, Gst, GstRtspServer = (importlib.import_module(f"gi.repository.{m}")
+                                 for m in ("GLib", "Gio", "Gst", "GstRtspServer"))
 
 FPS = 30
 AUDIO_RATE = 48_000
@@ -44,8 +47,25 @@ def launch(seconds: float, width: int, height: int) -> str:
     )
 
 
+def serve_tls(server: Any, factory: Any, cert: str, key: str) -> None:
+    """RTSPS: the server's certificate, and every client let in as "anonymous" (a server with
+    an auth object refuses media to clients without a role)."""
+    auth = GstRtspServer.RTSPAuth()
+    auth.set_tls_certificate(Gio.TlsCertificate.new_from_files(cert, key))
+    token = GstRtspServer.RTSPToken()
+    token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "anonymous")
+    auth.set_default_token(token)
+    server.set_auth(auth)
+    factory.add_role_from_structure(Gst.Structure.from_string(
+        "anonymous, media.factory.access=(boolean)true, media.factory.construct=(boolean)true")[0])
+
+
 def main(argv: list[str]) -> int:
-    if not 2 <= len(argv) <= 3:
+    tls: list[str] = []
+    if "--tls" in argv:
+        i = argv.index("--tls")
+        tls, argv = argv[i + 1 : i + 3], argv[:i] + argv[i + 3 :]
+    if not 2 <= len(argv) <= 3 or (tls and len(tls) != 2):
         print(__doc__, file=sys.stderr)
         return 2
     seconds = float(argv[1])
@@ -57,11 +77,13 @@ def main(argv: list[str]) -> int:
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(launch(seconds, width, height))
     factory.set_shared(False)
+    if tls:
+        serve_tls(server, factory, *tls)
     server.get_mount_points().add_factory("/test", factory)
     if server.attach(None) == 0:
         print("cannot attach the RTSP server", file=sys.stderr)
         return 1
-    print(f"rtsp://127.0.0.1:{server.get_bound_port()}/test", flush=True)
+    print(f"{'rtsps' if tls else 'rtsp'}://127.0.0.1:{server.get_bound_port()}/test", flush=True)
     try:
         GLib.MainLoop().run()
     except KeyboardInterrupt:

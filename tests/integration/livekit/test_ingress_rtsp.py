@@ -3,7 +3,7 @@ and a real RTSP server (GStreamer's gst-rtsp-server, lkmedia/dev/rtsp_server.py,
 the system Python): its live H.264 + AAC, over RTP interleaved on the RTSP connection, is
 published (H.264 720p, Opus) and a subscriber decodes both; the states go BUFFERING ->
 PUBLISHING -> COMPLETE when the server ends the stream; an unreachable server ends in ERROR
-naming the URL (without its credentials) within seconds."""
+naming the URL (without its credentials) within seconds. RTSPS (TLS) too."""
 from __future__ import annotations
 
 import asyncio
@@ -32,17 +32,15 @@ SERVER = Path(lkmedia.__file__).parent / "dev" / "rtsp_server.py"
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with gi (python3-gi)
 
 
-@pytest.fixture(scope="module")
-def rtsp_url() -> Iterator[str]:
-    """An RTSP server whose /test is a STREAM_SECONDS-long live 1280x720 H.264 + AAC stream,
-    from its start for each client."""
+def _serve(*args: str) -> Iterator[str]:
+    """Runs lkmedia/dev/rtsp_server.py with ``args`` and yields the URL it prints."""
     check = subprocess.run([SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
                            capture_output=True, text=True)
     if check.returncode != 0:
         pytest.fail("gst-rtsp-server is not installed for the system Python: "
                     "apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 (scripts/setup.sh --test)\n"
                     + check.stderr[-500:])
-    proc = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), str(STREAM_SECONDS)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line: list[str] = []
@@ -50,7 +48,7 @@ def rtsp_url() -> Iterator[str]:
     reader.start()
     reader.join(15)
     try:
-        if not line or not line[0].startswith("rtsp://"):
+        if not line or not line[0].startswith("rtsp"):
             proc.kill()
             _, err = proc.communicate(timeout=5)
             pytest.fail(f"the RTSP server did not start: {err[-1000:]}")
@@ -58,6 +56,23 @@ def rtsp_url() -> Iterator[str]:
     finally:
         proc.kill()
         proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def rtsp_url() -> Iterator[str]:
+    """An RTSP server whose /test is a STREAM_SECONDS-long live 1280x720 H.264 + AAC stream,
+    from its start for each client."""
+    yield from _serve(str(STREAM_SECONDS))
+
+
+@pytest.fixture(scope="module")
+def rtsps_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same server over TLS (RTSPS) with a self-signed certificate, 640x360."""
+    d = tmp_path_factory.mktemp("rtsps")
+    key, crt = d / "key.pem", d / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
+                    "-days", "2", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    yield from _serve(str(STREAM_SECONDS), "640x360", "--tls", str(crt), str(key))
 
 
 def _info(room: str, url: str) -> lki.IngressInfo:
@@ -120,6 +135,25 @@ async def test_an_rtsp_stream_is_published_then_complete(livekit_stack: DevStack
     # Live, not paced again: it ends with the server's stream (a second of setup at most).
     assert STREAM_SECONDS - 0.5 < took < STREAM_SECONDS + 3
     assert published_after < 5, published_after
+
+
+async def test_an_rtsps_stream_is_published_then_complete(livekit_stack: DevStack, room_name: str,
+                                                          rtsps_url: str) -> None:
+    """RTSPS (TLS; the certificate is self-signed: FFmpeg does not verify by default)."""
+    assert rtsps_url.startswith("rtsps://")
+    states: list[lki.IngressState] = []
+    task = asyncio.create_task(_session(livekit_stack, _info(room_name, rtsps_url), states).run())
+    seen, received = await watch_media(livekit_stack.url, livekit_stack.api_key, livekit_stack.api_secret,
+                                       room_name, "pulled", 2, seconds=2.0, up_to=8.0)
+    got = {r.kind: r for r in received}
+    print(f"RTSPS: a subscriber decoded {got['video'].frames} video frames {dict(got['video'].sizes)} and "
+          f"{got['audio'].samples} audio samples in {got['video'].seconds:.1f} s")
+    assert got["video"].frames >= 10 and (640, 360) in got["video"].sizes, got
+    assert got["audio"].samples >= 48_000, got
+    final = await asyncio.wait_for(task, STREAM_SECONDS + 10)
+    assert final.status == IS.ENDPOINT_COMPLETE and final.error == "", final.error
+    assert (final.video.mime_type, final.video.width, final.video.height) == ("video/h264", 640, 360)
+    assert final.audio.mime_type == "audio/aac"
 
 
 async def test_an_unreachable_rtsp_server_ends_in_error_naming_it(livekit_stack: DevStack, room_name: str) -> None:
