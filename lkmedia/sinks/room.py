@@ -37,6 +37,9 @@ from .room_encoded import PASSTHROUGH_CODECS, EncodedVideo
 log = logging.getLogger("lkmedia.sinks.room")
 
 AUDIO_CHUNK_MS = 10  # what libwebrtc takes from an AudioSource at a time (direct capture: exactly 10 ms)
+# (Captures through the source's queue, 40 ms each, cost a quarter of the FFI round trips but
+# drifted: each time the queue ran dry under load, libwebrtc skipped a 10 ms tick and all the
+# audio after it played that much later; A/V offsets grew to 90-120 ms within 7 s.)
 CODECS = {"h264": rtc.VideoCodec.H264, "vp8": rtc.VideoCodec.VP8, "vp9": rtc.VideoCodec.VP9,
           "av1": rtc.VideoCodec.AV1}
 
@@ -238,13 +241,18 @@ class RoomSink(Sink):
         if self._asrc is None:
             await self._publish("audio", frame)
         assert self._asrc is not None and self._resampler is not None
-        start = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base is not None else None
         for chunk in self._resampler.resample(frame):
-            if start is not None:
-                await self._wait_for(start)
-                start += chunk.samples / chunk.sample_rate
-            await self._asrc.capture_frame(to_rtc_audio(chunk))
-            self.samples += chunk.samples
+            await self._capture_audio(chunk)
+
+    async def _capture_audio(self, chunk: av.AudioFrame) -> None:
+        """One resampled 10 ms chunk at its due time: its own pts, which count the resampler's
+        leftovers (the input frame's would date a chunk that began with them up to 10 ms early).
+        Under 10 ms left at the end is dropped: direct capture takes exactly 10 ms."""
+        assert self._asrc is not None
+        if chunk.pts is not None and chunk.time_base is not None:
+            await self._wait_for(float(chunk.pts * chunk.time_base))
+        await self._asrc.capture_frame(to_rtc_audio(chunk))
+        self.samples += chunk.samples
 
     # -- run -------------------------------------------------------------------
     async def run(self) -> None:

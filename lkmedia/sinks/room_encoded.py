@@ -66,6 +66,7 @@ class EncodedVideo:
         self.frames = 0
         self.rejected = 0
         self.keyframe_requests = 0
+        self._next_feedback = 0
 
     def track(self, name: str, source: rtc.TrackSource.ValueType, max_bitrate: int
               ) -> tuple[rtc.LocalVideoTrack, rtc.TrackPublishOptions]:
@@ -97,9 +98,10 @@ class EncodedVideo:
                 self.frames += 1
             else:
                 self.rejected += 1
-        feedback = self.source.take_feedback()
-        if feedback.keyframe_requested:
-            self.keyframe_requests += 1  # the publisher's encoder is out of reach: wait for its GOP
+        if self.frames >= self._next_feedback:  # (an FFI round trip: twice a second is enough to count them)
+            self._next_feedback = self.frames + max(1, round(self.fps / 2))
+            if self.source.take_feedback().keyframe_requested:
+                self.keyframe_requests += 1  # the publisher's encoder is out of reach: wait for its GOP
 
     def stats(self) -> dict[str, Any]:
         return {"frames": self.frames, "rejected": self.rejected, "keyframe_requests": self.keyframe_requests}
