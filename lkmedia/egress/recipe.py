@@ -97,26 +97,36 @@ def build_recipe(
     return r
 
 
+def _video_encoder(e: Any) -> VideoEncoder:
+    return VideoEncoder("libx264", width=e.width, height=e.height, fps=e.fps, bitrate=e.video_bitrate * 1000,
+                        keyframe_interval=e.keyframe_interval or None, profile=e.profile, name="video_encoder")
+
+
 def _encoders(cfg: EgressConfig, r: Recipe, live: bool) -> None:
     """One encode per media, feeding every output."""
     g, e = r.graph, cfg.encoding
-    if cfg.video_enabled:
+    encoded = bool(cfg.file or cfg.segments or cfg.stream)
+    if cfg.video_enabled and cfg.request_type == "room_composite" and cfg.engine == "native":
+        # The room's video tracks are linked to the compositor as they come (the job does
+        # it); it makes frames at a constant rate on the graph clock.
         r.video_in = g.add(Tee(name="video"))
-        if cfg.request_type == "room_composite" and cfg.engine == "native":
-            # The room's video tracks are linked to the compositor as they come (the job
-            # does it); it makes frames at a constant rate on the graph clock.
-            r.compositor = Compositor(width=e.width, height=e.height, fps=e.fps, layout=cfg.layout, live=live,
-                                      labels=True, name="compositor")
-            g.link(g.add(r.compositor), r.video_in)
-        if cfg.file or cfg.segments or cfg.stream:
-            venc = VideoEncoder("libx264", width=e.width, height=e.height, fps=e.fps,
-                                bitrate=e.video_bitrate * 1000, keyframe_interval=e.keyframe_interval or None,
-                                profile=e.profile, name="video_encoder")
-            if r.compositor is not None:
-                g.link(r.video_in, venc)
-            else:  # a constant frame rate: live tracks arrive bunched after a stall or a rejoin
-                g.chain(r.video_in, FpsConverter(e.fps, name="fps"), venc)
-            r.encoders["video"] = venc
+        r.compositor = Compositor(width=e.width, height=e.height, fps=e.fps, layout=cfg.layout, live=live,
+                                  labels=True, name="compositor")
+        g.link(g.add(r.compositor), r.video_in)
+        if encoded:
+            r.encoders["video"] = venc = _video_encoder(e)
+            g.link(r.video_in, venc)
+    elif cfg.video_enabled and encoded and not cfg.images:
+        # One consumer: the source feeds the frame-rate converter directly (no Tee hop), and
+        # the converter retimes the frames it alone holds in place (no copy).
+        r.video_in = g.add(FpsConverter(e.fps, owns_input=True, name="fps"))
+        r.encoders["video"] = venc = _video_encoder(e)
+        g.link(r.video_in, venc)
+    elif cfg.video_enabled:
+        r.video_in = g.add(Tee(name="video"))  # the images' too
+        if encoded:  # a constant frame rate: live tracks arrive bunched after a stall or a rejoin
+            r.encoders["video"] = venc = _video_encoder(e)
+            g.chain(r.video_in, FpsConverter(e.fps, name="fps"), venc)
     if cfg.audio_enabled:
         # A clock-driven mixer in front of the encoder, even for one track: audio that
         # arrives late or not at all becomes silence in its place on the timeline, so the

@@ -280,9 +280,13 @@ class FpsConverter(Processor):
 
     threaded = True
 
-    def __init__(self, fps: float | Fraction, *, max_fill: float = 5.0, name: str | None = None,
-                 policy: Policy = Policy.BLOCK, capacity: int = 8) -> None:
+    def __init__(self, fps: float | Fraction, *, max_fill: float = 5.0, owns_input: bool = False,
+                 name: str | None = None, policy: Policy = Policy.BLOCK, capacity: int = 8) -> None:
+        """``owns_input``: nothing else holds the frames that come in (no fan-out before this
+        node), so a frame's first emission is retimed in place; only a repeat is a copy."""
         super().__init__(name, policy=policy, capacity=capacity)
+        self.owns_input = owns_input
+        self.copies = 0
         self.fps = Fraction(fps).limit_denominator(1001)
         if not 0 < self.fps <= 240:
             raise ValueError(f"{self.name}: fps must be in (0, 240], got {fps}")
@@ -338,8 +342,10 @@ class FpsConverter(Processor):
     def _emit(self, n: int) -> Any:
         f = self._held
         pts = round(Fraction(n) / self.fps / VIDEO_TIME_BASE)
-        if self._held_used or f.pts != pts or f.time_base != VIDEO_TIME_BASE:
+        if self._held_used or (not self.owns_input and (f.pts != pts or f.time_base != VIDEO_TIME_BASE)):
             f = copy_video_frame(f)
+            self.copies += 1
+        if f.pts != pts or f.time_base != VIDEO_TIME_BASE:
             f.pts, f.time_base = pts, VIDEO_TIME_BASE
         if self._held_used:
             self.duplicated += 1
@@ -399,5 +405,5 @@ class FpsConverter(Processor):
 
     def stats(self) -> dict[str, Any]:
         return {"frames_in": self.frames_in, "frames_out": self.frames_out,
-                "dropped": self.dropped, "duplicated": self.duplicated}
+                "dropped": self.dropped, "duplicated": self.duplicated, "copies": self.copies}
 

@@ -157,6 +157,26 @@ async def test_fps_converter_drops_only_for_a_real_rate_difference() -> None:
     assert st["duplicated"] == 0 and 2 <= st["dropped"] <= 4, st
 
 
+@pytest.mark.parametrize("owns_input", [False, True])
+async def test_fps_converter_copies_only_what_it_must(owns_input: bool) -> None:
+    # Jittery 30 fps with a 0.2 s hole (frames 30-35): every frame moves a little; the hole's
+    # slots repeat the frame before it. With owns_input (no fan-out before it, as a
+    # participant egress without images builds it) a frame's first emission is the input
+    # frame retimed in place; only repeats are copies. Shared input: every output is a copy.
+    rng = np.random.default_rng(5)
+    times = [i / 30 + rng.uniform(-0.004, 0.004) for i in range(60) if not 30 <= i < 36]
+    src = Frames(times)
+    conv = FpsConverter(30, owns_input=owns_input)
+    sink = await run_chain(src, conv)
+    st = conv.stats()
+    assert st["frames_out"] == 60 and st["duplicated"] == 6, st
+    assert st["copies"] == (6 if owns_input else 60), st
+    assert [f.pts for f in sink.items] == [n * 3000 for n in range(60)]
+    luma = [int(np.frombuffer(f.planes[0], np.uint8)[0]) for f in sink.items]
+    assert luma[29:37] == [29] * 7 + [30], luma[29:37]  # (luma counts the frames sent)
+    assert len({id(f) for f in sink.items}) == 60
+
+
 def test_copy_video_frame_is_a_true_copy() -> None:
     f = synth().video_frame(5)
     c = copy_video_frame(f)

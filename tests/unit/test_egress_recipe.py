@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from livekit.protocol import egress as lk
@@ -11,6 +12,8 @@ from livekit.protocol import egress as lk
 from lkmedia.egress.config import egress_config
 from lkmedia.egress.info import fill_results
 from lkmedia.egress.recipe import build_recipe
+from lkmedia.nodes.convert import FpsConverter
+from lkmedia.nodes.tee import Tee
 from lkmedia.probe import av_offsets, decode_errors, probe
 from lkmedia.sources.synthetic import SyntheticSource
 
@@ -75,3 +78,28 @@ async def test_track_egress_keeps_the_codec_family_and_size(tmp_path: Path, code
     out = tmp_path / "t" / f"TR_v.{fmt}"
     v = probe(str(out)).stream("video")
     assert (v.codec, v.width, v.height, v.frames) == (vcodec, 320, 240, 60)
+
+
+async def test_participant_video_without_images_has_no_tee_and_no_copies(tmp_path: Path) -> None:
+    """One consumer of the video: the source feeds the frame-rate converter directly, which
+    retimes the frames in place (issue 12: a Tee hop and a whole-frame copy per frame less).
+    With images the video is shared: a Tee, and the converter copies what it retimes."""
+    def recipe(images: bool) -> Any:
+        req = lk.ParticipantEgressRequest(
+            room_name="r", identity="alice", advanced=lk.EncodingOptions(width=320, height=180, framerate=30),
+            file_outputs=[lk.EncodedFileOutput(filepath=f"{'img' if images else 'plain'}.mp4")],
+            image_outputs=[lk.ImageOutput(capture_interval=1, filename_prefix="i")] if images else [])
+        return build_recipe(egress_config("EG_t", "RM_1", req), str(tmp_path), live=False, now=NOW)
+
+    plain = recipe(False)
+    assert isinstance(plain.video_in, FpsConverter) and plain.video_in.owns_input
+    assert not any(isinstance(n, Tee) for n in plain.graph.nodes.values())
+    src = SyntheticSource(width=320, height=180, fps=30, duration=2)
+    plain.graph.link(src.out("video"), plain.video_in)
+    plain.graph.link(src.out("audio"), plain.audio_in)
+    assert not await plain.graph.run()
+    assert probe(str(tmp_path / "plain.mp4")).stream("video").frames == 60
+    assert plain.video_in.stats()["copies"] == 0
+    shared = recipe(True)
+    assert isinstance(shared.video_in, Tee)
+    assert [n.owns_input for n in shared.graph.nodes.values() if isinstance(n, FpsConverter)] == [False]
