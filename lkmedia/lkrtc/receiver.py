@@ -138,16 +138,11 @@ class EncodedReceiver:
         for codec in parameters.codecs:
             assert codec.payloadType is not None
             self._codecs[codec.payloadType] = codec
-        media = [c for c in parameters.codecs if c.name.lower() in CODECS]
-        if not media:
+        if not any(c.name.lower() in CODECS for c in parameters.codecs):
             raise ValueError(f"no codec we can receive among {[str(c) for c in parameters.codecs]}")
-        main = media[0]
-        self.codec, self.clock_rate = CODECS[main.name.lower()], main.clockRate
-        self._nack = any(fb.type == "nack" and not fb.parameter for fb in main.rtcpFeedback)
         for enc in parameters.encodings:
             if enc.rtx:
                 self._rtx[enc.rtx.ssrc] = enc.ssrc
-        self.clock = self._make_clock(self.clock_rate)
         self._transport._register_rtp_receiver(self, parameters)
         self._task = asyncio.get_running_loop().create_task(self._run_rtcp(), name=f"lkrtc-rtcp-{self.kind}")
         self._started = True
@@ -177,31 +172,48 @@ class EncodedReceiver:
             info = packet.sender_info
             self._lsr = (info.ntp_timestamp >> 16) & 0xFFFFFFFF
             self._lsr_at = time.monotonic()
-            if self.clock is not None and packet.ssrc == self.ssrc:
+            if self.clock is not None and packet.ssrc == self.ssrc:  # (after the first packet)
                 self.clock.sender_report(info.ntp_timestamp, info.rtp_timestamp)
         elif isinstance(packet, RtcpByePacket) and self.ssrc in packet.sources:
             self._end()
 
     # -- RTP in ----------------------------------------------------------------
-    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        if not self._enabled or self._ended:
-            return
+    def _media(self, packet: RtpPacket) -> RtpPacket | None:
+        """The media packet (an RTX one unwrapped) of this track's codec, else None."""
         codec = self._codecs.get(packet.payload_type)
         if codec is None:
-            return
+            return None
         if codec.name == "rtx":
             apt = codec.parameters.get("apt")
-            if len(packet.payload) < 2 or not isinstance(apt, int) or apt not in self._codecs:
-                return
             media_ssrc = self._rtx.get(packet.ssrc, self.ssrc)
-            if media_ssrc is None:
-                return
+            if len(packet.payload) < 2 or not isinstance(apt, int) or apt not in self._codecs or media_ssrc is None:
+                return None
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=media_ssrc)
+            codec = self._codecs[apt]
             self.rtx_packets += 1
         elif self.ssrc is None:
             self.ssrc = packet.ssrc
         elif packet.ssrc != self.ssrc:
-            return  # a second stream on one receiver: not ours to mix in
+            return None  # a second stream on one receiver: not ours to mix in
+        name = codec.name.lower()
+        if self.codec is None:
+            # the server offers every codec of the room and sends the one published: what
+            # the first packet carries is the track's codec
+            if name not in CODECS:
+                return None
+            self._start_codec(codec)
+        elif CODECS.get(name) != self.codec:
+            self.bad_packets += 1
+            return None
+        return packet
+
+    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        if not self._enabled or self._ended:
+            return
+        media = self._media(packet)
+        if media is None:
+            return
+        packet = media
         now = time.monotonic()
         self.packets += 1
         asm = self._asm
@@ -222,6 +234,11 @@ class EncodedReceiver:
             self._deliver(f)
         if asm.stalled or (asm.need_key and asm.dropped_frames != self._dropped_seen):
             self._wake.set()
+
+    def _start_codec(self, codec: RTCRtpCodecParameters) -> None:
+        self.codec, self.clock_rate = CODECS[codec.name.lower()], codec.clockRate
+        self._nack = any(fb.type == "nack" and not fb.parameter for fb in codec.rtcpFeedback)
+        self.clock = self._make_clock(self.clock_rate)
 
     def _deliver(self, frame: EncodedFrame) -> None:
         assert self.clock is not None
