@@ -208,3 +208,45 @@ async def test_flash_beep_in_sync(livekit_stack: DevStack, room_name: str, tmp_p
     assert len(offsets) >= 5, (offsets, src.stats())
     # the first flash may come before the sender reports (arrival times only)
     assert all(abs(o) <= 0.040 for o in offsets[1:]), (offsets, src.stats())
+
+
+async def test_losses_repaired_with_nack(livekit_stack: DevStack, room_name: str, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """One video packet in 12 is dropped on arrival (after SRTP, before the receiver): the
+    receiver asks again (NACK), the server resends (RTX), and nothing is lost in the file."""
+    from lkmedia.lkrtc.receiver import EncodedReceiver
+
+    dropped = [0]
+    handle = EncodedReceiver._handle_rtp_packet
+
+    async def lossy(self: EncodedReceiver, packet: Any, arrival_time_ms: int) -> None:
+        codec = self._codecs.get(packet.payload_type)
+        if self.kind == "video" and codec is not None and codec.name != "rtx" and packet.payload \
+                and packet.sequence_number % 12 == 5:
+            dropped[0] += 1
+            return
+        await handle(self, packet, arrival_time_ms)
+
+    monkeypatch.setattr(EncodedReceiver, "_handle_rtp_packet", lossy)
+    out = tmp_path / "lossy.webm"
+    width, height, frames = 640, 360, 150
+    g = Graph()
+    src = EncodedTrackSource(livekit_stack.url, livekit_stack.token("egress", room_name),
+                             participant_identity="clip", kind="video", wait_timeout=20)
+    g.link(src, FileSink(out, start_at_zero=True))
+    async with running(g) as task, ClipPublisher(livekit_stack.url, livekit_stack.token("clip", room_name)) as pub:
+        vsrc = await pub.publish_video(width, height)
+        await wait_receiving(src, "video")
+        await asyncio.wait_for(pub.subscribed.wait(), 10)
+        await send_video(vsrc, frames, width, height)
+        await asyncio.sleep(0.5)
+        sent = await pub.sent("video")
+        await pub.room.local_participant.unpublish_track(pub.pubs["video"].sid)
+        await asyncio.wait_for(task, 15)
+    assert not g.errors, g.errors
+    rec = src.stats()["video.receiver"]
+    assert dropped[0] >= 10 and rec["nacks"] > 0 and rec["rtx"] >= dropped[0] - 2, (dropped, rec)
+    assert rec["lost_packets"] == 0 and rec["dropped_frames"] == 0, rec
+    assert decode_errors(str(out)) == ""
+    v = probe(str(out)).stream("video")
+    assert sent["frames"] - 2 <= v.frames <= sent["frames"], (v.frames, sent, rec)
