@@ -18,15 +18,17 @@ from __future__ import annotations
 NTP_EPOCH_FRAC = 1 << 32
 
 
-def unwrap(ts: int, last: int | None) -> int:
-    """The 64-bit value of 32-bit RTP timestamp ``ts`` nearest to the unwrapped ``last``."""
+def unwrap(value: int, last: int | None, bits: int = 32) -> int:
+    """The unwrapped value of ``bits``-bit counter ``value`` (an RTP timestamp, or with
+    16 bits a sequence number) nearest to the unwrapped ``last``."""
     if last is None:
-        return ts
-    ext = (last & ~0xFFFFFFFF) | ts
-    if ext - last > 0x80000000:
-        ext -= 1 << 32
-    elif last - ext > 0x80000000:
-        ext += 1 << 32
+        return value
+    span = 1 << bits
+    ext = (last & ~(span - 1)) | value
+    if ext - last > span >> 1:
+        ext -= span
+    elif last - ext > span >> 1:
+        ext += span
     return ext
 
 

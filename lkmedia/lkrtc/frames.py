@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from aiortc.codecs.h264 import H264PayloadDescriptor
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
+from .clock import unwrap
+
 H264_IDR = 5
 H264_SPS = 7
 H264_STAP_A = 24
@@ -64,17 +66,6 @@ _BLANK = {
 def is_blank(codec: str, data: bytes) -> bool:
     """Whether a frame is one of livekit-server's stand-in frames (see _BLANK)."""
     return data == _BLANK.get(codec)
-
-
-def unwrap16(seq: int, last: int | None) -> int:
-    if last is None:
-        return seq
-    ext = (last & ~0xFFFF) | seq
-    if ext - last > 0x8000:
-        ext -= 1 << 16
-    elif last - ext > 0x8000:
-        ext += 1 << 16
-    return ext
 
 
 def _h264_key(payload: bytes) -> bool:
@@ -139,7 +130,7 @@ class FrameAssembler:
 
     def extend(self, seq: int) -> int:
         """The extended sequence number of 16-bit ``seq``."""
-        ext = unwrap16(seq, self._highest)
+        ext = unwrap(seq, self._highest, 16)
         if self._highest is None or ext > self._highest:
             self._highest = ext
         return ext

@@ -40,6 +40,7 @@ from livekit.protocol import models as proto_models
 from ..core import Caps, LkmediaError, OutputPort, Policy, Source
 from ..lkrtc import EncodedFrame, RemoteTrack, SignalError, Subscriber
 from ..lkrtc.packets import AUDIO_RATE, Packetizer
+from .follow import followed_tracks
 
 log = logging.getLogger("lkmedia.sources.livekit_encoded")
 
@@ -79,14 +80,8 @@ class EncodedTrackSource(Source):
                  connect_timeout: float = 10.0, fill_gaps: bool = True, backlog: float = 10.0,
                  ice_servers: list[Any] | None = None, name: str | None = None) -> None:
         super().__init__(name)
-        if kind not in (None, "audio", "video"):
-            raise ValueError(f"{self.name}: kind must be 'audio' or 'video', not {kind!r}")
-        if track_id and (audio_track_id or video_track_id):
-            raise ValueError(f"{self.name}: give track_id, or audio_track_id/video_track_id, not both")
-        if track_id and kind is None:
-            raise ValueError(f"{self.name}: track_id needs kind='audio' or kind='video'")
-        if not (participant_identity or track_id or audio_track_id or video_track_id):
-            raise ValueError(f"{self.name}: give participant_identity, track_id or audio/video_track_id")
+        self.track_ids = followed_tracks(self.name, participant_identity=participant_identity, track_id=track_id,
+                                         audio_track_id=audio_track_id, video_track_id=video_track_id, kind=kind)
         if video_codec not in (None, *VIDEO_CODECS):
             raise ValueError(f"{self.name}: video_codec must be one of {VIDEO_CODECS}")
         if not url.startswith(("ws://", "wss://", "http://", "https://")):
@@ -94,9 +89,6 @@ class EncodedTrackSource(Source):
         self.url = url
         self._token = token
         self.participant_identity = participant_identity
-        self.track_ids: dict[str, str | None] = {"audio": audio_track_id, "video": video_track_id}
-        if track_id:
-            self.track_ids[kind] = track_id  # type: ignore[index]
         self._sources = ({proto_models.TrackSource.SCREEN_SHARE, proto_models.TrackSource.SCREEN_SHARE_AUDIO}
                          if screen_share else {proto_models.TrackSource.CAMERA, proto_models.TrackSource.MICROPHONE,
                                                proto_models.TrackSource.UNKNOWN})

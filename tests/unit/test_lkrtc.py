@@ -28,6 +28,7 @@ def test_unwrap_crosses_the_32_bit_edge() -> None:
     assert unwrap(10, None) == 10
     assert unwrap(5, 0xFFFFFFF0) == (1 << 32) + 5
     assert unwrap(0xFFFFFFF0, (1 << 32) + 5) == 0xFFFFFFF0
+    assert unwrap(3, 0xFFFE, 16) == 0x10003 and unwrap(0xFFFE, 0x10003, 16) == 0xFFFE
 
 
 def test_stream_clock_keeps_rtp_spacing_from_first_arrival() -> None:

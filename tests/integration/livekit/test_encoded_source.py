@@ -155,17 +155,15 @@ async def test_opus_passthrough_to_ogg(livekit_stack: DevStack, room_name: str, 
     assert abs(samples / RATE - p.duration) <= 0.03
 
 
-@pytest.mark.parametrize("codec,ext", [("vp8", "webm"), ("h264", "mp4")])
-async def test_video_passthrough(livekit_stack: DevStack, room_name: str, tmp_path: Path, codec: str,
-                                 ext: str) -> None:
-    """VP8 into WebM, H.264 (Annex B access units) into MP4, as the publisher encoded them."""
-    out = tmp_path / f"video.{ext}"
-    width, height, frames = 320, 240, 120
+async def record_clip_video(stack: DevStack, room: str, out: Path, *, width: int, height: int, frames: int,
+                            codec: str = "vp8") -> tuple[EncodedTrackSource, dict[str, int]]:
+    """A clip publisher's video, recorded by EncodedTrackSource into ``out`` until the track
+    is unpublished; returns the source and what the publisher says it sent."""
     g = Graph()
-    src = EncodedTrackSource(livekit_stack.url, livekit_stack.token("egress", room_name),
-                             participant_identity="clip", kind="video", wait_timeout=20)
+    src = EncodedTrackSource(stack.url, stack.token("egress", room), participant_identity="clip",
+                             kind="video", wait_timeout=20)
     g.link(src, FileSink(out, start_at_zero=True))
-    async with running(g) as task, ClipPublisher(livekit_stack.url, livekit_stack.token("clip", room_name)) as pub:
+    async with running(g) as task, ClipPublisher(stack.url, stack.token("clip", room)) as pub:
         vsrc = await pub.publish_video(width, height, codec)
         await wait_receiving(src, "video")
         await asyncio.wait_for(pub.subscribed.wait(), 10)
@@ -175,6 +173,17 @@ async def test_video_passthrough(livekit_stack: DevStack, room_name: str, tmp_pa
         await pub.room.local_participant.unpublish_track(pub.pubs["video"].sid)
         await asyncio.wait_for(task, 15)
     assert not g.errors, g.errors
+    return src, sent
+
+
+@pytest.mark.parametrize("codec,ext", [("vp8", "webm"), ("h264", "mp4")])
+async def test_video_passthrough(livekit_stack: DevStack, room_name: str, tmp_path: Path, codec: str,
+                                 ext: str) -> None:
+    """VP8 into WebM, H.264 (Annex B access units) into MP4, as the publisher encoded them."""
+    out = tmp_path / f"video.{ext}"
+    width, height, frames = 320, 240, 120
+    src, sent = await record_clip_video(livekit_stack, room_name, out, width=width, height=height, frames=frames,
+                                        codec=codec)
     st = src.stats()
     assert decode_errors(str(out)) == ""
     v = probe(str(out)).stream("video")
@@ -229,21 +238,7 @@ async def test_losses_repaired_with_nack(livekit_stack: DevStack, room_name: str
 
     monkeypatch.setattr(EncodedReceiver, "_handle_rtp_packet", lossy)
     out = tmp_path / "lossy.webm"
-    width, height, frames = 640, 360, 150
-    g = Graph()
-    src = EncodedTrackSource(livekit_stack.url, livekit_stack.token("egress", room_name),
-                             participant_identity="clip", kind="video", wait_timeout=20)
-    g.link(src, FileSink(out, start_at_zero=True))
-    async with running(g) as task, ClipPublisher(livekit_stack.url, livekit_stack.token("clip", room_name)) as pub:
-        vsrc = await pub.publish_video(width, height)
-        await wait_receiving(src, "video")
-        await asyncio.wait_for(pub.subscribed.wait(), 10)
-        await send_video(vsrc, frames, width, height)
-        await asyncio.sleep(0.5)
-        sent = await pub.sent("video")
-        await pub.room.local_participant.unpublish_track(pub.pubs["video"].sid)
-        await asyncio.wait_for(task, 15)
-    assert not g.errors, g.errors
+    src, sent = await record_clip_video(livekit_stack, room_name, out, width=640, height=360, frames=150)
     rec = src.stats()["video.receiver"]
     assert dropped[0] >= 10 and rec["nacks"] > 0 and rec["rtx"] >= dropped[0] - 2, (dropped, rec)
     assert rec["lost_packets"] == 0 and rec["dropped_frames"] == 0, rec
