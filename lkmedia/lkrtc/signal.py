@@ -1,6 +1,6 @@
 """LiveKit's signalling protocol over a WebSocket, for a participant that only subscribes.
 
-The client joins ``<url>/rtc`` (protocol v0: the server offers the subscriber
+The client joins ``<url>/rtc`` with its token as a bearer (protocol v0: the server offers the subscriber
 PeerConnection and we answer; no publisher PeerConnection is needed because the server
 makes the subscriber connection primary for a client that may subscribe, protocol > 2).
 Messages are ``livekit_rtc.proto``'s SignalRequest/SignalResponse as binary frames.
@@ -22,6 +22,7 @@ import contextlib
 import inspect
 import json
 import logging
+import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -42,15 +43,17 @@ SDK_VERSION = "lkmedia-0.1"
 SUBSCRIBER = proto_rtc.SignalTarget.SUBSCRIBER
 
 Handler = Callable[[str, Any], Awaitable[None] | None]
+_JWT = re.compile(r"eyJ[\w-]*(?:\.[\w-]*){0,2}")
 
 
 class SignalError(Exception):
     """The server refused the join, or the signalling connection failed."""
 
 
-def join_url(url: str, token: str, *, auto_subscribe: bool = False, adaptive_stream: bool = False) -> str:
+def join_url(url: str, *, auto_subscribe: bool = False, adaptive_stream: bool = False) -> str:
     """The WebSocket URL to join with: ``url`` as livekit.rtc takes it (ws, wss, http or
-    https, with or without a path prefix), ``/rtc`` and the query the server parses."""
+    https, with or without a path prefix), ``/rtc`` and the query the server parses. The
+    token goes in an Authorization header, not in the URL (which proxies log)."""
     parts = urllib.parse.urlsplit(url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
     if scheme not in ("ws", "wss"):
@@ -59,7 +62,6 @@ def join_url(url: str, token: str, *, auto_subscribe: bool = False, adaptive_str
     if not path.endswith("/rtc"):
         path += "/rtc"
     query = urllib.parse.urlencode({
-        "access_token": token,
         "auto_subscribe": "1" if auto_subscribe else "0",
         "adaptive_stream": "1" if adaptive_stream else "0",
         "sdk": SDK_NAME,
@@ -83,7 +85,7 @@ class SignalClient:
                  connect_timeout: float = 10.0, on_message: Handler | None = None) -> None:
         if not token:
             raise ValueError("a join token is needed")
-        self._url = join_url(url, token, auto_subscribe=auto_subscribe)
+        self._url = join_url(url, auto_subscribe=auto_subscribe)
         self._token = token
         self.connect_timeout = connect_timeout
         self.on_message = on_message
@@ -97,7 +99,8 @@ class SignalClient:
         self._send_lock = asyncio.Lock()
 
     def _safe(self, text: str) -> str:
-        return text.replace(self._token, "***")
+        """``text`` without the token, whole or in part (the server's 401 body quotes it)."""
+        return _JWT.sub("***", text.replace(self._token, "***"))
 
     @property
     def closed(self) -> bool:
@@ -111,7 +114,8 @@ class SignalClient:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 self._ws = await connect(self._url, max_size=None, ping_interval=None,
-                                         open_timeout=self.connect_timeout)
+                                         open_timeout=self.connect_timeout,
+                                         additional_headers={"Authorization": f"Bearer {self._token}"})
                 join = await self._read_join(self._ws)
         except TimeoutError:
             await self._abort()

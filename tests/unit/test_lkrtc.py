@@ -224,11 +224,11 @@ def test_packetizer_video_times_only_grow() -> None:
 
 
 def test_join_url_and_candidates() -> None:
-    url = join_url("https://lk.example.com/prefix/", "tok", auto_subscribe=False)
-    assert url.startswith("wss://lk.example.com/prefix/rtc?access_token=tok&auto_subscribe=0")
-    assert "protocol=16" in url and "sdk=python" in url
-    assert join_url("ws://h:7880", "t").startswith("ws://h:7880/rtc?")
+    url = join_url("https://lk.example.com/prefix/", auto_subscribe=False)
+    assert url.startswith("wss://lk.example.com/prefix/rtc?auto_subscribe=0")
+    assert "protocol=16" in url and "sdk=python" in url and "token" not in url
+    assert join_url("ws://h:7880").startswith("ws://h:7880/rtc?")
     with pytest.raises(ValueError):
-        join_url("ftp://h", "t")
+        join_url("ftp://h")
     assert candidate_init("1 1 udp 1 1.2.3.4 5 typ host", "0", 0) == (
         '{"candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host", "sdpMid": "0", "sdpMLineIndex": 0}')

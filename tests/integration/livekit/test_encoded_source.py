@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from livekit import rtc
 
-from lkmedia.core import Graph
+from lkmedia.core import Graph, GraphError
 from lkmedia.dev.stack import DevStack
 from lkmedia.probe import av_offsets, decode_errors, probe
 from lkmedia.sinks.file import FileSink
@@ -245,3 +245,14 @@ async def test_losses_repaired_with_nack(livekit_stack: DevStack, room_name: str
     assert decode_errors(str(out)) == ""
     v = probe(str(out)).stream("video")
     assert sent["frames"] - 2 <= v.frames <= sent["frames"], (v.frames, sent, rec)
+
+
+async def test_a_refused_join_fails_the_source(livekit_stack: DevStack, room_name: str) -> None:
+    bad = livekit_stack.token("egress", room_name)[:-4] + "AAAA"  # a broken signature
+    g = Graph()
+    src = EncodedTrackSource(livekit_stack.url, bad, participant_identity="nobody", kind="audio")
+    g.link(src, FileSink("/tmp/never-written.ogg"))
+    with pytest.raises(GraphError) as e:
+        await asyncio.wait_for(g.run(), 20)
+    assert "could not join the room: join refused: HTTP 401" in str(e.value)
+    assert bad[:40] not in str(e.value)  # the server's answer quotes the token: not passed on
