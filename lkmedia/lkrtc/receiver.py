@@ -288,9 +288,11 @@ class EncodedReceiver:
         next_rr = time.monotonic() + RR_INTERVAL
         while True:
             asm = self._asm
-            busy = bool(self._missing) or asm.stalled or asm.need_key
             now = time.monotonic()
-            delay = BUSY_TICK if busy else max(0.0, next_rr - now)
+            if self._missing or asm.stalled:
+                delay = BUSY_TICK
+            else:  # (waiting for a key frame: ask again every PLI_INTERVAL at most)
+                delay = max(0.0, min(next_rr - now, PLI_INTERVAL if asm.need_key else RR_INTERVAL))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
