@@ -189,7 +189,6 @@ class EncodedTrackSource(Source):
             out.track = None
             log.warning("%s: cannot subscribe to %s: %s", self.name, sid, e)
             return
-        out.packetizer = Packetizer(out.kind, out.track.codec or "", fill_gaps=self.fill_gaps)
         out.pump = asyncio.get_running_loop().create_task(self._pump(out), name=f"{self.name}-{out.kind}")
         self.report("track_subscribed", participant=out.track.participant, kind=out.kind, track_sid=sid,
                     codec=out.track.codec)
@@ -220,8 +219,10 @@ class EncodedTrackSource(Source):
         edges = port.edges
 
         def on_frame(track: RemoteTrack, frame: EncodedFrame) -> None:
-            if out.ended or out.packetizer is None:
+            if out.ended:
                 return
+            if out.packetizer is None:  # the codec is the one the first packet carried
+                out.packetizer = Packetizer(out.kind, track.codec or "", fill_gaps=self.fill_gaps)
             for p in out.packetizer(frame, self._offset):
                 if not out.backlog and all(e.closed or len(e) < e.capacity or e.policy is not Policy.BLOCK
                                            for e in edges):
@@ -255,6 +256,7 @@ class EncodedTrackSource(Source):
             while out.backlog:
                 await port.emit(out.backlog.popleft())
             if out.ended:
+                await port.eos()  # this output is over (the others may go on)
                 return
             out.wake.clear()
             await out.wake.wait()

@@ -256,3 +256,28 @@ async def test_a_refused_join_fails_the_source(livekit_stack: DevStack, room_nam
         await asyncio.wait_for(g.run(), 20)
     assert "could not join the room: join refused: HTTP 401" in str(e.value)
     assert bad[:40] not in str(e.value)  # the server's answer quotes the token: not passed on
+
+
+async def test_an_unpublished_track_ends_its_output_only(livekit_stack: DevStack, room_name: str, tmp_path: Path,
+                                                         publisher: Any) -> None:
+    out = tmp_path / "both.mkv"
+    g = Graph()
+    src = EncodedTrackSource(livekit_stack.url, livekit_stack.token("egress", room_name),
+                             participant_identity=publisher.identity, wait_timeout=20)
+    sink = FileSink(out, start_at_zero=True)
+    g.link(src.out("video"), sink)
+    g.link(src.out("audio"), sink)
+    events: list[str] = []
+    g.listen(lambda node, event, fields: events.append(event))
+    async with running(g):
+        await asyncio.sleep(3.0)
+        await publisher.unpublish("video")
+        await asyncio.sleep(3.0)
+        assert src.outs["video"].ended and not src.outs["audio"].ended
+        assert sink.inputs["in0"].eos and not sink.inputs["in1"].eos
+    assert "track_ended" in events and not g.errors
+    assert decode_errors(str(out)) == ""
+    p = probe(str(out))
+    a, v = p.stream("audio").frames, p.stream("video").frames
+    assert a is not None and v is not None
+    assert a * 0.02 > 5.0 and v / 30 < 4.0, (a, v)  # audio went on after the video ended
