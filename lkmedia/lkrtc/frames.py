@@ -123,6 +123,8 @@ class FrameAssembler:
         self._highest: int | None = None
         self._stalled_at: float | None = None  # when a hole first held frames back
         self._lost = 0                  # packets given up since the last frame handed out
+        self._waiting_start = False     # the first packets are not a frame's start (yet)
+        self._start_gone = False
         self.frames = 0
         self.lost_packets = 0
         self.dropped_frames = 0         # complete or not, not handed out (waiting for a key frame)
@@ -153,9 +155,14 @@ class FrameAssembler:
         head = self._head
         if head is None:
             self._head = self._scan = unit.seq
-        elif unit.seq < head or unit.seq in self._pending:
+        elif unit.seq in self._pending:
             self.late += 1
             return []
+        elif unit.seq < head:
+            if self.frames or self.dropped_frames or head - unit.seq > self.capacity:
+                self.late += 1
+                return []
+            self._head = self._scan = unit.seq  # the stream's first packets came late (resent)
         self._pending[unit.seq] = unit
         if self._highest is None or unit.seq > self._highest:
             self._highest = unit.seq
@@ -175,6 +182,9 @@ class FrameAssembler:
         """Accept the loss at the first missing packet: drop what came of its frame and
         go on from the next packet that did arrive."""
         assert self._head is not None and self._scan is not None
+        if self._waiting_start:  # the start never came: take what is here (it is dropped)
+            self._waiting_start, self._start_gone, self._stalled_at = False, True, None
+            return self._take(now)
         missing = self._scan if not self.every_packet else self._head
         later = [s for s in self._pending if s > missing]
         if not later:
@@ -199,6 +209,7 @@ class FrameAssembler:
         out: list[EncodedFrame] = []
         pending = self._pending
         head = self._head
+        self._waiting_start = False
         while pending:
             assert self._head is not None
             first = pending.get(self._head)
@@ -209,6 +220,11 @@ class FrameAssembler:
                 del pending[self._head]
                 self._head = self._scan = self._head + 1
                 continue
+            if not first.start and not self.frames and not self.dropped_frames and not self._start_gone:
+                # the first packets seen are not a frame's start: the start may come late
+                # (lost, then resent), so wait for it as for a hole, max_wait at most
+                self._waiting_start = True
+                break
             end = self._frame_end(first)
             if end is None:
                 break
@@ -220,8 +236,8 @@ class FrameAssembler:
         if self._head != head:
             self._stalled_at = None
         # a hole: a packet is missing while a later one is here
-        hole = bool(pending) and self._highest is not None and self._scan is not None \
-            and self._highest > self._scan
+        hole = bool(pending) and (self._waiting_start or (
+            self._highest is not None and self._scan is not None and self._highest > self._scan))
         if not hole:
             self._stalled_at = None
         elif self._stalled_at is None:

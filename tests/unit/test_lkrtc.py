@@ -121,6 +121,18 @@ def test_assembler_repaired_in_time_loses_nothing() -> None:
     assert [f.timestamp for f in out] == [2, 3] and a.lost_packets == 0
 
 
+def test_assembler_waits_for_a_late_first_packet() -> None:
+    """The stream's very first packet is lost and resent: the first frame is still whole."""
+    a = FrameAssembler(keyframes=True, max_wait=0.3)
+    assert a.push(u(11, 1, marker=True, t=0.0)) == []      # 10 (the key frame's start) is late
+    assert a.stalled
+    [k] = a.push(u(10, 1, start=True, key=True, t=0.05))
+    assert k.keyframe and a.dropped_frames == 0
+    b = FrameAssembler(keyframes=True, max_wait=0.3)       # and if it never comes:
+    b.push(u(11, 1, marker=True, t=0.0))
+    assert b.expire(0.4) == [] and b.dropped_frames == 1 and b.need_key
+
+
 def test_assembler_skips_padding_and_ends_frames_without_marker() -> None:
     a = FrameAssembler(keyframes=True)
     a.push(u(1, 1, start=True, key=True, marker=True))

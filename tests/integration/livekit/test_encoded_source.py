@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,15 @@ from lkmedia.sinks.file import FileSink
 from lkmedia.sources.livekit_encoded import EncodedTrackSource
 
 RATE = 48_000
+
+
+def vfr_decode_errors(path: Path) -> str:
+    """decode_errors for video as WebRTC carries it, at a variable rate: the ffmpeg CLI's
+    null output otherwise puts frames on a 1/30 s grid, and two frames closer than that (a
+    sender catching up) make it complain of equal timestamps, which is not a decode error."""
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-fps_mode", "passthrough",
+                          "-enc_time_base:v", "1:1000", "-f", "null", "-"], capture_output=True, text=True, timeout=300)
+    return (out.stderr.strip() + (f" (exit {out.returncode})" if out.returncode else "")).strip()
 
 
 class ClipPublisher:
@@ -185,7 +195,7 @@ async def test_video_passthrough(livekit_stack: DevStack, room_name: str, tmp_pa
     src, sent = await record_clip_video(livekit_stack, room_name, out, width=width, height=height, frames=frames,
                                         codec=codec)
     st = src.stats()
-    assert decode_errors(str(out)) == ""
+    assert vfr_decode_errors(out) == ""
     v = probe(str(out)).stream("video")
     assert (v.codec, v.width, v.height) == (codec, width, height)
     # the frames before the subscription's first key frame cannot be used; the rest are all here
@@ -198,21 +208,27 @@ async def test_video_passthrough(livekit_stack: DevStack, room_name: str, tmp_pa
     assert v.frames >= frames * 0.5, (v.frames, sent, st)  # (libwebrtc skips frames when short of CPU)
 
 
+def participant_graph(stack: DevStack, room: str, identity: str,
+                      out: Path) -> tuple[Graph, EncodedTrackSource, FileSink]:
+    """A participant's audio and video, as published, into one file."""
+    g = Graph()
+    src = EncodedTrackSource(stack.url, stack.token("egress", room), participant_identity=identity, wait_timeout=20)
+    sink = FileSink(out, start_at_zero=True)
+    g.link(src.out("video"), sink)
+    g.link(src.out("audio"), sink)
+    return g, src, sink
+
+
 async def test_flash_beep_in_sync(livekit_stack: DevStack, room_name: str, tmp_path: Path,
                                   publisher: Any) -> None:
     """The synthetic flash/beep publisher (another process), both tracks into one WebM:
     beeps and flashes line up (sender reports put both tracks on one clock)."""
     out = tmp_path / "av.webm"
-    g = Graph()
-    src = EncodedTrackSource(livekit_stack.url, livekit_stack.token("egress", room_name),
-                             participant_identity=publisher.identity, wait_timeout=20)
-    sink = FileSink(out, start_at_zero=True)
-    g.link(src.out("video"), sink)
-    g.link(src.out("audio"), sink)
+    g, src, sink = participant_graph(livekit_stack, room_name, publisher.identity, out)
     async with running(g):
         await asyncio.sleep(8.0)
     assert not g.errors, g.errors
-    assert decode_errors(str(out)) == ""
+    assert vfr_decode_errors(out) == ""
     offsets = av_offsets(str(out))
     assert len(offsets) >= 5, (offsets, src.stats())
     # the first flash may come before the sender reports (arrival times only)
@@ -230,8 +246,9 @@ async def test_losses_repaired_with_nack(livekit_stack: DevStack, room_name: str
 
     async def lossy(self: EncodedReceiver, packet: Any, arrival_time_ms: int) -> None:
         codec = self._codecs.get(packet.payload_type)
-        if self.kind == "video" and codec is not None and codec.name != "rtx" and packet.payload \
-                and packet.sequence_number % 12 == 5:
+        # (from the first frame on: a packet before the first one seen cannot be asked for)
+        if self.kind == "video" and self.frames and codec is not None and codec.name != "rtx" \
+                and packet.payload and packet.sequence_number % 12 == 5:
             dropped[0] += 1
             return
         await handle(self, packet, arrival_time_ms)
@@ -241,8 +258,8 @@ async def test_losses_repaired_with_nack(livekit_stack: DevStack, room_name: str
     src, sent = await record_clip_video(livekit_stack, room_name, out, width=640, height=360, frames=150)
     rec = src.stats()["video.receiver"]
     assert dropped[0] >= 10 and rec["nacks"] > 0 and rec["rtx"] >= dropped[0] - 2, (dropped, rec)
-    assert rec["lost_packets"] == 0 and rec["dropped_frames"] == 0, rec
-    assert decode_errors(str(out)) == ""
+    assert rec["lost_packets"] == 0 and rec["dropped_frames"] == 0, (dropped, rec)
+    assert vfr_decode_errors(out) == ""
     v = probe(str(out)).stream("video")
     assert sent["frames"] - 2 <= v.frames <= sent["frames"], (v.frames, sent, rec)
 
@@ -261,12 +278,7 @@ async def test_a_refused_join_fails_the_source(livekit_stack: DevStack, room_nam
 async def test_an_unpublished_track_ends_its_output_only(livekit_stack: DevStack, room_name: str, tmp_path: Path,
                                                          publisher: Any) -> None:
     out = tmp_path / "both.mkv"
-    g = Graph()
-    src = EncodedTrackSource(livekit_stack.url, livekit_stack.token("egress", room_name),
-                             participant_identity=publisher.identity, wait_timeout=20)
-    sink = FileSink(out, start_at_zero=True)
-    g.link(src.out("video"), sink)
-    g.link(src.out("audio"), sink)
+    g, src, sink = participant_graph(livekit_stack, room_name, publisher.identity, out)
     events: list[str] = []
     g.listen(lambda node, event, fields: events.append(event))
     async with running(g):
@@ -276,7 +288,7 @@ async def test_an_unpublished_track_ends_its_output_only(livekit_stack: DevStack
         assert src.outs["video"].ended and not src.outs["audio"].ended
         assert sink.inputs["in0"].eos and not sink.inputs["in1"].eos
     assert "track_ended" in events and not g.errors
-    assert decode_errors(str(out)) == ""
+    assert vfr_decode_errors(out) == ""
     p = probe(str(out))
     a, v = p.stream("audio").frames, p.stream("video").frames
     assert a is not None and v is not None
