@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import Node, OutputPort, Policy
+from .follow import followed_tracks
 from .livekit_feed import (
     LiveKitSourceBase,
     LiveKitSourceError,
@@ -136,18 +137,9 @@ class TrackSource(LiveKitSourceBase):
                  video_track_id: str | None = None, kind: str | None = None,
                  screen_share: bool = False, wait_timeout: float | None = None, **kw: Any) -> None:
         super().__init__(url, token, **kw)
-        if kind not in (None, "audio", "video"):
-            raise ValueError(f"{self.name}: kind must be 'audio' or 'video', not {kind!r}")
-        if track_id and (audio_track_id or video_track_id):
-            raise ValueError(f"{self.name}: give track_id, or audio_track_id/video_track_id, not both")
-        if track_id and kind is None:
-            raise ValueError(f"{self.name}: track_id needs kind='audio' or kind='video'")
-        if not (participant_identity or track_id or audio_track_id or video_track_id):
-            raise ValueError(f"{self.name}: give participant_identity, track_id or audio/video_track_id")
         self.participant_identity = participant_identity
-        self.track_ids = {"audio": audio_track_id, "video": video_track_id}
-        if track_id:
-            self.track_ids[kind] = track_id  # type: ignore[index]
+        self.track_ids = followed_tracks(self.name, participant_identity=participant_identity, track_id=track_id,
+                                         audio_track_id=audio_track_id, video_track_id=video_track_id, kind=kind)
         kinds = [k for k in ("video", "audio") if (kind is None or k == kind)
                  and (participant_identity or self.track_ids[k])]
         for k in kinds:

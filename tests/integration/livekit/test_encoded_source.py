@@ -1,0 +1,295 @@
+"""EncodedTrackSource against the real livekit-server: the publisher's Opus and VP8 as they
+were sent, remuxed without decoding; counts compared with what the publisher's WebRTC
+stack says it sent (its outbound-rtp stats)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from livekit import rtc
+
+from lkmedia.core import Graph, GraphError
+from lkmedia.dev.stack import DevStack
+from lkmedia.probe import av_offsets, decode_errors, probe
+from lkmedia.sinks.file import FileSink
+from lkmedia.sources.livekit_encoded import EncodedTrackSource
+
+RATE = 48_000
+
+
+def vfr_decode_errors(path: Path) -> str:
+    """decode_errors for video as WebRTC carries it, at a variable rate: the ffmpeg CLI's
+    null output otherwise puts frames on a 1/30 s grid, and two frames closer than that (a
+    sender catching up) make it complain of equal timestamps, which is not a decode error."""
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-fps_mode", "passthrough",
+                          "-enc_time_base:v", "1:1000", "-f", "null", "-"], capture_output=True, text=True, timeout=300)
+    return (out.stderr.strip() + (f" (exit {out.returncode})" if out.returncode else "")).strip()
+
+
+class ClipPublisher:
+    """Publishes a finite clip with livekit.rtc once somebody subscribed, then leaves."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url, self.token = url, token
+        self.room = rtc.Room()
+        self.subscribed = asyncio.Event()
+        self.pubs: dict[str, Any] = {}
+        self.tracks: dict[str, Any] = {}
+        self.room.on("local_track_subscribed", lambda track: self.subscribed.set())
+
+    async def __aenter__(self) -> ClipPublisher:
+        await self.room.connect(self.url, self.token, rtc.RoomOptions(auto_subscribe=False))
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        with contextlib.suppress(Exception):
+            await self.room.disconnect()
+
+    async def publish_audio(self) -> rtc.AudioSource:
+        src = rtc.AudioSource(RATE, 1, queue_size_ms=0)
+        track = rtc.LocalAudioTrack.create_audio_track("clip-audio", src)
+        opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE, dtx=False, red=False)
+        self.pubs["audio"] = await self.room.local_participant.publish_track(track, opts)
+        self.tracks["audio"] = track
+        return src
+
+    async def publish_video(self, width: int, height: int, codec: str = "vp8") -> rtc.VideoSource:
+        src = rtc.VideoSource(width, height)
+        track = rtc.LocalVideoTrack.create_video_track("clip-video", src)
+        opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False,
+                                       video_codec={"vp8": rtc.VideoCodec.VP8, "h264": rtc.VideoCodec.H264}[codec])
+        self.pubs["video"] = await self.room.local_participant.publish_track(track, opts)
+        self.tracks["video"] = track
+        return src
+
+    async def sent(self, kind: str) -> dict[str, int]:
+        """What the publisher's WebRTC stack says it sent on ``kind``'s track."""
+        stats = await self.tracks[kind].get_stats()
+        for st in stats:
+            if st.WhichOneof("stats") == "outbound_rtp":
+                o = st.outbound_rtp
+                return {"packets": o.sent.packets_sent, "frames": o.outbound.frames_sent,
+                        "frames_encoded": o.outbound.frames_encoded}
+        return {}
+
+
+async def send_audio(src: rtc.AudioSource, seconds: float) -> None:
+    """A 440 Hz tone, 10 ms at a time, in real time."""
+    n = RATE // 100
+    t0 = asyncio.get_running_loop().time()
+    for i in range(round(seconds * 100)):
+        s = np.arange(i * n, (i + 1) * n)
+        pcm = (np.sin(2 * np.pi * 440 * s / RATE) * 8000).astype(np.int16)
+        await src.capture_frame(rtc.AudioFrame(pcm.tobytes(), RATE, 1, n))
+        await asyncio.sleep(max(0.0, t0 + (i + 1) / 100 - asyncio.get_running_loop().time()))
+
+
+async def send_video(src: rtc.VideoSource, frames: int, width: int, height: int, fps: int = 30) -> None:
+    t0 = asyncio.get_running_loop().time()
+    for i in range(frames):
+        img = np.zeros((height * 3 // 2, width), np.uint8)
+        img[: height, :] = (i * 7) % 256
+        img[: height, (i * 4) % width:(i * 4) % width + 16] = 255  # something moves
+        img[height:, :] = 128
+        src.capture_frame(rtc.VideoFrame(width, height, rtc.VideoBufferType.I420, img.tobytes()))
+        await asyncio.sleep(max(0.0, t0 + (i + 1) / fps - asyncio.get_running_loop().time()))
+
+
+@contextlib.asynccontextmanager
+async def running(g: Graph) -> AsyncIterator[asyncio.Task[Any]]:
+    task = asyncio.create_task(g.run())
+    try:
+        yield task
+    finally:
+        if not task.done():
+            await g.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def wait_receiving(src: EncodedTrackSource, kind: str, timeout: float = 10.0) -> None:
+    """Until the source's output is subscribed and its receiver started (DTLS up), so that
+    the publisher's first frame is forwarded to us (frames the server gets before it
+    forwards are not: it waits for a key frame)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            track = src.outs[kind].track
+            if track is not None and track.receiver is not None and track.receiver.started:
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_opus_passthrough_to_ogg(livekit_stack: DevStack, room_name: str, tmp_path: Path) -> None:
+    out = tmp_path / "audio.ogg"
+    seconds = 5.0
+    loop = asyncio.get_running_loop()
+    g = Graph()
+    src = EncodedTrackSource(livekit_stack.url, livekit_stack.token("egress", room_name),
+                             participant_identity="clip", kind="audio", wait_timeout=20)
+    sink = FileSink(out, start_at_zero=True)
+    g.link(src, sink)
+    async with running(g) as task, ClipPublisher(livekit_stack.url, livekit_stack.token("clip", room_name)) as pub:
+        asrc = await pub.publish_audio()
+        await wait_receiving(src, "audio")
+        await asyncio.wait_for(pub.subscribed.wait(), 10)
+        t0 = loop.time()
+        await send_audio(asrc, seconds)
+        # at once: ~0.25 s after its source runs dry, the SDK sends silence of its own
+        # until the track is gone (so what was published is the tone and that tail)
+        sent = await pub.sent("audio")
+        await pub.room.local_participant.unpublish_track(pub.pubs["audio"].sid)
+        published = loop.time() - t0
+        await asyncio.wait_for(task, 15)  # the track ended: EOS, the file is closed
+    assert not g.errors, g.errors
+    st = src.stats()
+    rec = st["audio.receiver"]
+    assert decode_errors(str(out)) == ""
+    p = probe(str(out))
+    a = p.stream("audio")
+    assert a.codec == "opus"
+    assert p.duration is not None and abs(p.duration - published) <= 0.3, (p.duration, published, st)
+    assert abs(p.duration - seconds) <= 0.4, (p.duration, published, st)
+    # every Opus packet the publisher sent is in the file (the stats lag a little: >= )
+    assert a.frames is not None and a.frames >= sent["packets"] - 2, (a.frames, sent, st)
+    # nothing lost; a little filled at most, where the SDK's own tail is irregular
+    assert rec["frames"] + round(st["audio.filled_seconds"] * 50) - st["audio.dropped"] == a.frames, st
+    assert rec["lost_packets"] == 0 and st["audio.filled_seconds"] <= 0.3, st
+    with av.open(str(out)) as c:
+        samples = sum(f.samples for f in c.decode(audio=0))
+    assert abs(samples / RATE - p.duration) <= 0.03
+
+
+async def record_clip_video(stack: DevStack, room: str, out: Path, *, width: int, height: int, frames: int,
+                            codec: str = "vp8") -> tuple[EncodedTrackSource, dict[str, int]]:
+    """A clip publisher's video, recorded by EncodedTrackSource into ``out`` until the track
+    is unpublished; returns the source and what the publisher says it sent."""
+    g = Graph()
+    src = EncodedTrackSource(stack.url, stack.token("egress", room), participant_identity="clip",
+                             kind="video", wait_timeout=20)
+    g.link(src, FileSink(out, start_at_zero=True))
+    async with running(g) as task, ClipPublisher(stack.url, stack.token("clip", room)) as pub:
+        vsrc = await pub.publish_video(width, height, codec)
+        await wait_receiving(src, "video")
+        await asyncio.wait_for(pub.subscribed.wait(), 10)
+        await send_video(vsrc, frames, width, height)
+        await asyncio.sleep(0.5)
+        sent = await pub.sent("video")
+        await pub.room.local_participant.unpublish_track(pub.pubs["video"].sid)
+        await asyncio.wait_for(task, 15)
+    assert not g.errors, g.errors
+    return src, sent
+
+
+@pytest.mark.parametrize("codec,ext", [("vp8", "webm"), ("h264", "mp4")])
+async def test_video_passthrough(livekit_stack: DevStack, room_name: str, tmp_path: Path, codec: str,
+                                 ext: str) -> None:
+    """VP8 into WebM, H.264 (Annex B access units) into MP4, as the publisher encoded them."""
+    out = tmp_path / f"video.{ext}"
+    width, height, frames = 320, 240, 120
+    src, sent = await record_clip_video(livekit_stack, room_name, out, width=width, height=height, frames=frames,
+                                        codec=codec)
+    st = src.stats()
+    assert vfr_decode_errors(out) == ""
+    v = probe(str(out)).stream("video")
+    assert (v.codec, v.width, v.height) == (codec, width, height)
+    # the frames before the subscription's first key frame cannot be used; the rest are all here
+    rec = st["video.receiver"]
+    assert v.frames == rec["frames"] and rec["lost_packets"] == 0, (v.frames, st)
+    # (one or two frames fewer than the sender's frames_sent is usual: a livekit.rtc
+    # subscriber beside us decoded exactly as many frames as we received, N-1, in 2 of 2
+    # runs; the server does not forward them to anybody)
+    assert sent["frames"] - rec["dropped_frames"] - 2 <= v.frames <= sent["frames"], (v.frames, sent, st)
+    assert v.frames >= frames * 0.5, (v.frames, sent, st)  # (libwebrtc skips frames when short of CPU)
+
+
+def participant_graph(stack: DevStack, room: str, identity: str,
+                      out: Path) -> tuple[Graph, EncodedTrackSource, FileSink]:
+    """A participant's audio and video, as published, into one file."""
+    g = Graph()
+    src = EncodedTrackSource(stack.url, stack.token("egress", room), participant_identity=identity, wait_timeout=20)
+    sink = FileSink(out, start_at_zero=True)
+    g.link(src.out("video"), sink)
+    g.link(src.out("audio"), sink)
+    return g, src, sink
+
+
+async def test_flash_beep_in_sync(livekit_stack: DevStack, room_name: str, tmp_path: Path,
+                                  publisher: Any) -> None:
+    """The synthetic flash/beep publisher (another process), both tracks into one WebM:
+    beeps and flashes line up (sender reports put both tracks on one clock)."""
+    out = tmp_path / "av.webm"
+    g, src, sink = participant_graph(livekit_stack, room_name, publisher.identity, out)
+    async with running(g):
+        await asyncio.sleep(8.0)
+    assert not g.errors, g.errors
+    assert vfr_decode_errors(out) == ""
+    offsets = av_offsets(str(out))
+    assert len(offsets) >= 5, (offsets, src.stats())
+    # the first flash may come before the sender reports (arrival times only)
+    assert all(abs(o) <= 0.040 for o in offsets[1:]), (offsets, src.stats())
+
+
+async def test_losses_repaired_with_nack(livekit_stack: DevStack, room_name: str, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """One video packet in 12 is dropped on arrival (after SRTP, before the receiver): the
+    receiver asks again (NACK), the server resends (RTX), and nothing is lost in the file."""
+    from lkmedia.lkrtc.receiver import EncodedReceiver
+
+    dropped = [0]
+    handle = EncodedReceiver._handle_rtp_packet
+
+    async def lossy(self: EncodedReceiver, packet: Any, arrival_time_ms: int) -> None:
+        codec = self._codecs.get(packet.payload_type)
+        # (from the first frame on: a packet before the first one seen cannot be asked for)
+        if self.kind == "video" and self.frames and codec is not None and codec.name != "rtx" \
+                and packet.payload and packet.sequence_number % 12 == 5:
+            dropped[0] += 1
+            return
+        await handle(self, packet, arrival_time_ms)
+
+    monkeypatch.setattr(EncodedReceiver, "_handle_rtp_packet", lossy)
+    out = tmp_path / "lossy.webm"
+    src, sent = await record_clip_video(livekit_stack, room_name, out, width=640, height=360, frames=150)
+    rec = src.stats()["video.receiver"]
+    assert dropped[0] >= 10 and rec["nacks"] > 0 and rec["rtx"] >= dropped[0] - 2, (dropped, rec)
+    assert rec["lost_packets"] == 0 and rec["dropped_frames"] == 0, (dropped, rec)
+    assert vfr_decode_errors(out) == ""
+    v = probe(str(out)).stream("video")
+    assert sent["frames"] - 2 <= v.frames <= sent["frames"], (v.frames, sent, rec)
+
+
+async def test_a_refused_join_fails_the_source(livekit_stack: DevStack, room_name: str) -> None:
+    bad = livekit_stack.token("egress", room_name)[:-4] + "AAAA"  # a broken signature
+    g = Graph()
+    src = EncodedTrackSource(livekit_stack.url, bad, participant_identity="nobody", kind="audio")
+    g.link(src, FileSink("/tmp/never-written.ogg"))
+    with pytest.raises(GraphError) as e:
+        await asyncio.wait_for(g.run(), 20)
+    assert "could not join the room: join refused: HTTP 401" in str(e.value)
+    assert bad[:40] not in str(e.value)  # the server's answer quotes the token: not passed on
+
+
+async def test_an_unpublished_track_ends_its_output_only(livekit_stack: DevStack, room_name: str, tmp_path: Path,
+                                                         publisher: Any) -> None:
+    out = tmp_path / "both.mkv"
+    g, src, sink = participant_graph(livekit_stack, room_name, publisher.identity, out)
+    events: list[str] = []
+    g.listen(lambda node, event, fields: events.append(event))
+    async with running(g):
+        await asyncio.sleep(3.0)
+        await publisher.unpublish("video")
+        await asyncio.sleep(3.0)
+        assert src.outs["video"].ended and not src.outs["audio"].ended
+        assert sink.inputs["in0"].eos and not sink.inputs["in1"].eos
+    assert "track_ended" in events and not g.errors
+    assert vfr_decode_errors(out) == ""
+    p = probe(str(out))
+    a, v = p.stream("audio").frames, p.stream("video").frames
+    assert a is not None and v is not None
+    assert a * 0.02 > 5.0 and v / 30 < 4.0, (a, v)  # audio went on after the video ended

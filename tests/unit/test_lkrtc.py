@@ -1,0 +1,246 @@
+"""lkmedia.lkrtc without a server: RTP clocks and sender reports, frame assembly
+(order, loss, key frames, padding), payload parsing, and packets a muxer takes."""
+from __future__ import annotations
+
+import fractions
+import struct
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from lkmedia.lkrtc.clock import ParticipantClock, StreamClock, unwrap
+from lkmedia.lkrtc.frames import EncodedFrame, FrameAssembler, Unit, depayload, is_blank, vp8_size
+from lkmedia.lkrtc.packets import Packetizer, h264_parameter_sets, opus_samples
+from lkmedia.lkrtc.signal import candidate_init, join_url
+from lkmedia.probe import decode_errors
+
+NTP = 1 << 32
+
+
+def ntp(seconds: float) -> int:
+    return round(seconds * NTP)
+
+
+# -- clock -------------------------------------------------------------------------------
+def test_unwrap_crosses_the_32_bit_edge() -> None:
+    assert unwrap(10, None) == 10
+    assert unwrap(5, 0xFFFFFFF0) == (1 << 32) + 5
+    assert unwrap(0xFFFFFFF0, (1 << 32) + 5) == 0xFFFFFFF0
+    assert unwrap(3, 0xFFFE, 16) == 0x10003 and unwrap(0xFFFE, 0x10003, 16) == 0xFFFE
+
+
+def test_stream_clock_keeps_rtp_spacing_from_first_arrival() -> None:
+    c = StreamClock(48_000)
+    assert c.time(1000, 50.0) == 50.0
+    # arrival jitter does not move a frame: 960 samples later is 20 ms later
+    assert c.time(1960, 50.035) == pytest.approx(50.02)
+    # across the wrap of the 32-bit timestamp
+    c2 = StreamClock(90_000)
+    c2.time(0xFFFFFF00, 10.0)
+    assert c2.time(0x100, 10.01) == pytest.approx(10.0 + 0x200 / 90_000)
+
+
+def test_sender_reports_put_two_tracks_on_one_clock() -> None:
+    """A publisher captures audio and video on one NTP clock. Video's first frame arrives
+    later (encoder delay), so arrival alone dates it 100 ms late; once both tracks have a
+    sender report, a moment of capture has one local time in both."""
+    p = ParticipantClock()
+    audio, video = p.stream(48_000), p.stream(90_000)
+    a0, v0, t_ntp0 = 123_456, 987_654, 3_900_000_000.0     # RTP and NTP at capture time 0
+
+    def a_ts(x: float) -> int:
+        return (a0 + round(x * 48_000)) & 0xFFFFFFFF
+
+    def v_ts(x: float) -> int:
+        return (v0 + round(x * 90_000)) & 0xFFFFFFFF
+
+    audio.time(a_ts(0.0), 100.05)          # 50 ms network delay
+    video.time(v_ts(0.1), 100.25)          # captured at 0.1, arrived 150 ms later
+    off = video.time(v_ts(1.0), 101.2) - audio.time(a_ts(1.0), 101.1)
+    assert off == pytest.approx(0.1)       # arrival only: video 100 ms late
+    audio.sender_report(ntp(t_ntp0 + 1.0), a_ts(1.0))
+    assert audio.synced and p.offset is not None
+    assert audio.time(a_ts(1.02), 101.1) == pytest.approx(101.07)  # the first report does not move it
+    video.sender_report(ntp(t_ntp0 + 1.0), v_ts(1.0))
+    for x in (1.5, 2.0, 7.3):
+        assert video.time(v_ts(x), 100 + x) - audio.time(a_ts(x), 100 + x) == pytest.approx(0.0, abs=1e-4)
+    assert video.shifts == 1 and video.last_shift == pytest.approx(-0.1, abs=1e-4)
+    # later reports that agree (within resync) do not move anything
+    video.sender_report(ntp(t_ntp0 + 4.0 + 0.01), v_ts(4.0))
+    assert video.shifts == 1
+    # a report far off (the sender's clock stepped) moves the track again
+    video.sender_report(ntp(t_ntp0 + 5.0 + 0.2), v_ts(5.0))
+    assert video.shifts == 2
+
+
+def test_a_timestamp_jump_restarts_from_arrival() -> None:
+    c = StreamClock(48_000, max_skew=2.0)
+    c.time(0, 10.0)
+    t = c.time(48_000 * 3600, 10.5)      # an hour ahead of where arrival says we are
+    assert t == pytest.approx(10.5)
+
+
+# -- frames ------------------------------------------------------------------------------
+def u(seq: int, ts: int, *, marker: bool = False, start: bool = False, key: bool = False,
+      t: float = 0.0, data: bytes = b"x") -> Unit:
+    return Unit(seq, ts, marker, start, key, data, t)
+
+
+def test_assembler_reorders_and_joins_packets() -> None:
+    a = FrameAssembler(keyframes=True)
+    assert a.push(u(10, 1, start=True, key=True, data=b"a")) == []
+    assert a.push(u(12, 1, marker=True, data=b"c")) == []
+    assert a.stalled                       # 11 is missing while 12 is here
+    [f] = a.push(u(11, 1, data=b"b"))
+    assert not a.stalled
+    assert (f.data, f.keyframe, f.timestamp) == (b"abc", True, 1)
+    [g] = a.push(u(13, 2, start=True, marker=True, data=b"d"))
+    assert not g.keyframe and g.data == b"d"
+
+
+def test_assembler_gives_up_a_hole_and_waits_for_a_key_frame() -> None:
+    a = FrameAssembler(keyframes=True, max_wait=0.3)
+    a.push(u(1, 1, start=True, key=True, marker=True))
+    assert a.push(u(3, 3, start=True, marker=True, t=0.1)) == []   # 2 lost
+    assert a.stalled
+    assert a.expire(0.2) == []                                     # NACK's time
+    assert a.push(u(4, 4, start=True, marker=True, t=0.3)) == []
+    assert a.expire(0.45) == []                                    # given up: 3, 4 need 2
+    assert (a.lost_packets, a.dropped_frames, a.need_key) == (1, 2, True)
+    [k] = a.push(u(5, 5, start=True, key=True, marker=True, t=0.5))
+    assert k.keyframe and k.lost_before == 1 and not a.need_key
+
+
+def test_assembler_repaired_in_time_loses_nothing() -> None:
+    a = FrameAssembler(keyframes=True, max_wait=0.3)
+    a.push(u(1, 1, start=True, key=True, marker=True))
+    a.push(u(3, 3, start=True, marker=True, t=0.1))
+    out = a.push(u(2, 2, start=True, marker=True, t=0.25))         # the retransmission
+    assert [f.timestamp for f in out] == [2, 3] and a.lost_packets == 0
+
+
+def test_assembler_waits_for_a_late_first_packet() -> None:
+    """The stream's very first packet is lost and resent: the first frame is still whole."""
+    a = FrameAssembler(keyframes=True, max_wait=0.3)
+    assert a.push(u(11, 1, marker=True, t=0.0)) == []      # 10 (the key frame's start) is late
+    assert a.stalled
+    [k] = a.push(u(10, 1, start=True, key=True, t=0.05))
+    assert k.keyframe and a.dropped_frames == 0
+    b = FrameAssembler(keyframes=True, max_wait=0.3)       # and if it never comes:
+    b.push(u(11, 1, marker=True, t=0.0))
+    assert b.expire(0.4) == [] and b.dropped_frames == 1 and b.need_key
+
+
+def test_assembler_skips_padding_and_ends_frames_without_marker() -> None:
+    a = FrameAssembler(keyframes=True)
+    a.push(u(1, 1, start=True, key=True, marker=True))
+    assert a.push(u(2, 1, data=b"")) == []                         # padding
+    assert a.push(u(3, 2, start=True)) == []
+    [f] = a.push(u(4, 3, start=True))                              # frame 2 had no marker
+    assert f.timestamp == 2 and a.lost_packets == 0
+
+
+def test_assembler_audio_every_packet_a_frame() -> None:
+    a = FrameAssembler(every_packet=True, max_wait=0.1)
+    a.push(u(1, 960, start=True, key=True))
+    assert a.push(u(3, 2880, start=True, key=True, t=0.0)) == []
+    [f2, f3] = a.push(u(2, 1920, start=True, key=True, t=0.01))
+    assert (f2.timestamp, f3.timestamp) == (1920, 2880)
+    assert a.push(u(5, 4800, start=True, key=True, t=0.02)) == []
+    [f5] = a.expire(0.2)
+    assert f5.lost_before == 1 and a.lost_packets == 1
+
+
+def test_depayload_key_frames() -> None:
+    # VP8: descriptor with S=1, PID=0; a key frame's first byte has P=0
+    key = bytes([0x10]) + bytes.fromhex("9000009d012a4001f000")
+    data, start, is_key = depayload("vp8", key)
+    assert start and is_key and vp8_size(data) == (320, 240)
+    data, start, is_key = depayload("vp8", bytes([0x00, 0x91]))  # continuation, not a start
+    assert not start and not is_key
+    # H.264: a single IDR NAL, a STAP-A holding an SPS, an FU-A starting an IDR
+    assert depayload("h264", bytes([0x65, 0x88]))[2]
+    stap = bytes([0x18]) + struct.pack("!H", 3) + bytes([0x67, 1, 2]) + struct.pack("!H", 2) + bytes([0x68, 1])
+    data, start, is_key = depayload("h264", stap)
+    assert start and is_key and data == b"\x00\x00\x00\x01\x67\x01\x02\x00\x00\x00\x01\x68\x01"
+    assert h264_parameter_sets(data) == data
+    assert depayload("h264", bytes([0x7C, 0x85, 0xAA]))[1:] == (True, True)
+    assert depayload("h264", bytes([0x7C, 0x05, 0xAA]))[1:] == (False, False)
+    assert depayload("opus", b"\xf8\x01") == (b"\xf8\x01", True, True)
+
+
+def test_server_blank_frames_are_recognised() -> None:
+    assert is_blank("opus", bytes.fromhex("f8fffe") + bytes(77))
+    assert not is_blank("opus", bytes.fromhex("f8fffe"))
+    assert is_blank("vp8", bytes.fromhex("1002009d012a0800080000470885858885848802") +
+                    bytes.fromhex("02000c0d6000feffab5080"))
+    assert vp8_size(bytes.fromhex("1002009d012a08000800")) == (8, 8)
+
+
+# -- packets -----------------------------------------------------------------------------
+def test_opus_samples_from_the_toc() -> None:
+    assert opus_samples(bytes([0xF8])) == 960                      # CELT FB 20 ms, one frame
+    assert opus_samples(bytes([0x78])) == 960                      # hybrid FB 20 ms
+    assert opus_samples(bytes([0x09])) == 1920                     # SILK NB 20 ms, code 1: two frames
+    assert opus_samples(bytes([0xF3, 0x03])) == 3 * 480            # CELT FB 10 ms, code 3: three
+    assert opus_samples(bytes([0xE3, 0x03])) == 3 * 120            # CELT FB 2.5 ms, code 3: three
+    assert opus_samples(b"") == 0
+
+
+def _opus_packets(n: int) -> list[bytes]:
+    enc = av.CodecContext.create("libopus", "w")
+    enc.sample_rate, enc.layout, enc.format = 48_000, "mono", "s16"  # type: ignore[attr-defined]
+    enc.time_base = fractions.Fraction(1, 48_000)
+    out: list[bytes] = []
+    for i in range(n):
+        s = np.arange(i * 960, (i + 1) * 960)
+        frame = av.AudioFrame.from_ndarray((np.sin(s * 2 * np.pi * 440 / 48_000) * 8000).astype(np.int16)[None, :],
+                                           format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 48_000, i * 960
+        out += [bytes(p) for p in enc.encode(frame)]  # type: ignore[attr-defined]
+    return out
+
+
+def test_packetizer_fills_holes_and_the_ogg_decodes_clean(tmp_path: Path) -> None:
+    packets = _opus_packets(100)
+    pz = Packetizer("audio", "opus")
+    out = []
+    for i, data in enumerate(packets):
+        if 40 <= i < 50:
+            continue                                              # 200 ms never arrived
+        jitter = 0.004 if i % 3 else 0.0                          # times snap to continuity
+        out += pz(EncodedFrame(data, i * 960, True, 0.0, 0, 10.0 + i * 0.02 + jitter), 9.5)
+    assert pz.filled == 10 and pz.filled_seconds == pytest.approx(0.2)
+    assert [p.pts for p in out] == [round(0.5 * 48_000) + 960 * i for i in range(100)]
+    path = tmp_path / "fill.ogg"
+    with av.open(str(path), "w") as c:
+        assert pz.template is not None
+        s = c.add_stream_from_template(pz.template.stream)
+        for p in out:
+            p.stream = s
+            c.mux(p)
+    assert decode_errors(str(path)) == ""
+    with av.open(str(path)) as c:
+        assert sum(f.samples for f in c.decode(audio=0)) == 100 * 960
+
+
+def test_packetizer_video_times_only_grow() -> None:
+    pz = Packetizer("video", "vp8")
+    key = bytes.fromhex("9000009d012a4001f000") + bytes(20)
+    a = pz(EncodedFrame(key, 0, True, 0.0, 0, 1.0), 0.0)[0]
+    b = pz(EncodedFrame(b"\x01", 3000, False, 0.0, 0, 1.0003), 0.0)[0]   # 0.3 ms later
+    assert (a.pts, b.pts) == (90_000, 90_090) and a.is_keyframe and not b.is_keyframe
+    assert pz.template is not None and pz.template.stream.codec_context.width == 320
+
+
+def test_join_url_and_candidates() -> None:
+    url = join_url("https://lk.example.com/prefix/", auto_subscribe=False)
+    assert url.startswith("wss://lk.example.com/prefix/rtc?auto_subscribe=0")
+    assert "protocol=16" in url and "sdk=python" in url and "token" not in url
+    assert join_url("ws://h:7880").startswith("ws://h:7880/rtc?")
+    with pytest.raises(ValueError):
+        join_url("ftp://h")
+    assert candidate_init("1 1 udp 1 1.2.3.4 5 typ host", "0", 0) == (
+        '{"candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host", "sdpMid": "0", "sdpMLineIndex": 0}')
