@@ -19,6 +19,7 @@ from livekit.protocol import egress as lk
 from ..chrome.session import ChromeSession
 from ..core import GraphError, LkmediaError
 from ..sources.livekit import RoomSource, TrackSource
+from ..sources.livekit_encoded import VIDEO_CODECS, EncodedTrackSource
 from ..sources.screen import ScreenSource
 from ..storage.factory import settings_from_yaml
 from ..worker.kind import Report
@@ -65,6 +66,7 @@ class EgressJob:
         self.uploads = Uploads(self.cfg, self.dir, settings_from_yaml(launch.storage), info.started_at)
         self.recipe: Recipe | None = None
         self.source: Any = None
+        self._track_codec = ""
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._limit = False
@@ -175,6 +177,7 @@ class EgressJob:
             track = await self._find_track(cfg.track_id)
         elif cfg.request_type == "participant":
             await self._await_participant(cfg.identity)
+        self._track_codec = track["codec"] if track else ""
         fields = filename_fields(cfg, identity=track["identity"] if track else "", track=track)
         r = build_recipe(cfg, self.dir, live=True, fields=fields, freeze_timeout=launch.freeze_timeout,
                          track_codec=track["codec"] if track else None, track_kind=track["kind"] if track else None)
@@ -197,7 +200,12 @@ class EgressJob:
                 kw.update(audio_track_id=cfg.audio_track_id or None, video_track_id=cfg.video_track_id or None)
             else:
                 kw.update(track_id=cfg.track_id, kind=track["kind"] if track else None)
-            src = TrackSource(launch.ws_url, token, **kw)
+            if r.passthrough:  # the publisher's packets, never decoded (lkmedia.lkrtc)
+                codec = track["codec"] if track else None
+                src = EncodedTrackSource(launch.ws_url, token, video_codec=codec if codec in VIDEO_CODECS else None,
+                                         **kw)
+            else:
+                src = TrackSource(launch.ws_url, token, **kw)
             if "video" in src.outputs and r.video_in is not None:
                 g.link(src.out("video"), r.video_in)
             if "audio" in src.outputs and r.audio_in is not None:
@@ -324,6 +332,7 @@ class EgressJob:
             if any(n.stats().get("frames_in") or n.stats().get("samples_in") for n in self.recipe.encoders.values()) \
                     or any(s.stats().get("packets") or s.stats().get("bytes_sent") for s in self.recipe.sinks):
                 self.active_at = time.time()
+                self.info.details = self._media_path()
                 await self._set(S.EGRESS_ACTIVE)
                 return
             await asyncio.sleep(0.05)
@@ -355,8 +364,17 @@ class EgressJob:
             if errors:
                 self.info.error = "; ".join(errors)
             if self._stop_reason:
-                self.info.details = f"End reason: {self._stop_reason}"
+                self.info.details = "; ".join(d for d in (f"End reason: {self._stop_reason}", self._media_path()) if d)
             await self._set(S.EGRESS_LIMIT_REACHED if self._limit else S.EGRESS_COMPLETE)
+
+    def _media_path(self) -> str:
+        """Which path a track egress's media took (EgressInfo.details): '' for other egress."""
+        if self.cfg.request_type != "track" or self.recipe is None or self.cfg.websocket is not None:
+            return ""
+        codec = self._track_codec or "the track's codec"
+        if self.recipe.passthrough:
+            return f"passthrough: the publisher's {codec} written as it arrived"
+        return f"transcoded: {codec} decoded and re-encoded"
 
     def _any_output(self) -> bool:
         assert self.recipe is not None

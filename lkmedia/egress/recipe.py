@@ -28,7 +28,12 @@ from ..sinks.websocket import WebSocketSink
 from .config import EgressConfig
 
 #: Track egress keeps the track's codec family: Opus -> OGG, VP8/VP9 -> WebM, H.264 -> MP4.
-#: livekit.rtc hands us decoded frames, so the codec is re-encoded (cost measured in bench/).
+#: The codecs in TRACK_PASSTHROUGH are written as the publisher encoded them (lkmedia.lkrtc's
+#: subscriber); the others (and WebSocket audio) are decoded by livekit.rtc and re-encoded.
+#: Opus is not yet among them: a publisher that sends no packets at all (``lk load-test``'s
+#: audio, a microphone muted from the start) would leave nothing to write, where livekit.rtc's
+#: receiver plays out silence; the encoded source fills holes between packets only.
+TRACK_PASSTHROUGH = {"vp8": "webm", "h264": "mp4"}
 TRACK_FORMATS = {"opus": ("ogg", "opus"), "vp8": ("webm", "libvpx"), "vp9": ("webm", "libvpx-vp9"),
                  "h264": ("mp4", "libx264"), "av1": ("mp4", "libx264"), "pcmu": ("ogg", "opus"),
                  "pcma": ("ogg", "opus")}
@@ -50,6 +55,7 @@ class Recipe:
     audio_in: Node | None = None
     mixer: AudioMixer | None = None
     compositor: Compositor | None = None  # room composite: the tracks' tiles
+    passthrough: bool = False  # track egress: its inputs take the publisher's packets (no encoder)
     encoders: dict[str, Node] = field(default_factory=dict)
 
     def output(self, kind: str) -> Output | None:
@@ -184,6 +190,19 @@ def _track(cfg: EgressConfig, r: Recipe, out_dir: str, f: dict[str, str | None],
         r.outputs.append(Output("websocket", sink, cfg.websocket))
         return
     assert cfg.file is not None
+    if (codec or "").lower() in TRACK_PASSTHROUGH:
+        # The publisher's own packets, remuxed: the file sink is the input.
+        cfg.file.file_type = TRACK_PASSTHROUGH[(codec or "").lower()]
+        path = render_filename(cfg.file.filepath, f, cfg.file.file_type, out_dir, now=now)
+        remux = FileSink(path, name="file", start_at_zero=True)
+        g.add(remux)
+        r.passthrough = True
+        if kind == "video":
+            r.video_in = remux
+        else:
+            r.audio_in = remux
+        r.outputs.append(Output("file", remux, cfg.file))
+        return
     fmt, encoder = TRACK_FORMATS.get((codec or "").lower(), ("mp4", "libx264") if kind == "video" else ("ogg", "opus"))
     cfg.file.file_type = fmt
     path = render_filename(cfg.file.filepath, f, fmt, out_dir, now=now)

@@ -13,6 +13,7 @@ from lkmedia.egress.config import egress_config
 from lkmedia.egress.info import fill_results
 from lkmedia.egress.recipe import build_recipe
 from lkmedia.nodes.convert import FpsConverter
+from lkmedia.nodes.encode import VideoEncoder
 from lkmedia.nodes.tee import Tee
 from lkmedia.probe import av_offsets, decode_errors, probe
 from lkmedia.sources.synthetic import SyntheticSource
@@ -67,17 +68,28 @@ async def test_audio_only_room_composite_mixes_tracks_into_ogg(tmp_path: Path) -
     assert p.duration == pytest.approx(3.0, abs=0.2) and not p.has("video")
 
 
-@pytest.mark.parametrize("codec,fmt,vcodec", [("vp8", "webm", "vp8"), ("h264", "mp4", "h264")])
-async def test_track_egress_keeps_the_codec_family_and_size(tmp_path: Path, codec: str, fmt: str, vcodec: str) -> None:
+@pytest.mark.parametrize("codec,fmt,vcodec,encoder", [("vp8", "webm", "vp8", "libvpx"),
+                                                       ("h264", "mp4", "h264", "libx264"),
+                                                       ("vp9", "webm", "vp9", None)])
+async def test_track_egress_keeps_the_codec_family_and_size(tmp_path: Path, codec: str, fmt: str, vcodec: str,
+                                                            encoder: str | None) -> None:
+    """VP8 and H.264 tracks are written as published (the recipe's input is the file sink:
+    packets in, remuxed); VP9 is re-encoded from decoded frames."""
     cfg = egress_config("EG_3", "", lk.TrackEgressRequest(room_name="r", track_id="TR_v",
                                                           file=lk.DirectFileOutput(filepath="t/{track_id}")))
     r = build_recipe(cfg, str(tmp_path), live=False, track_codec=codec, track_kind="video", now=NOW)
+    assert r.passthrough == (encoder is not None) and (r.encoders == {}) == r.passthrough
     src = SyntheticSource(width=320, height=240, duration=2, audio=False)
-    r.graph.link(src.out("video"), r.video_in)  # type: ignore[arg-type]
-    await r.graph.run()
+    if encoder is not None:  # what a publisher sends: encoded packets
+        r.graph.chain(src.out("video"), VideoEncoder(encoder, width=320, height=240, fps=30, bitrate=300_000),
+                      r.video_in)  # type: ignore[arg-type]
+    else:
+        r.graph.link(src.out("video"), r.video_in)  # type: ignore[arg-type]
+    assert not await r.graph.run()
     out = tmp_path / "t" / f"TR_v.{fmt}"
     v = probe(str(out)).stream("video")
     assert (v.codec, v.width, v.height, v.frames) == (vcodec, 320, 240, 60)
+    assert decode_errors(str(out)) == ""
 
 
 async def test_participant_video_without_images_has_no_tee_and_no_copies(tmp_path: Path) -> None:
