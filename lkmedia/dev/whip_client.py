@@ -6,10 +6,13 @@ time, then closing (which DELETEs its WHIP resource).
 
 The bearer token, if any, comes in the environment (LKM_WHIP_TOKEN), never in argv.
 LKM_WHIP_P256=1 gives FFmpeg's DTLS a P-256 certificate (p256_certificate says why).
+LKM_WHIP_SENT=PATH writes the SHA-1 of each Opus packet sent to PATH, a line each (what a
+test compares a recording's packets with).
 Exit status 0 when it sent everything; the error otherwise.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import tempfile
@@ -60,12 +63,21 @@ def push(url: str, seconds: float, width: int = 640, height: int = 360, token: s
                           audio_frame_samples=960)
     options = {**({"authorization": token} if token else {}), **(certificate or {})}
     out = av.open(url, "w", format="whip", options=options, timeout=10)
+    sent_path = os.environ.get("LKM_WHIP_SENT")
+    sent = None
     try:
         v = out.add_stream("libx264", rate=30, options={
             "preset": "veryfast", "tune": "zerolatency", "profile": "baseline", "bf": "0", "g": "30",
             "threads": "1"})  # one slice a frame
         v.width, v.height, v.pix_fmt = width, height, "yuv420p"
         a = out.add_stream("libopus", rate=48_000, layout="stereo")
+        sent = open(sent_path, "w") if sent_path else None  # noqa: SIM115 (closed below)
+
+        def audio(packets: list[av.Packet]) -> None:
+            if sent is not None:
+                sent.writelines(hashlib.sha1(bytes(p)).hexdigest() + "\n" for p in packets)
+            out.mux(packets)
+
         t0 = time.monotonic()
         i = s = 0
         while (now := time.monotonic() - t0) < seconds:
@@ -77,13 +89,15 @@ def push(url: str, seconds: float, width: int = 640, height: int = 360, token: s
             while s / 48_000 <= now:
                 af = gen.audio_frame(s)
                 af.pts, af.time_base = s, Fraction(1, 48_000)
-                out.mux(a.encode(af))
+                audio(a.encode(af))
                 s += 960
             time.sleep(0.004)
         out.mux(v.encode(None))
-        out.mux(a.encode(None))
+        audio(a.encode(None))
     finally:
         out.close()
+        if sent is not None:
+            sent.close()
     return i
 
 

@@ -25,7 +25,7 @@ from ..storage.factory import settings_from_yaml
 from ..worker.kind import Report
 from .errors import EgressError
 from .info import FINAL, fill_results, set_status
-from .recipe import Recipe, build_recipe, filename_fields
+from .recipe import Recipe, build_recipe, filename_fields, participant_passthrough, published_video
 from .spec import EgressLaunch
 from .tiles import TileDirector
 from .uploads import Uploads
@@ -173,14 +173,17 @@ class EgressJob:
         if cfg.engine == "chrome":
             return await self._build_chrome(token)
         track = None
+        video_passthrough = False
         if cfg.request_type == "track":
             track = await self._find_track(cfg.track_id)
         elif cfg.request_type == "participant":
-            await self._await_participant(cfg.identity)
-        self._track_codec = track["codec"] if track else ""
+            part = await self._await_participant(cfg.identity)
+            video_passthrough = participant_passthrough(cfg, published_video(part, cfg.screen_share))
+        self._track_codec = track["codec"] if track else ("h264" if video_passthrough else "")
         fields = filename_fields(cfg, identity=track["identity"] if track else "", track=track)
         r = build_recipe(cfg, self.dir, live=True, fields=fields, freeze_timeout=launch.freeze_timeout,
-                         track_codec=track["codec"] if track else None, track_kind=track["kind"] if track else None)
+                         track_codec=track["codec"] if track else None, track_kind=track["kind"] if track else None,
+                         video_passthrough=video_passthrough)
         g = r.graph
         if cfg.request_type == "room_composite":
             # A participant who leaves leaves the picture at once (no rejoin grace).
@@ -201,7 +204,7 @@ class EgressJob:
             else:
                 kw.update(track_id=cfg.track_id, kind=track["kind"] if track else None)
             if r.passthrough:  # the publisher's packets, never decoded (lkmedia.lkrtc)
-                codec = track["codec"] if track else None
+                codec = track["codec"] if track else self._track_codec
                 src = EncodedTrackSource(launch.ws_url, token, video_codec=codec if codec in VIDEO_CODECS else None,
                                          **kw)
             else:
@@ -291,14 +294,16 @@ class EgressJob:
         http = url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
         return api.LiveKitAPI(http, self.launch.api_key, self.launch.api_secret)
 
-    async def _await_participant(self, identity: str, wait: float = SUBSCRIBE_TIMEOUT) -> None:
-        """As the Go egress: wait for the participant to be in the room, then fail naming it."""
+    async def _await_participant(self, identity: str, wait: float = SUBSCRIBE_TIMEOUT) -> Any:
+        """As the Go egress: wait for the participant to be in the room, then fail naming it.
+        Its ParticipantInfo (None if the job was stopped meanwhile)."""
         deadline = time.monotonic() + wait
         async with self._room_api() as lkapi:
             while True:
                 res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=self.cfg.room_name))
-                if any(p.identity == identity for p in res.participants) or self._stop.is_set():
-                    return
+                found = next((p for p in res.participants if p.identity == identity), None)
+                if found is not None or self._stop.is_set():
+                    return found
                 if time.monotonic() >= deadline:
                     raise EgressError(f"participant {identity} not found in room {self.cfg.room_name!r} "
                                       f"(waited {wait:g} s)", "not_found")
@@ -368,11 +373,19 @@ class EgressJob:
             await self._set(S.EGRESS_LIMIT_REACHED if self._limit else S.EGRESS_COMPLETE)
 
     def _media_path(self) -> str:
-        """Which path a track egress's media took (EgressInfo.details): '' for other egress."""
-        if self.cfg.request_type != "track" or self.recipe is None or self.cfg.websocket is not None:
+        """Which path a track or participant egress's media took (EgressInfo.details): ''
+        for other egress."""
+        if self.recipe is None or self.cfg.websocket is not None:
+            return ""
+        if self.cfg.request_type == "participant":
+            if self.recipe.passthrough:
+                return "passthrough: the publisher's h264 video written as it arrived; audio transcoded"
+            return "transcoded: video decoded and re-encoded"
+        if self.cfg.request_type != "track":
             return ""
         codec = self._track_codec or "the track's codec"
         if self.recipe.passthrough:
+            codec = "opus (sent as red)" if codec == "red" else codec
             return f"passthrough: the publisher's {codec} written as it arrived"
         return f"transcoded: {codec} decoded and re-encoded"
 

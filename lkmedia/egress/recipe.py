@@ -13,10 +13,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from livekit.protocol import models as proto_models
+
 from ..core import Graph, Node, Sink
 from ..nodes.audio_mix import AudioMixer
 from ..nodes.compose import Compositor
 from ..nodes.convert import FpsConverter
+from ..nodes.decode import Decoder
 from ..nodes.encode import AudioEncoder, VideoEncoder
 from ..nodes.tee import Tee
 from ..sinks.file import FileSink
@@ -29,11 +32,10 @@ from .config import EgressConfig
 
 #: Track egress keeps the track's codec family: Opus -> OGG, VP8/VP9 -> WebM, H.264 -> MP4.
 #: The codecs in TRACK_PASSTHROUGH are written as the publisher encoded them (lkmedia.lkrtc's
-#: subscriber); the others (and WebSocket audio) are decoded by livekit.rtc and re-encoded.
-#: Opus is not yet among them: a publisher that sends no packets at all (``lk load-test``'s
-#: audio, a microphone muted from the start) would leave nothing to write, where livekit.rtc's
-#: receiver plays out silence; the encoded source fills holes between packets only.
-TRACK_PASSTHROUGH = {"vp8": "webm", "h264": "mp4"}
+#: subscriber; RED audio reaches it as plain Opus); the others (and WebSocket audio) are
+#: decoded by livekit.rtc and re-encoded. A publisher that sends no audio packets at all (a
+#: silent microphone, ``lk load-test``'s audio) is written as Opus silence.
+TRACK_PASSTHROUGH = {"opus": "ogg", "red": "ogg", "vp8": "webm", "h264": "mp4"}
 TRACK_FORMATS = {"opus": ("ogg", "opus"), "vp8": ("webm", "libvpx"), "vp9": ("webm", "libvpx-vp9"),
                  "h264": ("mp4", "libx264"), "av1": ("mp4", "libx264"), "pcmu": ("ogg", "opus"),
                  "pcma": ("ogg", "opus")}
@@ -55,7 +57,7 @@ class Recipe:
     audio_in: Node | None = None
     mixer: AudioMixer | None = None
     compositor: Compositor | None = None  # room composite: the tracks' tiles
-    passthrough: bool = False  # track egress: its inputs take the publisher's packets (no encoder)
+    passthrough: bool = False  # its inputs take the publisher's packets (track egress; participant video)
     encoders: dict[str, Node] = field(default_factory=dict)
 
     def output(self, kind: str) -> Output | None:
@@ -87,10 +89,12 @@ def build_recipe(
     fields: dict[str, str | None] | None = None,
     now: dt.datetime | None = None,
     freeze_timeout: float | None = None,
+    video_passthrough: bool = False,
 ) -> Recipe:
     """The graph for ``cfg``, writing local files under ``out_dir``. For a track egress,
     ``track_codec`` (opus, vp8, h264 ...) and ``track_kind`` (audio|video) say what the
-    subscribed track is."""
+    subscribed track is. ``video_passthrough`` (see ``participant_passthrough``): the
+    participant's video packets go into the file as published."""
     g = Graph(freeze_timeout=freeze_timeout)
     r = Recipe(g)
     f = fields or filename_fields(cfg)
@@ -98,9 +102,63 @@ def build_recipe(
     if cfg.request_type == "track":
         _track(cfg, r, out_dir, f, now, track_codec, track_kind)
         return r
+    if video_passthrough:
+        _participant_passthrough(cfg, r, out_dir, f, now, live)
+        return r
     _encoders(cfg, r, live)
     _sinks(cfg, r, out_dir, f, now)
     return r
+
+
+def published_video(part: Any, screen_share: bool = False) -> dict[str, Any] | None:
+    """A participant's camera (or screen share) video as the room service lists it (a
+    ``ParticipantInfo``): codec, width, height, simulcast. None: none published (yet)."""
+    if part is None:
+        return None
+    want = {proto_models.TrackSource.SCREEN_SHARE} if screen_share else {
+        proto_models.TrackSource.CAMERA, proto_models.TrackSource.UNKNOWN}
+    for t in part.tracks:
+        if t.type == proto_models.TrackType.VIDEO and t.source in want:
+            return {"codec": t.mime_type.split("/", 1)[-1].lower(), "width": t.width, "height": t.height,
+                    "simulcast": bool(t.simulcast) or len(t.layers) > 1}
+    return None
+
+
+def participant_passthrough(cfg: EgressConfig, video: dict[str, Any] | None) -> bool:
+    """Whether a participant egress can write its publisher's video as it arrived (no
+    decode, no encode): H.264 published without simulcast layers (one picture size for
+    good) at exactly the output's size, into one MP4 file (no segments, stream or images,
+    which would need the decoded pictures or a constant frame rate). ``video``: the track
+    as the room service lists it (codec, width, height, simulcast)."""
+    if cfg.request_type != "participant" or not cfg.video_enabled or video is None:
+        return False
+    if cfg.file is None or cfg.segments is not None or cfg.stream is not None or cfg.images:
+        return False
+    if (cfg.file.file_type or "mp4") != "mp4" or video.get("codec") != "h264" or video.get("simulcast"):
+        return False
+    return (video.get("width"), video.get("height")) == (cfg.encoding.width, cfg.encoding.height)
+
+
+def _participant_passthrough(cfg: EgressConfig, r: Recipe, out_dir: str, f: dict[str, str | None],
+                             now: dt.datetime | None, live: bool) -> None:
+    """Video packets straight into the file; audio decoded (Opus), mixed onto the clock
+    (silence where it is missing) and encoded as the request says."""
+    assert cfg.file is not None
+    g, e = r.graph, cfg.encoding
+    path = render_filename(cfg.file.filepath, f, cfg.file.file_type or "mp4", out_dir, now=now)
+    sink = FileSink(path, name="file", start_at_zero=True)
+    g.add(sink)
+    r.passthrough = True
+    r.video_in = sink
+    if cfg.audio_enabled:
+        r.mixer = AudioMixer(sample_rate=48_000, channels=2, live=live, name="mixer")
+        codec = e.audio_codec or "aac"
+        rate = 48_000 if codec == "opus" else e.audio_frequency
+        aenc = AudioEncoder(codec, bitrate=e.audio_bitrate * 1000, sample_rate=rate, name="audio_encoder")
+        r.audio_in = g.add(Decoder(name="audio_decoder"))
+        g.chain(r.audio_in, r.mixer, aenc, sink)
+        r.encoders["audio"] = aenc
+    r.outputs.append(Output("file", sink, cfg.file))
 
 
 def _video_encoder(e: Any) -> VideoEncoder:

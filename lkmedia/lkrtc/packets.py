@@ -32,6 +32,10 @@ VIDEO_TIME_BASE = Fraction(1, 90_000)
 VIDEO_MIN_STEP = 90
 AUDIO_SNAP = 0.012       # audio this close to where the last packet ended continues it
 MAX_FILL = 600.0         # seconds of hole filled at most (longer: the pts jumps)
+#: One 20 ms CELT frame of digital silence (TOC 0xf8: mono; 0xfc: stereo), as livekit-server
+#: sends it itself (OpusSilenceFrame).
+OPUS_SILENCE = bytes.fromhex("f8fffe")
+OPUS_SILENCE_SAMPLES = 960
 _ENCODERS = {"opus": "libopus", "vp8": "libvpx", "vp9": "libvpx-vp9", "h264": "libx264"}
 
 # Opus frame sizes in 48 kHz samples by TOC config (RFC 6716 §3.1)
@@ -129,6 +133,7 @@ class Packetizer:
         self.filled = 0                 # empty Opus frames put in holes
         self.filled_seconds = 0.0
         self.dropped = 0                # frames that would have gone back in time
+        self.silent_seconds = 0.0       # silence written while the publisher sent nothing
 
     def __call__(self, frame: EncodedFrame, offset: float) -> list[av.Packet]:
         if self.template is None:
@@ -180,6 +185,26 @@ class Packetizer:
         out = [self._packet(filler, start + i * size, size, AUDIO_TIME_BASE, True) for i in range(count)]
         self.filled += count
         self.filled_seconds += count * size / AUDIO_RATE
+        return out
+
+    def silence(self, start: float, until: float) -> list[av.Packet]:
+        """Opus silence from where the audio got to (from ``start`` if it has not begun) up
+        to about ``until`` (graph seconds): what a track is heard as while its publisher
+        sends nothing at all (a silent or muted microphone, ``lk load-test``'s audio)."""
+        if self.codec != "opus":
+            return []
+        frame = bytes([OPUS_SILENCE[0] | (self._last_toc & 0x04)]) + OPUS_SILENCE[1:]
+        nxt = self._next if self._next is not None else round(start * AUDIO_RATE)
+        count = (round(until * AUDIO_RATE) - nxt) // OPUS_SILENCE_SAMPLES
+        if count <= 0:
+            return []
+        if self.template is None:
+            self.template = make_template("opus", EncodedFrame(frame, 0, True, 0.0))
+        out = [self._packet(frame, nxt + i * OPUS_SILENCE_SAMPLES, OPUS_SILENCE_SAMPLES, AUDIO_TIME_BASE, True)
+               for i in range(count)]
+        self._next = nxt + count * OPUS_SILENCE_SAMPLES
+        self.silent_seconds += count * OPUS_SILENCE_SAMPLES / AUDIO_RATE
+        self._count(out)
         return out
 
     def _video(self, frame: EncodedFrame, t: float) -> list[av.Packet]:

@@ -12,7 +12,9 @@ off, and subscribes only to what it follows:
 Timing. Packet times are seconds on ``graph.clock`` (pts in 1/48000 or 1/90000): each
 frame is dated from its RTP timestamp on one clock per participant, put in line with
 RTCP sender reports (``lkmedia.lkrtc.clock``), so audio and video stay in sync. Audio is
-continuous; holes become empty Opus frames (``fill_gaps``).
+continuous; holes become empty Opus frames (``fill_gaps``), and a subscribed audio track
+whose publisher sends nothing for ``SILENCE_LAG`` s (a silent or muted microphone, which
+sends no RTP at all) is written as Opus silence that far behind real time.
 
 Flow. A frame goes onto the output's edges from the network callback when they have
 room (no task hop); when one is full, frames wait in a backlog of ``backlog`` seconds that
@@ -45,6 +47,7 @@ from .follow import followed_tracks
 log = logging.getLogger("lkmedia.sources.livekit_encoded")
 
 TICK = 0.5
+SILENCE_LAG = 1.0   # an audio track that sent nothing for this long is written as silence up to then
 VIDEO_CODECS = ("vp8", "h264")
 
 
@@ -66,6 +69,8 @@ class _Out:
     ended: bool = False
     skip_to_key: bool = False
     overflowed: int = 0      # frames the backlog dropped
+    since: float | None = None   # graph time the track was subscribed
+    last_frame: float = 0.0      # time.monotonic() of its last frame
 
 
 class EncodedTrackSource(Source):
@@ -127,6 +132,7 @@ class EncodedTrackSource(Source):
             started = time.monotonic()
             while not self.stop_requested and self._failure is None:
                 await self.wait_stop(TICK)
+                self._fill_silence()
                 if self.outs and all(o.ended for o in self.outs.values()):
                     break
                 if (self.wait_timeout is not None and all(o.track is None for o in self.outs.values())
@@ -136,6 +142,8 @@ class EncodedTrackSource(Source):
             if self._failure is not None and not self.stop_requested:
                 raise EncodedSourceError(f"{self.name}: {self._failure}")
         finally:
+            if self.stop_requested:
+                self._fill_silence(lag=0.0)  # a silent track is written up to the stop
             await sub.close()
             await self._drain()
 
@@ -189,6 +197,7 @@ class EncodedTrackSource(Source):
             out.track = None
             log.warning("%s: cannot subscribe to %s: %s", self.name, sid, e)
             return
+        out.since, out.last_frame = time.monotonic() - self._offset, time.monotonic()
         out.pump = asyncio.get_running_loop().create_task(self._pump(out), name=f"{self.name}-{out.kind}")
         self.report("track_subscribed", participant=out.track.participant, kind=out.kind, track_sid=sid,
                     codec=out.track.codec)
@@ -215,22 +224,37 @@ class EncodedTrackSource(Source):
 
     # -- frames ------------------------------------------------------------------------
     def _frame_handler(self, out: _Out) -> Any:
-        port = out.port
-        edges = port.edges
-
         def on_frame(track: RemoteTrack, frame: EncodedFrame) -> None:
             if out.ended:
                 return
+            out.last_frame = time.monotonic()
             if out.packetizer is None:  # the codec is the one the first packet carried
                 out.packetizer = Packetizer(out.kind, track.codec or "", fill_gaps=self.fill_gaps)
-            for p in out.packetizer(frame, self._offset):
-                if not out.backlog and all(e.closed or len(e) < e.capacity or e.policy is not Policy.BLOCK
-                                           for e in edges):
-                    port.emit_nowait(p)  # the common case: straight onto the edge, no task hop
-                else:
-                    self._queue(out, p)
+            self._emit(out, out.packetizer(frame, self._offset))
 
         return on_frame
+
+    def _emit(self, out: _Out, packets: list[av.Packet]) -> None:
+        edges = out.port.edges
+        for p in packets:
+            if not out.backlog and all(e.closed or len(e) < e.capacity or e.policy is not Policy.BLOCK
+                                       for e in edges):
+                out.port.emit_nowait(p)  # the common case: straight onto the edge, no task hop
+            else:
+                self._queue(out, p)
+
+    def _fill_silence(self, lag: float = SILENCE_LAG) -> None:
+        """Silence for the audio tracks whose publishers sent nothing for SILENCE_LAG s,
+        up to ``lag`` s ago."""
+        if not self.fill_gaps:
+            return
+        mono = time.monotonic()
+        for o in self.outs.values():
+            if o.kind != "audio" or o.ended or o.since is None or mono - o.last_frame < SILENCE_LAG:
+                continue
+            if o.packetizer is None:
+                o.packetizer = Packetizer("audio", "opus", fill_gaps=True)
+            self._emit(o, o.packetizer.silence(o.since, mono - self._offset - lag))
 
     def _queue(self, out: _Out, packet: av.Packet) -> None:
         if out.skip_to_key and not packet.is_keyframe:
@@ -273,6 +297,7 @@ class EncodedTrackSource(Source):
                 pk = o.packetizer
                 out[f"{k}.packets"] = pk.packets
                 out[f"{k}.filled_seconds"] = round(pk.filled_seconds, 3)
+                out[f"{k}.silent_seconds"] = round(pk.silent_seconds, 3)
                 out[f"{k}.dropped"] = pk.dropped + o.overflowed
             if o.track is not None:
                 out[f"{k}.receiver"] = o.track.stats()

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 from livekit.protocol import egress as lk
+from livekit.protocol import models as lkm
 
 from lkmedia.egress.config import egress_config
 from lkmedia.egress.info import fill_results
-from lkmedia.egress.recipe import build_recipe
+from lkmedia.egress.recipe import build_recipe, participant_passthrough, published_video
 from lkmedia.nodes.convert import FpsConverter
 from lkmedia.nodes.encode import VideoEncoder
 from lkmedia.nodes.tee import Tee
@@ -115,3 +116,51 @@ async def test_participant_video_without_images_has_no_tee_and_no_copies(tmp_pat
     shared = recipe(True)
     assert isinstance(shared.video_in, Tee)
     assert [n.owns_input for n in shared.graph.nodes.values() if isinstance(n, FpsConverter)] == [False]
+
+
+def _participant(width: int = 640, height: int = 360, **kw: Any) -> Any:
+    req = lk.ParticipantEgressRequest(room_name="r", identity="alice",
+                                      advanced=lk.EncodingOptions(width=width, height=height, framerate=30),
+                                      file_outputs=[lk.EncodedFileOutput(filepath="pt.mp4")], **kw)
+    return egress_config("EG_p", "RM_1", req)
+
+
+def test_participant_passthrough_only_where_the_video_can_be_written_as_published() -> None:
+    h264 = {"codec": "h264", "width": 640, "height": 360, "simulcast": False}
+    assert participant_passthrough(_participant(), h264)
+    assert not participant_passthrough(_participant(), {**h264, "codec": "vp8"})         # VP8 into MP4: no
+    assert not participant_passthrough(_participant(), {**h264, "simulcast": True})      # layers change size
+    assert not participant_passthrough(_participant(1280, 720), h264)                    # another size
+    assert not participant_passthrough(_participant(), None)                             # nothing published yet
+    assert not participant_passthrough(_participant(image_outputs=[lk.ImageOutput(capture_interval=1)]), h264)
+    assert not participant_passthrough(_participant(segment_outputs=[lk.SegmentedFileOutput(
+        filename_prefix="s")]), h264)
+    part = lkm.ParticipantInfo(identity="alice", tracks=[
+        lkm.TrackInfo(type=lkm.TrackType.AUDIO, mime_type="audio/opus"),
+        lkm.TrackInfo(type=lkm.TrackType.VIDEO, source=lkm.TrackSource.SCREEN_SHARE, mime_type="video/VP8"),
+        lkm.TrackInfo(type=lkm.TrackType.VIDEO, source=lkm.TrackSource.CAMERA, mime_type="video/H264",
+                      width=640, height=360)])
+    assert published_video(part) == h264
+    assert published_video(part, screen_share=True) == {**h264, "codec": "vp8", "width": 0, "height": 0}
+
+
+async def test_participant_passthrough_recipe_remuxes_video_and_encodes_audio(tmp_path: Path) -> None:
+    """H.264 packets (as a publisher sends them) straight into the MP4; Opus packets decoded,
+    mixed and encoded to AAC: no video encoder, the video frames all there, A/V in sync."""
+    from lkmedia.nodes.encode import AudioEncoder
+
+    r = build_recipe(_participant(), str(tmp_path), live=False, now=NOW, video_passthrough=True)
+    assert r.passthrough and set(r.encoders) == {"audio"}
+    src = SyntheticSource(width=640, height=360, fps=30, duration=4, sample_rate=48_000, channels=2,
+                          audio_frame_samples=960)
+    r.graph.chain(src.out("video"), VideoEncoder("libx264", width=640, height=360, fps=30, bitrate=800_000),
+                  r.video_in)  # type: ignore[arg-type]
+    r.graph.chain(src.out("audio"), AudioEncoder("opus", bitrate=64_000, sample_rate=48_000),
+                  r.audio_in)  # type: ignore[arg-type]
+    assert not await r.graph.run()
+    out = str(tmp_path / "pt.mp4")
+    p = probe(out)
+    assert (p.stream("video").codec, p.stream("video").frames) == ("h264", 120)
+    assert p.stream("audio").codec == "aac" and decode_errors(out) == ""
+    offsets = av_offsets(out)
+    assert len(offsets) >= 3 and all(abs(o) <= 0.040 for o in offsets), offsets

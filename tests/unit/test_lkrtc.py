@@ -226,6 +226,32 @@ def test_packetizer_fills_holes_and_the_ogg_decodes_clean(tmp_path: Path) -> Non
         assert sum(f.samples for f in c.decode(audio=0)) == 100 * 960
 
 
+def test_packetizer_silence_before_and_between_packets_decodes_to_zeros(tmp_path: Path) -> None:
+    """A publisher that sends nothing is written as Opus silence; its packets continue
+    after the silence, and the silence decodes to digital zeros."""
+    packets = _opus_packets(50)
+    pz = Packetizer("audio", "opus")
+    out = pz.silence(2.0, 3.0)                                    # 1 s of nothing since subscribing
+    assert len(out) == 50 and pz.silent_seconds == pytest.approx(1.0) and pz.template is not None
+    assert out[0].pts == 2 * 48_000 and out[-1].pts + 960 == 3 * 48_000
+    assert pz.silence(2.0, 3.01) == []                            # less than a frame more: nothing yet
+    for i, data in enumerate(packets):                           # then it speaks, 2 ms after
+        out += pz(EncodedFrame(data, i * 960, True, 0.0, 0, 13.002 + i * 0.02), 10.0)
+    assert pz.silence(2.0, 4.01) == []                            # covered already (it spoke to 4.0)
+    assert [p.pts for p in out] == [2 * 48_000 + 960 * i for i in range(100)]
+    path = tmp_path / "silence.ogg"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream_from_template(pz.template.stream)
+        for p in out:
+            p.stream = s
+            c.mux(p)
+    assert decode_errors(str(path)) == ""
+    with av.open(str(path)) as c:
+        pcm = np.concatenate([f.to_ndarray().ravel() for f in c.decode(audio=0)])
+    assert len(pcm) == 100 * 960
+    assert np.abs(pcm[:48_000]).max() == 0 and np.abs(pcm[48_000 + 960:]).max() > 0.05
+
+
 def test_packetizer_video_times_only_grow() -> None:
     pz = Packetizer("video", "vp8")
     key = bytes.fromhex("9000009d012a4001f000") + bytes(20)

@@ -233,7 +233,7 @@ async def test_track_egress_keeps_codec_family_and_websocket_gets_pcm(
     assert audio.file_results[0].filename.endswith(".ogg") and a.stream("audio").codec == "opus" and not a.has("video")
     assert a.duration == pytest.approx(audio_interval, abs=0.5), (a.duration, audio_interval)
     # written as published (lkmedia.lkrtc's subscriber), as EgressInfo says
-    assert "transcoded: " in audio.details and "passthrough: the publisher's vp8" in video.details, \
+    assert "passthrough: the publisher's opus" in audio.details and "passthrough: the publisher's vp8" in video.details, \
         (audio.details, video.details)
     v = probe(video.file_results[0].location)
     assert video.file_results[0].filename.endswith(".webm") and v.stream("video").codec == "vp8"
