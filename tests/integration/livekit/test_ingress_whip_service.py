@@ -8,11 +8,14 @@ plain words. The client is FFmpeg 8's WHIP muxer (lkmedia.dev.whip_client)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.empty_pb2 import Empty
@@ -42,6 +45,36 @@ async def _seen(node: Node, room: str, identity: str) -> SeenParticipant:
     return await watch_tracks(s.url, s.api_key, s.api_secret, room, identity, 2, timeout=30)
 
 
+@dataclass
+class _Whip:
+    """A running WHIP client (FFmpeg 8's WHIP muxer, lkmedia.dev.whip_client)."""
+
+    proc: asyncio.subprocess.Process
+    err: str = ""     # the end of its stderr, once it has ended
+
+    async def finish(self, timeout: float) -> int | None:
+        """Waits for the client to end by itself; its exit code."""
+        _, err = await asyncio.wait_for(self.proc.communicate(), timeout)
+        self.err = err.decode()[-2000:]
+        return self.proc.returncode
+
+
+@contextlib.asynccontextmanager
+async def _whip_client(url: str, key: str, seconds: int, *, p256: bool = False) -> AsyncIterator[_Whip]:
+    """A client sending ``seconds`` of media to ``url``; killed (-9) at the block's end if it
+    is still running (``err`` then holds its stderr)."""
+    env = {**os.environ, "LKM_WHIP_TOKEN": key, **({"LKM_WHIP_P256": "1"} if p256 else {})}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "lkmedia.dev.whip_client", url, str(seconds),
+                                                env=env, stderr=asyncio.subprocess.PIPE)
+    client = _Whip(proc)
+    try:
+        yield client
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            _, err = await proc.communicate()
+            client.err = err.decode()[-2000:]
+
 
 async def test_whip_without_transcoding_is_proxied(node: Node, lkapi: Any) -> None:
     """WHIP (FFmpeg 8's WHIP muxer) to the service's whip_port: the offer goes to
@@ -51,27 +84,19 @@ async def test_whip_without_transcoding_is_proxied(node: Node, lkapi: Any) -> No
     assert info.url == f"http://127.0.0.1:{node.whip_port}/w"
     node.secrets.append(info.stream_key)
     await _available(node)
-    client = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lkmedia.dev.whip_client", info.url, "10",
-        env={**os.environ, "LKM_WHIP_TOKEN": info.stream_key}, stderr=asyncio.subprocess.PIPE)
-    try:
+    async with _whip_client(info.url, info.stream_key, 10) as client:
         seen: list[int] = []
         await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING}, seen=seen)
         try:  # (10 s of media: a client done before its tracks are listed would fail this)
             p = await _seen(node, "svc-whip", "whipper")
         except AssertionError:
-            if client.returncode is None:
+            if client.proc.returncode is None:
                 raise
-            _, err = await client.communicate()
-            raise AssertionError(f"the WHIP client exited {client.returncode}: {err.decode()[-2000:]}") from None
+            code = await client.finish(5)
+            raise AssertionError(f"the WHIP client exited {code}: {client.err}") from None
         assert p.kind == lkm.ParticipantInfo.Kind.INGRESS
-        _, err = await asyncio.wait_for(client.communicate(), 30)
-        assert client.returncode == 0, err.decode()[-500:]
+        assert await client.finish(30) == 0, client.err[-500:]
         st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE}, seen=seen)
-    finally:
-        if client.returncode is None:
-            client.kill()
-            await client.wait()
     while seen and seen[0] == IS.ENDPOINT_INACTIVE:
         seen.pop(0)
     assert IS.ENDPOINT_PUBLISHING in seen and seen[-1] == IS.ENDPOINT_INACTIVE, seen
@@ -79,17 +104,10 @@ async def test_whip_without_transcoding_is_proxied(node: Node, lkapi: Any) -> No
 
     # a client that vanishes without its DELETE: livekit-server says the connection closed
     await _available(node)
-    client = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lkmedia.dev.whip_client", info.url, "60",
-        env={**os.environ, "LKM_WHIP_TOKEN": info.stream_key}, stderr=asyncio.subprocess.PIPE)
-    try:
+    async with _whip_client(info.url, info.stream_key, 60) as client:
         await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
         await _seen(node, "svc-whip", "whipper")
-    finally:
-        if client.returncode is None:
-            client.kill()
-        _, err = await client.communicate()
-    assert client.returncode == -9, err.decode()[-500:]
+    assert client.proc.returncode == -9, client.err[-500:]
     t0 = time.monotonic()
     st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE}, timeout=60)
     print(f"\nWHIP client killed: INACTIVE {time.monotonic() - t0:.1f} s later (livekit-server's notify)")
@@ -97,31 +115,26 @@ async def test_whip_without_transcoding_is_proxied(node: Node, lkapi: Any) -> No
     # the Go ingress's WHIP resource RPCs on the resource's topic: an ICE restart answered
     # by livekit-server through the proxy, then DeleteWHIPResource ends the session INACTIVE
     await _available(node)
-    client = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lkmedia.dev.whip_client", info.url, "60",
-        env={**os.environ, "LKM_WHIP_TOKEN": info.stream_key}, stderr=asyncio.subprocess.PIPE)
     bus = RedisBus(node.stack.redis_address)
     await bus.start()
     rpc = RpcClient(bus, "IngressHandler")
     await rpc.start()
     try:
-        live = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
-        await _seen(node, "svc-whip", "whipper")
-        res = await rpc.call("ICERestartWHIPResource", ICERestartWHIPResourceRequest(
-            resource_id=live.resource_id, stream_key=info.stream_key, user_fragment="Rst1",
-            password="restartrestartrestartrest", if_match="*"), ICERestartWHIPResourceResponse,
-            topic=live.resource_id, timeout=10)
-        assert "a=ice-ufrag:" in res.trickle_ice_sdpfrag and res.etag, res
-        await rpc.call("DeleteWHIPResource", DeleteWHIPResourceRequest(
-            resource_id=live.resource_id, stream_key=info.stream_key), Empty, topic=live.resource_id, timeout=10)
-        st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE}, timeout=20)
-        assert st.resource_id == live.resource_id and not st.error, st
+        async with _whip_client(info.url, info.stream_key, 60):
+            live = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
+            await _seen(node, "svc-whip", "whipper")
+            res = await rpc.call("ICERestartWHIPResource", ICERestartWHIPResourceRequest(
+                resource_id=live.resource_id, stream_key=info.stream_key, user_fragment="Rst1",
+                password="restartrestartrestartrest", if_match="*"), ICERestartWHIPResourceResponse,
+                topic=live.resource_id, timeout=10)
+            assert "a=ice-ufrag:" in res.trickle_ice_sdpfrag and res.etag, res
+            await rpc.call("DeleteWHIPResource", DeleteWHIPResourceRequest(
+                resource_id=live.resource_id, stream_key=info.stream_key), Empty, topic=live.resource_id, timeout=10)
+            st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE}, timeout=20)
+            assert st.resource_id == live.resource_id and not st.error, st
     finally:
         await rpc.close()
         await bus.close()
-        if client.returncode is None:
-            client.kill()
-        await client.communicate()
 
 
 async def test_whip_with_transcoding_runs_in_its_own_job_process(node: Node, lkapi: Any) -> None:
@@ -135,10 +148,7 @@ async def test_whip_with_transcoding_runs_in_its_own_job_process(node: Node, lka
     await _available(node)
     before = set(node.job_pids())
     t0 = time.monotonic()
-    client = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lkmedia.dev.whip_client", info.url, "8",
-        env={**os.environ, "LKM_WHIP_TOKEN": info.stream_key, "LKM_WHIP_P256": "1"}, stderr=asyncio.subprocess.PIPE)
-    try:
+    async with _whip_client(info.url, info.stream_key, 8, p256=True) as client:
         seen: list[int] = []
         await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING}, seen=seen)
         t_pub = time.monotonic() - t0
@@ -159,13 +169,8 @@ async def test_whip_with_transcoding_runs_in_its_own_job_process(node: Node, lka
         while len(node.job_pids()) <= len(before) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         assert len(node.job_pids()) == len(before) + 1, (before, node.job_pids())
-        _, err = await asyncio.wait_for(client.communicate(), 30)
-        assert client.returncode == 0, err.decode()[-1000:]
+        assert await client.finish(30) == 0, client.err[-1000:]
         st = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_INACTIVE}, seen=seen)
-    finally:
-        if client.returncode is None:
-            client.kill()
-            await client.wait()
     print(f"\nWHIP transcoding through the service: PUBLISHING {t_pub:.2f} s after the client started; "
           f"states {[IS.Name(s) for s in seen]}")
     assert IS.ENDPOINT_BUFFERING in seen or IS.ENDPOINT_PUBLISHING in seen, seen
