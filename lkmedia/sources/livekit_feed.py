@@ -27,6 +27,8 @@ GAP_TICK = 0.5          # how often a silent feed reports the time it covers
 GAP_MIN = 0.1           # a hole shorter than this needs no Gap before the next frame
 AUDIO_RESYNC = 0.02     # counted audio further than this from its playout time re-anchors
 STATS_EVERY = 0.25      # how often the audio jitter-buffer delay is read
+SETTLE = 2.0            # for this long after a track's first audio, while its buffer settles,
+SETTLE_STATS_EVERY = 0.05  # the delay is read this often
 VIDEO_TS_TRUST = 1.0    # a render time further than this from arrival is not used
 STREAM_CLOSE_WAIT = 0.5  # seconds a closing FFI stream may take to say it has ended
 VIDEO_STREAM: dict[str, Any] = {"capacity": 4, "format": rtc.VideoBufferType.I420}  # a few frames, then the oldest go
@@ -79,6 +81,8 @@ class _Feed:
     jb_delay: float = 0.0             # audio: the receiver's current jitter-buffer delay (s)
     jb_seen: tuple[float, int] = (0.0, 0)
     stats_at: float = 0.0
+    stats_busy: bool = False
+    first_audio_at: float | None = None  # when this track's first audio came (settling)
     fps_dur: float = 1 / 30
     muted: bool = False
     hole_muted: bool = False          # the hole being closed was a mute
@@ -288,6 +292,7 @@ class LiveKitSourceBase(Source):
             return
         feed.track_sid, feed.lost_at, feed.muted = pub.sid, None, bool(pub.muted)
         feed.track, feed.jb_seen, feed.stats_at = track, (0.0, 0), -STATS_EVERY
+        feed.first_audio_at = None
         self._by_sid[pub.sid] = feed
         if kind == "video":
             early = self._early.pop(pub.sid, None)
@@ -430,10 +435,15 @@ class LiveKitSourceBase(Source):
         """Audio is handed over at playout, a jitter buffer after it was captured; video
         render times have that wait taken out already (no receive-side lip sync between
         separately published tracks), so audio is dated back by the buffer's delay."""
+        if feed.stats_busy:
+            return
+        feed.stats_busy = True
         try:
             stats = await asyncio.wait_for(track.get_stats(), 2.0)
         except Exception:  # stats are a refinement: keep the last figure
             return
+        finally:
+            feed.stats_busy = False
         for st in stats:
             if st.WhichOneof("stats") != "inbound_rtp":
                 continue
@@ -443,6 +453,7 @@ class LiveKitSourceBase(Source):
             if d_count > 0 and feed.track is track:
                 feed.jb_delay = min(1.0, max(0.0, d_total / d_count))
                 feed.jb_seen = (total, count)
+                log.debug("%s: %s jitter buffer %.1f ms", self.name, feed.port.name, feed.jb_delay * 1000)
             return
 
     async def _read_audio(self, feed: _Feed, stream: rtc.AudioStream) -> None:
@@ -451,11 +462,21 @@ class LiveKitSourceBase(Source):
             n = rf.samples_per_channel
             if n == 0:
                 continue
+            now = self._now()  # (before any wait: this chunk's playout time)
             if feed.next_audio is None and feed.jb_seen[1] == 0 and feed.track is not None:
                 # the first audio is dated with the buffer's delay, not with none until the
                 # next stats tick (the first beep came up to 62 ms late under load)
                 await self._read_delay(feed, feed.track)
-            played = self._now() - feed.jb_delay
+            if feed.first_audio_at is None:
+                feed.first_audio_at = now
+            elif now - feed.first_audio_at < SETTLE and now - feed.stats_at >= SETTLE_STATS_EVERY \
+                    and feed.track is not None:
+                # the buffer still grows while the first beep plays (under load: 10 -> 80 ms
+                # in its first 0.3 s; read 4 times a second, a first beep came 62 ms late):
+                # follow it closely until it has settled
+                feed.stats_at = now
+                self._spawn(self._read_delay(feed, feed.track))
+            played = now - feed.jb_delay
             if feed.muted:
                 continue  # the muted time is reported as gaps, not as silence
             start = feed.next_audio
