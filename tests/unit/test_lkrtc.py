@@ -203,6 +203,17 @@ def _opus_packets(n: int) -> list[bytes]:
     return out
 
 
+def _write_ogg(path: Path, pz: Packetizer, packets: list[av.Packet]) -> Path:
+    """The packets muxed as a file sink would: into a stream made from their template."""
+    with av.open(str(path), "w") as c:
+        assert pz.template is not None
+        s = c.add_stream_from_template(pz.template.stream)
+        for p in packets:
+            p.stream = s
+            c.mux(p)
+    return path
+
+
 def test_packetizer_fills_holes_and_the_ogg_decodes_clean(tmp_path: Path) -> None:
     packets = _opus_packets(100)
     pz = Packetizer("audio", "opus")
@@ -214,13 +225,7 @@ def test_packetizer_fills_holes_and_the_ogg_decodes_clean(tmp_path: Path) -> Non
         out += pz(EncodedFrame(data, i * 960, True, 0.0, 0, 10.0 + i * 0.02 + jitter), 9.5)
     assert pz.filled == 10 and pz.filled_seconds == pytest.approx(0.2)
     assert [p.pts for p in out] == [round(0.5 * 48_000) + 960 * i for i in range(100)]
-    path = tmp_path / "fill.ogg"
-    with av.open(str(path), "w") as c:
-        assert pz.template is not None
-        s = c.add_stream_from_template(pz.template.stream)
-        for p in out:
-            p.stream = s
-            c.mux(p)
+    path = _write_ogg(tmp_path / "fill.ogg", pz, out)
     assert decode_errors(str(path)) == ""
     with av.open(str(path)) as c:
         assert sum(f.samples for f in c.decode(audio=0)) == 100 * 960
@@ -239,12 +244,7 @@ def test_packetizer_silence_before_and_between_packets_decodes_to_zeros(tmp_path
         out += pz(EncodedFrame(data, i * 960, True, 0.0, 0, 13.002 + i * 0.02), 10.0)
     assert pz.silence(2.0, 4.01) == []                            # covered already (it spoke to 4.0)
     assert [p.pts for p in out] == [2 * 48_000 + 960 * i for i in range(100)]
-    path = tmp_path / "silence.ogg"
-    with av.open(str(path), "w") as c:
-        s = c.add_stream_from_template(pz.template.stream)
-        for p in out:
-            p.stream = s
-            c.mux(p)
+    path = _write_ogg(tmp_path / "silence.ogg", pz, out)
     assert decode_errors(str(path)) == ""
     with av.open(str(path)) as c:
         pcm = np.concatenate([f.to_ndarray().ravel() for f in c.decode(audio=0)])
