@@ -2,7 +2,8 @@
 records (lkmedia.chrome.session sets both up).
 
 Video: FFmpeg's x11grab through PyAV, paced by x11grab itself at ``fps``, each frame
-stamped with the graph clock when it is grabbed (bgr0; the encoder converts). Audio: a
+stamped with the graph clock at its grab (x11grab's own wall-clock stamp, not the time it
+reached the event loop; bgr0, the encoder converts). Audio: a
 stream of raw s16le stereo 48 kHz (``parec`` on the sink's monitor, started by the
 session) read in 20 ms chunks, stamped by sample count from the first chunk and pulled
 back to the graph clock when it runs ahead by ``RESYNC`` or behind by ``LOST`` (the mixer
@@ -13,6 +14,7 @@ offset is applied.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
@@ -26,6 +28,7 @@ VIDEO_TIME_BASE = Fraction(1, 90_000)
 RATE, CHANNELS = 48_000, 2
 CHUNK = 960  # samples per audio frame (20 ms)
 RESYNC = 0.08  # seconds the sample count may run ahead of the wall clock before re-stamping
+MAX_GRAB_WAIT = 1.0  # a frame's grab stamp further back than this is not trusted (clock step)
 LOST = 0.4  # seconds behind: more than the pipe from parec holds (64 KiB, 0.34 s), sound was lost
 
 
@@ -83,12 +86,23 @@ class ScreenSource(Source):
             frame = await self.offload(next, frames, None)
             if frame is None:
                 raise RuntimeError(f"{self.name}: the display {self.display} closed")
-            pts = round(clock.now() * 90_000)
+            pts = round(self._grabbed_at(frame, clock.now()) * 90_000)
             if pts <= last:
                 continue
             frame.pts, frame.time_base, last = pts, VIDEO_TIME_BASE, pts
             await port.emit(frame)
             self.frames += 1
+
+    @staticmethod
+    def _grabbed_at(frame: av.VideoFrame, now: float) -> float:
+        """When x11grab took the frame, on the graph clock (``now`` is the graph clock at
+        hand-over): x11grab stamps each frame with the wall clock at its grab, so the time
+        the frame then spent reaching the event loop (a thread hop, a loop held up under
+        load) does not make the picture late against the sound."""
+        if frame.pts is None or frame.time_base is None:
+            return now
+        waited = time.time() - float(frame.pts * frame.time_base)
+        return now - waited if 0.0 <= waited < MAX_GRAB_WAIT else now
 
     async def _audio(self) -> None:
         port = self.outputs["audio"]
