@@ -141,10 +141,10 @@ def beep_times(path: str, threshold: float = 0.1) -> list[float]:
     return onsets
 
 
-def av_offsets(path: str) -> list[float]:
-    """Audio onset minus video flash, seconds, for each flash with a beep within 0.5 s.
-    Positive: audio late."""
-    flashes = flash_times(path)
+def av_offsets(path: str, after: float = 0.0) -> list[float]:
+    """Audio onset minus video flash, seconds, for each flash (from ``after`` s into the
+    file) with a beep within 0.5 s. Positive: audio late."""
+    flashes = [t for t in flash_times(path) if t >= after]
     beeps = beep_times(path)
     out: list[float] = []
     for t in flashes:
