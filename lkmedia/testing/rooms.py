@@ -65,7 +65,9 @@ async def watch_tracks(url: str, api_key: str, api_secret: str, room: str, ident
 
 async def sizes_per_quality(url: str, token: str, sid: str) -> dict[str, tuple[int, int]]:
     """A livekit.rtc subscriber (``token``: its join token) asks for each simulcast layer
-    in turn and reports the size of the frames it then decodes."""
+    in turn and reports the size of the frames it then decodes. The top layer gets longer:
+    a publisher sends it only once its bandwidth estimate has ramped up to it (in CI, under
+    load, HIGH was still 640x360 after 10 s)."""
     from livekit import rtc
 
     room_ = rtc.Room()
@@ -85,11 +87,11 @@ async def sizes_per_quality(url: str, token: str, sid: str) -> dict[str, tuple[i
         stream = rtc.VideoStream(track)
         out: dict[str, tuple[int, int]] = {}
         try:
-            for name, q, want in (("LOW", rtc.VideoQuality.VIDEO_QUALITY_LOW, 180),
-                                  ("MEDIUM", rtc.VideoQuality.VIDEO_QUALITY_MEDIUM, 360),
-                                  ("HIGH", rtc.VideoQuality.VIDEO_QUALITY_HIGH, 720)):
+            for name, q, want, wait in (("LOW", rtc.VideoQuality.VIDEO_QUALITY_LOW, 180, 10),
+                                        ("MEDIUM", rtc.VideoQuality.VIDEO_QUALITY_MEDIUM, 360, 10),
+                                        ("HIGH", rtc.VideoQuality.VIDEO_QUALITY_HIGH, 720, 30)):
                 pub.set_video_quality(q)
-                deadline = time.monotonic() + 10
+                deadline = time.monotonic() + wait
                 async for ev in stream:
                     out[name] = (ev.frame.width, ev.frame.height)
                     if ev.frame.height == want or time.monotonic() > deadline:

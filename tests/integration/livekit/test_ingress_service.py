@@ -366,7 +366,7 @@ async def test_rtmp_flash_beep_reaches_every_layer_in_sync(node: Node, lkapi: An
     """The issue's RTMP must-show through the service: the ffmpeg CLI pushes the 720p30
     flash/beep clip; a subscriber decodes each simulcast layer at its size; a participant
     egress of the ingress participant has its flashes and beeps within 60 ms."""
-    clip = await asyncio.to_thread(flash_beep_clip, tmp_path / "flash_beep.flv", 30)
+    clip = await asyncio.to_thread(flash_beep_clip, tmp_path / "flash_beep.flv", 45)  # (HIGH may take 30 s)
     info = await _create_rtmp(lkapi, "svc-av", "av-cam")
     push = await _push(node, clip, info.stream_key)
     try:
