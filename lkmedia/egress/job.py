@@ -204,7 +204,7 @@ class EgressJob:
             else:
                 kw.update(track_id=cfg.track_id, kind=track["kind"] if track else None)
             if r.passthrough:  # the publisher's packets, never decoded (lkmedia.lkrtc)
-                codec = track["codec"] if track else self._track_codec
+                codec = self._track_codec
                 src = EncodedTrackSource(launch.ws_url, token, video_codec=codec if codec in VIDEO_CODECS else None,
                                          **kw)
             else:

@@ -151,14 +151,24 @@ def _participant_passthrough(cfg: EgressConfig, r: Recipe, out_dir: str, f: dict
     r.passthrough = True
     r.video_in = sink
     if cfg.audio_enabled:
-        r.mixer = AudioMixer(sample_rate=48_000, channels=2, live=live, name="mixer")
-        codec = e.audio_codec or "aac"
-        rate = 48_000 if codec == "opus" else e.audio_frequency
-        aenc = AudioEncoder(codec, bitrate=e.audio_bitrate * 1000, sample_rate=rate, name="audio_encoder")
         r.audio_in = g.add(Decoder(name="audio_decoder"))
-        g.chain(r.audio_in, r.mixer, aenc, sink)
-        r.encoders["audio"] = aenc
+        g.link(r.audio_in, _audio_encode(r, e, live))
+        g.link(r.encoders["audio"], sink)
     r.outputs.append(Output("file", sink, cfg.file))
+
+
+def _audio_encode(r: Recipe, e: Any, live: bool) -> AudioMixer:
+    """The mixer and the audio encoder after it (linked; ``r.mixer``, ``r.encoders["audio"]``).
+    A clock-driven mixer in front of the encoder, even for one track: audio that arrives
+    late or not at all becomes silence in its place on the timeline, so the track never
+    slides against the video (and tracks can come and go)."""
+    r.mixer = AudioMixer(sample_rate=48_000, channels=2, live=live, name="mixer")
+    codec = e.audio_codec or "aac"
+    rate = 48_000 if codec == "opus" else e.audio_frequency
+    aenc = AudioEncoder(codec, bitrate=e.audio_bitrate * 1000, sample_rate=rate, name="audio_encoder")
+    r.graph.link(r.mixer, aenc)
+    r.encoders["audio"] = aenc
+    return r.mixer
 
 
 def _video_encoder(e: Any) -> VideoEncoder:
@@ -192,16 +202,7 @@ def _encoders(cfg: EgressConfig, r: Recipe, live: bool) -> None:
             r.encoders["video"] = venc = _video_encoder(e)
             g.chain(r.video_in, FpsConverter(e.fps, name="fps"), venc)
     if cfg.audio_enabled:
-        # A clock-driven mixer in front of the encoder, even for one track: audio that
-        # arrives late or not at all becomes silence in its place on the timeline, so the
-        # track never slides against the video (and tracks can come and go).
-        r.mixer = AudioMixer(sample_rate=48_000, channels=2, live=live, name="mixer")
-        r.audio_in = g.add(r.mixer)
-        codec = e.audio_codec or "aac"
-        rate = 48_000 if codec == "opus" else e.audio_frequency
-        aenc = AudioEncoder(codec, bitrate=e.audio_bitrate * 1000, sample_rate=rate, name="audio_encoder")
-        g.link(r.audio_in, aenc)
-        r.encoders["audio"] = aenc
+        r.audio_in = _audio_encode(r, e, live)
 
 
 def _sinks(cfg: EgressConfig, r: Recipe, out_dir: str, f: dict[str, str | None], now: dt.datetime | None) -> None:
