@@ -215,9 +215,8 @@ class LiveKitSourceBase(Source):
                 now = self._now()
                 for feed in list(self.feeds.values()):
                     self._report_gap(feed, now)
-                    if feed.track is not None and feed.info.kind == "audio" and now - feed.stats_at >= STATS_EVERY:
-                        feed.stats_at = now
-                        self._spawn(self._read_delay(feed, feed.track))
+                    if feed.info.kind == "audio":
+                        self._poll_delay(feed, now, STATS_EVERY)
                 self._tick(now)
             if self._disconnected is not None and not self.stop_requested:
                 raise LiveKitSourceError(f"{self.name}: disconnected from the room ({self._disconnected})")
@@ -431,6 +430,13 @@ class LiveKitSourceBase(Source):
             feed.frames += 1
             await feed.port.emit(frame)
 
+    def _poll_delay(self, feed: _Feed, now: float, every: float) -> None:
+        """Read the audio track's jitter-buffer delay in the background if the last read
+        was ``every`` s ago or more."""
+        if feed.track is not None and now - feed.stats_at >= every:
+            feed.stats_at = now
+            self._spawn(self._read_delay(feed, feed.track))
+
     async def _read_delay(self, feed: _Feed, track: rtc.Track) -> None:
         """Audio is handed over at playout, a jitter buffer after it was captured; video
         render times have that wait taken out already (no receive-side lip sync between
@@ -469,13 +475,11 @@ class LiveKitSourceBase(Source):
                 await self._read_delay(feed, feed.track)
             if feed.first_audio_at is None:
                 feed.first_audio_at = now
-            elif now - feed.first_audio_at < SETTLE and now - feed.stats_at >= SETTLE_STATS_EVERY \
-                    and feed.track is not None:
+            elif now - feed.first_audio_at < SETTLE:
                 # the buffer still grows while the first beep plays (under load: 10 -> 80 ms
                 # in its first 0.3 s; read 4 times a second, a first beep came 62 ms late):
                 # follow it closely until it has settled
-                feed.stats_at = now
-                self._spawn(self._read_delay(feed, feed.track))
+                self._poll_delay(feed, now, SETTLE_STATS_EVERY)
             played = now - feed.jb_delay
             if feed.muted:
                 continue  # the muted time is reported as gaps, not as silence
