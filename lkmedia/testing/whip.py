@@ -1,4 +1,46 @@
-"""WHIP test material."""
+"""WHIP test material: an offer nothing can receive, and FFmpeg's WHIP muxer as a client."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+
+@dataclass
+class WhipClient:
+    """A running WHIP client (FFmpeg 8's WHIP muxer, lkmedia.dev.whip_client)."""
+
+    proc: asyncio.subprocess.Process
+    err: str = ""     # the end of its stderr, once it has ended
+
+    async def finish(self, timeout: float) -> int | None:
+        """Waits for the client to end by itself; its exit code."""
+        _, err = await asyncio.wait_for(self.proc.communicate(), timeout)
+        self.err = err.decode()[-2000:]
+        return self.proc.returncode
+
+
+@contextlib.asynccontextmanager
+async def whip_client(url: str, key: str, seconds: int, *, p256: bool = False,
+                      env: dict[str, str] | None = None) -> AsyncIterator[WhipClient]:
+    """A client sending ``seconds`` of media to ``url`` with bearer ``key`` (``env``: more of
+    its LKM_WHIP_* settings); killed (-9) at the block's end if it is still running (``err``
+    then holds its stderr)."""
+    full = {**os.environ, **(env or {}), "LKM_WHIP_TOKEN": key, **({"LKM_WHIP_P256": "1"} if p256 else {})}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "lkmedia.dev.whip_client", url, str(seconds),
+                                                env=full, stderr=asyncio.subprocess.PIPE)
+    client = WhipClient(proc)
+    try:
+        yield client
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            _, err = await proc.communicate()
+            client.err = err.decode()[-2000:]
+
 
 #: A WHIP offer whose only codec (H.265) lkmedia's transcoding receiver cannot take.
 OFFER_NOTHING_USABLE = """v=0

@@ -8,14 +8,9 @@ plain words. The client is FFmpeg 8's WHIP muxer (lkmedia.dev.whip_client)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.empty_pb2 import Empty
@@ -30,7 +25,7 @@ from lkmedia.rpc.messages import (
     ICERestartWHIPResourceResponse,
 )
 from lkmedia.testing.rooms import SeenParticipant, watch_tracks
-from lkmedia.testing.whip import OFFER_NOTHING_USABLE
+from lkmedia.testing.whip import OFFER_NOTHING_USABLE, whip_client
 
 from . import test_ingress_service as service
 from .test_ingress_service import IS, Node, _available, _state, _wait
@@ -45,37 +40,6 @@ async def _seen(node: Node, room: str, identity: str) -> SeenParticipant:
     return await watch_tracks(s.url, s.api_key, s.api_secret, room, identity, 2, timeout=30)
 
 
-@dataclass
-class _Whip:
-    """A running WHIP client (FFmpeg 8's WHIP muxer, lkmedia.dev.whip_client)."""
-
-    proc: asyncio.subprocess.Process
-    err: str = ""     # the end of its stderr, once it has ended
-
-    async def finish(self, timeout: float) -> int | None:
-        """Waits for the client to end by itself; its exit code."""
-        _, err = await asyncio.wait_for(self.proc.communicate(), timeout)
-        self.err = err.decode()[-2000:]
-        return self.proc.returncode
-
-
-@contextlib.asynccontextmanager
-async def _whip_client(url: str, key: str, seconds: int, *, p256: bool = False) -> AsyncIterator[_Whip]:
-    """A client sending ``seconds`` of media to ``url``; killed (-9) at the block's end if it
-    is still running (``err`` then holds its stderr)."""
-    env = {**os.environ, "LKM_WHIP_TOKEN": key, **({"LKM_WHIP_P256": "1"} if p256 else {})}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "lkmedia.dev.whip_client", url, str(seconds),
-                                                env=env, stderr=asyncio.subprocess.PIPE)
-    client = _Whip(proc)
-    try:
-        yield client
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            _, err = await proc.communicate()
-            client.err = err.decode()[-2000:]
-
-
 async def test_whip_without_transcoding_is_proxied(node: Node, lkapi: Any) -> None:
     """WHIP (FFmpeg 8's WHIP muxer) to the service's whip_port: the offer goes to
     livekit-server's own WHIP endpoint; PUBLISHING, then INACTIVE at the client's DELETE."""
@@ -84,7 +48,7 @@ async def test_whip_without_transcoding_is_proxied(node: Node, lkapi: Any) -> No
     assert info.url == f"http://127.0.0.1:{node.whip_port}/w"
     node.secrets.append(info.stream_key)
     await _available(node)
-    async with _whip_client(info.url, info.stream_key, 10) as client:
+    async with whip_client(info.url, info.stream_key, 10) as client:
         seen: list[int] = []
         await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING}, seen=seen)
         try:  # (10 s of media: a client done before its tracks are listed would fail this)
@@ -104,7 +68,7 @@ async def test_whip_without_transcoding_is_proxied(node: Node, lkapi: Any) -> No
 
     # a client that vanishes without its DELETE: livekit-server says the connection closed
     await _available(node)
-    async with _whip_client(info.url, info.stream_key, 60) as client:
+    async with whip_client(info.url, info.stream_key, 60) as client:
         await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
         await _seen(node, "svc-whip", "whipper")
     assert client.proc.returncode == -9, client.err[-500:]
@@ -120,7 +84,7 @@ async def test_whip_without_transcoding_is_proxied(node: Node, lkapi: Any) -> No
     rpc = RpcClient(bus, "IngressHandler")
     await rpc.start()
     try:
-        async with _whip_client(info.url, info.stream_key, 60):
+        async with whip_client(info.url, info.stream_key, 60):
             live = await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING})
             await _seen(node, "svc-whip", "whipper")
             res = await rpc.call("ICERestartWHIPResource", ICERestartWHIPResourceRequest(
@@ -148,7 +112,7 @@ async def test_whip_with_transcoding_runs_in_its_own_job_process(node: Node, lka
     await _available(node)
     before = set(node.job_pids())
     t0 = time.monotonic()
-    async with _whip_client(info.url, info.stream_key, 8, p256=True) as client:
+    async with whip_client(info.url, info.stream_key, 8, p256=True) as client:
         seen: list[int] = []
         await _wait(lkapi, info.ingress_id, {IS.ENDPOINT_PUBLISHING}, seen=seen)
         t_pub = time.monotonic() - t0
