@@ -23,7 +23,7 @@ from typing import Any
 
 from livekit import rtc
 
-from ..sinks.room import to_rtc_audio, to_rtc_video
+from ..sinks.room_capture import to_rtc_audio, to_rtc_video
 from ..sources.synthetic import SyntheticSource
 
 log = logging.getLogger("lkmedia.dev.publisher")

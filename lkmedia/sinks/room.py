@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import av
-import numpy as np
 from av.audio.resampler import AudioResampler
 from livekit import rtc
 
 from ..core import EOS, Caps, Gap, LkmediaError, Sink
 from ..redact import redact_url
+from .room_capture import DirectAudio, capture_video
 from .room_encoded import PASSTHROUGH_CODECS, EncodedVideo
 
 log = logging.getLogger("lkmedia.sinks.room")
@@ -80,32 +80,6 @@ class AudioPublishing:
             raise ValueError(f"audio channels must be 1 or 2, not {self.channels}")
 
 
-def to_rtc_video(frame: av.VideoFrame) -> rtc.VideoFrame:
-    """A yuv420p av frame as a packed I420 rtc frame (planes back to back, no padding):
-    the one copy the SDK's frame needs."""
-    if frame.format.name != "yuv420p":
-        frame = frame.reformat(format="yuv420p")
-    w, h = frame.width, frame.height
-    cw, ch = (w + 1) // 2, (h + 1) // 2
-    out = np.empty(w * h + 2 * cw * ch, np.uint8)  # (every byte is written below: no zero fill)
-    off = 0
-    for i, (pw, ph) in enumerate(((w, h), (cw, ch), (cw, ch))):
-        plane = frame.planes[i]
-        src = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:ph, :pw]  # type: ignore[call-overload]  # (a PyAV plane is a buffer)
-        out[off : off + pw * ph].reshape(ph, pw)[:] = src
-        off += pw * ph
-    return rtc.VideoFrame(w, h, rtc.VideoBufferType.I420, out.data)
-
-
-def to_rtc_audio(frame: av.AudioFrame) -> rtc.AudioFrame:
-    """A packed s16 av frame as an rtc frame (interleaved int16)."""
-    if frame.format.name != "s16":
-        raise ValueError(f"expected packed s16 audio, got {frame.format.name}")
-    channels = len(frame.layout.channels)
-    data = bytes(frame.planes[0])[: frame.samples * channels * 2]
-    return rtc.AudioFrame(data, frame.sample_rate, channels, frame.samples)
-
-
 class RoomSink(Sink):
     """Publishes one raw video input and/or one raw audio input into a room as the
     participant ``token`` names. Link raw frames (decode, scale first)."""
@@ -142,6 +116,7 @@ class RoomSink(Sink):
         self._vsrc: rtc.VideoSource | None = None
         self._asrc: rtc.AudioSource | None = None
         self._resampler: AudioResampler | None = None
+        self._audio_in: DirectAudio | None = None
         self._encoded: EncodedVideo | None = None  # passthrough
         self.tracks: dict[str, str] = {}  # kind -> track sid
         self.room_sid = ""
@@ -183,6 +158,7 @@ class RoomSink(Sink):
             self._resampler = AudioResampler(format="s16", layout="stereo" if self.audio.channels == 2 else "mono",
                                              rate=self.audio.sample_rate,
                                              frame_size=self.audio.sample_rate * AUDIO_CHUNK_MS // 1000)
+            self._audio_in = DirectAudio(self._asrc)
             track = rtc.LocalAudioTrack.create_audio_track(self.audio.name, self._asrc)
             opts = rtc.TrackPublishOptions(source=self.audio.source, dtx=self.audio.dtx, red=False)
             opts.audio_encoding.max_bitrate = self.audio.bitrate
@@ -234,7 +210,7 @@ class RoomSink(Sink):
         assert self._vsrc is not None
         if frame.pts is not None and frame.time_base is not None:
             await self._wait_for(float(frame.pts * frame.time_base))
-        self._vsrc.capture_frame(to_rtc_video(frame))
+        capture_video(self._vsrc, frame)
         self.frames += 1
 
     async def _send_audio(self, frame: av.AudioFrame) -> None:
@@ -248,10 +224,10 @@ class RoomSink(Sink):
         """One resampled 10 ms chunk at its due time: its own pts, which count the resampler's
         leftovers (the input frame's would date a chunk that began with them up to 10 ms early).
         Under 10 ms left at the end is dropped: direct capture takes exactly 10 ms."""
-        assert self._asrc is not None
+        assert self._audio_in is not None
         if chunk.pts is not None and chunk.time_base is not None:
             await self._wait_for(float(chunk.pts * chunk.time_base))
-        await self._asrc.capture_frame(to_rtc_audio(chunk))
+        await self._audio_in.capture(chunk)
         self.samples += chunk.samples
 
     # -- run -------------------------------------------------------------------
@@ -274,9 +250,10 @@ class RoomSink(Sink):
             await send(item)
 
     async def _leave(self) -> None:
-        if self._asrc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._asrc.wait_for_playout(), 2.0)
+        if self._audio_in is not None:
+            await asyncio.sleep(2 * AUDIO_CHUNK_MS / 1000)  # (the last chunks, handed over unawaited, get in)
+            self._audio_in.close()
+            self._audio_in = None
         if self.room is not None:
             with contextlib.suppress(Exception):
                 await self.room.disconnect()
