@@ -158,7 +158,7 @@ class RoomSink(Sink):
             self._resampler = AudioResampler(format="s16", layout="stereo" if self.audio.channels == 2 else "mono",
                                              rate=self.audio.sample_rate,
                                              frame_size=self.audio.sample_rate * AUDIO_CHUNK_MS // 1000)
-            self._audio_in = DirectAudio(self._asrc)
+            self._audio_in = DirectAudio(self._asrc, self.room)
             track = rtc.LocalAudioTrack.create_audio_track(self.audio.name, self._asrc)
             opts = rtc.TrackPublishOptions(source=self.audio.source, dtx=self.audio.dtx, red=False)
             opts.audio_encoding.max_bitrate = self.audio.bitrate

@@ -80,12 +80,18 @@ def capture_video(source: rtc.VideoSource, frame: av.VideoFrame) -> None:
 
 class DirectAudio:
     """Packed s16 chunks of exactly 10 ms into an unqueued ``rtc.AudioSource``
-    (``queue_size_ms=0``), each handed over without awaiting its callback."""
+    (``queue_size_ms=0``), each handed over without awaiting its callback.
 
-    def __init__(self, source: rtc.AudioSource) -> None:
+    ``room``: the ``rtc.Room`` the source's track is published in. Its listener subscribes
+    to every FFI event but stream frames, so each capture's callback would wake the event
+    loop to be dropped there (100 wake-ups a second); that listener is told to skip them."""
+
+    def __init__(self, source: rtc.AudioSource, room: rtc.Room | None = None) -> None:
         self.source = source
         self._handle = _handle(source)
         self._failures: Any = None
+        if self._handle is not None and room is not None:
+            _skip_capture_callbacks(room)
         if self._handle is not None:
             self._failures = FfiClient.instance.queue.subscribe(
                 asyncio.get_running_loop(),
@@ -115,6 +121,16 @@ class DirectAudio:
             with contextlib.suppress(Exception):
                 FfiClient.instance.queue.unsubscribe(self._failures)
             self._failures = None
+
+
+def _skip_capture_callbacks(room: rtc.Room) -> None:
+    queue = FfiClient.instance.queue
+    mine = getattr(room, "_ffi_queue", None)
+    with queue._lock:
+        for i, (q, loop, keep) in enumerate(queue._subscribers):
+            if q is mine and keep is not None:
+                queue._subscribers[i] = (
+                    q, loop, lambda e, keep=keep: e.WhichOneof("message") != "capture_audio_frame" and keep(e))
 
 
 def to_rtc_audio(frame: av.AudioFrame) -> rtc.AudioFrame:
