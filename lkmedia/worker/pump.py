@@ -9,6 +9,7 @@ that is gone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -74,20 +75,23 @@ class QueuePump:
     # -- a start request ---------------------------------------------------------------------
     async def submit(self, job_id: str, spec: Any, info: Message) -> Message:
         q = self.q
-        if not await q.claim_id(job_id):  # asked before (a retry), here or on another node
-            return await self._known(job_id, info)
-        earlier = await q.dedup(self.kind.dedup_key(spec), job_id)
-        if earlier is not None and earlier != job_id:
-            known = self._info(await q.load_info(earlier))
-            if known is not None and not self.kind.is_final(known):
-                log.info("%s %s: the same request as %s within %g s: answering with that one", self.kind.name,
-                         job_id, earlier, q.dedup_window)
-                return known
-            await q.redirect(self.kind.dedup_key(spec), job_id)
-        await self.w.hooks.create(info)
-        await q.save_info(job_id, info.SerializeToString())
-        await self.w.hooks.track(job_id)  # its StopEgress finds a handler before any worker can take it
-        pos = await q.enqueue(job_id, codec.dumps(spec).encode())
+        deadline = time.monotonic() + RETRY_WAIT
+        while not await q.claim_id(job_id):  # asked before (a retry), here or on another node
+            known = await self._known(job_id)
+            if known is not None or time.monotonic() > deadline:
+                log.info("%s %s: asked again: answering with its current state", self.kind.name, job_id)
+                return known if known is not None else info
+            await asyncio.sleep(0.1)  # (the first one may still fail, and give its claim back)
+        try:
+            pos = await self._enqueue(job_id, spec, info)
+            if isinstance(pos, Message):
+                return pos  # an earlier request, still running, answers for it
+        except BaseException:
+            # Not queued: a retry of the same request (livekit-server's, after the error or
+            # its deadline) must queue it, not answer "asked again" with nothing queued.
+            with contextlib.suppress(Exception):
+                await q.unclaim_id(job_id)
+            raise
         self.queued.add(job_id)
         self._positions[job_id] = pos
         log.info("%s %s queued at position %d", self.kind.name, job_id, pos)
@@ -101,18 +105,29 @@ class QueuePump:
         await self._say_position(job_id, queued)
         return queued
 
-    async def _known(self, job_id: str, fallback: Message) -> Message:
-        deadline = time.monotonic() + RETRY_WAIT
-        while True:
-            sup = self.w.jobs.get(job_id)
-            if sup is not None:
-                current: Message = sup.info
-                return current
-            known = self._info(await self.q.load_info(job_id))
-            if known is not None or time.monotonic() > deadline:
-                log.info("%s %s: asked again: answering with its current state", self.kind.name, job_id)
-                return known if known is not None else fallback
-            await asyncio.sleep(0.1)
+    async def _enqueue(self, job_id: str, spec: Any, info: Message) -> int | Message:
+        """Dedup, CreateEgress, then the queue: its position, or the Info of an earlier
+        request for the same thing that is still running (it answers for this one)."""
+        q = self.q
+        earlier = await q.dedup(self.kind.dedup_key(spec), job_id)
+        if earlier is not None and earlier != job_id:
+            known = self._info(await q.load_info(earlier))
+            if known is not None and not self.kind.is_final(known):
+                log.info("%s %s: the same request as %s within %g s: answering with that one", self.kind.name,
+                         job_id, earlier, q.dedup_window)
+                return known
+            await q.redirect(self.kind.dedup_key(spec), job_id)
+        await self.w.hooks.create(info)
+        await q.save_info(job_id, info.SerializeToString())
+        await self.w.hooks.track(job_id)  # its StopEgress finds a handler before any worker can take it
+        return await q.enqueue(job_id, codec.dumps(spec).encode())
+
+    async def _known(self, job_id: str) -> Message | None:
+        sup = self.w.jobs.get(job_id)
+        if sup is not None:
+            current: Message = sup.info
+            return current
+        return self._info(await self.q.load_info(job_id))
 
     async def _say_position(self, job_id: str, info: Message) -> None:
         """Still queued after our own look: tell livekit-server (and dedup) the position."""

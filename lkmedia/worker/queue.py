@@ -157,6 +157,10 @@ class StartQueue:
         submitted before (a caller retrying a start it timed out on)."""
         return bool(await self.r.set(self.prefix + "id:" + job_id, self.node_id, nx=True, ex=INFO_TTL))
 
+    async def unclaim_id(self, job_id: str) -> None:
+        """Give back a claim whose request was never queued (its submit failed)."""
+        await self.r.delete(self.prefix + "id:" + job_id)
+
     # -- dedup -----------------------------------------------------------------------------
     async def dedup(self, key: str, job_id: str) -> str | None:
         """Record ``job_id`` for ``key``; the id of an earlier one within the window, or None."""
