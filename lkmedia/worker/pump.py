@@ -86,7 +86,9 @@ class QueuePump:
             pos = await self._enqueue(job_id, spec, info)
             if isinstance(pos, Message):
                 return pos  # an earlier request, still running, answers for it
-        except BaseException:
+        except BaseException as e:
+            log.warning("%s %s: could not be queued (a retry will be): %s", self.kind.name, job_id,
+                        e or type(e).__name__)
             # Not queued: a retry of the same request (livekit-server's, after the error or
             # its deadline) must queue it, not answer "asked again" with nothing queued.
             with contextlib.suppress(Exception):
