@@ -249,6 +249,7 @@ class JobsConfig:
     ping_interval: Seconds = _checked(Seconds(1.0), _positive)  # the service pings each job process
     ping_timeout: Seconds = _checked(Seconds(10.0), _positive)  # unanswered this long: hung, SIGKILL, FAILED
     max_starting: int = _checked(0, _non_negative)  # jobs starting at once (0: one per CPU); others queue
+    light_per_process: int = _checked(25, _non_negative)  # track egresses sharing one process (0, 1: their own)
     freeze_timeout: Seconds = _checked(Seconds(30.0), _positive)  # an output taking no input this long: FAILED
     start_signal_timeout: Seconds = _checked(Seconds(60.0), _positive)  # Chrome: no START_RECORDING by then: FAILED
 

@@ -75,7 +75,7 @@ class EgressService:
         settings = WorkerSettings(
             node_id=self.node_id, tmp_dir=self.tmp_dir, dispatcher=self.dispatcher,
             queue=conf.queue.enabled, max_wait=float(conf.queue.max_wait),
-            dedup_window=float(conf.queue.dedup_window), max_starting=jobs.max_starting,
+            dedup_window=float(conf.queue.dedup_window), max_starting=jobs.max_starting, jobs_per_process=jobs.light_per_process,
             kill_timeout=float(jobs.kill_timeout), spare=jobs.spare, calibrate=jobs.calibrate,
             liveness=Liveness(float(jobs.ping_interval), float(jobs.ping_timeout)),
             logs=Logging(logging.getLevelName(root.getEffectiveLevel()).lower(),

@@ -1,4 +1,5 @@
-"""One job in its own process: ``python -m lkmedia.worker.child FD PARENT_PID [MODULE...]``.
+"""One job in its own process: ``python -m lkmedia.worker.child FD PARENT_PID [MODULE...]``
+(or, with ``--host``, many light jobs in one: ``_host``, lkmedia.worker.host).
 
 The worker service (lkmedia.worker.process) starts it ahead of need; it imports the
 MODULEs (a job kind's media stack), then waits on its end of the socketpair ``FD`` for a
@@ -13,6 +14,7 @@ process group; the service decides what stops); SIGTERM stops the job cleanly.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import importlib
@@ -88,14 +90,32 @@ async def _commands(chan: Channel, job: Job | None) -> None:
             await chan.send(Reply(msg.id, error=str(e), code=e.code))
 
 
-async def _serve(fd: int) -> int:
+class _Host:
+    """What the jobs of one shared process (lkmedia.worker.host) share: logging set up once,
+    and SIGTERM, which stops every one of them."""
+
+    def __init__(self) -> None:
+        self.logging = False
+        self.jobs: set[Job] = set()
+
+    def sigterm(self) -> None:
+        loop = asyncio.get_running_loop()
+        for job in list(self.jobs):
+            loop.create_task(job.stop("SIGTERM"))
+
+
+async def _serve(fd: int, host: _Host | None = None) -> int:
     from ..logs import setup_logging
 
     chan = await Channel.open(socket.socket(fileno=fd))
     first = await chan.receive()
     if not isinstance(first, Start | Recover):
+        await chan.close()
         return 0  # a spare the service no longer needs
-    setup_logging(first.log_level, first.json_log, False)
+    if host is None or not host.logging:
+        setup_logging(first.log_level, first.json_log, False)
+        if host is not None:
+            host.logging = True
     runner: Any = importlib.import_module(first.runner)
     spec = codec.decode(runner.spec_type, first.spec)
     info = runner.info_type.FromString(first.info)
@@ -104,8 +124,11 @@ async def _serve(fd: int) -> int:
     job: Job | None = None
     if isinstance(first, Start):
         job = runner.job(spec, info, report)
-        stopping = job.stop
-        loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(stopping("SIGTERM")))
+        if host is not None:
+            host.jobs.add(job)
+        else:
+            stopping = job.stop
+            loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(stopping("SIGTERM")))
     listener = loop.create_task(_commands(chan, job), name="job-commands")
     try:
         if job is not None:
@@ -114,6 +137,8 @@ async def _serve(fd: int) -> int:
             assert isinstance(first, Recover)
             await runner.recover(spec, info, first.cause, report)
     finally:
+        if host is not None and job is not None:
+            host.jobs.discard(job)
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
         with contextlib.suppress(ConnectionError, OSError):
@@ -123,10 +148,61 @@ async def _serve(fd: int) -> int:
     return 0
 
 
+async def _serve_hosted(fd: int, host: _Host) -> None:
+    """One job of a shared process: its failure ends it alone (the service sees its channel
+    close without a final Info, as when a process of its own dies)."""
+    try:
+        await _serve(fd, host)
+    except Exception:
+        log.exception("a hosted job failed")
+
+
+async def _host(ctrl_fd: int) -> int:
+    """Jobs arrive as sockets on ``ctrl_fd`` (lkmedia.worker.host); each runs as in a process
+    of its own. Once the service closes the control socket, the host exits when its jobs
+    have ended."""
+    ctrl = socket.socket(fileno=ctrl_fd)
+    ctrl.setblocking(False)
+    loop = asyncio.get_running_loop()
+    # (the jobs' own blocking calls, uploads among them, share the default executor)
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="hosted"))
+    host = _Host()
+    tasks: set[asyncio.Task[None]] = set()
+    closed = asyncio.Event()
+
+    def readable() -> None:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(ctrl, 16, 8)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, fds = b"", []
+            for fd in fds:
+                task = loop.create_task(_serve_hosted(fd, host), name=f"hosted-job-{fd}")
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if not data:
+                loop.remove_reader(ctrl_fd)
+                closed.set()
+                return
+
+    loop.add_reader(ctrl_fd, readable)
+    loop.add_signal_handler(signal.SIGTERM, host.sigterm)
+    await closed.wait()
+    while tasks:
+        await asyncio.gather(*list(tasks), return_exceptions=True)
+    ctrl.close()
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    hosting = len(argv) > 1 and argv[1] == "--host"
+    if hosting:
+        argv = argv[:1] + argv[2:]
     if len(argv) < 3:
-        print("usage: python -m lkmedia.worker.child FD PARENT_PID [MODULE...] (started by the worker service)",
-              file=sys.stderr)
+        print("usage: python -m lkmedia.worker.child [--host] FD PARENT_PID [MODULE...] (started by the worker "
+              "service)", file=sys.stderr)
         return 2
     _die_with(int(argv[2]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -135,7 +211,7 @@ def main(argv: list[str]) -> int:
     tune_malloc()
     for module in argv[3:]:  # the imports, done while the process waits as a spare
         importlib.import_module(module)
-    return asyncio.run(_serve(int(argv[1])))
+    return asyncio.run(_host(int(argv[1])) if hosting else _serve(int(argv[1])))
 
 
 if __name__ == "__main__":

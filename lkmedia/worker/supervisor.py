@@ -24,6 +24,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from . import codec
+from .host import HostPool
 from .kind import JobError, JobKind
 from .messages import Done, Kill, Ping, Pong, Recover, Reply, Request, Start, Status, Stop
 from .process import JobProcess, Spawner
@@ -51,7 +52,7 @@ class Logging:
 
 
 class Supervisor:
-    def __init__(self, kind: JobKind[Any], spec: Any, info: Message, *, spawner: Spawner, job_dir: str,
+    def __init__(self, kind: JobKind[Any], spec: Any, info: Message, *, spawner: Spawner | HostPool, job_dir: str,
                  node_id: str, relay: Relay, liveness: Liveness = Liveness(), logs: Logging = Logging()) -> None:
         self.kind, self.spec = kind, spec
         self.job_id = kind.job_id(spec)
@@ -77,6 +78,11 @@ class Supervisor:
     @property
     def pid(self) -> int:
         return self.process.pid if self.process is not None else 0
+
+    @property
+    def shared(self) -> bool:
+        """It runs in a shared process (lkmedia.worker.host): its pid is not its own."""
+        return isinstance(self.spawner, HostPool)
 
     @property
     def running(self) -> bool:

@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 from google.protobuf.message import Message
 
 from .admission import GB, Admission
+from .host import HostPool
 from .kind import JobError, JobKind
 from .monitor import Action, Calibration, KillPolicy
 from .process import Spawner
@@ -34,6 +35,7 @@ log = logging.getLogger("lkmedia.worker")
 
 MONITOR_EVERY = 1.0  # seconds between measurements of the jobs (the Go monitor's tick)
 START_WINDOW = 10.0  # seconds a job counts as starting at most (max_starting, the CPU rule)
+LIGHT_START = 0.2  # what a starting light job (lkmedia.worker.host) counts of max_starting
 
 
 InfoIn = TypeVar("InfoIn", bound=Message, contravariant=True)
@@ -92,6 +94,8 @@ class WorkerSettings:
     kill_timeout: float = 20.0
     spare: bool = True
     calibrate: bool = False
+    jobs_per_process: int = 0  # light jobs (shared_types) sharing one process; 0 or 1: each its own
+    shared_types: frozenset[str] = frozenset({"track"})  # request types that are light
     liveness: Liveness = field(default_factory=Liveness)
     logs: Logging = field(default_factory=Logging)
 
@@ -106,6 +110,8 @@ class Worker:
         self.calibration = calibration or Calibration(None)
         self.memory_source, self.max_memory, self.max_cpu_utilization = memory_source, max_memory, max_cpu_utilization
         self.spawner = Spawner(spare=settings.spare and not settings.dispatcher, preload=(kind.runner,))
+        self.hosts = (HostPool(settings.jobs_per_process, preload=(kind.runner,))
+                      if settings.jobs_per_process > 1 and not settings.dispatcher else None)
         self.jobs: dict[str, Supervisor] = {}
         self.queue = (StartQueue(redis, settings.node_id, prefix=f"lkmedia:{kind.name}:", max_wait=settings.max_wait,
                                  dedup_window=settings.dedup_window)
@@ -121,6 +127,8 @@ class Worker:
         os.makedirs(self.settings.tmp_dir, exist_ok=True)
         if not self.settings.dispatcher:
             self.spawner.start()
+            if self.hosts is not None and self.settings.spare:
+                self.hosts.start()
             self._recover_orphans()
             self._monitor_task = asyncio.get_running_loop().create_task(self._monitor(), name="job-monitor")
         if self.pump is not None:
@@ -176,6 +184,8 @@ class Worker:
             await asyncio.gather(self._monitor_task, return_exceptions=True)
             self._monitor_task = None
         await self.spawner.close()
+        if self.hosts is not None:
+            await self.hosts.close(self.settings.kill_timeout)
 
     # -- requests ----------------------------------------------------------------------------
     def affinity(self, spec: Any | None) -> float:
@@ -257,12 +267,13 @@ class Worker:
     def describe_jobs(self) -> dict[str, dict[str, Any]]:
         return {jid: self.kind.describe(sup.spec) for jid, sup in self.jobs.items()}
 
-    def starting(self) -> int:
+    def starting(self) -> float:
         """Jobs starting up (process, imports, room join): not started yet, and launched
         less than START_WINDOW ago (one that waits longer, for a participant who has not
-        come, is not holding the CPU the next start needs)."""
+        come, is not holding the CPU the next start needs). A light job, in a shared
+        process that has done its imports, counts LIGHT_START of one."""
         now = time.monotonic()
-        return sum(1 for sup in self.jobs.values()
+        return sum(LIGHT_START if sup.shared else 1.0 for sup in self.jobs.values()
                    if not self.kind.started(sup.info) and now - sup.started_at < START_WINDOW)
 
     def max_starting(self) -> int:
@@ -272,7 +283,8 @@ class Worker:
     def launch(self, spec: Any, info: Message) -> Supervisor:
         """Run an admitted job (it was accepted by admission under its id)."""
         job_id = self.kind.job_id(spec)
-        sup = Supervisor(self.kind, spec, info, spawner=self.spawner,
+        shared = self.hosts is not None and self.kind.costs(spec).request_type in self.settings.shared_types
+        sup = Supervisor(self.kind, spec, info, spawner=self.hosts if shared and self.hosts else self.spawner,
                          job_dir=os.path.join(self.settings.tmp_dir, job_id), node_id=self.settings.node_id,
                          relay=self.relay, liveness=self.settings.liveness, logs=self.settings.logs)
         self.jobs[job_id] = sup
@@ -363,7 +375,7 @@ class Worker:
         sampler = ProcSampler()
         while True:
             await asyncio.sleep(MONITOR_EVERY)
-            pids = {jid: sup.pid for jid, sup in self.jobs.items() if sup.pid}
+            pids = {jid: sup.pid for jid, sup in self.jobs.items() if sup.pid and not sup.shared}
             try:
                 sample = await asyncio.to_thread(sampler.sample, pids)
                 self._measured(sample)
