@@ -59,6 +59,13 @@ class LkLoadTest:
                                          stdin=subprocess.DEVNULL, env=_lk_env(self.stack), start_new_session=True)
         return self
 
+    def tail(self, n: int = 15) -> str:
+        """The end of its log (what to show when its participants do not come)."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
     def stop(self, timeout: float = 5.0) -> int | None:
         p = self.proc
         if p is None:

@@ -7,7 +7,7 @@ time, then closing (which DELETEs its WHIP resource).
 The bearer token, if any, comes in the environment (LKM_WHIP_TOKEN), never in argv.
 LKM_WHIP_P256=1 gives FFmpeg's DTLS a P-256 certificate (p256_certificate says why).
 LKM_WHIP_SENT=PATH writes the SHA-1 of each Opus packet sent to PATH, a line each (what a
-test compares a recording's packets with).
+test compares a recording's packets with). LKM_WHIP_AUDIO_ONLY=1 sends the Opus alone.
 Exit status 0 when it sent everything; the error otherwise.
 """
 from __future__ import annotations
@@ -65,11 +65,13 @@ def push(url: str, seconds: float, width: int = 640, height: int = 360, token: s
     out = av.open(url, "w", format="whip", options=options, timeout=10)
     sent_path = os.environ.get("LKM_WHIP_SENT")
     sent = None
+    video = not os.environ.get("LKM_WHIP_AUDIO_ONLY")
     try:
         v = out.add_stream("libx264", rate=30, options={
             "preset": "veryfast", "tune": "zerolatency", "profile": "baseline", "bf": "0", "g": "30",
-            "threads": "1"})  # one slice a frame
-        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+            "threads": "1"}) if video else None  # one slice a frame
+        if v is not None:
+            v.width, v.height, v.pix_fmt = width, height, "yuv420p"
         a = out.add_stream("libopus", rate=48_000, layout="stereo")
         sent = open(sent_path, "w") if sent_path else None  # noqa: SIM115 (closed below)
 
@@ -81,7 +83,7 @@ def push(url: str, seconds: float, width: int = 640, height: int = 360, token: s
         t0 = time.monotonic()
         i = s = 0
         while (now := time.monotonic() - t0) < seconds:
-            while i / 30 <= now:
+            while v is not None and i / 30 <= now:
                 f = gen.video_frame(i)
                 f.pts, f.time_base = i, Fraction(1, 30)
                 out.mux(v.encode(f))
@@ -91,14 +93,15 @@ def push(url: str, seconds: float, width: int = 640, height: int = 360, token: s
                 af.pts, af.time_base = s, Fraction(1, 48_000)
                 audio(a.encode(af))
                 s += 960
-            time.sleep(0.004)
-        out.mux(v.encode(None))
+            time.sleep(0.004 if v is not None else 0.01)
+        if v is not None:
+            out.mux(v.encode(None))
         audio(a.encode(None))
     finally:
         out.close()
         if sent is not None:
             sent.close()
-    return i
+    return i if v is not None else s // 960
 
 
 def main() -> int:
@@ -107,13 +110,22 @@ def main() -> int:
         return 2
     size = sys.argv[3] if len(sys.argv) > 3 else "640x360"
     w, h = (int(x) for x in size.split("x"))
-    try:
-        with tempfile.TemporaryDirectory(prefix="whip-client-") as d:
-            cert = p256_certificate(d) if os.environ.get("LKM_WHIP_P256") else None
-            frames = push(sys.argv[1], float(sys.argv[2]), w, h, os.environ.get("LKM_WHIP_TOKEN"), cert)
-    except (av.FFmpegError, OSError) as e:
-        print(f"whip_client: {e}", file=sys.stderr)
-        return 1
+    # FFmpeg's WHIP muxer reads only the first candidate of the answer and fails when it is
+    # a TCP one, which livekit-server's own endpoint lists first now and then: that fails at
+    # once, before anything is sent, and is tried again (twice at most).
+    for attempt in range(3):
+        t0 = time.monotonic()
+        try:
+            with tempfile.TemporaryDirectory(prefix="whip-client-") as d:
+                cert = p256_certificate(d) if os.environ.get("LKM_WHIP_P256") else None
+                frames = push(sys.argv[1], float(sys.argv[2]), w, h, os.environ.get("LKM_WHIP_TOKEN"), cert)
+            break
+        except (av.FFmpegError, OSError) as e:
+            if attempt < 2 and time.monotonic() - t0 < 3:
+                print(f"whip_client: {e}: trying again", file=sys.stderr)
+                continue
+            print(f"whip_client: {e}", file=sys.stderr)
+            return 1
     print(f"whip_client: sent {frames} frames", file=sys.stderr)
     return 0
 

@@ -1,0 +1,185 @@
+"""Track egresses by the hundred on this 2-core machine (issue 12), through the service in
+its own process and the real livekit-server: light jobs share job processes
+(``jobs.light_per_process``, 25 by default), and each writes the publisher's own packets.
+
+- 100 audio track egresses, 60 s each: 90 from `lk load-test` publishers (Go SDK) and 10
+  from FFmpeg's WHIP muxer, which writes the SHA-1 of every Opus packet it sends. Every one
+  ends COMPLETE with an OGG that plays its full length; the WHIP tracks' OGGs hold exactly
+  their publisher's packets, in order.
+- 20 VP8 720p video track egresses from `lk room join` publishers: all COMPLETE, WebM at
+  720p with no decode errors, written as published.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import subprocess
+import time
+from pathlib import Path
+
+from livekit import api
+from livekit.protocol import egress as lk
+
+from lkmedia.dev.lk import LkJoin, LkLoadTest
+from lkmedia.dev.stack import DevStack
+from lkmedia.lkrtc.packets import OPUS_SILENCE
+from lkmedia.probe import decode_errors, probe
+from lkmedia.testing.egress import TERMINAL, EgressServiceProcess, S, service_config_body, wait_egress
+from lkmedia.testing.whip import WhipClient, whip_client
+
+WHIP_TRACKS = 10
+LOAD_TRACKS = 90
+VIDEO_TRACKS = 20
+SECONDS = 60
+CONFIG = "cpu_cost:\n  track_cpu_cost: 0.01\n"  # (the default, 0.5, admits 3 track egresses on 2 cores)
+
+
+async def _tracks(lkapi: api.LiveKitAPI, room: str, n: int, kind: int, load: LkLoadTest | None = None,
+                  timeout: float = 60.0) -> dict[str, str]:
+    """``n`` published tracks of ``kind`` (0 audio, 1 video): sid -> publisher identity."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out: dict[str, str] = {}
+        with contextlib.suppress(api.TwirpError):
+            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+            out = {t.sid: p.identity for p in res.participants for t in p.tracks if t.type == kind}
+            if len(out) >= n:
+                return out
+        assert time.monotonic() < deadline, (f"{n} tracks not published in {room} within {timeout:g} s: "
+                                             f"{len(out)}, from {sorted(set(out.values()))[:12]}...; lk load-test: {load.tail() if load else '-'}")
+        await asyncio.sleep(0.5)
+
+
+async def _run_all(lkapi: api.LiveKitAPI, svc: EgressServiceProcess, requests: list[lk.TrackEgressRequest],
+                   seconds: float) -> list[lk.EgressInfo]:
+    t0 = time.monotonic()
+    infos = await asyncio.gather(*(lkapi.egress.start_track_egress(r) for r in requests))
+    ids = [i.egress_id for i in infos]
+    assert len(set(ids)) == len(requests)
+    for eid in ids:
+        await wait_egress(lkapi, eid, {S.EGRESS_ACTIVE}, 120)
+    print(f"\n{len(ids)} track egresses ACTIVE {time.monotonic() - t0:.1f} s after the first call")
+    await asyncio.sleep(seconds)
+    ended_early = [i for i in (await lkapi.egress.list_egress(lk.ListEgressRequest(room_name=requests[0].room_name))).items
+                   if i.egress_id in ids and i.status in TERMINAL]
+    assert not ended_early, [(i.egress_id, S.Name(i.status), i.error, i.details) for i in ended_early][:5]
+    slowest = 0.0
+
+    async def stop(eid: str) -> None:
+        nonlocal slowest
+        t = time.monotonic()
+        try:
+            await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=eid))
+        except api.TwirpError as e:  # (a retry of a stop that had got through, by the API client)
+            assert "EGRESS_COMPLETE cannot be stopped" in str(e), e
+        slowest = max(slowest, time.monotonic() - t)
+
+    await asyncio.gather(*(stop(eid) for eid in ids))
+    print(f"{len(ids)} StopEgress calls at once: the slowest answered in {slowest:.2f} s")
+    done = [await wait_egress(lkapi, eid, set(TERMINAL), 60) for eid in ids]
+    bad = [(d.egress_id, S.Name(d.status), d.error) for d in done if d.status != S.EGRESS_COMPLETE]
+    assert not bad, f"{bad}\n{svc.tail(30)}"
+    return done
+
+
+def _publishers_own(written: list[bytes], sent: list[str]) -> tuple[int, int, int]:
+    """Checks that the packets written are the publisher's, in its order: (packets that are
+    its own, filler, sent packets that were lost and stood in for by filler). A packet lost
+    on the way and not repaired is written as a 1-byte lost-frame marker (or silence):
+    it stands for exactly one sent packet."""
+    hashes = [hashlib.sha1(w).hexdigest() for w in written]
+    is_filler = [w == OPUS_SILENCE or len(w) == 1 for w in written]
+    first = next(k for k, f in enumerate(is_filler) if not f)
+    starts = [i for i, h in enumerate(sent) if h == hashes[first]]
+    best = (-1, 0, 0, "")
+    for i in starts:
+        j, ours, lost, why = i, 0, 0, ""
+        for k in range(first, len(written)):
+            if is_filler[k]:
+                if j < len(sent) and hashes[k] != sent[j]:
+                    lost += 1  # stands in for the packet sent here
+                j += 1
+                continue
+            if j >= len(sent) or hashes[k] != sent[j]:
+                why = f"written packet {k} is not sent packet {j} (nor the next: {hashes[k] in sent[j:j + 50]})"
+                break
+            ours += 1
+            j += 1
+        if not why:
+            return ours, sum(is_filler), lost
+        best = max(best, (ours, 0, lost, why))
+    raise AssertionError(f"the OGG's packets are not the publisher's, in order: {best[0]} matched, then {best[3]}")
+
+
+async def test_a_hundred_audio_track_egresses_write_their_publishers_packets(
+        livekit_stack: DevStack, room_name: str, tmp_path: Path) -> None:
+    import av
+
+    body = service_config_body(livekit_stack, CONFIG)
+    sent_dir = tmp_path / "sent"
+    sent_dir.mkdir()
+    async with contextlib.AsyncExitStack() as stack:
+        clients: list[WhipClient] = [await stack.enter_async_context(whip_client(
+            f"{livekit_stack.http_url}/whip/v1", livekit_stack.token(f"whip{k}", room_name), SECONDS + 60,
+            env={"LKM_WHIP_SENT": str(sent_dir / f"whip{k}.txt"), "LKM_WHIP_AUDIO_ONLY": "1"}))
+            for k in range(WHIP_TRACKS)]
+        svc = stack.enter_context(EgressServiceProcess(body, tmp_path / "w", name="w"))
+        load = stack.enter_context(LkLoadTest(livekit_stack, room_name, video_publishers=0,
+                                              audio_publishers=LOAD_TRACKS))
+        lkapi = await stack.enter_async_context(livekit_stack.api())
+        tracks = await _tracks(lkapi, room_name, WHIP_TRACKS + LOAD_TRACKS, 0, load)
+        requests = [lk.TrackEgressRequest(room_name=room_name, track_id=sid,
+                                          file=lk.DirectFileOutput(filepath=f"{who}-{sid}.ogg"))
+                    for sid, who in tracks.items()]
+        done = await _run_all(lkapi, svc, requests, SECONDS)
+        for c in clients:
+            c.proc.kill()
+    short, checked = [], 0
+    for d in done:
+        (f,) = d.file_results
+        p = probe(f.location)
+        assert p.stream("audio").codec == "opus" and decode_errors(f.location) == "", (f.location, p)
+        if p.duration is None or p.duration < SECONDS - 2:
+            short.append((f.filename, p.duration))
+        who = f.filename.split("-", 1)[0]
+        if who.startswith("whip"):
+            with av.open(f.location) as ogg:
+                written = [bytes(pk) for pk in ogg.demux(audio=0) if pk.size]
+            ours, filler, lost = _publishers_own(written, (sent_dir / f"{who}.txt").read_text().split())
+            print(f"{who}: {ours} of the publisher's packets in order, {filler} filler ({lost} for lost packets)")
+            assert ours >= (SECONDS - 2) * 50 and filler - lost <= 2 and lost <= 0.01 * ours, (who, ours, filler, lost)
+            checked += 1
+    assert not short, f"recordings shorter than {SECONDS - 2} s: {short}"
+    assert checked == WHIP_TRACKS
+    print(f"{len(done)} OGGs of {SECONDS} s, COMPLETE; {checked} hold exactly their WHIP publisher's packets")
+
+
+async def test_twenty_vp8_720p_track_egresses(livekit_stack: DevStack, room_name: str, tmp_path: Path) -> None:
+    """(`lk load-test`'s video publishers time out publishing against this server: each of
+    the 20 is `lk room join` sending a 720p30 VP8 clip.)"""
+    clip = tmp_path / "clip.ivf"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-t", "45",
+                    "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "1500k", "-g", "60",
+                    "-auto-alt-ref", "0", str(clip)], check=True)
+    body = service_config_body(livekit_stack, CONFIG)
+    with EgressServiceProcess(body, tmp_path / "w", name="w") as svc, contextlib.ExitStack() as joins:
+        for i in range(VIDEO_TRACKS):
+            joins.enter_context(LkJoin(livekit_stack, room_name, f"cam{i:02d}", [clip]))
+        async with livekit_stack.api() as lkapi:
+            tracks = await _tracks(lkapi, room_name, VIDEO_TRACKS, 1)
+            requests = [lk.TrackEgressRequest(room_name=room_name, track_id=sid,
+                                              file=lk.DirectFileOutput(filepath=f"{sid}.webm"))
+                        for sid in tracks]
+            done = await _run_all(lkapi, svc, requests, 20)
+    shortest = 1e9
+    for d in done:
+        (f,) = d.file_results
+        p = probe(f.location)
+        v = p.stream("video")
+        assert v.codec == "vp8" and (v.width, v.height) == (1280, 720), (f.location, v)
+        assert decode_errors(f.location) == "", f.location
+        assert p.duration is not None and p.duration > 18, (f.location, p.duration)
+        assert "passthrough" in d.details, d.details
+        shortest = min(shortest, p.duration)
+    print(f"{VIDEO_TRACKS} VP8 720p WebMs, COMPLETE, no decode errors, {shortest:.1f} s or more")
