@@ -119,6 +119,11 @@ class InputPort:
     def upstream(self) -> OutputPort | None:
         return self.edge.src if self.edge is not None else None
 
+    @property
+    def pending(self) -> int:
+        """Items queued on its edge."""
+        return len(self.edge) if self.edge is not None else 0
+
     async def get(self) -> Any:
         if self.edge is None or self.eos:
             return EOS

@@ -32,6 +32,9 @@ class PacketSink(Sink):
     #: Human name of the output kind, for error messages ("MP4", "HLS", ...).
     kind = "output"
     batch_max = 32
+    #: Seconds to wait for more after a packet that came alone, so that the thread hop per
+    #: write carries several (a live Opus track sends 50 a second, each alone). 0: none.
+    linger = 0.0
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(name)
@@ -147,6 +150,8 @@ class PacketSink(Sink):
                 rr += 1
                 if item is not EOS:
                     batch = [item]
+                    if self.linger > 0 and not any(q.pending for q in live):
+                        await asyncio.sleep(self.linger)
                     for q in live:
                         while len(batch) < self.batch_max:
                             nxt = q.get_nowait()

@@ -83,6 +83,8 @@ class FileSink(PacketSink):
     ``result`` (after close): a FileResult. ``stats()`` works while recording.
     """
 
+    linger = 0.1  # (a file: writes may wait a little; its fragments are 0.5 s anyway)
+
     def __init__(
         self,
         path: str | os.PathLike[str],
