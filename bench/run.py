@@ -353,6 +353,13 @@ def bench_ingress(ctx: Ctx) -> list[Row]:
     return run_ingress(ctx, Row)
 
 
+# -- 12. Audio track egresses by the dozen through the service (bench/tracks.py) ---------
+def bench_tracks(ctx: Ctx) -> list[Row]:
+    from bench.tracks import bench_tracks as run_tracks
+
+    return run_tracks(ctx, Row)
+
+
 #: name -> (benchmark, lkmedia modules it needs; missing ones make it "skipped").
 BENCHMARKS: dict[str, tuple[Callable[[Ctx], list[Row]], tuple[str, ...]]] = {
     "transcode": (bench_transcode, ("lkmedia.sources.file", "lkmedia.sinks.file")),
@@ -366,6 +373,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Ctx], list[Row]], tuple[str, ...]]] = {
     "chrome": (bench_chrome, ("lkmedia.service.egress", "lkmedia.dev.lk", "lkmedia.chrome.session", "playwright")),
     "room-publish": (bench_room_publish, ("lkmedia.sinks.room", "lkmedia.dev.stack")),
     "ingress": (bench_ingress, ("lkmedia.service.ingress_node", "lkmedia.dev.stack")),
+    "tracks": (bench_tracks, ("lkmedia.service.egress", "lkmedia.dev.lk", "lkmedia.testing.whip")),
 }
 
 
