@@ -27,7 +27,7 @@ import sys
 from collections.abc import Sequence
 
 from .messages import Channel
-from .process import JobProcess
+from .process import JobProcess, spare
 
 log = logging.getLogger("lkmedia.worker.host")
 
@@ -153,12 +153,7 @@ class HostPool:
             if h.open and h.lanes < self.per_process:
                 return h
         nxt, self._spawning = self._spawning, None
-        host: _Host | None = None
-        if nxt is not None:
-            try:
-                host = await nxt
-            except Exception as e:
-                log.warning("the spare job host could not start: %s", e)
+        host = await spare(nxt, "job host")
         if host is None or not host.alive:
             host = await _Host.spawn(self.preload)
         self.hosts.append(host)

@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from .messages import Channel, Message
 
@@ -74,6 +74,19 @@ class JobProcess:
 
 
 SpawnFn = Callable[[], Coroutine[Any, Any, JobProcess]]
+T = TypeVar("T")
+
+
+async def spare(started: asyncio.Task[T] | None, what: str) -> T | None:
+    """What a ``what`` started ahead of need became: None if none was started or it could
+    not start (logged)."""
+    if started is None:
+        return None
+    try:
+        return await started
+    except Exception as e:
+        log.warning("the spare %s could not start: %s", what, e)
+        return None
 
 
 class Spawner:
@@ -100,15 +113,8 @@ class Spawner:
             self._refill.cancel()
             self._refill = None
         nxt, self._next = self._next, None
-        proc: JobProcess | None = None
-        if nxt is not None:
-            try:
-                proc = await nxt
-            except Exception as e:
-                log.warning("the spare job process could not start: %s", e)
-            if proc is not None and not proc.alive:
-                proc = None
-        if proc is None:
+        proc = await spare(nxt, "job process")
+        if proc is None or not proc.alive:
             proc = await self._spawn()
         if self.spare and self._refill is None and self._next is None:  # (one refill for concurrent takes)
             self._refill = asyncio.get_running_loop().call_later(self.refill_delay, self._prepare)
