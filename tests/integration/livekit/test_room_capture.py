@@ -5,7 +5,9 @@ the tone they were."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import av
@@ -32,10 +34,26 @@ def _bar_frame() -> av.VideoFrame:
     return f
 
 
+@contextlib.asynccontextmanager
+async def _running(feed: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """``feed`` runs (a publisher's loop) for the block."""
+    task = asyncio.create_task(feed)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def _first_frame(stack: DevStack, room: str, kind: rtc.TrackKind.ValueType, seconds: float) -> Any:
     viewer = rtc.Room()
     got: asyncio.Future[rtc.Track] = asyncio.get_running_loop().create_future()
-    viewer.on("track_subscribed", lambda t, *_: t.kind == kind and not got.done() and got.set_result(t))
+
+    def subscribed(t: rtc.Track, *_: Any) -> None:
+        if t.kind == kind and not got.done():
+            got.set_result(t)
+
+    viewer.on("track_subscribed", subscribed)
     await viewer.connect(stack.url, stack.token("viewer", room))
     try:
         track = await asyncio.wait_for(got, 15)
@@ -49,8 +67,8 @@ async def _first_frame(stack: DevStack, room: str, kind: rtc.TrackKind.ValueType
             raise AssertionError("no frame")
         stream = rtc.AudioStream(track, sample_rate=48000, num_channels=1)
         samples: list[np.ndarray] = []
-        async for ev in stream:
-            samples.append(np.frombuffer(ev.frame.data, np.int16).copy())
+        async for aev in stream:
+            samples.append(np.frombuffer(aev.frame.data, np.int16).copy())
             if sum(len(s) for s in samples) >= 48000 * seconds:
                 break
         await stream.aclose()
@@ -73,12 +91,10 @@ async def test_a_padded_frame_arrives_upright(livekit_stack: DevStack, room_name
             capture_video(src, frame)
             await asyncio.sleep(1 / 30)
 
-    feeder = asyncio.create_task(feed())
     try:
-        got = await _first_frame(livekit_stack, room_name, rtc.TrackKind.KIND_VIDEO, 4)
+        async with _running(feed()):
+            got = await _first_frame(livekit_stack, room_name, rtc.TrackKind.KIND_VIDEO, 4)
     finally:
-        feeder.cancel()
-        await asyncio.gather(feeder, return_exceptions=True)
         await room.disconnect()
     assert (got.width, got.height) == (W, H)
     buf = np.frombuffer(got.data, np.uint8)
@@ -117,12 +133,10 @@ async def test_unawaited_audio_chunks_arrive_as_the_tone_they_were(livekit_stack
             n += 1
             await asyncio.sleep(max(0.0, start + n * 0.01 - time.monotonic()))
 
-    feeder = asyncio.create_task(feed())
     try:
-        pcm = await _first_frame(livekit_stack, room_name, rtc.TrackKind.KIND_AUDIO, 3)
+        async with _running(feed()):
+            pcm = await _first_frame(livekit_stack, room_name, rtc.TrackKind.KIND_AUDIO, 3)
     finally:
-        feeder.cancel()
-        await asyncio.gather(feeder, return_exceptions=True)
         direct.close()
         await room.disconnect()
     tail = pcm[-48000:].astype(float)  # the last second: past the decoder's start
