@@ -72,8 +72,13 @@ def probe(path: str, count_frames: bool = True) -> Probe:
 
 
 def decode_errors(path: str) -> str:
-    """Decode everything with the ffmpeg CLI; returns its error output ('' if clean)."""
-    out = subprocess.run(["ffmpeg", "-v", "error", "-i", path, "-f", "null", "-"],
+    """Decode everything with the ffmpeg CLI; returns its error output ('' if clean).
+
+    The decoded frames keep the file's own time base (``-enc_time_base -1``): by default the
+    CLI's null output counts video in 1/frame-rate ticks, and two frames of a variable-rate
+    file less than a tick apart (a publisher's own timing, written as it arrived) made it
+    report "non monotonically increasing dts" though every frame decodes."""
+    out = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", path, "-enc_time_base", "-1", "-f", "null", "-"],
                          capture_output=True, text=True, timeout=300)
     return (out.stderr.strip() + (f" (exit {out.returncode})" if out.returncode else "")).strip()
 
