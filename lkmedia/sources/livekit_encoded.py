@@ -66,6 +66,7 @@ class _Out:
     backlog: deque[av.Packet] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task[None] | None = None
+    sending: bool = False    # the pump holds a packet it waits to put on a full edge
     ended: bool = False
     skip_to_key: bool = False
     overflowed: int = 0      # frames the backlog dropped
@@ -237,7 +238,7 @@ class EncodedTrackSource(Source):
     def _emit(self, out: _Out, packets: list[av.Packet]) -> None:
         edges = out.port.edges
         for p in packets:
-            if not out.backlog and all(e.closed or len(e) < e.capacity or e.policy is not Policy.BLOCK
+            if not out.backlog and not out.sending and all(e.closed or len(e) < e.capacity or e.policy is not Policy.BLOCK
                                        for e in edges):
                 out.port.emit_nowait(p)  # the common case: straight onto the edge, no task hop
             else:
@@ -278,7 +279,11 @@ class EncodedTrackSource(Source):
         port = out.port
         while True:
             while out.backlog:
-                await port.emit(out.backlog.popleft())
+                out.sending = True  # (until it is out, nothing may go straight past it)
+                try:
+                    await port.emit(out.backlog.popleft())
+                finally:
+                    out.sending = False
             if out.ended:
                 await port.eos()  # this output is over (the others may go on)
                 return
