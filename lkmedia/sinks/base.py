@@ -42,6 +42,8 @@ class PacketSink(Sink):
         self.bytes = 0
         self.first_time: float | None = None
         self.last_time: float | None = None
+        self.backwards = 0  # packets dropped because their dts went back in time
+        self._last_dts: dict[int, float] = {}  # id(template stream) -> last dts (s)
 
     def accept_input(self, caps: Caps) -> str | None:
         if not caps.encoded:
@@ -87,9 +89,35 @@ class PacketSink(Sink):
                 if self.last_time is None or t > self.last_time:
                     self.last_time = t
 
+    def _in_order(self, packets: list[av.Packet]) -> list[av.Packet]:
+        """The packets whose dts does not go back in time on their stream. A muxer refuses
+        such a packet with EINVAL, which would end the whole recording: it is dropped (and
+        logged) instead, so what comes after is still written."""
+        last = self._last_dts
+        keep: list[av.Packet] | None = None
+        for i, p in enumerate(packets):
+            if p.dts is None or p.time_base is None:
+                continue
+            key, t = id(p.stream), float(p.dts * p.time_base)
+            if t < last.get(key, float("-inf")):
+                if keep is None:
+                    keep = packets[:i]
+                self.backwards += 1
+                if self.backwards == 1 or self.backwards % 1000 == 0:
+                    log.warning("%s: dropped a %s packet that went back in time (%.3f s after %.3f s; "
+                                "%d so far)", self.name, p.stream.type if p.stream else "media", t,
+                                last[key], self.backwards)
+                continue
+            last[key] = t
+            if keep is not None:
+                keep.append(p)
+        return packets if keep is None else keep
+
     def _write(self, packets: list[av.Packet]) -> None:
+        packets = self._in_order(packets)
         self._count(packets)
-        self.write(packets)
+        if packets:
+            self.write(packets)
 
     #: How much media may queue on one input while another has not started yet.
     max_start_skew = 20.0
@@ -182,4 +210,7 @@ class PacketSink(Sink):
         return self.last_time - self.first_time
 
     def stats(self) -> dict[str, Any]:
-        return {"packets": self.packets, "bytes": self.bytes, "duration": round(self.duration, 3)}
+        s = {"packets": self.packets, "bytes": self.bytes, "duration": round(self.duration, 3)}
+        if self.backwards:
+            s["backwards"] = self.backwards
+        return s

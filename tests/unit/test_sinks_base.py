@@ -1,12 +1,15 @@
-"""PacketSink start-up: inputs are read together, so encoder delay cannot deadlock a mux."""
+"""PacketSink: inputs are read together at the start (encoder delay cannot deadlock a mux), and a packet that goes back in time is dropped, not fatal."""
 from __future__ import annotations
 
 import asyncio
+import fractions
 from pathlib import Path
 
+import av
 import pytest
 
 from lkmedia.core import Caps, Graph, Source
+from lkmedia.lkrtc.packets import Template, opus_head
 from lkmedia.nodes.encode import AudioEncoder, VideoEncoder
 from lkmedia.probe import probe
 from lkmedia.sinks.base import SinkStartError
@@ -52,3 +55,37 @@ async def test_an_input_that_never_starts_fails_the_sink_with_its_name(tmp_path:
     errors = await asyncio.wait_for(g.run(), 20)
     assert len(errors) == 1 and isinstance(errors[0].error, SinkStartError)
     assert "venc.out" in str(errors[0]) and "no media" in str(errors[0])
+
+
+class OpusPackets(Source):
+    """Opus packets at the given pts (1/48000), as a track egress's source emits them."""
+
+    def __init__(self, pts: list[int]) -> None:
+        super().__init__("opus-packets")
+        self.pts = pts
+        self.add_output("out", Caps("audio", encoded=True, codec="opus", sample_rate=48000))
+
+    async def run(self) -> None:
+        template = Template("opus", rate=48000, extradata=opus_head(1), layout="mono")
+        for pts in self.pts:
+            p = av.Packet(bytes([0xF8, 0xFF, 0xFE]))
+            p.pts = p.dts = pts
+            p.duration = 960
+            p.time_base = fractions.Fraction(1, 48000)
+            p.stream = template.stream
+            await self.emit(p)
+
+
+async def test_a_packet_that_goes_back_in_time_is_dropped_and_the_rest_written(tmp_path: Path) -> None:
+    """An OGG muxer refuses a packet whose dts goes back (EINVAL, "Invalid argument"): that
+    used to end the whole recording; the sink drops that one packet and goes on."""
+    pts = [k * 960 for k in range(50)]
+    pts.insert(30, 10 * 960)  # one late packet, from 20 frames back
+    g = Graph(stop_timeout=5)
+    sink = FileSink(str(tmp_path / "a.ogg"))
+    g.chain(OpusPackets(pts), sink)
+    errors = await asyncio.wait_for(g.run(), 20)
+    assert not errors, errors
+    assert sink.stats()["backwards"] == 1 and sink.packets == 50
+    audio = probe(str(tmp_path / "a.ogg")).stream("audio")
+    assert audio.codec == "opus" and audio.frames == 50, audio
