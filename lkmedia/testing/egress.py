@@ -115,6 +115,13 @@ class EgressServiceProcess:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
+    def grep(self, *words: str, n: int = 40) -> str:
+        """The last ``n`` log lines that name any of ``words`` (egress ids, say)."""
+        if not self.log_path.exists():
+            return ""
+        lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if any(w in ln for w in words)]
+        return "\n".join(lines[-n:])
+
     def __enter__(self) -> EgressServiceProcess:
         return self.start()
 

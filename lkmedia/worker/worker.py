@@ -331,8 +331,10 @@ class Worker:
             learned = self.calibration.learn(stats.request_type, stats.avg_cpu, stats.samples)
             if learned is not None:
                 self.metrics.calibrated_cost(stats.request_type, learned)
-        log.info("%s %s: used %.2f CPUs on average (at most %.2f) over %d samples, at most %.0f MB",
-                 self.kind.name, job_id, stats.avg_cpu, stats.max_cpu, stats.samples, stats.max_memory / 2**20)
+        if stats.samples:  # (a job sharing a process is not measured alone)
+            log.info("%s %s: used %.2f CPUs on average (at most %.2f) over %d samples, at most %.0f MB",
+                     self.kind.name, job_id, stats.avg_cpu, stats.max_cpu, stats.samples,
+                     stats.max_memory / 2**20)
 
     async def relay(self, info: Message) -> None:
         """A job's Info to livekit-server, and (queue on) to Redis for dedup answers."""

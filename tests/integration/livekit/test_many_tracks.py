@@ -90,7 +90,7 @@ async def _run_all(lkapi: api.LiveKitAPI, svc: EgressServiceProcess, requests: l
     print(f"{len(ids)} StopEgress calls at once: the slowest answered in {slowest:.2f} s")
     done = [await wait_egress(lkapi, eid, set(TERMINAL), 60) for eid in ids]
     bad = [(d.egress_id, S.Name(d.status), d.error) for d in done if d.status != S.EGRESS_COMPLETE]
-    assert not bad, f"{bad}\n{svc.tail(30)}"
+    assert not bad, f"{bad}\n{svc.grep(*(b[0] for b in bad))}"
     return done
 
 
