@@ -35,13 +35,12 @@ from aiortc.rtp import (
     RtcpRrPacket,
     RtcpRtpfbPacket,
     RtcpSrPacket,
-    RtpPacket,
     clamp_packets_lost,
-    unwrap_rtx,
 )
 from aiortc.stats import RTCStatsReport
 
 from .clock import StreamClock
+from .fastpath import unwrap_rtx
 from .frames import EncodedFrame, FrameAssembler, Unit, depayload, is_blank
 
 log = logging.getLogger("lkmedia.lkrtc.receiver")
@@ -178,7 +177,7 @@ class EncodedReceiver:
             self._end()
 
     # -- RTP in ----------------------------------------------------------------
-    def _media(self, packet: RtpPacket) -> RtpPacket | None:
+    def _media(self, packet: Any) -> Any:
         """The media packet (an RTX one unwrapped) of this track's codec, else None."""
         codec = self._codecs.get(packet.payload_type)
         if codec is None:
@@ -207,7 +206,12 @@ class EncodedReceiver:
             return None
         return packet
 
-    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+    async def _handle_rtp_packet(self, packet: Any, arrival_time_ms: int) -> None:
+        """aiortc's way in (until ``fastpath.install``): as ``handle_rtp``."""
+        self.handle_rtp(packet)
+
+    def handle_rtp(self, packet: Any) -> None:
+        """One RTP packet (``fastpath.Rtp`` or aiortc's ``RtpPacket``), on the event loop."""
         if not self._enabled or self._ended:
             return
         media = self._media(packet)
@@ -220,7 +224,7 @@ class EncodedReceiver:
         seq = asm.extend(packet.sequence_number)
         self._count(seq, packet.timestamp, now)
         if self._nack:
-            await self._note_seq(seq)
+            self._note_seq(seq)
         if packet.payload:
             try:
                 data, start, key = depayload(self.codec or "", packet.payload)
@@ -264,8 +268,8 @@ class EncodedReceiver:
                 self._jitter += (d - self._jitter) / 16
         self._transit = transit
 
-    async def _note_seq(self, seq: int) -> None:
-        """Note the packets a new one shows missing and ask for them at once."""
+    def _note_seq(self, seq: int) -> None:
+        """Note the packets a new one shows missing; the RTCP task asks for them at once."""
         missing = self._missing
         if missing:
             missing.pop(seq, None)
@@ -280,8 +284,8 @@ class EncodedReceiver:
             missing.clear()  # too much to ask again: the assembler gives it up
             return
         for s in new:
-            missing[s] = [0.0, 0]
-        await self._send_nack(new, time.monotonic())
+            missing[s] = [0.0, 0]  # (never asked: due now)
+        self._wake.set()
 
     # -- RTCP out --------------------------------------------------------------
     async def _run_rtcp(self) -> None:
@@ -293,10 +297,10 @@ class EncodedReceiver:
                 delay = BUSY_TICK
             else:  # (waiting for a key frame: ask again every PLI_INTERVAL at most)
                 delay = max(0.0, min(next_rr - now, PLI_INTERVAL if asm.need_key else RR_INTERVAL))
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
-                    await self._wake.wait()
+                    await self._wake.wait()  # (set while this task was sending: at once)
+            self._wake.clear()
             now = time.monotonic()
             for f in asm.expire(now):
                 self._deliver(f)

@@ -36,6 +36,7 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 from livekit.protocol import models as proto_models
 from livekit.protocol import rtc as proto_rtc
 
+from . import fastpath
 from .clock import ParticipantClock
 from .frames import EncodedFrame
 from .receiver import EncodedReceiver, install
@@ -234,6 +235,8 @@ class Subscriber:
                 await asyncio.sleep(0.02)
             if dtls.state == "connected" and not rec.started and tr.receiver is rec:
                 await rec.receive(pc._RTCPeerConnection__remoteRtp(tr))  # type: ignore[attr-defined]
+            if dtls.state == "connected" and fastpath.ENABLED:
+                fastpath.install(dtls)
 
     async def _on_trickle(self, req: proto_rtc.TrickleRequest) -> None:
         if req.target != SUBSCRIBER or self.pc is None:

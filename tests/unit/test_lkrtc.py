@@ -270,3 +270,31 @@ def test_join_url_and_candidates() -> None:
         join_url("ftp://h")
     assert candidate_init("1 1 udp 1 1.2.3.4 5 typ host", "0", 0) == (
         '{"candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host", "sdpMid": "0", "sdpMLineIndex": 0}')
+
+
+def test_parse_rtp_reads_what_aiortc_writes() -> None:
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+    from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+    from lkmedia.lkrtc.fastpath import parse_rtp, unwrap_rtx
+
+    ext = HeaderExtensionsMap()
+    ext.configure(RTCRtpParameters(headerExtensions=[
+        RTCRtpHeaderExtensionParameters(id=4, uri="urn:ietf:params:rtp-hdrext:sdes:mid")]))
+    p = RtpPacket(payload_type=96, marker=1, sequence_number=65535, timestamp=0xFFFFFFF0, ssrc=0x12345678,
+                  payload=b"\x90\x80\x00payload")
+    p.csrc = [1, 2]
+    p.extensions.mid = "3"
+    p.padding_size = 7
+    data = p.serialize(ext)
+    q = parse_rtp(data)
+    assert (q.marker, q.payload_type, q.sequence_number, q.timestamp, q.ssrc, q.payload) == (
+        1, 96, 65535, 0xFFFFFFF0, 0x12345678, b"\x90\x80\x00payload")
+    plain = parse_rtp(RtpPacket(payload_type=111, sequence_number=5, timestamp=960, ssrc=7,
+                                payload=b"\x12\x34opus").serialize())
+    assert (plain.marker, plain.payload, plain.sequence_number) == (0, b"\x12\x34opus", 5)
+    media = unwrap_rtx(plain, payload_type=96, ssrc=9)
+    assert (media.sequence_number, media.payload_type, media.ssrc, media.payload) == (0x1234, 96, 9, b"opus")
+    for bad in (data[:11], b"\x40" + data[1:], data[:14]):
+        with pytest.raises(ValueError):
+            parse_rtp(bad)

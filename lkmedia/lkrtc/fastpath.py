@@ -1,0 +1,112 @@
+"""The receive fast path: an SRTP packet handed to its receiver in the socket's callback.
+
+aiortc takes every datagram through aioice (which first tries to parse it as STUN and
+catches the error), a queue, the DTLS transport's task, SRTP, a full RTP parse (header
+extensions included) and three coroutine calls. Once DTLS is up, ``install`` puts a function in front of the ICE connection's
+sockets' ``datagram_received``: an SRTP packet (not SRTCP) is unprotected with the DTLS
+transport's own session, its fixed header read (``parse_rtp``: the receivers use no
+header extension) and handed to its ``EncodedReceiver.handle_rtp`` there and then. STUN,
+DTLS and SRTCP still go aiortc's way. A VP8 720p30 track (1.7 Mbps, ~200 packets a
+second) received and written costs a third less this way: 0.018-0.021 CPU s per media s
+against 0.026-0.030 (``python3 -m bench.encoded_sub --kind video``, two runs each).
+
+aiortc and aioice have no hook for this. ``install`` reaches their private attributes
+(the ICE connection's sockets, the DTLS transport's SRTP session and RTP router),
+and leaves aiortc's path as it is, with a warning, when they are not there.
+``LKMEDIA_RTP_FAST_PATH=0`` keeps aiortc's path (to measure one against the other).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from typing import Any
+
+import pylibsrtp
+
+log = logging.getLogger("lkmedia.lkrtc.fastpath")
+
+_HEADER = struct.Struct("!BBHII")
+ENABLED = os.environ.get("LKMEDIA_RTP_FAST_PATH", "1") != "0"
+
+
+class Rtp:
+    """An RTP packet's fixed header and payload (what the receivers read of aiortc's RtpPacket)."""
+
+    __slots__ = ("marker", "payload", "payload_type", "sequence_number", "ssrc", "timestamp")
+
+    def __init__(self, marker: int, payload_type: int, sequence_number: int, timestamp: int, ssrc: int,
+                 payload: bytes) -> None:
+        self.marker = marker
+        self.payload_type = payload_type
+        self.sequence_number = sequence_number
+        self.timestamp = timestamp
+        self.ssrc = ssrc
+        self.payload = payload
+
+
+def parse_rtp(data: bytes) -> Rtp:
+    """The packet in ``data`` (RFC 3550: CSRCs, a header extension and padding skipped)."""
+    if len(data) < 12:
+        raise ValueError("RTP packet shorter than its header")
+    b0, b1, seq, ts, ssrc = _HEADER.unpack_from(data)
+    if b0 >> 6 != 2:
+        raise ValueError("not RTP version 2")
+    pos = 12 + (b0 & 0x0F) * 4
+    if b0 & 0x10:
+        if len(data) < pos + 4:
+            raise ValueError("RTP header extension cut short")
+        pos += 4 + ((data[pos + 2] << 8) | data[pos + 3]) * 4
+    end = len(data)
+    if b0 & 0x20:
+        end -= data[-1]
+    if pos > end:
+        raise ValueError("RTP header longer than the packet")
+    return Rtp(b1 >> 7, b1 & 0x7F, seq, ts, ssrc, data[pos:end])
+
+
+def unwrap_rtx(rtx: Any, payload_type: int, ssrc: int) -> Rtp:
+    """The packet a retransmission (RFC 4588) carries: its first two bytes are the original
+    sequence number. ``rtx``: an ``Rtp`` or aiortc's ``RtpPacket``."""
+    p = rtx.payload
+    return Rtp(rtx.marker, payload_type, (p[0] << 8) | p[1], rtx.timestamp, ssrc, p[2:])
+
+
+def install(dtls: Any) -> bool:
+    """Route the SRTP packets ``dtls`` (an aiortc RTCDtlsTransport, connected) receives
+    straight to their receivers' ``handle_rtp`` (see module doc). True if in place.
+
+    Every local socket of the ICE connection gets it, not only the nominated pair's: the
+    server may send from its side of another pair (seen with livekit-server)."""
+    try:
+        protocols = list(dtls.transport._connection._protocols)
+        srtp = dtls._rx_srtp
+        router = dtls._rtp_router
+    except AttributeError as e:
+        log.warning("the receive fast path is not available (aiortc or aioice changed: %s): "
+                    "packets take aiortc's own way", e)
+        return False
+    if srtp is None:
+        return False
+    for protocol in protocols:
+        if not getattr(protocol, "lkm_fast_path", False):
+            protocol.datagram_received = _fast(protocol.datagram_received, srtp, router)
+            protocol.lkm_fast_path = True
+    return True
+
+
+def _fast(slow: Any, srtp: Any, router: Any) -> Any:
+    def datagram_received(data: bytes, addr: Any) -> None:
+        if len(data) > 12 and 127 < data[0] < 192 and not 192 <= data[1] <= 208:  # SRTP, not SRTCP
+            try:
+                packet = parse_rtp(srtp.unprotect(data))
+            except (pylibsrtp.Error, ValueError):
+                return  # (aiortc drops these too)
+            receiver = router.route_rtp(packet)
+            handle = getattr(receiver, "handle_rtp", None)
+            if handle is not None:
+                handle(packet)
+            return
+        slow(data, addr)
+
+    return datagram_received
