@@ -43,7 +43,7 @@ class PacketSink(Sink):
         self.first_time: float | None = None
         self.last_time: float | None = None
         self.backwards = 0  # packets dropped because their dts went back in time
-        self._last_dts: dict[int, float] = {}  # id(template stream) -> last dts (s)
+        self._last_dts: dict[int, int] = {}  # id(template stream) -> its last dts
 
     def accept_input(self, caps: Caps) -> str | None:
         if not caps.encoded:
@@ -92,23 +92,27 @@ class PacketSink(Sink):
     def _in_order(self, packets: list[av.Packet]) -> list[av.Packet]:
         """The packets whose dts does not go back in time on their stream. A muxer refuses
         such a packet with EINVAL, which would end the whole recording: it is dropped (and
-        logged) instead, so what comes after is still written."""
+        logged) instead, so what comes after is still written. (A stream's packets share
+        one time base, so their dts compare as they are.)"""
         last = self._last_dts
         keep: list[av.Packet] | None = None
         for i, p in enumerate(packets):
-            if p.dts is None or p.time_base is None:
+            dts = p.dts
+            if dts is None:
                 continue
-            key, t = id(p.stream), float(p.dts * p.time_base)
-            if t < last.get(key, float("-inf")):
+            key = id(p.stream)
+            before = last.get(key)
+            if before is not None and dts < before:
                 if keep is None:
                     keep = packets[:i]
                 self.backwards += 1
                 if self.backwards == 1 or self.backwards % 1000 == 0:
+                    tb = float(p.time_base or 0)
                     log.warning("%s: dropped a %s packet that went back in time (%.3f s after %.3f s; "
-                                "%d so far)", self.name, p.stream.type if p.stream else "media", t,
-                                last[key], self.backwards)
+                                "%d so far)", self.name, p.stream.type if p.stream else "media", dts * tb,
+                                before * tb, self.backwards)
                 continue
-            last[key] = t
+            last[key] = dts
             if keep is not None:
                 keep.append(p)
         return packets if keep is None else keep
