@@ -114,11 +114,12 @@ class Lane:
     def returncode(self) -> int | None:
         return self._rc if self._rc is not None else self.host.proc.returncode
 
-    async def wait(self) -> int:
-        """Once its channel has closed: the host's exit status if it died with it, else 0."""
+    async def wait(self, done: bool = False) -> int:
+        """Once its channel has closed: the host's exit status if it died with it, else 0
+        (at once if the job said Done: its host is not dying with it)."""
         if self._rc is None:
             rc = self.host.proc.returncode
-            if rc is None:
+            if rc is None and not done:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(HOST_EXIT_GRACE):
                         rc = await asyncio.shield(self.host.exited)

@@ -54,8 +54,11 @@ class JobProcess:
     async def receive(self) -> Message | None:
         return await self.chan.receive()
 
-    async def wait(self) -> int:
-        """Its exit status (negative: killed by that signal)."""
+    async def wait(self, done: bool = False) -> int:
+        """Its exit status (negative: killed by that signal). ``done``: the job said Done,
+        so a job sharing a host process has ended cleanly without waiting for the host."""
+        if done and hasattr(self.proc, "host"):  # (a host.Lane)
+            return await self.proc.wait(done=True)  # type: ignore[call-arg]
         return await self.proc.wait()
 
     def signal(self, sig: int) -> None:

@@ -154,7 +154,7 @@ class Supervisor:
                     fut.set_exception(JobError("the job process has ended", "unavailable"))
             self._replies.clear()
             await proc.chan.close()
-        await proc.wait()
+        await proc.wait(done=self._done)
 
     async def _read(self, proc: JobProcess) -> None:
         while (msg := await proc.receive()) is not None:
