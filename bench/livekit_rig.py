@@ -36,18 +36,10 @@ def make_clip(cache: Path, seconds: float) -> Path:
 
 
 async def publishers_up(stack: Any, room: str, n: int) -> None:
-    from livekit import api
+    from lkmedia.testing.rooms import VIDEO, published_tracks
 
     async with stack.api() as lkapi:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(api.TwirpError):
-                res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-                if sum(1 for p in res.participants for t in p.tracks if t.type == 1) >= n:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{n} lk publishers did not publish in {room} within 30 s")
-            await asyncio.sleep(0.2)
+        await published_tracks(lkapi, room, n, VIDEO)
 
 
 @contextlib.contextmanager

@@ -18,8 +18,29 @@ from ..dev.rooms import ReceivedTrack, SeenParticipant, SeenTrack, watch_media
 from ..dev.rooms import watch_tracks as _watch_tracks
 from .egress import TERMINAL, S, wait_egress
 
-__all__ = ["ReceivedTrack", "SeenParticipant", "SeenTrack", "record_participant", "sizes_per_quality", "wait_tracks",
-           "watch_media", "watch_tracks"]
+__all__ = ["ReceivedTrack", "SeenParticipant", "SeenTrack", "published_tracks", "record_participant",
+           "sizes_per_quality", "wait_tracks", "watch_media", "watch_tracks"]
+
+AUDIO, VIDEO = lkm.TrackType.AUDIO, lkm.TrackType.VIDEO
+
+
+async def published_tracks(lkapi: api.LiveKitAPI, room: str, n: int, kind: int = AUDIO, *, timeout: float = 30,
+                           detail: Callable[[], str] | None = None) -> dict[str, str]:
+    """Once ``room`` has ``n`` published tracks of ``kind`` (AUDIO or VIDEO), all of them:
+    track sid -> publisher identity. On a timeout an AssertionError says how many there
+    were, from whom, and ``detail()`` (a publisher's log, say)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out: dict[str, str] = {}
+        with contextlib.suppress(api.TwirpError):  # (the room is not there yet)
+            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+            out = {t.sid: p.identity for p in res.participants for t in p.tracks if t.type == kind}
+            if len(out) >= n:
+                return out
+        assert time.monotonic() < deadline, (
+            f"{n} {lkm.TrackType.Name(kind).lower()} tracks not published in {room} within {timeout:g} s: "
+            f"{len(out)}, from {sorted(set(out.values()))[:12]}{'; ' + detail() if detail else ''}")
+        await asyncio.sleep(0.25)
 
 
 async def wait_tracks(lkapi: api.LiveKitAPI, room: str, identity: str, tracks: int, *, timeout: float = 20,

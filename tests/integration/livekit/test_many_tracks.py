@@ -26,6 +26,7 @@ from lkmedia.dev.stack import DevStack
 from lkmedia.lkrtc.packets import OPUS_SILENCE
 from lkmedia.probe import decode_errors, probe
 from lkmedia.testing.egress import TERMINAL, EgressServiceProcess, S, service_config_body, wait_egress
+from lkmedia.testing.rooms import AUDIO, VIDEO, published_tracks
 from lkmedia.testing.whip import WhipClient, whip_client
 
 WHIP_TRACKS = 10
@@ -33,22 +34,6 @@ LOAD_TRACKS = 90
 VIDEO_TRACKS = 20
 SECONDS = 60
 CONFIG = "cpu_cost:\n  track_cpu_cost: 0.01\n"  # (the default, 0.5, admits 3 track egresses on 2 cores)
-
-
-async def _tracks(lkapi: api.LiveKitAPI, room: str, n: int, kind: int, load: LkLoadTest | None = None,
-                  timeout: float = 60.0) -> dict[str, str]:
-    """``n`` published tracks of ``kind`` (0 audio, 1 video): sid -> publisher identity."""
-    deadline = time.monotonic() + timeout
-    while True:
-        out: dict[str, str] = {}
-        with contextlib.suppress(api.TwirpError):
-            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-            out = {t.sid: p.identity for p in res.participants for t in p.tracks if t.type == kind}
-            if len(out) >= n:
-                return out
-        assert time.monotonic() < deadline, (f"{n} tracks not published in {room} within {timeout:g} s: "
-                                             f"{len(out)}, from {sorted(set(out.values()))[:12]}...; lk load-test: {load.tail() if load else '-'}")
-        await asyncio.sleep(0.5)
 
 
 async def _any_joined(lkapi: api.LiveKitAPI, room: str, prefix: str, timeout: float) -> bool:
@@ -146,7 +131,8 @@ async def test_a_hundred_audio_track_egresses_write_their_publishers_packets(
             load.stop()
             load.start()
         # (90 lk load-test joins take ~35 s on a quiet machine; in CI, loaded, over 60)
-        tracks = await _tracks(lkapi, room_name, WHIP_TRACKS + LOAD_TRACKS, 0, load, timeout=150)
+        tracks = await published_tracks(lkapi, room_name, WHIP_TRACKS + LOAD_TRACKS, AUDIO, timeout=150,
+                                          detail=lambda: f"lk load-test: {load.tail()}")
         requests = [lk.TrackEgressRequest(room_name=room_name, track_id=sid,
                                           file=lk.DirectFileOutput(filepath=f"{who}-{sid}.ogg"))
                     for sid, who in tracks.items()]
@@ -185,7 +171,7 @@ async def test_twenty_vp8_720p_track_egresses(livekit_stack: DevStack, room_name
         for i in range(VIDEO_TRACKS):
             joins.enter_context(LkJoin(livekit_stack, room_name, f"cam{i:02d}", [clip]))
         async with livekit_stack.api() as lkapi:
-            tracks = await _tracks(lkapi, room_name, VIDEO_TRACKS, 1)
+            tracks = await published_tracks(lkapi, room_name, VIDEO_TRACKS, VIDEO, timeout=60)
             requests = [lk.TrackEgressRequest(room_name=room_name, track_id=sid,
                                               file=lk.DirectFileOutput(filepath=f"{sid}.webm"))
                         for sid in tracks]

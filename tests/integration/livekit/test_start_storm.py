@@ -23,22 +23,9 @@ from lkmedia.dev.lk import LkLoadTest
 from lkmedia.dev.stack import DevStack
 from lkmedia.probe import decode_errors, probe
 from lkmedia.testing.egress import TERMINAL, EgressServiceProcess, S, service_config_body, wait_egress
+from lkmedia.testing.rooms import published_tracks
 
 TRACKS = 10
-
-
-async def _audio_tracks(lkapi: api.LiveKitAPI, room: str, n: int, timeout: float = 30.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-            sids = sorted(t.sid for p in res.participants for t in p.tracks if t.type == 0)
-            if len(sids) >= n:
-                return sids[:n]
-        except api.TwirpError:
-            pass  # the room is not there yet
-        assert time.monotonic() < deadline, f"{n} audio tracks not published in {room} within {timeout:g} s"
-        await asyncio.sleep(0.25)
 
 
 def _track_request(room: str, sid: str, name: str) -> lk.TrackEgressRequest:
@@ -56,7 +43,7 @@ async def test_ten_track_egresses_started_and_stopped_together_ten_times_all_com
     with EgressServiceProcess(body, tmp_path / "w", name="w") as svc, \
             LkLoadTest(livekit_stack, room_name, video_publishers=0, audio_publishers=TRACKS):
         async with livekit_stack.api() as lkapi:
-            sids = await _audio_tracks(lkapi, room_name, TRACKS)
+            sids = sorted(await published_tracks(lkapi, room_name, TRACKS))[:TRACKS]
             for round_ in range(10):
                 infos = await asyncio.gather(*(lkapi.egress.start_track_egress(
                     _track_request(room_name, sid, f"r{round_}-{k}")) for k, sid in enumerate(sids)))
@@ -82,7 +69,7 @@ async def test_fifty_track_egress_calls_in_ten_seconds_are_all_answered_and_none
     with EgressServiceProcess(body, tmp_path / "w", name="w") as svc, \
             LkLoadTest(livekit_stack, room_name, video_publishers=0, audio_publishers=TRACKS):
         async with livekit_stack.api() as lkapi:
-            sids = await _audio_tracks(lkapi, room_name, TRACKS)
+            sids = sorted(await published_tracks(lkapi, room_name, TRACKS))[:TRACKS]
             errors: list[str] = []
             answers: list[lk.EgressInfo] = []
             slowest = 0.0
