@@ -224,10 +224,13 @@ class Subscriber:
         public one), makes that order not matter. ``receive`` runs once per receiver."""
         pc = self.pc
         assert pc is not None
+        transports = []
         for tr in pc.getTransceivers():
             rec = tr.receiver
-            if not isinstance(rec, EncodedReceiver) or rec.started or tr.currentDirection not in (
-                    "recvonly", "sendrecv"):
+            if not isinstance(rec, EncodedReceiver):
+                continue
+            transports.append(rec.transport)
+            if rec.started or tr.currentDirection not in ("recvonly", "sendrecv"):
                 continue
             dtls = rec.transport
             deadline = time.monotonic() + self.signal.connect_timeout
@@ -235,6 +238,7 @@ class Subscriber:
                 await asyncio.sleep(0.02)
             if dtls.state == "connected" and not rec.started and tr.receiver is rec:
                 await rec.receive(pc._RTCPeerConnection__remoteRtp(tr))  # type: ignore[attr-defined]
+        for dtls in {id(t): t for t in transports}.values():  # (one, bundled)
             if dtls.state == "connected" and fastpath.ENABLED:
                 fastpath.install(dtls)
 
