@@ -260,18 +260,18 @@ async def test_losses_repaired_with_nack(livekit_stack: DevStack, room_name: str
     from lkmedia.lkrtc.receiver import EncodedReceiver
 
     dropped = [0]
-    handle = EncodedReceiver._handle_rtp_packet
+    handle = EncodedReceiver.handle_rtp
 
-    async def lossy(self: EncodedReceiver, packet: Any, arrival_time_ms: int) -> None:
+    def lossy(self: EncodedReceiver, packet: Any) -> None:
         codec = self._codecs.get(packet.payload_type)
         # (from the first frame on: a packet before the first one seen cannot be asked for)
         if self.kind == "video" and self.frames and codec is not None and codec.name != "rtx" \
                 and packet.payload and packet.sequence_number % 12 == 5:
             dropped[0] += 1
             return
-        await handle(self, packet, arrival_time_ms)
+        handle(self, packet)
 
-    monkeypatch.setattr(EncodedReceiver, "_handle_rtp_packet", lossy)
+    monkeypatch.setattr(EncodedReceiver, "handle_rtp", lossy)  # (both ways in: aiortc's, the fast path)
     out = tmp_path / "lossy.webm"
     src, sent = await record_clip_video(livekit_stack, room_name, out, width=640, height=360, frames=150)
     rec = src.stats()["video.receiver"]
@@ -298,17 +298,35 @@ async def test_five_percent_loss_on_the_wire_is_repaired(livekit_stack: DevStack
 
     import aioice.ice
 
+    from lkmedia.lkrtc import fastpath
+
     rng = random.Random(5)
     dropped: dict[int, int] = {}
-    handle = aioice.ice.StunProtocol.datagram_received
 
-    def lossy(self: Any, data: bytes, addr: tuple[Any, ...]) -> None:
+    def lose(data: bytes) -> bool:
         if is_rtp(data) and rng.random() < 0.05:
             dropped[data[1] & 0x7F] = dropped.get(data[1] & 0x7F, 0) + 1
-            return
-        handle(self, data, addr)
+            return True
+        return False
+
+    slow = aioice.ice.StunProtocol.datagram_received
+
+    def lossy(self: Any, data: bytes, addr: tuple[Any, ...]) -> None:  # aioice's way in, until DTLS is up
+        if not lose(data):
+            slow(self, data, addr)
+
+    fast = fastpath._fast
+
+    def lossy_fast(slow_: Any, srtp: Any, router: Any) -> Any:  # the fast path's, from then on
+        inner = fast(slow_, srtp, router)
+
+        def receive(data: bytes, addr: Any) -> None:
+            if not lose(data):
+                inner(data, addr)
+        return receive
 
     monkeypatch.setattr(aioice.ice.StunProtocol, "datagram_received", lossy)
+    monkeypatch.setattr(fastpath, "_fast", lossy_fast)
     out = tmp_path / "wire.webm"
     src, sent = await record_clip_video(livekit_stack, room_name, out, width=640, height=360, frames=150)
     rec = src.stats()["video.receiver"]
