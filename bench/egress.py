@@ -54,6 +54,7 @@ PUBLISH_KBPS = 1700  # LiveKit's VideoPresets.h720 (1.7 Mbps at 30 fps)
 OPUS_KBPS = 32
 POLL = 0.02
 IDENTITY = "pub"
+H264_IDENTITY = "pub-h264"
 ROOM = "bench-egress"
 _TCK = os.sysconf("SC_CLK_TCK")
 
@@ -219,7 +220,7 @@ async def _wait_published(lkapi: Any, publisher: Child, timeout: float = 30.0) -
 
 
 async def _one_egress(lkapi: Any, svc: Child, tmp_dir: Path, seconds: float, i: int,
-                      track_id: str | None = None) -> dict[str, Any]:
+                      track_id: str | None = None, identity: str = IDENTITY) -> dict[str, Any]:
     """One participant egress (H264_720P_30 MP4), or with ``track_id`` one track egress
     (the track's codec family: VP8 -> WebM, Opus -> OGG, as published)."""
     from livekit.protocol import egress as lk
@@ -228,7 +229,7 @@ async def _one_egress(lkapi: Any, svc: Child, tmp_dir: Path, seconds: float, i: 
     terminal = (S.EGRESS_COMPLETE, S.EGRESS_FAILED, S.EGRESS_ABORTED, S.EGRESS_LIMIT_REACHED)
     cpu0, t0 = proc_cpu(svc.pid), time.monotonic()
     if track_id is None:
-        req = lk.ParticipantEgressRequest(room_name=ROOM, identity=IDENTITY, preset=lk.H264_720P_30,
+        req = lk.ParticipantEgressRequest(room_name=ROOM, identity=identity, preset=lk.H264_720P_30,
                                           file_outputs=[lk.EncodedFileOutput(file_type=lk.MP4,
                                                                              filepath=f"bench-{i}.mp4")])
         info = await lkapi.egress.start_participant_egress(req)
@@ -288,6 +289,7 @@ async def _one_egress(lkapi: Any, svc: Child, tmp_dir: Path, seconds: float, i: 
     fr = done.file_results[0] if done.file_results else None
     return {
         "egress_id": info.egress_id,
+        "details": done.details,
         "api_call_s": round(t_call - t0, 4),
         "to_active_s": round(t_active - t0, 4),
         "to_first_media_s": round(media["t"] - t0, 4),
@@ -333,7 +335,21 @@ async def _session(stack: Any, svc: Child, publisher: Child, tmp_dir: Path, seco
                     tracks[kind] = await _one_egress(lkapi, svc, tmp_dir, seconds, len(tracks), track_id=t.sid)
                     tracks[kind]["mime_type"] = t.mime_type
                     await asyncio.sleep(1.0)
-    return {"idle": idle, "runs": out, "tracks": tracks}
+        # Auto-passthrough: H.264 published at the output's size is remuxed. (The publisher
+        # must announce its size: `lk room join` publishes H.264 as 0x0, which is transcoded.)
+        from lkmedia.dev.publisher import PublisherProcess
+        from lkmedia.testing.rooms import wait_tracks
+
+        pub = PublisherProcess(stack.url, stack.token(H264_IDENTITY, ROOM), video_codec="h264", width=WIDTH,
+                               height=HEIGHT, fps=FPS, video_bitrate=PUBLISH_KBPS * 1000)
+        await pub.start()
+        try:
+            await wait_tracks(lkapi, ROOM, H264_IDENTITY, 2, timeout=30)
+            await asyncio.sleep(1.0)
+            passthrough = await _one_egress(lkapi, svc, tmp_dir, seconds, runs + 2, identity=H264_IDENTITY)
+        finally:
+            await pub.stop()
+    return {"idle": idle, "runs": out, "tracks": tracks, "passthrough": passthrough}
 
 
 # -- the peer --------------------------------------------------------------------------
@@ -490,38 +506,46 @@ def bench_egress(ctx: Any, row: Callable[..., Any]) -> list[Any]:
                                         f"{idle_rate:.3f} cpu s/s (over {res['idle']['wall']:.0f} s); "
                                         f"by thread, cpu s/s: {_by_thread(runs)}"))
     rows += _track_rows(ctx, row, res.get("tracks", {}), inp, work, seconds, idle_rate)
+    pt = res.get("passthrough")
+    if pt is not None:
+        media = pt["file_duration_s"] or pt["recording_wall_s"]
+        c = round((pt["cpu_job"] - idle_rate * pt["job_wall_s"]) / media, 4)
+        rows.append(row("egress/participant-passthrough-cpu", "CPU s per media s of a participant egress "
+                        "(H264_720P_30 MP4) whose publisher (livekit.rtc, another process) sends H.264 at "
+                        "1280x720: video remuxed as published, Opus -> AAC", "cpu s / s", lkmedia=c, goal="<= 0.1",
+                        status="pass" if c <= 0.1 and pt["details"].startswith("passthrough") else "fail",
+                        note=f"EgressInfo.details: {pt['details']!r}; API call -> COMPLETE minus idle"))
     return rows
 
 
 def _track_rows(ctx: Any, row: Callable[..., Any], tracks: dict[str, dict[str, Any]], inp: Path, work: Path,
                 seconds: float, idle_rate: float) -> list[Any]:
-    """Track egress: CPU per track against the ffmpeg CLI doing the same to a file. VP8 and
-    Opus tracks are written as published (lkmedia.lkrtc, no decode): the peer remuxes the
-    same stream (issue 12's goals: ratio <= 2; Opus also <= 0.016 CPU s per media s, 0.9 x
-    the Go egress's 0.018)."""
+    """Track egress: CPU per track against the ffmpeg CLI receiving the same stream live
+    (SRTP over loopback) and remuxing it (``peers.live_remux``). VP8 and Opus tracks are
+    written as published (lkmedia.lkrtc, no decode) (issue 12's goals: ratio <= 2; Opus
+    also <= 0.016 CPU s per media s, 0.9 x the Go egress's 0.018)."""
     rows = []
-    common = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(inp)]
-    peers_cmd = {
-        "video": [*common, "-map", "0:v", "-c:v", "copy", str(work / "ffmpeg_track.webm")],
-        "audio": [*common, "-map", "0:a", "-c:a", "copy", str(work / "ffmpeg_track.ogg")],
-    }
-    what = {"video": "VP8 track -> WebM as published (no decode; the peer remuxes the same VP8)",
-            "audio": "Opus track -> OGG as published (no decode; the peer remuxes the same Opus)"}
+    what = {"video": ("vp8", "VP8 track -> WebM as published (no decode; the peer receives the same VP8 and "
+                              "remuxes it)"),
+            "audio": ("opus", "Opus track -> OGG as published (no decode; the peer receives the same Opus and "
+                              "remuxes it)")}
     for kind in ("video", "audio"):
+        codec, label = what[kind]
         r = tracks.get(kind)
         if r is None:
-            rows.append(row(f"egress/track-{kind}-cpu", what[kind], "cpu s / s", status="error: no such track"))
+            rows.append(row(f"egress/track-{kind}-cpu", label, "cpu s / s", status="error: no such track"))
             continue
         media = r["file_duration_s"] or r["recording_wall_s"]
         r["cpu_per_media_s"] = round((r["cpu_job"] - idle_rate * r["job_wall_s"]) / media, 4)
-        ff = ctx.measure(peers_cmd[kind])
-        rw = row(f"egress/track-{kind}-cpu", f"CPU s per media s of one track egress: {what[kind]}",
-                 "cpu s / s", lkmedia=round(r["cpu_per_media_s"], 3), peer_name="ffmpeg CLI", status="info",
-                 note=f"{r['mime_type']}; API call -> COMPLETE minus idle; lkmedia includes the WebRTC receive"
-                      + " (SRTP, RTP, frame assembly), ffmpeg reads a file")
-        if ff.ok:
-            rw.peer = round(ff.cpu / seconds, 4)
-            rw.ratio = round(rw.lkmedia / rw.peer, 3) if rw.peer else None
+        peer = peers.live_remux(inp, codec, work / f"ffmpeg_track.{'webm' if kind == 'video' else 'ogg'}",
+                                max(seconds, 10))
+        rw = row(f"egress/track-{kind}-cpu", f"CPU s per media s of one track egress: {label}",
+                 "cpu s / s", lkmedia=round(r["cpu_per_media_s"], 3), peer_name="ffmpeg CLI (live SRTP in)",
+                 status="info", note=f"{r['mime_type']}; API call -> COMPLETE minus idle; both sides receive "
+                                     "SRTP and depacketize; lkmedia also does ICE, DTLS, RTCP and NACK")
+        if peer:
+            rw.peer = round(peer, 4)
+            rw.ratio = round(rw.lkmedia / rw.peer, 3)
         ok = rw.ratio is not None and rw.ratio <= 2
         rw.goal = "ratio <= 2" if kind == "video" else "ratio <= 2 and <= 0.016"
         rw.status = "pass" if ok and (kind == "video" or rw.lkmedia <= 0.016) else "fail"

@@ -6,6 +6,7 @@ once per run (and cached by their parameters) with the ffmpeg CLI.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -253,3 +254,59 @@ def versions() -> dict[str, Any]:
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+# -- the live remux peer (track egress) --------------------------------------------
+SRTP_SUITE = "AES_CM_128_HMAC_SHA1_80"  # WebRTC's default SRTP profile
+RTP_CODECS = {"vp8": ("video", 96, "VP8/90000"), "opus": ("audio", 111, "opus/48000/2")}
+
+
+def _free_udp_port() -> int:
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def live_remux(inp: Path, codec: str, out: Path, seconds: float, warmup: float = 3.0) -> float | None:
+    """CPU seconds per media second of the ffmpeg CLI receiving one ``codec`` stream of
+    ``inp`` live and writing it as it arrived (``-c copy``) into ``out``: what a track
+    egress does, less ICE and DTLS. A second ffmpeg sends it in real time (``-re``, looped)
+    as SRTP (WebRTC's default suite) to loopback UDP; only the receiver is measured, over
+    ``seconds`` after ``warmup`` s (its start-up and probing left out, as lkmedia's steady
+    window leaves out the job's). None if it received nothing."""
+    import base64
+
+    from bench.sampling import TreeSampler
+
+    media, pt, rtpmap = RTP_CODECS[codec]
+    port = _free_udp_port()
+    key = base64.b64encode(os.urandom(30)).decode()
+    sdp = out.with_suffix(".sdp")
+    sdp.write_text(f"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=peer\nc=IN IP4 127.0.0.1\nt=0 0\n"
+                   f"m={media} {port} RTP/SAVP {pt}\na=rtpmap:{pt} {rtpmap}\n"
+                   f"a=crypto:1 {SRTP_SUITE} inline:{key}\n")
+    quiet = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+    receiver = subprocess.Popen(
+        [*quiet, "-protocol_whitelist", "file,udp,rtp,srtp,crypto", "-i", str(sdp), "-map", "0", "-c", "copy",
+         "-t", f"{warmup + seconds + 2:g}", str(out)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(0.5)  # (bound before the first packet: VP8 starts at its key frame)
+    sender = subprocess.Popen(
+        [*quiet, "-re", "-stream_loop", "-1", "-i", str(inp), "-map", f"0:{media[0]}", "-c", "copy",
+         "-f", "rtp", "-payload_type", str(pt), "-srtp_out_suite", SRTP_SUITE, "-srtp_out_params", key,
+         f"srtp://127.0.0.1:{port}?pkt_size=1200"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        time.sleep(warmup)
+        sampler = TreeSampler(receiver.pid)
+        time.sleep(seconds)
+        cpu = sampler.stop()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            receiver.wait(20)  # (it ends its file itself, at -t)
+    finally:
+        for p in (sender, receiver):
+            if p.poll() is None:
+                _kill_group(p.pid)
+            p.wait()
+    return cpu / seconds if out.exists() and out.stat().st_size > 0 else None

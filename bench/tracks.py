@@ -13,7 +13,8 @@ job processes, ``jobs.light_per_process``), and two kinds of publisher in other 
 The figure is the service's whole process tree (service and job processes) over the
 steady window (every egress ACTIVE), less the same tree idle before the calls, per track
 per media second; memory is the tree's PSS at the end of the window less idle, per track.
-The peer is the ffmpeg CLI remuxing the same length of Opus (``-c:a copy``) into OGG.
+The peer is the ffmpeg CLI receiving one such Opus stream live (SRTP over loopback UDP, from
+a second ffmpeg sending in real time) and remuxing it into OGG (``peers.live_remux``).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ async def _scenario(stack: Any, work: Path, room: str, n: int, speech: bool, sec
     from bench.sampling import TreeSampler
     from lkmedia.dev.lk import LkLoadTest
     from lkmedia.testing.egress import TERMINAL, EgressServiceProcess, S, service_config_body, wait_egress
+    from lkmedia.testing.rooms import published_tracks
     from lkmedia.testing.whip import whip_client
 
     body = service_config_body(stack, CONFIG)
@@ -51,16 +53,7 @@ async def _scenario(stack: Any, work: Path, room: str, n: int, speech: bool, sec
             es.enter_context(LkLoadTest(stack, room, video_publishers=0, audio_publishers=n))
         svc = es.enter_context(EgressServiceProcess(body, work / f"svc-{room}", name=room))
         lkapi = await es.enter_async_context(stack.api())
-        deadline = time.monotonic() + 90
-        while True:
-            with contextlib.suppress(api.TwirpError):
-                res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-                sids = [t.sid for p in res.participants for t in p.tracks if t.type == 0]
-                if len(sids) >= n:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{n} audio tracks not published within 90 s")
-            await asyncio.sleep(0.5)
+        sids = list(await published_tracks(lkapi, room, n, timeout=90))
         await asyncio.sleep(3)  # the service's spare processes up, idle
         idle = TreeSampler(svc.proc.pid)  # type: ignore[union-attr]
         await asyncio.sleep(5)
@@ -106,10 +99,9 @@ def bench_tracks(ctx: Any, row: Any) -> list[Any]:
     with DevStack(workdir=work / "stack") as stack:
         silent = asyncio.run(_scenario(stack, work, "bench-tracks-silent", AUDIO_TRACKS, False, seconds))
         speech = asyncio.run(_scenario(stack, work, "bench-tracks-speech", SPEECH_TRACKS, True, seconds))
-    inp = make_vp8_input(ctx.cache, ctx.seconds)
-    peer = ctx.measure(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(inp),
-                        "-map", "0:a", "-c:a", "copy", str(work / "ffmpeg_track.ogg")])
-    peer_rate = peer.cpu / ctx.seconds if peer.ok else None
+    from bench.peers import live_remux
+
+    peer_rate = live_remux(make_vp8_input(ctx.cache, ctx.seconds), "opus", work / "ffmpeg_track.ogg", seconds)
     ctx.details["tracks"] = {"silent": silent, "speech": speech, "peer_cpu_per_s": peer_rate}
     rows = []
     for name, r, what in (("silent", silent, f"{AUDIO_TRACKS} `lk load-test` audio publishers (nearly silent)"),
@@ -118,7 +110,7 @@ def bench_tracks(ctx: Any, row: Any) -> list[Any]:
         ratio = c / peer_rate if peer_rate else None
         rows.append(row(f"tracks/audio-{name}-cpu", f"CPU s per media s per audio track egress, {r['tracks']} at once "
                         f"(the service's process tree, less idle): {what}", "cpu s / s", lkmedia=round(c, 4),
-                        peer_name="ffmpeg CLI remux", peer=round(peer_rate, 4) if peer_rate else None,
+                        peer_name="ffmpeg CLI (live SRTP in, remux)", peer=round(peer_rate, 4) if peer_rate else None,
                         ratio=round(ratio, 2) if ratio else None, goal=f"<= {GOAL_RATIO}",
                         status="pass" if ratio is not None and ratio <= GOAL_RATIO and c <= GOAL_CPU else "fail",
                         note=f"goal also <= {GOAL_CPU} (Go egress 0.018-0.021); {r['complete']} of {r['tracks']} "
