@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import pylibsrtp
@@ -30,19 +31,16 @@ _HEADER = struct.Struct("!BBHII")
 ENABLED = os.environ.get("LKMEDIA_RTP_FAST_PATH", "1") != "0"
 
 
+@dataclass(slots=True)
 class Rtp:
     """An RTP packet's fixed header and payload (what the receivers read of aiortc's RtpPacket)."""
 
-    __slots__ = ("marker", "payload", "payload_type", "sequence_number", "ssrc", "timestamp")
-
-    def __init__(self, marker: int, payload_type: int, sequence_number: int, timestamp: int, ssrc: int,
-                 payload: bytes) -> None:
-        self.marker = marker
-        self.payload_type = payload_type
-        self.sequence_number = sequence_number
-        self.timestamp = timestamp
-        self.ssrc = ssrc
-        self.payload = payload
+    marker: int
+    payload_type: int
+    sequence_number: int
+    timestamp: int
+    ssrc: int
+    payload: bytes
 
 
 def parse_rtp(data: bytes) -> Rtp:
