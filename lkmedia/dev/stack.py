@@ -13,6 +13,7 @@ started here as a private instance, never as the system service.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import shutil
@@ -46,17 +47,37 @@ class StackError(RuntimeError):
 PORT_RANGE = (20000, 32767)
 
 
+_GIVEN: set[int] = set()  # ports this process handed out (their servers may not be up yet)
+
+
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    """A port nobody uses right now, outside the kernel's ephemeral range."""
+    """A port nobody uses right now, outside the kernel's ephemeral range, never the same
+    one twice in a process (two asked for in a row, e.g. health and Prometheus, are bound
+    later: both could otherwise be the same). A TCP port is also tried on IPv6's ``::``,
+    where the services listen (CI: a service's Prometheus port was free on 127.0.0.1 and
+    in use there)."""
     for _ in range(200):
         port = random.randint(*PORT_RANGE)
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-            return port
+        if port in _GIVEN or not _bindable(kind, host, port):
+            continue
+        _GIVEN.add(port)
+        return port
     raise StackError(f"no free port in {PORT_RANGE[0]}-{PORT_RANGE[1]} after 200 tries")
+
+
+def _bindable(kind: int, host: str, port: int) -> bool:
+    tries = [(socket.AF_INET, host)]
+    if kind == socket.SOCK_STREAM and socket.has_ipv6:
+        tries.append((socket.AF_INET6, "::"))
+    for family, addr in tries:
+        with socket.socket(family, kind) as s:
+            try:
+                s.bind((addr, port))
+            except OSError as e:
+                if family == socket.AF_INET6 and e.errno == errno.EADDRNOTAVAIL:
+                    continue  # (no IPv6 here)
+                return False
+    return True
 
 
 def find_binary(name: str, *fallbacks: str) -> str:
