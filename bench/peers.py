@@ -261,13 +261,6 @@ SRTP_SUITE = "AES_CM_128_HMAC_SHA1_80"  # WebRTC's default SRTP profile
 RTP_CODECS = {"vp8": ("video", 96, "VP8/90000"), "opus": ("audio", 111, "opus/48000/2")}
 
 
-def _free_udp_port() -> int:
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def live_remux(inp: Path, codec: str, out: Path, seconds: float, warmup: float = 3.0) -> float | None:
     """CPU seconds per media second of the ffmpeg CLI receiving one ``codec`` stream of
     ``inp`` live and writing it as it arrived (``-c copy``) into ``out``: what a track
@@ -276,11 +269,13 @@ def live_remux(inp: Path, codec: str, out: Path, seconds: float, warmup: float =
     ``seconds`` after ``warmup`` s (its start-up and probing left out, as lkmedia's steady
     window leaves out the job's). None if it received nothing."""
     import base64
+    import socket
 
     from bench.sampling import TreeSampler
+    from lkmedia.dev.stack import free_port
 
     media, pt, rtpmap = RTP_CODECS[codec]
-    port = _free_udp_port()
+    port = free_port(socket.SOCK_DGRAM)
     key = base64.b64encode(os.urandom(30)).decode()
     sdp = out.with_suffix(".sdp")
     sdp.write_text(f"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=peer\nc=IN IP4 127.0.0.1\nt=0 0\n"

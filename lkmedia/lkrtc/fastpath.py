@@ -2,8 +2,8 @@
 
 aiortc takes every datagram through aioice (which first tries to parse it as STUN and
 catches the error), a queue, the DTLS transport's task, SRTP, a full RTP parse (header
-extensions included) and three coroutine calls. Once DTLS is up, ``install`` puts a function in front of the ICE connection's
-sockets' ``datagram_received``: an SRTP packet (not SRTCP) is unprotected with the DTLS
+extensions included) and three coroutine calls. Once DTLS is up, ``install`` puts a
+function in front of the ICE connection's sockets' ``datagram_received``: an SRTP packet (not SRTCP) is unprotected with the DTLS
 transport's own session, its fixed header read (``parse_rtp``: the receivers use no
 header extension) and handed to its ``EncodedReceiver.handle_rtp`` there and then. STUN,
 DTLS and SRTCP still go aiortc's way. A VP8 720p30 track (1.7 Mbps, ~200 packets a
