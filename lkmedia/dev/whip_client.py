@@ -52,6 +52,9 @@ def p256_certificate(directory: str) -> dict[str, str]:
     return paths
 
 
+_muxed: list[bool] = []  # (not empty once push has got a packet through: it is not tried again)
+
+
 def push(url: str, seconds: float, width: int = 640, height: int = 360, token: str | None = None,
          certificate: dict[str, str] | None = None) -> int:
     import logging
@@ -65,6 +68,7 @@ def push(url: str, seconds: float, width: int = 640, height: int = 360, token: s
     out = av.open(url, "w", format="whip", options=options, timeout=10)
     sent_path = os.environ.get("LKM_WHIP_SENT")
     sent = None
+    _muxed.clear()
     video = not os.environ.get("LKM_WHIP_AUDIO_ONLY")
     try:
         v = out.add_stream("libx264", rate=30, options={
@@ -79,6 +83,7 @@ def push(url: str, seconds: float, width: int = 640, height: int = 360, token: s
             if sent is not None:
                 sent.writelines(hashlib.sha1(bytes(p)).hexdigest() + "\n" for p in packets)
             out.mux(packets)
+            _muxed.append(True)
 
         t0 = time.monotonic()
         i = s = 0
@@ -111,17 +116,17 @@ def main() -> int:
     size = sys.argv[3] if len(sys.argv) > 3 else "640x360"
     w, h = (int(x) for x in size.split("x"))
     # FFmpeg's WHIP muxer reads only the first candidate of the answer and fails when it is
-    # a TCP one, which livekit-server's own endpoint lists first now and then: that fails at
-    # once, before anything is sent, and is tried again (twice at most).
-    for attempt in range(3):
-        t0 = time.monotonic()
+    # a TCP one, which livekit-server's own endpoint lists first now and then: that fails
+    # before anything is sent, and is tried again (4 times at most; under load the failure
+    # can take longer than the 3 s an earlier bound allowed).
+    for attempt in range(5):
         try:
             with tempfile.TemporaryDirectory(prefix="whip-client-") as d:
                 cert = p256_certificate(d) if os.environ.get("LKM_WHIP_P256") else None
                 frames = push(sys.argv[1], float(sys.argv[2]), w, h, os.environ.get("LKM_WHIP_TOKEN"), cert)
             break
         except (av.FFmpegError, OSError) as e:
-            if attempt < 2 and time.monotonic() - t0 < 3:
+            if attempt < 4 and not _muxed:
                 print(f"whip_client: {e}: trying again", file=sys.stderr)
                 continue
             print(f"whip_client: {e}", file=sys.stderr)
