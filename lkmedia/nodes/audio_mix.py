@@ -7,8 +7,9 @@ zeroed: that part of the ring is the far future now). A silent,
 late or departed participant never stalls the mix.
 
 Non-live (files, tests): a window is emitted once every active input has data covering
-it or is at EOS. Live: the window [t, t+frame) is emitted at graph-clock time
-t + latency with whatever arrived; data for a window already emitted is dropped and
+it or is at EOS. Live: the window [t, t+frame) is mixed at graph-clock time
+t + latency or a little later (windows go out in batches of ``_LIVE_WINDOWS``, once the
+last is due) with whatever arrived by then; data for a window already emitted is dropped and
 counted in ``late_dropped``; what never arrived is silence.
 """
 from __future__ import annotations
@@ -37,6 +38,9 @@ _READ_AHEAD = 1.0
 _BATCH_WINDOWS = 50
 #: Batches at least this long are mixed on the node's thread.
 _OFFLOAD_WINDOWS = 8
+#: Live: windows are emitted this many at a time, once the last of them is due: one
+#: wake-up, mix and encoder hop per ~85 ms instead of per window (for that much more latency).
+_LIVE_WINDOWS = 4
 #: Live: an input whose first timestamp is this far (seconds) from the graph clock is
 #: re-based so that its first frame lands at its arrival time.
 _REBASE_SECONDS = 1.0
@@ -494,13 +498,14 @@ class AudioMixer(Node):
                 return
             # Window [t, t+F) is due at clock time t + latency, whatever has arrived.
             late_by = int((now - self.latency) * sr) - self._out_t
-            if late_by >= 0:
+            ahead = (_LIVE_WINDOWS - 1) * F if end is None else 0
+            if late_by >= ahead:
                 span = min(late_by // F + 1, _BATCH_WINDOWS) * F
                 if end is not None:
                     span = min(span, end - self._out_t)
                 await self._emit_span(span)
                 continue
-            deadline = self._out_t / sr + self.latency
+            deadline = (self._out_t + ahead) / sr + self.latency
             await self._waiter.wait([], max(0.0, deadline - clock.now()))
 
     def stats(self) -> dict[str, Any]:

@@ -162,6 +162,8 @@ class Decoder(Processor):
             return
         self._kind = caps.media
         self._codec = caps.codec
+        # An audio packet decodes in tens of microseconds, less than the hop to a thread costs.
+        self.threaded = caps.media != "audio"
         self.outputs["out"].caps = Caps(
             caps.media, width=caps.width, height=caps.height, fps=caps.fps,
             sample_rate=caps.sample_rate, layout=caps.layout)
