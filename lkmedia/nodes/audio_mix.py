@@ -498,7 +498,9 @@ class AudioMixer(Node):
                 return
             # Window [t, t+F) is due at clock time t + latency, whatever has arrived.
             late_by = int((now - self.latency) * sr) - self._out_t
-            ahead = (_LIVE_WINDOWS - 1) * F if end is None else 0
+            ahead = (_LIVE_WINDOWS - 1) * F  # (to the last window before the end, once stopping)
+            if end is not None:
+                ahead = max(0, min(ahead, end - self._out_t - F))
             if late_by >= ahead:
                 span = min(late_by // F + 1, _BATCH_WINDOWS) * F
                 if end is not None:

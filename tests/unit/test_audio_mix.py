@@ -329,6 +329,15 @@ async def test_live_stalled_input_keeps_the_mix_on_time() -> None:
     assert not got[SR // 5:].any()  # then silence, on time
 
 
+async def test_live_windows_go_out_a_few_at_a_time() -> None:
+    """One wake-up (and one encoder hop after it) per few windows, not per window: the
+    10 ms windows arrive in bursts (a burst's windows within a few ms of each other)."""
+    _mix, out = await run_live(0.8, PcmSource(tone(440, 8000, 10 * SR), live=True), latency=0.1)
+    check_contiguous(out.frames)
+    bursts = 1 + sum(b - a > 0.005 for a, b in zip(out.arrivals, out.arrivals[1:]))
+    assert len(out.frames) >= 50 and bursts <= len(out.frames) / 3, (len(out.frames), bursts)
+
+
 async def test_live_with_no_inputs_emits_silence() -> None:
     _mix, out = await run_live(0.5)
     check_contiguous(out.frames)
