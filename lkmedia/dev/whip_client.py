@@ -52,7 +52,8 @@ def p256_certificate(directory: str) -> dict[str, str]:
     return paths
 
 
-_muxed: list[bool] = []  # (not empty once push has got a packet through: it is not tried again)
+class NothingSent(Exception):
+    """push failed before a packet got through (worth trying again)."""
 
 
 def push(url: str, seconds: float, width: int = 640, height: int = 360, token: str | None = None,
@@ -65,10 +66,13 @@ def push(url: str, seconds: float, width: int = 640, height: int = 360, token: s
     gen = SyntheticSource(width=width, height=height, fps=30, sample_rate=48_000, channels=2,
                           audio_frame_samples=960)
     options = {**({"authorization": token} if token else {}), **(certificate or {})}
-    out = av.open(url, "w", format="whip", options=options, timeout=10)
+    try:
+        out = av.open(url, "w", format="whip", options=options, timeout=10)
+    except (av.FFmpegError, OSError) as e:
+        raise NothingSent(str(e)) from e
     sent_path = os.environ.get("LKM_WHIP_SENT")
     sent = None
-    _muxed.clear()
+    muxed = False
     video = not os.environ.get("LKM_WHIP_AUDIO_ONLY")
     try:
         v = out.add_stream("libx264", rate=30, options={
@@ -80,10 +84,11 @@ def push(url: str, seconds: float, width: int = 640, height: int = 360, token: s
         sent = open(sent_path, "w") if sent_path else None  # noqa: SIM115 (closed below)
 
         def audio(packets: list[av.Packet]) -> None:
+            nonlocal muxed
             if sent is not None:
                 sent.writelines(hashlib.sha1(bytes(p)).hexdigest() + "\n" for p in packets)
             out.mux(packets)
-            _muxed.append(True)
+            muxed = True
 
         t0 = time.monotonic()
         i = s = 0
@@ -102,6 +107,10 @@ def push(url: str, seconds: float, width: int = 640, height: int = 360, token: s
         if v is not None:
             out.mux(v.encode(None))
         audio(a.encode(None))
+    except (av.FFmpegError, OSError) as e:
+        if not muxed:
+            raise NothingSent(str(e)) from e
+        raise
     finally:
         out.close()
         if sent is not None:
@@ -125,8 +134,8 @@ def main() -> int:
                 cert = p256_certificate(d) if os.environ.get("LKM_WHIP_P256") else None
                 frames = push(sys.argv[1], float(sys.argv[2]), w, h, os.environ.get("LKM_WHIP_TOKEN"), cert)
             break
-        except (av.FFmpegError, OSError) as e:
-            if attempt < 4 and not _muxed:
+        except (NothingSent, av.FFmpegError, OSError) as e:
+            if attempt < 4 and isinstance(e, NothingSent):
                 print(f"whip_client: {e}: trying again", file=sys.stderr)
                 continue
             print(f"whip_client: {e}", file=sys.stderr)
