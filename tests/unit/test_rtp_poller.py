@@ -1,0 +1,92 @@
+"""The receive fast path's poller: sockets read every POLL_INTERVAL s, all at once,
+instead of a wake-up of the event loop per datagram (real UDP sockets on loopback)."""
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from lkmedia.lkrtc import fastpath
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.batches: list[list[bytes]] = []
+        self.errors: list[Exception] = []
+        self._batch: list[bytes] | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.batches.append([data]) if self._batch is None else self._batch.append(data)
+
+    def error_received(self, exc: Exception) -> None:
+        self.errors.append(exc)
+
+
+async def _endpoint() -> tuple[Any, _Protocol, int]:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(_Protocol, local_addr=("127.0.0.1", 0))
+    return transport, protocol, transport.get_extra_info("sockname")[1]
+
+
+async def test_datagrams_wait_for_the_poll_and_are_read_together() -> None:
+    transport, protocol, port = await _endpoint()
+    other, other_protocol, other_port = await _endpoint()
+    poller = fastpath._Poller.get()
+    polls, before = poller.polls, poller.datagrams
+    assert poller.add(protocol) and poller.add(other_protocol)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for i in range(20):
+            tx.sendto(b"a%d" % i, ("127.0.0.1", port))
+            tx.sendto(b"b%d" % i, ("127.0.0.1", other_port))
+        await asyncio.sleep(0.005)
+        # the loop no longer watches the sockets: nothing before the poll ...
+        assert protocol.batches == [] and other_protocol.batches == []
+        await asyncio.sleep(fastpath.POLL_INTERVAL * 2)
+        # ... then every datagram of both, in order, in one poll
+        assert [b for (b,) in protocol.batches] == [b"a%d" % i for i in range(20)]
+        assert [b for (b,) in other_protocol.batches] == [b"b%d" % i for i in range(20)]
+        assert poller.datagrams - before == 40
+        assert poller.polls - polls <= 3
+    finally:
+        tx.close()
+        transport.close()
+        other.close()
+    await asyncio.sleep(fastpath.POLL_INTERVAL * 2)
+    # closed transports leave the poller, which then stops ticking
+    assert poller.entries == [] and poller.handle is None
+
+
+async def test_a_socket_error_goes_to_the_protocol_and_polling_goes_on() -> None:
+    transport, protocol, port = await _endpoint()
+    poller = fastpath._Poller.get()
+    assert poller.add(protocol)
+    try:
+        # a datagram to a closed port comes back as ICMP: recvfrom on a connected socket raises
+        dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dead.bind(("127.0.0.1", 0))
+        dead_port = dead.getsockname()[1]
+        dead.close()
+        transport._sock.connect(("127.0.0.1", dead_port))
+        transport._sock.send(b"x")
+        await asyncio.sleep(fastpath.POLL_INTERVAL * 2)
+        assert [type(e) for e in protocol.errors] == [ConnectionRefusedError]
+        assert poller.handle is not None  # still polling
+        transport._sock.connect(("127.0.0.1", port))  # (connected to itself)
+        transport._sock.send(b"y")
+        await asyncio.sleep(fastpath.POLL_INTERVAL * 2)
+        assert protocol.batches == [[b"y"]]
+    finally:
+        transport.close()
+    await asyncio.sleep(fastpath.POLL_INTERVAL * 2)
+    assert poller.handle is None
+
+
+async def test_a_closed_transport_is_not_taken() -> None:
+    transport, protocol, _ = await _endpoint()
+    transport.close()
+    assert not fastpath._Poller.get().add(protocol)
