@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiortc.codecs.h264 import H264PayloadDescriptor
-from aiortc.codecs.vpx import VpxPayloadDescriptor
 
 from .clock import unwrap
 
@@ -84,12 +83,38 @@ def _h264_key(payload: bytes) -> bool:
     return nal in (H264_IDR, H264_SPS)
 
 
+def vp8_payload(payload: bytes) -> tuple[bytes, bool]:
+    """(the VP8 data, starts a frame) of one packet: its payload descriptor (RFC 7741
+    section 4.2) skipped. What aiortc's ``VpxPayloadDescriptor.parse`` reads, without
+    building the descriptor (this runs for every video packet)."""
+    n = len(payload)
+    if n < 1:
+        raise ValueError("VPX descriptor is too short")
+    b0 = payload[0]
+    pos = 1
+    if b0 & 0x80:  # X: extended control bits
+        if n < 2:
+            raise ValueError("VPX descriptor has truncated extended bits")
+        x = payload[1]
+        pos = 2
+        if x & 0x80:  # I: a picture id, 7 or 15 bits
+            if n < 3 or (payload[2] & 0x80 and n < 4):
+                raise ValueError("VPX descriptor has truncated PictureID")
+            pos += 2 if payload[2] & 0x80 else 1
+        if x & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if x & 0x30:  # T or K: one byte for both
+            pos += 1
+        if n < pos:
+            raise ValueError("VPX descriptor is truncated")
+    return payload[pos:], (b0 & 0x1F) == 0x10  # S set, partition 0
+
+
 def depayload(codec: str, payload: bytes) -> tuple[bytes, bool, bool]:
     """(data, starts a frame, starts a key frame) for one packet of ``codec``
     ("opus", "vp8", "h264"); raises ValueError for a malformed payload."""
     if codec == "vp8":
-        desc, data = VpxPayloadDescriptor.parse(payload)
-        start = bool(desc.partition_start) and desc.partition_id == 0
+        data, start = vp8_payload(payload)
         return data, start, start and bool(data) and not data[0] & 1
     if codec == "h264":
         hdesc, data = H264PayloadDescriptor.parse(payload)

@@ -298,3 +298,26 @@ def test_parse_rtp_reads_what_aiortc_writes() -> None:
     for bad in (data[:11], b"\x40" + data[1:], data[:14]):
         with pytest.raises(ValueError):
             parse_rtp(bad)
+
+
+def test_vp8_payload_reads_what_aiortcs_descriptor_parser_reads() -> None:
+    import random
+
+    from aiortc.codecs.vpx import VpxPayloadDescriptor
+
+    from lkmedia.lkrtc.frames import vp8_payload
+
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(20000):
+        payload = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 7)))
+        try:
+            desc, data = VpxPayloadDescriptor.parse(payload)
+        except ValueError:
+            with pytest.raises(ValueError):
+                vp8_payload(payload)
+            continue
+        start = bool(desc.partition_start) and desc.partition_id == 0
+        assert vp8_payload(payload) == (data, start), payload.hex()
+        checked += 1
+    assert checked > 10000
