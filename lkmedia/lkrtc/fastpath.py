@@ -19,21 +19,26 @@ Polling. A live track sends its packets one by one (an Opus track 50 a second, p
 and a wake-up of the event loop per datagram (epoll, the loop's turn, the transport's
 read) costs more than what is done with the packet, which itself runs several times
 slower alone than in a run of packets (cold caches). So once the fast path is in place
-the loop no longer watches these sockets: every ``POLL_INTERVAL`` s (40 ms) one timer
-reads every subscriber socket of the loop until it is empty, and handles what it read
-in one go. Ten Opus tracks in one process received: 0.0089 -> 0.0039 CPU s per media s
-a track (``python3 -m bench.encoded_sub --tracks 10 --sink none``). The cost is up to
-40 ms more latency on receipt (a recorder's NACKs go out that much later; the
-assembler waits 0.2 s for audio, 0.5 s for video), and the arrival times the jitter in
-receiver reports is computed from are the poll's. ``LKMEDIA_RTP_POLL=0`` keeps a wake-up
-per datagram. The socket's buffer holds far more than 40 ms of any track (212 KB by
-default, about 100 full-size packets).
+the loop no longer watches these sockets: every ``POLL_INTERVAL`` s (0.1 s) one timer
+reads every subscriber socket of the loop until it is empty, and handles what it read in
+one go. Ten Opus tracks in one process into OGG files (``python3 -m bench.encoded_sub
+--tracks 10``): 0.0096 CPU s per media s a track with a wake-up per datagram, 0.0055
+polled every 40 ms, 0.0045 every 0.1 s; one VP8 720p track 0.021-0.023 -> 0.014. The
+cost is up to 0.1 s more latency on receipt: a hole is seen, and its retransmission
+read, that much later (the receiver's NACK retry and the time a hole may hold frames
+back allow for it), and the arrival times the jitter in receiver reports is computed
+from are the poll's. ``LKMEDIA_RTP_POLL`` sets the interval (0: a wake-up per
+datagram). The sockets' receive buffers are raised to ``RECEIVE_BUFFER`` (where the
+system allows: net.core.rmem_max) so that a poll interval of a high-bitrate track, or a
+busy moment of the loop, fits in them many times over.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 import struct
 import weakref
 from dataclasses import dataclass
@@ -45,7 +50,8 @@ log = logging.getLogger("lkmedia.lkrtc.fastpath")
 
 _HEADER = struct.Struct("!BBHII")
 ENABLED = os.environ.get("LKMEDIA_RTP_FAST_PATH", "1") != "0"
-POLL_INTERVAL = float(os.environ.get("LKMEDIA_RTP_POLL", "0.04"))  # 0: a wake-up per datagram
+RECEIVE_BUFFER = 1 << 20
+POLL_INTERVAL = float(os.environ.get("LKMEDIA_RTP_POLL", "0.1"))  # 0: a wake-up per datagram
 
 
 @dataclass(slots=True)
@@ -160,6 +166,9 @@ class _Poller:
         remove = getattr(self.loop, "_remove_reader", None)
         if transport is None or sock is None or remove is None or transport.is_closing():
             return False
+        with contextlib.suppress(OSError):
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < RECEIVE_BUFFER:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         remove(sock.fileno())   # (the transport keeps its socket; the loop no longer watches it)
         self.entries.append((transport, sock, protocol))
         if self.handle is None:

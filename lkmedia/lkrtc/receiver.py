@@ -40,7 +40,7 @@ from aiortc.rtp import (
 from aiortc.stats import RTCStatsReport
 
 from .clock import StreamClock
-from .fastpath import unwrap_rtx
+from .fastpath import POLL_INTERVAL, unwrap_rtx
 from .frames import EncodedFrame, FrameAssembler, Unit, depayload, is_blank
 
 log = logging.getLogger("lkmedia.lkrtc.receiver")
@@ -48,12 +48,14 @@ log = logging.getLogger("lkmedia.lkrtc.receiver")
 CODECS = {"opus": "opus", "vp8": "vp8", "h264": "h264"}  # RTP name (lower case) -> ours
 RR_INTERVAL = 1.0
 BUSY_TICK = 0.04         # how often holes and NACKs are looked at while there are any
-NACK_RETRY = 0.08        # a missing packet is asked again after this long ...
+# (the fast path reads the sockets every POLL_INTERVAL s: a hole is seen, and its
+# retransmission read, up to that much later)
+NACK_RETRY = 0.08 + POLL_INTERVAL  # a missing packet is asked again after this long ...
 NACK_TRIES = 4           # ... this many times at most
 MAX_MISSING = 512        # more missing than this at once: ask for a key frame instead
 PLI_INTERVAL = 0.5
-VIDEO_MAX_WAIT = 0.5     # how long a hole may hold frames back (NACK's time to repair it)
-AUDIO_MAX_WAIT = 0.2
+VIDEO_MAX_WAIT = 0.5 + POLL_INTERVAL  # how long a hole may hold frames back (NACK's time to repair it)
+AUDIO_MAX_WAIT = 0.2 + POLL_INTERVAL
 
 FrameHandler = Callable[[EncodedFrame], None]
 

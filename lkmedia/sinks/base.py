@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import av
@@ -35,6 +36,14 @@ class PacketSink(Sink):
     #: Seconds to wait for more after a packet that came alone, so that the thread hop per
     #: write carries several (a live Opus track sends 50 a second, each alone). 0: none.
     linger = 0.0
+    #: Write batches on the event loop rather than the sink's thread: for a sink whose
+    #: writes are quick (a local file: a muxer's buffer, now and then a write(2) into the
+    #: page cache). A live track's batch is a few small packets, and the thread hop per
+    #: batch (a future, a wake-up, the GIL passed back and forth) costs far more than
+    #: writing it. A write that takes longer than ``slow_write`` s (a slow disk) puts the
+    #: sink back on its thread for good.
+    inline_writes = False
+    slow_write = 0.02
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(name)
@@ -190,7 +199,7 @@ class PacketSink(Sink):
                             if nxt is None or nxt is EOS:
                                 break
                             batch.append(nxt)
-                    await self.offload(self._write, batch)
+                    await self._write_batch(batch)
                 for q in [q for q in live if q.eos]:
                     live.remove(q)
                     await self.offload(self.stream_ended, templates[q])
@@ -206,6 +215,17 @@ class PacketSink(Sink):
                     log.error("%s: abort did not complete", self.name)
                 except Exception:
                     log.exception("%s: abort failed", self.name)
+
+    async def _write_batch(self, batch: list[av.Packet]) -> None:
+        if not self.inline_writes:
+            await self.offload(self._write, batch)
+            return
+        t0 = time.monotonic()
+        self._write(batch)
+        took = time.monotonic() - t0
+        if took > self.slow_write:
+            self.inline_writes = False
+            log.info("%s: a write took %.0f ms: writing on the sink's thread from now on", self.name, took * 1000)
 
     @property
     def duration(self) -> float:

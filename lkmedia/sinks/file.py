@@ -84,6 +84,7 @@ class FileSink(PacketSink):
     """
 
     linger = 0.1  # (a file: writes may wait a little; its fragments are 0.5 s anyway)
+    inline_writes = True
 
     def __init__(
         self,

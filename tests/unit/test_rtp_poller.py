@@ -38,6 +38,10 @@ async def test_datagrams_wait_for_the_poll_and_are_read_together() -> None:
     poller = fastpath._Poller.get()
     polls, before = poller.polls, poller.datagrams
     assert poller.add(protocol) and poller.add(other_protocol)
+    # (the receive buffer is raised as far as the system allows)
+    rcvbuf = transport._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    with open("/proc/sys/net/core/rmem_max") as f:
+        assert rcvbuf >= min(fastpath.RECEIVE_BUFFER, int(f.read()))
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         for i in range(20):

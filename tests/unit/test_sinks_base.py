@@ -89,3 +89,58 @@ async def test_a_packet_that_goes_back_in_time_is_dropped_and_the_rest_written(t
     assert sink.stats()["backwards"] == 1 and sink.packets == 50
     audio = probe(str(tmp_path / "a.ogg")).stream("audio")
     assert audio.codec == "opus" and audio.frames == 50, audio
+
+
+class _Timed(FileSink):
+    """A FileSink that notes the thread of each write, and can make the n-th one slow."""
+
+    def __init__(self, path: str, slow_at: int | None = None) -> None:
+        super().__init__(path)
+        self.threads: list[str] = []
+        self.slow_at = slow_at
+
+    def write(self, packets: list[av.Packet]) -> None:
+        import threading
+        import time
+
+        self.threads.append(threading.current_thread().name)
+        if len(self.threads) == self.slow_at:
+            time.sleep(self.slow_write * 2)
+        super().write(packets)
+
+
+class _Paced(OpusPackets):
+    async def run(self) -> None:
+        template = Template("opus", rate=48000, extradata=opus_head(1), layout="mono")
+        for pts in self.pts:
+            p = av.Packet(bytes([0xF8, 0xFF, 0xFE]))
+            p.pts = p.dts = pts
+            p.duration = 960
+            p.time_base = fractions.Fraction(1, 48000)
+            p.stream = template.stream
+            await self.emit(p)
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("slow_at", [None, 3])
+async def test_a_file_is_written_on_the_loop_until_a_write_is_slow(tmp_path: Path, slow_at: int | None) -> None:
+    """A live track's batches are written on the event loop (no thread hop per batch); a
+    write slower than slow_write puts the sink back on its thread for the rest."""
+    import threading
+
+    g = Graph(stop_timeout=5)
+    sink = _Timed(str(tmp_path / "a.ogg"), slow_at=slow_at)
+    g.chain(_Paced([k * 960 for k in range(60)]), sink)
+    errors = await asyncio.wait_for(g.run(), 20)
+    assert not errors, errors
+    loop_thread = threading.current_thread().name
+    assert len(sink.threads) >= 4  # (the first packets, then batches of ~0.1 s)
+    assert sink.threads[0] != loop_thread  # (the first write opens the file: on the sink's thread)
+    if slow_at is None:
+        assert set(sink.threads[1:]) == {loop_thread}
+        assert sink.inline_writes
+    else:
+        assert set(sink.threads[1:slow_at]) == {loop_thread}
+        assert loop_thread not in sink.threads[slow_at:] and not sink.inline_writes
+    audio = probe(str(tmp_path / "a.ogg")).stream("audio")
+    assert audio.frames == 60, audio

@@ -17,6 +17,7 @@ from livekit import rtc
 
 from lkmedia.core import Graph, GraphError
 from lkmedia.dev.stack import DevStack
+from lkmedia.lkrtc import fastpath
 from lkmedia.probe import av_offsets, decode_errors, probe
 from lkmedia.sinks.file import FileSink
 from lkmedia.sources.livekit_encoded import EncodedTrackSource
@@ -194,6 +195,9 @@ async def record_clip_video(stack: DevStack, room: str, out: Path, *, width: int
             assert first < 300, f"nothing forwarded after {first} frames: {src.stats()}"
             await send_video(vsrc, 1, width, height, first=first)
             first += 1
+        # (what was sent so far is read within a poll of the sockets: let it all arrive,
+        # so that the counts below are of the same frames)
+        await asyncio.sleep(2 * fastpath.POLL_INTERVAL + 0.1)
         before, received_before = await pub.sent("video"), received()
         await send_video(vsrc, frames, width, height, first=first)
         await asyncio.sleep(0.5)
