@@ -76,7 +76,7 @@ async def main(seconds: float, tracks: int, sink: str, warmup: float, kind: str)
             for i, ident in enumerate(identities):
                 src = EncodedTrackSource(stack.url, stack.token(f"egress{i}", "bench"),
                                          participant_identity=ident, kind=kind, ice_servers=[])
-                g.link(src, FileSink(f"{tmp}/t{i}.{ext}") if sink == "file" else DropSink())
+                g.link(src, FileSink(f"{tmp}/t{i}.{ext}", inline_writes=True) if sink == "file" else DropSink())
                 sources.append(src)
             run = asyncio.create_task(g.run())
             await asyncio.sleep(warmup)

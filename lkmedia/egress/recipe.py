@@ -253,7 +253,7 @@ def _track(cfg: EgressConfig, r: Recipe, out_dir: str, f: dict[str, str | None],
         # The publisher's own packets, remuxed: the file sink is the input.
         cfg.file.file_type = TRACK_PASSTHROUGH[(codec or "").lower()]
         path = render_filename(cfg.file.filepath, f, cfg.file.file_type, out_dir, now=now)
-        remux = FileSink(path, name="file", start_at_zero=True)
+        remux = FileSink(path, name="file", start_at_zero=True, inline_writes=True)
         g.add(remux)
         r.passthrough = True
         if kind == "video":

@@ -80,11 +80,14 @@ class FileSink(PacketSink):
     is a ~100-byte moof per fragment, and finalisation removes them anyway.
     finalize: on a clean close, remux a fragmented MP4 into a regular faststart MP4
     (the fragmented file is kept, and the failure logged, if that fails).
+    inline_writes: write on the event loop (PacketSink.inline_writes), for a light job
+    whose packets come a few at a time (a track egress written as published). Not where
+    encoders feed the file: measured on a participant egress at 720p30, writing its
+    x264 output on the loop cost 0.05 CPU s per media s more than on the sink's thread.
     ``result`` (after close): a FileResult. ``stats()`` works while recording.
     """
 
     linger = 0.1  # (a file: writes may wait a little; its fragments are 0.5 s anyway)
-    inline_writes = True
 
     def __init__(
         self,
@@ -94,9 +97,11 @@ class FileSink(PacketSink):
         fragment_seconds: float = 0.5,
         finalize: bool = True,
         start_at_zero: bool = False,
+        inline_writes: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
+        self.inline_writes = inline_writes
         self.start_at_zero = start_at_zero
         self._shift: float | None = None  # seconds taken off every timestamp (start_at_zero)
         self.path = os.path.abspath(os.fspath(path))

@@ -95,7 +95,7 @@ class _Timed(FileSink):
     """A FileSink that notes the thread of each write, and can make the n-th one slow."""
 
     def __init__(self, path: str, slow_at: int | None = None) -> None:
-        super().__init__(path)
+        super().__init__(path, inline_writes=True)
         self.threads: list[str] = []
         self.slow_at = slow_at
 

@@ -181,7 +181,7 @@ async def record_clip_video(stack: DevStack, room: str, out: Path, *, width: int
     g = Graph()
     src = EncodedTrackSource(stack.url, stack.token("egress", room), participant_identity="clip",
                              kind="video", wait_timeout=20)
-    g.link(src, FileSink(out, start_at_zero=True))
+    g.link(src, FileSink(out, start_at_zero=True, inline_writes=True))  # (as a track egress writes)
     async with running(g) as task, ClipPublisher(stack.url, stack.token("clip", room)) as pub:
         vsrc = await pub.publish_video(width, height, codec)
         await wait_receiving(src, "video")
