@@ -80,6 +80,7 @@ class EncodedReceiver:
         self.clock: StreamClock | None = None
         self.ssrc: int | None = None         # the media SSRC (not RTX)
         self._codecs: dict[int, RTCRtpCodecParameters] = {}
+        self._names: dict[int, str] = {}     # payload type -> codec name, lower case
         self._rtx: dict[int, int] = {}       # RTX SSRC -> media SSRC
         self._nack = False
         self._asm = FrameAssembler(every_packet=kind == "audio", keyframes=kind == "video",
@@ -139,6 +140,7 @@ class EncodedReceiver:
         for codec in parameters.codecs:
             assert codec.payloadType is not None
             self._codecs[codec.payloadType] = codec
+            self._names[codec.payloadType] = codec.name.lower()  # (a property that splits the MIME type)
         if not any(c.name.lower() in CODECS for c in parameters.codecs):
             raise ValueError(f"no codec we can receive among {[str(c) for c in parameters.codecs]}")
         for enc in parameters.encodings:
@@ -181,28 +183,28 @@ class EncodedReceiver:
     # -- RTP in ----------------------------------------------------------------
     def _media(self, packet: Any) -> Any:
         """The media packet (an RTX one unwrapped) of this track's codec, else None."""
-        codec = self._codecs.get(packet.payload_type)
-        if codec is None:
+        name = self._names.get(packet.payload_type)
+        if name is None:
             return None
-        if codec.name == "rtx":
+        if name == "rtx":
+            codec = self._codecs[packet.payload_type]
             apt = codec.parameters.get("apt")
             media_ssrc = self._rtx.get(packet.ssrc, self.ssrc)
             if len(packet.payload) < 2 or not isinstance(apt, int) or apt not in self._codecs or media_ssrc is None:
                 return None
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=media_ssrc)
-            codec = self._codecs[apt]
+            name = self._names[apt]
             self.rtx_packets += 1
         elif self.ssrc is None:
             self.ssrc = packet.ssrc
         elif packet.ssrc != self.ssrc:
             return None  # a second stream on one receiver: not ours to mix in
-        name = codec.name.lower()
         if self.codec is None:
             # the server offers every codec of the room and sends the one published: what
             # the first packet carries is the track's codec
             if name not in CODECS:
                 return None
-            self._start_codec(codec)
+            self._start_codec(self._codecs[packet.payload_type])
         elif CODECS.get(name) != self.codec:
             self.bad_packets += 1
             return None

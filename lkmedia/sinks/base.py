@@ -91,8 +91,12 @@ class PacketSink(Sink):
         for p in packets:
             self.packets += 1
             self.bytes += p.size
-            if p.pts is not None and p.time_base is not None:
-                t = float(p.pts * p.time_base)
+            pts = p.pts
+            if pts is not None:
+                tb = p.time_base  # (a new Fraction each time it is read: once, and no Fraction arithmetic)
+                if tb is None:
+                    continue
+                t = pts * tb.numerator / tb.denominator
                 if self.first_time is None or t < self.first_time:
                     self.first_time = t
                 if self.last_time is None or t > self.last_time:

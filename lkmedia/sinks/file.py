@@ -200,16 +200,19 @@ class FileSink(PacketSink):
                 own = self._streams.get(id(p.stream))
                 if own is None:
                     raise ValueError("a packet came from a stream that was not there at the start")
-                if self._shift and p.time_base is not None:  # this sink owns the packet (it sets .stream)
-                    d = round(self._shift / float(p.time_base))
+                tb = p.time_base  # (read once: PyAV makes a new Fraction each time)
+                if self._shift and tb is not None:  # this sink owns the packet (it sets .stream)
+                    d = round(self._shift * tb.denominator / tb.numerator)
                     if p.pts is not None:
                         p.pts -= d
                     if p.dts is not None:
                         p.dts -= d
-                if p.pts is not None and p.time_base is not None:
-                    t0 = float(p.pts * p.time_base)
-                    end = t0 + (float(p.duration * p.time_base) if p.duration
-                                else self._frame_seconds.get(own.index, 0.0))
+                pts = p.pts
+                if pts is not None and tb is not None:
+                    num, den = tb.numerator, tb.denominator
+                    t0 = pts * num / den
+                    duration = p.duration
+                    end = t0 + (duration * num / den if duration else self._frame_seconds.get(own.index, 0.0))
                     if self._start is None or t0 < self._start:
                         self._start = t0
                     if end > self._ends.get(own.index, float("-inf")):
