@@ -5,8 +5,12 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
+
+from .rooms import AUDIO, published_tracks
 
 
 @dataclass
@@ -59,3 +63,27 @@ a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:3
 a=setup:actpass
 a=rtpmap:100 H265/90000
 """
+
+
+async def replace_silent_whips(lkapi: Any, room: str, clients: dict[str, WhipClient],
+                                start: Callable[[str], Awaitable[WhipClient]], *, patience: float = 45) -> None:
+    """Waits until every WHIP client in ``clients`` (identity -> client) has published its
+    track. One that has not within ``patience`` seconds is killed and replaced by a new one
+    under a new identity, at most twice: FFmpeg's WHIP muxer now and then never gets through
+    ICE (11 of 12 published, once in CI)."""
+    for _ in range(3):
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            have = set((await published_tracks(lkapi, room, 0, AUDIO)).values())
+            missing = [who for who in clients if who not in have]
+            if not missing:
+                return
+            await asyncio.sleep(0.5)
+        for who in missing:
+            old = clients.pop(who)
+            if old.proc.returncode is None:
+                old.proc.kill()
+            _, err = await old.proc.communicate()
+            print(f"\n{who} had not published in {patience:g} s (exit {old.proc.returncode}): {err.decode()[-500:]}")
+            clients[f"{who}r"] = await start(f"{who}r")
+    raise AssertionError(f"WHIP clients that never published: {missing}")

@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from livekit import api
@@ -28,7 +28,7 @@ from lkmedia.lkrtc.packets import OPUS_SILENCE
 from lkmedia.probe import decode_errors, probe
 from lkmedia.testing.egress import TERMINAL, EgressServiceProcess, S, service_config_body, wait_egress
 from lkmedia.testing.rooms import AUDIO, VIDEO, published_tracks
-from lkmedia.testing.whip import WhipClient, whip_client
+from lkmedia.testing.whip import WhipClient, replace_silent_whips, whip_client
 
 WHIP_TRACKS = 10
 LOAD_TRACKS = 90
@@ -107,30 +107,6 @@ async def _run_all(lkapi: api.LiveKitAPI, svc: EgressServiceProcess, requests: l
     return done
 
 
-async def _replace_silent_whips(lkapi: api.LiveKitAPI, room: str, clients: dict[str, WhipClient],
-                                start: Callable[[str], Awaitable[WhipClient]], *, patience: float = 45) -> None:
-    """Waits until every WHIP client in ``clients`` (identity -> client) has published its
-    track. One that has not within ``patience`` seconds is killed and replaced by a new one
-    under a new identity, at most twice: FFmpeg's WHIP muxer now and then never gets through
-    ICE (11 of 12 published, once in CI)."""
-    for _ in range(3):
-        deadline = time.monotonic() + patience
-        while time.monotonic() < deadline:
-            have = set((await published_tracks(lkapi, room, 0, AUDIO)).values())
-            missing = [who for who in clients if who not in have]
-            if not missing:
-                return
-            await asyncio.sleep(0.5)
-        for who in missing:
-            old = clients.pop(who)
-            if old.proc.returncode is None:
-                old.proc.kill()
-            _, err = await old.proc.communicate()
-            print(f"\n{who} had not published in {patience:g} s (exit {old.proc.returncode}): {err.decode()[-500:]}")
-            clients[f"{who}r"] = await start(f"{who}r")
-    raise AssertionError(f"WHIP clients that never published: {missing}")
-
-
 def _publishers_own(written: list[bytes], sent: list[str]) -> tuple[int, int, int]:
     """Checks that the packets written are the publisher's, in its order: (packets that are
     its own, filler, sent packets that were lost and stood in for by filler). A packet lost
@@ -179,7 +155,7 @@ async def test_a_hundred_audio_track_egresses_write_their_publishers_packets(
         await _load_tracks(lkapi, room_name, lambda k, count: stack.enter_context(LkLoadTest(
             livekit_stack, room_name, video_publishers=0, audio_publishers=count, identity_prefix=f"lk{k or ''}",
             log_path=tmp_path / f"lk-load-test-{k}.log")), LOAD_TRACKS)
-        await _replace_silent_whips(lkapi, room_name, clients, whip)
+        await replace_silent_whips(lkapi, room_name, clients, whip)
         tracks = await published_tracks(lkapi, room_name, WHIP_TRACKS + LOAD_TRACKS, AUDIO, timeout=30)
         requests = [lk.TrackEgressRequest(room_name=room_name, track_id=sid,
                                           file=lk.DirectFileOutput(filepath=f"{who}-{sid}.ogg"))
