@@ -60,9 +60,10 @@ async def test_an_input_that_never_starts_fails_the_sink_with_its_name(tmp_path:
 class OpusPackets(Source):
     """Opus packets at the given pts (1/48000), as a track egress's source emits them."""
 
-    def __init__(self, pts: list[int]) -> None:
+    def __init__(self, pts: list[int], pace: float = 0.0) -> None:
         super().__init__("opus-packets")
         self.pts = pts
+        self.pace = pace  # seconds between packets (0: as fast as they are taken)
         self.add_output("out", Caps("audio", encoded=True, codec="opus", sample_rate=48000))
 
     async def run(self) -> None:
@@ -74,6 +75,8 @@ class OpusPackets(Source):
             p.time_base = fractions.Fraction(1, 48000)
             p.stream = template.stream
             await self.emit(p)
+            if self.pace:
+                await asyncio.sleep(self.pace)
 
 
 async def test_a_packet_that_goes_back_in_time_is_dropped_and_the_rest_written(tmp_path: Path) -> None:
@@ -109,19 +112,6 @@ class _Timed(FileSink):
         super().write(packets)
 
 
-class _Paced(OpusPackets):
-    async def run(self) -> None:
-        template = Template("opus", rate=48000, extradata=opus_head(1), layout="mono")
-        for pts in self.pts:
-            p = av.Packet(bytes([0xF8, 0xFF, 0xFE]))
-            p.pts = p.dts = pts
-            p.duration = 960
-            p.time_base = fractions.Fraction(1, 48000)
-            p.stream = template.stream
-            await self.emit(p)
-            await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("slow_at", [None, 3])
 async def test_a_file_is_written_on_the_loop_until_a_write_is_slow(tmp_path: Path, slow_at: int | None) -> None:
     """A live track's batches are written on the event loop (no thread hop per batch); a
@@ -130,7 +120,7 @@ async def test_a_file_is_written_on_the_loop_until_a_write_is_slow(tmp_path: Pat
 
     g = Graph(stop_timeout=5)
     sink = _Timed(str(tmp_path / "a.ogg"), slow_at=slow_at)
-    g.chain(_Paced([k * 960 for k in range(60)]), sink)
+    g.chain(OpusPackets([k * 960 for k in range(60)], pace=0.01), sink)
     errors = await asyncio.wait_for(g.run(), 20)
     assert not errors, errors
     loop_thread = threading.current_thread().name
