@@ -147,6 +147,12 @@ class Subscription:
         await self.bus.unsubscribe(self)
 
 
+#: The command connections one bus may open at once. redis-py 8 caps a client's pool at
+#: 100 by default and refuses the next command ("Too many connections"): 100 track
+#: egresses started at once hold that many (the start queue's claims).
+MAX_CONNECTIONS = 1024
+
+
 class RedisBus:
     """The shared Redis link of every psrpc client and server in this process."""
 
@@ -168,6 +174,7 @@ class RedisBus:
             host=self._host, port=self._port, username=username, password=password, db=db,
             ssl=tls is not None, ssl_cert_reqs="required" if tls else "none",
             decode_responses=False, socket_connect_timeout=connect_timeout, socket_timeout=connect_timeout,
+            max_connections=MAX_CONNECTIONS,
         )
         self._subs: dict[str, list[Subscription]] = {}
         self._confirm: dict[str, asyncio.Future[None]] = {}

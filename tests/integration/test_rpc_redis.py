@@ -252,3 +252,13 @@ async def test_survives_redis_restart(redis_server: Redis, bus: RedisBus, client
     res = await client.call("Ping", GetEgressRequest(egress_id="2"), GetEgressRequest)
     assert res.egress_id == "p:2"  # subscriptions of client and server came back by themselves
     await s.close()
+
+
+async def test_a_start_storm_does_not_run_out_of_redis_connections(bus: RedisBus) -> None:
+    """150 commands at once, each holding its connection a while (a storm of StartEgress
+    handlers, each claiming and queueing). redis-py 8 caps a client's pool at 100 by
+    default and refuses the 101st ("Too many connections"): the bus sets its own cap."""
+    async def hold() -> None:
+        await bus.redis.blpop([b"lkmedia-test:nothing"], timeout=0.5)
+
+    await asyncio.gather(*(hold() for _ in range(150)))
