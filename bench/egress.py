@@ -483,12 +483,8 @@ def bench_egress(ctx: Any, row: Callable[..., Any]) -> list[Any]:
 
     for r in runs:
         media = r["file_duration_s"] or r["recording_wall_s"]
-        # the whole job (API call -> COMPLETE: join, ICE, DTLS and the end in it) ...
-        r["cpu_per_media_s_whole_job"] = round((r["cpu_job"] - idle_rate * r["job_wall_s"]) / media, 4)
-        # ... and the steady part (ACTIVE -> StopEgress), the window the peer is measured over
-        wall = r["recording_wall_s"]
-        r["cpu_per_media_s"] = round((r["cpu_active_to_stop"] - idle_rate * wall) / wall, 4)
-        r["cpu_per_s_recording"] = round(r["cpu_active_to_stop"] / r["recording_wall_s"] - idle_rate, 4)
+        r["cpu_per_media_s"] = round((r["cpu_job"] - idle_rate * r["job_wall_s"]) / media, 4)
+        r["cpu_per_s_recording"] = _steady(r, idle_rate)
     rows = []
     for key, name, what in (("to_active_s", "egress/start-active", "API call -> ACTIVE (ListEgress every 20 ms)"),
                             ("to_first_media_s", "egress/start-media",
@@ -552,6 +548,11 @@ def bench_egress(ctx: Any, row: Callable[..., Any]) -> list[Any]:
     return rows
 
 
+def _steady(r: dict[str, Any], idle_rate: float) -> float:
+    """CPU s per s of a job while it recorded (ACTIVE -> StopEgress), less the idle service."""
+    return round(r["cpu_active_to_stop"] / r["recording_wall_s"] - idle_rate, 4)
+
+
 def _track_rows(ctx: Any, row: Callable[..., Any], tracks: dict[str, dict[str, Any]], inp: Path, work: Path,
                 seconds: float, idle_rate: float) -> list[Any]:
     """Track egress: CPU per track against the ffmpeg CLI receiving the same stream live
@@ -573,8 +574,7 @@ def _track_rows(ctx: Any, row: Callable[..., Any], tracks: dict[str, dict[str, A
         # the whole job (API call -> COMPLETE: join, ICE, DTLS and the end in it) ...
         r["cpu_per_media_s_whole_job"] = round((r["cpu_job"] - idle_rate * r["job_wall_s"]) / media, 4)
         # ... and the steady part (ACTIVE -> StopEgress), the window the peer is measured over
-        wall = r["recording_wall_s"]
-        r["cpu_per_media_s"] = round((r["cpu_active_to_stop"] - idle_rate * wall) / wall, 4)
+        r["cpu_per_media_s"] = _steady(r, idle_rate)
         peer = peers.live_remux(inp, codec, work / f"ffmpeg_track.{'webm' if kind == 'video' else 'ogg'}",
                                 max(seconds, 10))
         rw = row(f"egress/track-{kind}-cpu", f"CPU s per media s of one track egress: {label}",
