@@ -141,7 +141,7 @@ class EncodedReceiver:
             assert codec.payloadType is not None
             self._codecs[codec.payloadType] = codec
             self._names[codec.payloadType] = codec.name.lower()  # (a property that splits the MIME type)
-        if not any(c.name.lower() in CODECS for c in parameters.codecs):
+        if not any(name in CODECS for name in self._names.values()):
             raise ValueError(f"no codec we can receive among {[str(c) for c in parameters.codecs]}")
         for enc in parameters.encodings:
             if enc.rtx:

@@ -8,7 +8,8 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+
+from livekit import api
 
 from .rooms import AUDIO, published_tracks
 
@@ -65,7 +66,7 @@ a=rtpmap:100 H265/90000
 """
 
 
-async def replace_silent_whips(lkapi: Any, room: str, clients: dict[str, WhipClient],
+async def replace_silent_whips(lkapi: api.LiveKitAPI, room: str, clients: dict[str, WhipClient],
                                 start: Callable[[str], Awaitable[WhipClient]], *, patience: float = 45) -> None:
     """Waits until every WHIP client in ``clients`` (identity -> client) has published its
     track. One that has not within ``patience`` seconds is killed and replaced by a new one
