@@ -116,7 +116,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
     hooks = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
     threading.Thread(target=hooks.serve_forever, daemon=True).start()
-    stack = DevStack(webhook_urls=[f"http://127.0.0.1:{hooks.server_address[1]}/"],
+    stack = DevStack(webhook_urls=[f"http://127.0.0.1:{hooks.server_address[1]}/"], workdir=d / "stack",
                      config={"ingress": {"rtmp_base_url": f"rtmp://127.0.0.1:{rtmp_port}/live",
                                          "whip_base_url": f"http://127.0.0.1:{whip_port}/w"}})
     stack.start()
@@ -182,14 +182,20 @@ async def _wait(lkapi: Any, ingress_id: str, statuses: set[int], timeout: float 
 
 async def _participant(lkapi: Any, room: str, identity: str, timeout: float = 30.0) -> lkm.ParticipantInfo:
     deadline = time.monotonic() + timeout
+    seen: list[str] = []  # what the server listed, each change once (for the failure's message)
     while time.monotonic() < deadline:
         res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+        now = ", ".join(f"{p.identity}: {sorted(lkm.TrackType.Name(t.type) for t in p.tracks)}"
+                        for p in res.participants) or "nobody"
+        if not seen or seen[-1] != now:
+            seen.append(now)
         for p in res.participants:
             kinds = {t.type for t in p.tracks}
             if p.identity == identity and {lkm.TrackType.VIDEO, lkm.TrackType.AUDIO} <= kinds:
                 return p
         await asyncio.sleep(0.2)
-    raise AssertionError(f"{identity} never published video and audio in {room}")
+    raise AssertionError(f"{identity} never published video and audio in {room}; the server listed, in turn: "
+                         + " -> ".join(seen))
 
 
 async def _available(node: Node) -> None:
