@@ -102,8 +102,8 @@ def _new_spare(p: int, pid: int, known: set[int] | None) -> bool:
 
 def thread_cpu(pid: int, known: set[int] | None = None) -> dict[str, float]:
     """user + sys seconds per thread name (comm) of the live threads of ``pid`` and its
-    descendants; a process's main thread (its event loop) is ``<comm> (main)``. ``known``
-    as for proc_cpu."""
+    descendants; a process's main thread (its event loop) is ``<comm> (main)``, the
+    service's own ``<comm> (service)``. ``known`` as for proc_cpu."""
     out: dict[str, float] = {}
     for p in process_tree(pid):
         try:
@@ -117,7 +117,8 @@ def thread_cpu(pid: int, known: set[int] | None = None) -> dict[str, float]:
                 s = (t / "stat").read_text(encoding="ascii", errors="replace")
             except OSError:
                 continue
-            name = s[s.index("(") + 1: s.rindex(")")] + (" (main)" if t.name == str(p) else "")
+            main = " (service)" if p == pid else " (main)"
+            name = s[s.index("(") + 1: s.rindex(")")] + (main if t.name == str(p) else "")
             fields = s[s.rindex(")") + 2:].split()
             out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / _TCK
     return out
@@ -594,6 +595,7 @@ def _track_rows(ctx: Any, row: Callable[..., Any], tracks: dict[str, dict[str, A
 
 #: what the service's threads are (names as the kernel shows them, 15 characters).
 THREAD_LABELS = {"python3": "unnamed workers (x264, AAC, offloaded encode/mux)", "python3 (main)": "event loop",
+                 "python3 (service)": "the service's event loop",
                  "VideoDecoderQue": "VP8 decode (libwebrtc)", "tokio-rt-worker": "livekit FFI (tokio)"}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import os
 import tempfile
@@ -55,7 +56,8 @@ def _vp8_clip(seconds: float) -> Path:
                     "-auto-alt-ref", "0"], cache / f"encsub_testsrc2_vp8_1280x720_30_1700k_{seconds:.0f}s.ivf")
 
 
-async def main(seconds: float, tracks: int, sink: str, warmup: float, kind: str) -> dict[str, Any]:
+async def main(seconds: float, tracks: int, sink: str, warmup: float, kind: str,
+               profile: str | None = None) -> dict[str, Any]:
     with contextlib.ExitStack() as procs:
         async with DevStack() as stack:
             if kind == "audio":
@@ -84,9 +86,15 @@ async def main(seconds: float, tracks: int, sink: str, warmup: float, kind: str)
             def packets() -> int:
                 return sum(o.packetizer.packets for s in sources if (o := s.outs[kind]).packetizer)
 
+            prof = cProfile.Profile() if profile else None
             pk0 = packets()
             c0, w0 = time.process_time(), time.monotonic()
+            if prof is not None:
+                prof.enable()
             await asyncio.sleep(seconds)
+            if prof is not None:
+                prof.disable()
+                prof.dump_stats(str(profile))
             c1, w1 = time.process_time(), time.monotonic()
             pk1 = packets()
             await g.stop()
@@ -107,5 +115,7 @@ if __name__ == "__main__":
     ap.add_argument("--sink", choices=("file", "none"), default="file")
     ap.add_argument("--kind", choices=("audio", "video"), default="audio")
     ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--profile", metavar="FILE", help="cProfile the event loop's thread over the measured "
+                    "seconds into FILE (pstats; its overhead inflates the CPU figure)")
     a = ap.parse_args()
-    print(json.dumps(asyncio.run(main(a.seconds, a.tracks, a.sink, a.warmup, a.kind)), default=str))
+    print(json.dumps(asyncio.run(main(a.seconds, a.tracks, a.sink, a.warmup, a.kind, a.profile)), default=str))

@@ -144,8 +144,12 @@ async def _run_session(stack: Any, service: subprocess.Popen[bytes], rtmp_port: 
         viewer = rtc.Room()
         frames: list[tuple[float, np.ndarray]] = []
         video: asyncio.Future[rtc.Track] = asyncio.get_running_loop().create_future()
-        viewer.on("track_subscribed", lambda t, *_: t.kind == rtc.TrackKind.KIND_VIDEO and not video.done()
-                  and video.set_result(t))
+
+        def subscribed(t: rtc.Track, *_: Any) -> None:
+            if t.kind == rtc.TrackKind.KIND_VIDEO and not video.done():
+                video.set_result(t)
+
+        viewer.on("track_subscribed", subscribed)
         await viewer.connect(stack.url, stack.token("bench-viewer", "bench-ingress"))
         push = await asyncio.create_subprocess_exec(
             "ffmpeg", "-v", "error", "-re", "-i", str(clip), "-c", "copy", "-f", "flv",

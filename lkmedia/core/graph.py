@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .clock import Clock
+from .clock import Clock, sleep_until, tick
 from .edge import Edge, Policy
 from .errors import BuildError, GraphError, LinkError, LkmediaError, NodeError
 from .node import InputPort, Node, OutputPort, Sink, Source, check_port
@@ -221,7 +221,7 @@ class Graph:
         seen: dict[Edge, tuple[int, float]] = {}  # edge -> (items passed, since when)
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(step)
+            await sleep_until(tick(step, step / 2))  # (in a wake-up the process has anyway: clock.tick)
             now = loop.time()
             for e in list(self.edges):
                 node = e.dst.node if e.dst is not None else None

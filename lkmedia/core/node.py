@@ -435,8 +435,9 @@ class Source(Node):
         if self._stop_event is not None:
             self._stop_event.set()
 
-    async def wait_stop(self, timeout: float | None = None) -> bool:
-        """Sleep until stop is requested (True) or ``timeout`` passes (False)."""
+    async def wait_stop(self, timeout: float | None = None, *, deadline: float | None = None) -> bool:
+        """Sleep until stop is requested (True) or ``timeout`` passes, or the loop's clock
+        reaches ``deadline`` (False)."""
         if self._stop_requested:
             return True
         if self._stop_event is None:
@@ -444,7 +445,7 @@ class Source(Node):
         try:
             # asyncio.timeout, not wait_for: on 3.11 a cancel meeting wait_for's timeout
             # comes out as TimeoutError, and a caller's loop would go on after cancel().
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout) if deadline is None else asyncio.timeout_at(deadline):
                 await self._stop_event.wait()
             return True
         except TimeoutError:

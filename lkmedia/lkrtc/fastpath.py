@@ -16,20 +16,24 @@ and leaves aiortc's path as it is, with a warning, when they are not there.
 ``LKMEDIA_RTP_FAST_PATH=0`` keeps aiortc's path (to measure one against the other).
 
 Polling. A live track sends its packets one by one (an Opus track 50 a second, paced),
-and a wake-up of the event loop per datagram (epoll, the loop's turn, the transport's
-read) costs more than what is done with the packet, which itself runs several times
-slower alone than in a run of packets (cold caches). So once the fast path is in place
-the loop no longer watches these sockets: every ``POLL_INTERVAL`` s (0.1 s) one timer
+and a wake-up of the event loop costs more than what is done with a packet: on these
+machines an idle asyncio loop woken 10 times a second spends 0.0023 CPU s per s, ~230 us
+a wake-up (the caches and TLB are cold after a sleep), and a packet's own work also runs
+several times slower alone than in a run of packets. So once the fast path is in place
+the loop no longer watches these sockets: every ``POLL_INTERVAL`` s (0.25 s) one timer
 reads every subscriber socket of the loop until it is empty, and handles what it read in
-one go. Ten Opus tracks in one process into OGG files (``python3 -m bench.encoded_sub
---tracks 10``): 0.0096 CPU s per media s a track with a wake-up per datagram, 0.0055
-polled every 40 ms, 0.0045 every 0.1 s; one VP8 720p track 0.021-0.023 -> 0.014. The
-cost is up to 0.1 s more latency on receipt: a hole is seen, and its retransmission
-read, that much later (the receiver's NACK retry and the time a hole may hold frames
-back allow for it), and the arrival times the jitter in receiver reports is computed
-from are the poll's. ``LKMEDIA_RTP_POLL`` sets the interval (0: a wake-up per
+one go. Polls fall on multiples of POLL_INTERVAL of the loop's clock, and the other
+timers of a subscribed track (its RTCP, the source's tick) are set to the same instants
+(``tick_at``), so they run in the poll's wake-up, not in wake-ups of their own. One Opus
+track into an OGG file (``python3 -m bench.encoded_sub``): 0.0096 CPU s per media s with
+a wake-up per datagram, 0.0071 polled every 0.1 s, 0.0051 every 0.25 s, 0.0039 every
+0.25 s with the other timers on the polls. The cost is up to POLL_INTERVAL more latency
+on receipt (a file or a stream does not mind a quarter of a second): a hole is seen, and
+its retransmission read, that much later (the receiver's NACK retry and the time a hole
+may hold frames back allow for it), and the arrival times the jitter in receiver reports
+is computed from are the poll's. ``LKMEDIA_RTP_POLL`` sets the interval (0: a wake-up per
 datagram). The sockets' receive buffers are raised to ``RECEIVE_BUFFER`` (where the
-system allows: net.core.rmem_max) so that a poll interval of a high-bitrate track, or a
+system allows: net.core.rmem_max, unless the process may force it) so that a poll interval of a high-bitrate track, or a
 busy moment of the loop, fits in them many times over.
 """
 from __future__ import annotations
@@ -46,12 +50,14 @@ from typing import Any
 
 import pylibsrtp
 
+from ..core.clock import tick
+
 log = logging.getLogger("lkmedia.lkrtc.fastpath")
 
 _HEADER = struct.Struct("!BBHII")
 ENABLED = os.environ.get("LKMEDIA_RTP_FAST_PATH", "1") != "0"
 RECEIVE_BUFFER = 1 << 20
-POLL_INTERVAL = float(os.environ.get("LKMEDIA_RTP_POLL", "0.1"))  # 0: a wake-up per datagram
+POLL_INTERVAL = float(os.environ.get("LKMEDIA_RTP_POLL", "0.25"))  # 0: a wake-up per datagram
 
 
 @dataclass(slots=True)
@@ -135,6 +141,17 @@ def _fast(slow: Any, srtp: Any, router: Any) -> Any:
     return datagram_received
 
 
+def tick_at(delay: float, loop: asyncio.AbstractEventLoop | None = None) -> float:
+    """The loop time of the first poll at least ``delay`` s from now (``loop.time() +
+    delay`` when polling is off: LKMEDIA_RTP_POLL=0). Polls fall on multiples of
+    POLL_INTERVAL of the loop's clock (``lkmedia.core.clock.tick``), so a timer set to this
+    (``loop.call_at``, ``asyncio.timeout_at``) runs in the same wake-up of the loop as the
+    poll, not in one of its own (see module doc)."""
+    if POLL_INTERVAL <= 0:
+        return (loop or asyncio.get_running_loop()).time() + delay
+    return tick(POLL_INTERVAL, delay, loop)
+
+
 class _Poller:
     """Reads the sockets it was given every POLL_INTERVAL s, all of them at once, until
     they have nothing more (see module doc). One per event loop."""
@@ -168,11 +185,14 @@ class _Poller:
             return False
         with contextlib.suppress(OSError):
             if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < RECEIVE_BUFFER:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+                try:  # (with CAP_NET_ADMIN, past net.core.rmem_max)
+                    sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), RECEIVE_BUFFER)
+                except OSError:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         remove(sock.fileno())   # (the transport keeps its socket; the loop no longer watches it)
         self.entries.append((transport, sock, protocol))
         if self.handle is None:
-            self.handle = self.loop.call_later(POLL_INTERVAL, self.poll)
+            self.handle = self.loop.call_at(tick_at(POLL_INTERVAL / 2, self.loop), self.poll)
         return True
 
     def poll(self) -> None:
@@ -201,4 +221,4 @@ class _Poller:
         self.datagrams += n
         self.entries = keep
         if keep:
-            self.handle = self.loop.call_later(POLL_INTERVAL, self.poll)
+            self.handle = self.loop.call_at(tick_at(POLL_INTERVAL / 2, self.loop), self.poll)

@@ -40,7 +40,7 @@ from aiortc.rtp import (
 from aiortc.stats import RTCStatsReport
 
 from .clock import StreamClock
-from .fastpath import POLL_INTERVAL, unwrap_rtx
+from .fastpath import POLL_INTERVAL, tick_at, unwrap_rtx
 from .frames import EncodedFrame, FrameAssembler, Unit, depayload, is_blank
 
 log = logging.getLogger("lkmedia.lkrtc.receiver")
@@ -302,7 +302,7 @@ class EncodedReceiver:
             else:  # (waiting for a key frame: ask again every PLI_INTERVAL at most)
                 delay = max(0.0, min(next_rr - now, PLI_INTERVAL if asm.need_key else RR_INTERVAL))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
+                async with asyncio.timeout_at(tick_at(delay)):  # (in a poll's wake-up)
                     await self._wake.wait()  # (set while this task was sending: at once)
             self._wake.clear()
             now = time.monotonic()

@@ -33,6 +33,8 @@ from livekit.protocol import rtc as proto_rtc
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from ..core.clock import sleep_until, tick
+
 log = logging.getLogger("lkmedia.lkrtc.signal")
 
 #: The signalling protocol we speak: 16 has request responses and room moves; 17 adds
@@ -190,7 +192,7 @@ class SignalClient:
         interval = join.ping_interval or 5
         timeout = join.ping_timeout or 15
         while not self.closed:
-            await asyncio.sleep(interval)
+            await sleep_until(tick(interval, interval / 2))  # (with the other timers: lkmedia.core.clock.tick)
             if time.monotonic() - self._last_heard > timeout:
                 self._finish(f"no message from the server for {timeout} s")
                 await self._abort()

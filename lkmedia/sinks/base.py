@@ -35,6 +35,7 @@ class PacketSink(Sink):
     batch_max = 32
     #: Seconds to wait for more after a packet that came alone, so that the thread hop per
     #: write carries several (a live Opus track sends 50 a second, each alone). 0: none.
+    #: Not while writes are inline (no hop to spare; the wait would be a wake-up of its own).
     linger = 0.0
     #: Write batches on the event loop rather than the sink's thread: for a sink whose
     #: writes are quick (a local file: a muxer's buffer, now and then a write(2) into the
@@ -195,7 +196,7 @@ class PacketSink(Sink):
                 rr += 1
                 if item is not EOS:
                     batch = [item]
-                    if self.linger > 0 and not any(q.pending for q in live):
+                    if self.linger > 0 and not self.inline_writes and not any(q.pending for q in live):
                         await asyncio.sleep(self.linger)
                     for q in live:
                         while len(batch) < self.batch_max:

@@ -32,6 +32,13 @@ async def _endpoint() -> tuple[Any, _Protocol, int]:
     return transport, protocol, transport.get_extra_info("sockname")[1]
 
 
+async def _just_polled(poller: Any) -> None:
+    """Returns right after the poller's next poll."""
+    polls = poller.polls
+    while poller.polls == polls:
+        await asyncio.sleep(0.001)
+
+
 async def test_datagrams_wait_for_the_poll_and_are_read_together() -> None:
     transport, protocol, port = await _endpoint()
     other, other_protocol, other_port = await _endpoint()
@@ -44,6 +51,7 @@ async def test_datagrams_wait_for_the_poll_and_are_read_together() -> None:
         assert rcvbuf >= min(fastpath.RECEIVE_BUFFER, int(f.read()))
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
+        await _just_polled(poller)
         for i in range(20):
             tx.sendto(b"a%d" % i, ("127.0.0.1", port))
             tx.sendto(b"b%d" % i, ("127.0.0.1", other_port))
@@ -94,3 +102,26 @@ async def test_a_closed_transport_is_not_taken() -> None:
     transport, protocol, _ = await _endpoint()
     transport.close()
     assert not fastpath._Poller.get().add(protocol)
+
+
+async def test_timers_set_by_tick_at_share_the_polls_wake_up() -> None:
+    """Polls fall on multiples of POLL_INTERVAL of the loop's clock; tick_at gives the
+    same instant, so a timer set to it runs in the poll's wake-up of the loop."""
+    transport, protocol, _ = await _endpoint()
+    poller = fastpath._Poller.get()
+    loop = asyncio.get_running_loop()
+    try:
+        assert poller.add(protocol)
+        for _ in range(3):
+            await _just_polled(poller)
+            assert poller.handle is not None
+            when = poller.handle.when()
+            assert when % fastpath.POLL_INTERVAL < 1e-6 or -when % fastpath.POLL_INTERVAL < 1e-6
+            assert fastpath.tick_at(0.0) == when  # (the next poll, exactly)
+            assert fastpath.tick_at(fastpath.POLL_INTERVAL / 2) == when
+            later = fastpath.tick_at(fastpath.POLL_INTERVAL * 1.5)
+            assert later > when and loop.time() + fastpath.POLL_INTERVAL * 1.5 <= later
+    finally:
+        transport.close()
+    await asyncio.sleep(fastpath.POLL_INTERVAL * 2)
+    assert poller.handle is None

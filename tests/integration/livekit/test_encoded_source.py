@@ -200,7 +200,7 @@ async def record_clip_video(stack: DevStack, room: str, out: Path, *, width: int
         await asyncio.sleep(2 * fastpath.POLL_INTERVAL + 0.1)
         before, received_before = await pub.sent("video"), received()
         await send_video(vsrc, frames, width, height, first=first)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5 + 2 * fastpath.POLL_INTERVAL)  # (the last ones read, or repaired and read)
         after = await pub.sent("video")
         got = received() - received_before
         await pub.room.local_participant.unpublish_track(pub.pubs["video"].sid)
