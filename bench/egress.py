@@ -49,6 +49,9 @@ from bench import peers
 from lkmedia.worker.sampler import process_tree
 
 RUNS = 3
+#: Seconds a track egress (and its peer) is measured over, at least: a track costs a few
+#: thousandths of a core, and /proc counts CPU in 10 ms ticks (20 s of 0.002 are 4 ticks).
+TRACK_SECONDS = 60.0
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 PUBLISH_KBPS = 1700  # LiveKit's VideoPresets.h720 (1.7 Mbps at 30 fps)
 OPUS_KBPS = 32
@@ -363,7 +366,8 @@ async def _session(stack: Any, svc: Child, publisher: Child, tmp_dir: Path, seco
                 for t in p.tracks:
                     kind = "video" if t.type == 1 else "audio"
                     await settle(svc.pid, idle["rate"])
-                    tracks[kind] = await _one_egress(lkapi, svc, tmp_dir, seconds, len(tracks), track_id=t.sid)
+                    tracks[kind] = await _one_egress(lkapi, svc, tmp_dir, max(seconds, TRACK_SECONDS), len(tracks),
+                                                     track_id=t.sid)
                     tracks[kind]["mime_type"] = t.mime_type
         # Auto-passthrough: H.264 published at the output's size is remuxed. (The publisher
         # must announce its size: `lk room join` publishes H.264 as 0x0, which is transcoded.)
@@ -577,12 +581,13 @@ def _track_rows(ctx: Any, row: Callable[..., Any], tracks: dict[str, dict[str, A
         # ... and the steady part (ACTIVE -> StopEgress), the window the peer is measured over
         r["cpu_per_media_s"] = _steady(r, idle_rate)
         peer = peers.live_remux(inp, codec, work / f"ffmpeg_track.{'webm' if kind == 'video' else 'ogg'}",
-                                max(seconds, 10))
+                                max(seconds, TRACK_SECONDS))
         rw = row(f"egress/track-{kind}-cpu", f"CPU s per media s of one track egress: {label}",
-                 "cpu s / s", lkmedia=round(r["cpu_per_media_s"], 3), peer_name="ffmpeg CLI (live SRTP in)",
-                 status="info", note=f"{r['mime_type']}; ACTIVE -> StopEgress minus idle, as the peer's steady "
-                                     f"window (the whole job, API call -> COMPLETE: {r['cpu_per_media_s_whole_job']}); "
-                                     "both sides receive SRTP and depacketize; lkmedia also does RTCP and NACK")
+                 "cpu s / s", lkmedia=round(r["cpu_per_media_s"], 4), peer_name="ffmpeg CLI (live SRTP in)",
+                 status="info", note=f"{r['mime_type']}; ACTIVE -> StopEgress ({r['recording_wall_s']:.0f} s) minus idle, "
+                                     f"as the peer's steady window (the whole job, API call -> COMPLETE: "
+                                     f"{r['cpu_per_media_s_whole_job']}); both sides receive SRTP and depacketize; "
+                                     f"lkmedia also does RTCP and NACK; by thread, cpu s/s: {_by_thread([r])}")
         if peer:
             rw.peer = round(peer, 4)
             rw.ratio = round(rw.lkmedia / rw.peer, 3)

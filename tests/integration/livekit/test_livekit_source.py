@@ -99,7 +99,8 @@ async def test_track_source_receives_av(livekit_stack: DevStack, room_name: str,
     await g.stop()
     video, audio = sink.frames("in0"), sink.frames("in1")
     assert len(video) > 40, f"only {len(video)} video frames in 3 s"
-    assert len(audio) > 150, f"only {len(audio)} audio frames in 3 s"
+    heard = sum(f.samples for f in audio) / 48_000
+    assert heard > 1.5, f"only {heard:.2f} s of audio in 3 s ({len(audio)} frames)"
     v, a = seconds(video), seconds(audio)
     assert all(x < y for x, y in zip(v, v[1:])), "video timestamps must increase"
     assert all(x < y for x, y in zip(a, a[1:])), "audio timestamps must increase"
