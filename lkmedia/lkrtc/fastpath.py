@@ -58,6 +58,9 @@ _HEADER = struct.Struct("!BBHII")
 ENABLED = os.environ.get("LKMEDIA_RTP_FAST_PATH", "1") != "0"
 RECEIVE_BUFFER = 1 << 20
 POLL_INTERVAL = float(os.environ.get("LKMEDIA_RTP_POLL", "0.25"))  # 0: a wake-up per datagram
+#: An audio-only subscriber's (an Opus track sends 50 packets a second: 25 a poll)
+AUDIO_POLL_INTERVAL = max(POLL_INTERVAL, float(os.environ.get("LKMEDIA_RTP_POLL_AUDIO", "0.5"))) \
+    if POLL_INTERVAL > 0 else 0.0
 
 
 @dataclass(slots=True)
@@ -99,9 +102,10 @@ def unwrap_rtx(rtx: Any, payload_type: int, ssrc: int) -> Rtp:
     return Rtp(rtx.marker, payload_type, (p[0] << 8) | p[1], rtx.timestamp, ssrc, p[2:])
 
 
-def install(dtls: Any) -> bool:
+def install(dtls: Any, interval: float = POLL_INTERVAL) -> bool:
     """Route the SRTP packets ``dtls`` (an aiortc RTCDtlsTransport, connected) receives
-    straight to their receivers' ``handle_rtp`` (see module doc). True if in place.
+    straight to their receivers' ``handle_rtp`` (see module doc), its sockets read every
+    ``interval`` s at most (0: as each datagram comes). True if in place.
 
     Every local socket of the ICE connection gets it, not only the nominated pair's: the
     server may send from its side of another pair (seen with livekit-server)."""
@@ -119,8 +123,8 @@ def install(dtls: Any) -> bool:
         if not getattr(protocol, "lkm_fast_path", False):
             protocol.datagram_received = _fast(protocol.datagram_received, srtp, router)
             protocol.lkm_fast_path = True
-            if POLL_INTERVAL > 0:
-                _Poller.get().add(protocol)
+            if interval > 0:
+                _Poller.get().add(protocol, interval)
     return True
 
 
@@ -147,9 +151,12 @@ def tick_at(delay: float, loop: asyncio.AbstractEventLoop | None = None) -> floa
     POLL_INTERVAL of the loop's clock (``lkmedia.core.clock.tick``), so a timer set to this
     (``loop.call_at``, ``asyncio.timeout_at``) runs in the same wake-up of the loop as the
     poll, not in one of its own (see module doc)."""
-    if POLL_INTERVAL <= 0:
-        return (loop or asyncio.get_running_loop()).time() + delay
-    return tick(POLL_INTERVAL, delay, loop)
+    loop = loop or asyncio.get_running_loop()
+    poller = _Poller._by_loop.get(loop)
+    interval = poller.interval if poller is not None and poller.entries else POLL_INTERVAL
+    if interval <= 0:
+        return loop.time() + delay
+    return tick(interval, delay, loop)
 
 
 class _Poller:
@@ -161,7 +168,8 @@ class _Poller:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.entries: list[tuple[Any, Any, Any]] = []   # (transport, socket, protocol)
+        self.entries: list[tuple[Any, Any, Any, float]] = []   # (transport, socket, protocol, interval)
+        self.interval = POLL_INTERVAL   # the shortest its sockets were given
         self.handle: asyncio.TimerHandle | None = None
         self.polls = 0
         self.datagrams = 0
@@ -174,8 +182,9 @@ class _Poller:
             poller = cls._by_loop[loop] = _Poller(loop)
         return poller
 
-    def add(self, protocol: Any) -> bool:
-        """Stop the loop from watching ``protocol``'s socket and read it here instead.
+    def add(self, protocol: Any, interval: float = POLL_INTERVAL) -> bool:
+        """Stop the loop from watching ``protocol``'s socket and read it here instead,
+        every ``interval`` s at most (every socket of the loop at the shortest asked).
         False (the loop keeps watching it) where the loop or transport is not asyncio's
         selector one (uvloop, say)."""
         transport = getattr(protocol, "transport", None)
@@ -190,19 +199,32 @@ class _Poller:
                 except OSError:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         remove(sock.fileno())   # (the transport keeps its socket; the loop no longer watches it)
-        self.entries.append((transport, sock, protocol))
-        if self.handle is None:
-            self.handle = self.loop.call_at(tick_at(POLL_INTERVAL / 2, self.loop), self.poll)
+        self.entries.append((transport, sock, protocol, interval))
+        self.interval = min(e[3] for e in self.entries)
+        first = tick(self.interval, 0.0, self.loop)  # (the next instant of the grid, however near)
+        if self.handle is None or self.handle.when() > first:
+            if self.handle is not None:
+                self.handle.cancel()
+            self.handle = self.loop.call_at(first, self.poll)
         return True
 
     def poll(self) -> None:
         self.handle = None
         self.polls += 1
+        keep = self.read_all()
+        self.entries = keep
+        if keep:
+            self.interval = min(e[3] for e in keep)
+            self.handle = self.loop.call_at(tick(self.interval, self.interval / 2, self.loop), self.poll)
+
+    def read_all(self) -> list[tuple[Any, Any, Any, float]]:
+        """Read every socket until it is empty, handing each datagram on; the entries
+        whose transports are still open."""
         keep = []
         size = self.BUFFER
         n = 0
         for entry in self.entries:
-            transport, sock, protocol = entry
+            transport, sock, protocol, _ = entry
             if transport.is_closing():
                 continue  # (closed by aioice: dropped here)
             keep.append(entry)
@@ -219,6 +241,13 @@ class _Poller:
             except Exception:
                 log.exception("handling a datagram failed")
         self.datagrams += n
-        self.entries = keep
-        if keep:
-            self.handle = self.loop.call_at(tick_at(POLL_INTERVAL / 2, self.loop), self.poll)
+        return keep
+
+
+def drain(loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """Read what waits in the polled sockets of ``loop`` now, not at the next poll: before
+    a track is ended for a reason that came another way (the signalling said it was
+    unpublished, the subscriber is closing), the packets it sent before are taken in."""
+    poller = _Poller._by_loop.get(loop or asyncio.get_running_loop())
+    if poller is not None and poller.entries:
+        poller.read_all()

@@ -48,14 +48,14 @@ log = logging.getLogger("lkmedia.lkrtc.receiver")
 CODECS = {"opus": "opus", "vp8": "vp8", "h264": "h264"}  # RTP name (lower case) -> ours
 RR_INTERVAL = 1.0
 BUSY_TICK = 0.04         # how often holes and NACKs are looked at while there are any
-# (the fast path reads the sockets every POLL_INTERVAL s: a hole is seen, and its
-# retransmission read, up to that much later)
-NACK_RETRY = 0.08 + POLL_INTERVAL  # a missing packet is asked again after this long ...
+# (the fast path reads the sockets every ``poll`` s (POLL_INTERVAL): a hole is seen, and
+# its retransmission read, up to that much later; the figures below add it)
+NACK_RETRY = 0.08        # a missing packet is asked again after this long ...
 NACK_TRIES = 4           # ... this many times at most
 MAX_MISSING = 512        # more missing than this at once: ask for a key frame instead
 PLI_INTERVAL = 0.5
-VIDEO_MAX_WAIT = 0.5 + POLL_INTERVAL  # how long a hole may hold frames back (NACK's time to repair it)
-AUDIO_MAX_WAIT = 0.2 + POLL_INTERVAL
+VIDEO_MAX_WAIT = 0.5     # how long a hole may hold frames back (NACK's time to repair it)
+AUDIO_MAX_WAIT = 0.2
 
 FrameHandler = Callable[[EncodedFrame], None]
 
@@ -65,7 +65,8 @@ class EncodedReceiver:
 
     def __init__(self, kind: str, transport: Any, *, rtcp_ssrc: int | None = None,
                  clock: Callable[[int], StreamClock] | None = None, track: Any = None,
-                 on_frame: FrameHandler | None = None, on_end: Callable[[], None] | None = None) -> None:
+                 on_frame: FrameHandler | None = None, on_end: Callable[[], None] | None = None,
+                 poll: float = POLL_INTERVAL) -> None:
         self.kind = kind
         self.track_sid: str | None = None    # the LiveKit track this m-line carries
         self._transport = transport
@@ -84,7 +85,8 @@ class EncodedReceiver:
         self._rtx: dict[int, int] = {}       # RTX SSRC -> media SSRC
         self._nack = False
         self._asm = FrameAssembler(every_packet=kind == "audio", keyframes=kind == "video",
-                                   max_wait=VIDEO_MAX_WAIT if kind == "video" else AUDIO_MAX_WAIT)
+                                   max_wait=(VIDEO_MAX_WAIT if kind == "video" else AUDIO_MAX_WAIT) + poll)
+        self._nack_retry = NACK_RETRY + poll
         self._missing: dict[int, list[float]] = {}  # ext seq -> [last asked, tries]
         self._last_high: int | None = None
         self._task: asyncio.Task[None] | None = None
@@ -322,7 +324,7 @@ class EncodedReceiver:
         for s, st in list(self._missing.items()):
             if (head is not None and s < head) or st[1] >= NACK_TRIES:
                 del self._missing[s]  # given up (or the assembler moved past it)
-            elif now - st[0] >= NACK_RETRY:
+            elif now - st[0] >= self._nack_retry:
                 again.append(s)
         if again:
             await self._send_nack(again, now)

@@ -88,7 +88,9 @@ class Subscriber:
     """One participant that subscribes only (see module doc)."""
 
     def __init__(self, url: str, token: str, *, connect_timeout: float = 10.0,
-                 on_event: EventHandler | None = None, ice_servers: list[RTCIceServer] | None = None) -> None:
+                 on_event: EventHandler | None = None, ice_servers: list[RTCIceServer] | None = None,
+                 poll: float = fastpath.POLL_INTERVAL) -> None:
+        self.poll = poll  # s between reads of its sockets (fastpath; AUDIO_POLL_INTERVAL for audio only)
         self.signal = SignalClient(url, token, connect_timeout=connect_timeout, on_message=self._on_message)
         self.on_event = on_event
         self._ice_servers = ice_servers
@@ -125,6 +127,7 @@ class Subscriber:
 
     async def close(self) -> None:
         self._closing = True
+        fastpath.drain()  # (what was sent until now is in)
         await self.signal.close()
         if self.pc is not None:
             with contextlib.suppress(Exception):
@@ -177,6 +180,7 @@ class Subscriber:
     async def unsubscribe(self, track_sid: str) -> None:
         track = self.tracks.pop(track_sid, None)
         if track is not None:
+            fastpath.drain()
             await self.signal.update_subscription([track_sid], False)
             self._end_track(track)
 
@@ -190,6 +194,7 @@ class Subscriber:
         elif kind == "trickle":
             await self._on_trickle(msg)
         elif kind == "update":
+            fastpath.drain()  # (a track may end here: what it sent before is read first)
             for p in msg.participants:
                 self._update_participant(p, announce=True)
         elif kind == "subscription_response":
@@ -240,7 +245,7 @@ class Subscriber:
                 await rec.receive(pc._RTCPeerConnection__remoteRtp(tr))  # type: ignore[attr-defined]
         for dtls in {id(t): t for t in transports}.values():  # (one, bundled)
             if dtls.state == "connected" and fastpath.ENABLED:
-                fastpath.install(dtls)
+                fastpath.install(dtls, self.poll)
 
     async def _on_trickle(self, req: proto_rtc.TrickleRequest) -> None:
         if req.target != SUBSCRIBER or self.pc is None:
@@ -279,7 +284,7 @@ class Subscriber:
     def _make_receiver(self, kind: str, track: RemoteTrack | None, transport: Any, aio_track: Any,
                        rtcp_ssrc: int) -> EncodedReceiver:
         if track is None:  # not asked for (or no longer wanted): received and dropped, not decoded
-            return EncodedReceiver(kind, transport, rtcp_ssrc=rtcp_ssrc, track=aio_track)
+            return EncodedReceiver(kind, transport, rtcp_ssrc=rtcp_ssrc, track=aio_track, poll=self.poll)
         t = track
         pclock = self.clock_for(t.participant_sid)
 
@@ -288,7 +293,7 @@ class Subscriber:
                 t.on_frame(t, frame)
 
         rec = EncodedReceiver(kind, transport, rtcp_ssrc=rtcp_ssrc, track=aio_track, clock=pclock.stream,
-                              on_frame=on_frame, on_end=functools.partial(self._end_track, t))
+                              on_frame=on_frame, on_end=functools.partial(self._end_track, t), poll=self.poll)
         t.receiver = rec
         t.bound.set()
         return rec

@@ -40,7 +40,7 @@ import av
 from livekit.protocol import models as proto_models
 
 from ..core import Caps, LkmediaError, OutputPort, Policy, Source
-from ..lkrtc import EncodedFrame, RemoteTrack, SignalError, Subscriber
+from ..lkrtc import EncodedFrame, RemoteTrack, SignalError, Subscriber, fastpath
 from ..lkrtc.fastpath import tick_at
 from ..lkrtc.packets import AUDIO_RATE, Packetizer
 from .follow import followed_tracks
@@ -119,8 +119,10 @@ class EncodedTrackSource(Source):
     async def run(self) -> None:
         assert self.graph is not None
         self._offset = time.monotonic() - self.graph.clock.now()
+        audio_only = set(self.outs) == {"audio"}  # (read less often: lkmedia.lkrtc.fastpath)
         sub = Subscriber(self.url, self._token, connect_timeout=self.connect_timeout,
-                         on_event=self._on_event, ice_servers=self._ice_servers)
+                         on_event=self._on_event, ice_servers=self._ice_servers,
+                         poll=fastpath.AUDIO_POLL_INTERVAL if audio_only else fastpath.POLL_INTERVAL)
         self.subscriber = sub
         try:
             try:

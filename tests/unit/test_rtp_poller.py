@@ -125,3 +125,57 @@ async def test_timers_set_by_tick_at_share_the_polls_wake_up() -> None:
         transport.close()
     await asyncio.sleep(fastpath.POLL_INTERVAL * 2)
     assert poller.handle is None
+
+
+async def test_the_loop_polls_at_the_shortest_interval_its_sockets_were_given() -> None:
+    """An audio-only subscriber's sockets are read every 0.5 s; once a socket asking for
+    0.25 s joins, every socket is read every 0.25 s, and at 0.5 s again once it is gone."""
+    slow_t, slow, _ = await _endpoint()
+    fast_t, fast, _ = await _endpoint()
+    poller = fastpath._Poller.get()
+    try:
+        assert poller.add(slow, 0.5)
+        assert poller.interval == 0.5 and poller.handle is not None
+        assert abs(poller.handle.when() / 0.5 - round(poller.handle.when() / 0.5)) < 1e-9
+        assert fastpath.tick_at(0.0) == poller.handle.when()  # (other timers follow the polls)
+        assert poller.add(fast, 0.25)
+        assert poller.interval == 0.25
+        loop = asyncio.get_running_loop()
+        assert poller.handle.when() <= loop.time() + 0.25 + 1e-6
+        await _just_polled(poller)
+        t0, polls = loop.time(), poller.polls
+        await asyncio.sleep(1.0)
+        assert 3 <= poller.polls - polls <= 5, (poller.polls - polls, loop.time() - t0)
+        fast_t.close()
+        await asyncio.sleep(0.6)
+        assert poller.interval == 0.5
+        polls = poller.polls
+        await asyncio.sleep(1.0)
+        assert 1 <= poller.polls - polls <= 3
+    finally:
+        slow_t.close()
+        fast_t.close()
+    await asyncio.sleep(1.1)
+    assert poller.handle is None
+
+
+async def test_drain_reads_what_waits_before_the_next_poll() -> None:
+    """A track that ends by signalling (unpublished) has its last packets still in the
+    socket until the next poll: drain() reads them now (an OGG was 6-8 packets short)."""
+    transport, protocol, port = await _endpoint()
+    poller = fastpath._Poller.get()
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert poller.add(protocol, 0.5)
+        await _just_polled(poller)
+        for i in range(5):
+            tx.sendto(b"%d" % i, ("127.0.0.1", port))
+        await asyncio.sleep(0.01)
+        assert protocol.batches == []
+        polls = poller.polls
+        fastpath.drain()
+        assert [b for (b,) in protocol.batches] == [b"%d" % i for i in range(5)] and poller.polls == polls
+    finally:
+        tx.close()
+        transport.close()
+    await asyncio.sleep(1.1)
