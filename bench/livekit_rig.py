@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.egress import Child, _env, _wait_http, first_mp4, has_media
+from bench.egress import first_mp4, has_media
+from bench.egress_procs import Child, _env, _wait_http
 from bench.sampling import TreeSampler
 
 
