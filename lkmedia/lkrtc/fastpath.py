@@ -23,21 +23,22 @@ several times slower alone than in a run of packets. So once the fast path is in
 the loop no longer watches these sockets: every ``POLL_INTERVAL`` s (0.25 s; an
 audio-only subscriber asks for ``AUDIO_POLL_INTERVAL``, 0.5 s, and a loop polls at the
 shortest interval its sockets were given) one timer reads every subscriber socket of the
-loop until it is empty, and handles what it read in one go. Polls fall on multiples of POLL_INTERVAL of the loop's clock, and the other
-timers of a subscribed track (its RTCP, the source's tick) are set to the same instants
-(``tick_at``), so they run in the poll's wake-up, not in wake-ups of their own. One Opus
-track into an OGG file (``python3 -m bench.encoded_sub``): 0.0096 CPU s per media s with
-a wake-up per datagram, 0.0071 polled every 0.1 s, 0.0051 every 0.25 s, 0.0039 every
-0.25 s with the other timers on the polls. The cost is up to the interval more latency on
-receipt (a file or a stream does not mind half a second): a hole is seen, and its
-retransmission read, that much later (the receiver's NACK retry and the time a hole may
-hold frames back add the interval), and the arrival times the jitter in receiver reports
-is computed from are the poll's. A track that ends by another way than its packets (the
-signalling says it was unpublished, the subscriber closes) first has what waits in the
-sockets read (``drain``). ``LKMEDIA_RTP_POLL`` sets the interval (0: a wake-up per
-datagram). The sockets' receive buffers are raised to ``RECEIVE_BUFFER`` (where the
-system allows: net.core.rmem_max, unless the process may force it) so that a poll interval of a high-bitrate track, or a
-busy moment of the loop, fits in them many times over.
+loop until it is empty, and handles what it read in one go. Polls fall on multiples of
+POLL_INTERVAL of the loop's clock, and the other timers of a subscribed track (its RTCP,
+the source's tick) are set to the same instants (``tick_at``), so they run in the poll's
+wake-up, not in wake-ups of their own. One Opus track into an OGG file (``python3 -m
+bench.encoded_sub``): 0.0096 CPU s per media s with a wake-up per datagram, 0.0071
+polled every 0.1 s, 0.0051 every 0.25 s, 0.0039 every 0.25 s with the other timers on
+the polls. The cost is up to the interval more latency on receipt (a file or a stream
+does not mind half a second): a hole is seen, and its retransmission read, that much
+later (the receiver's NACK retry and the time a hole may hold frames back add the
+interval), and the arrival times the jitter in receiver reports is computed from are the
+poll's. A track that ends by another way than its packets (the signalling says it was
+unpublished, the subscriber closes) first has what waits in the sockets read
+(``drain``). ``LKMEDIA_RTP_POLL`` sets the interval (0: a wake-up per datagram). The
+sockets' receive buffers are raised to ``RECEIVE_BUFFER`` (where the system allows:
+net.core.rmem_max, unless the process may force it) so that a poll interval of a
+high-bitrate track, or a busy moment of the loop, fits in them many times over.
 """
 from __future__ import annotations
 
@@ -163,8 +164,8 @@ def tick_at(delay: float, loop: asyncio.AbstractEventLoop | None = None) -> floa
 
 
 class _Poller:
-    """Reads the sockets it was given every POLL_INTERVAL s, all of them at once, until
-    they have nothing more (see module doc). One per event loop."""
+    """Reads the sockets it was given at the shortest interval they were given, all of
+    them at once, until they have nothing more (see module doc). One per event loop."""
 
     _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poller] = weakref.WeakKeyDictionary()
     BUFFER = 65536
