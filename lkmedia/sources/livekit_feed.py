@@ -26,9 +26,6 @@ SAMPLE_RATE = 48_000
 GAP_TICK = 0.5          # how often a silent feed reports the time it covers
 GAP_MIN = 0.1           # a hole shorter than this needs no Gap before the next frame
 AUDIO_RESYNC = 0.02     # counted audio further than this from its playout time re-anchors
-AUDIO_READ_MS = 40      # audio is read in chunks this long (the FFI's frame_size_ms): an event, a
-# wake-up of the loop and a frame each; libwebrtc plays out 10 ms at a time, and 100 events a
-# second cost the participant egress ~0.02 CPU s per s in the loop and the FFI's threads
 STATS_EVERY = 0.25      # how often the audio jitter-buffer delay is read
 SETTLE = 2.0            # for this long after a track's first audio, while its buffer settles,
 SETTLE_STATS_EVERY = 0.05  # the delay is read this often
@@ -301,8 +298,8 @@ class LiveKitSourceBase(Source):
             feed.stream = early[1] if early is not None else rtc.VideoStream(track, **VIDEO_STREAM)
             feed.task = asyncio.get_running_loop().create_task(self._read_video(feed, feed.stream))
         else:
-            feed.stream = rtc.AudioStream(track, capacity=500 // AUDIO_READ_MS, sample_rate=SAMPLE_RATE,
-                                          num_channels=self.channels, frame_size_ms=AUDIO_READ_MS)
+            feed.stream = rtc.AudioStream(track, capacity=50, sample_rate=SAMPLE_RATE,
+                                          num_channels=self.channels)
             feed.task = asyncio.get_running_loop().create_task(self._read_audio(feed, feed.stream))
         self._track_task(feed.task)
         self.report("track_subscribed", participant=info.participant, kind=kind, track_sid=pub.sid,
@@ -483,14 +480,12 @@ class LiveKitSourceBase(Source):
                 # in its first 0.3 s; read 4 times a second, a first beep came 62 ms late):
                 # follow it closely until it has settled
                 self._poll_delay(feed, now, SETTLE_STATS_EVERY)
-            # (a chunk is handed out when its last 10 ms are played out: its first sample
-            # was played out that much less 10 ms before)
-            played = now - feed.jb_delay - (n / rf.sample_rate - 0.01)
+            played = now - feed.jb_delay
             if feed.muted:
                 continue  # the muted time is reported as gaps, not as silence
             start = feed.next_audio
             if start is not None and start - played > AUDIO_RESYNC:
-                continue  # the buffer grew (stretched audio): drop a chunk to stay in step
+                continue  # the buffer grew (stretched audio): drop 10 ms to stay in step
             if start is None or played - start > AUDIO_RESYNC:
                 start = max(played, feed.covered or played)  # never back into a reported gap
                 self._close_gap(feed, start)
