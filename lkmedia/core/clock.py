@@ -57,6 +57,13 @@ async def sleep_until(when: float) -> None:
         handle.cancel()
 
 
+async def sleep_to_tick(period: float) -> float:
+    """Sleep until the next ``tick(period)`` at least half a period away; that instant."""
+    when = tick(period, period / 2)
+    await sleep_until(when)
+    return when
+
+
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .clock import Clock, sleep_until, tick
+from .clock import Clock, sleep_to_tick
 from .edge import Edge, Policy
 from .errors import BuildError, GraphError, LinkError, LkmediaError, NodeError
 from .node import InputPort, Node, OutputPort, Sink, Source, check_port
@@ -222,8 +222,7 @@ class Graph:
         while True:
             # (in a wake-up the process has anyway: clock.tick; the instants themselves are
             # the times compared, so that 4 steps are 4 steps, not 3.9999 after a late wake)
-            now = tick(step, step / 2)
-            await sleep_until(now)
+            now = await sleep_to_tick(step)
             for e in list(self.edges):
                 node = e.dst.node if e.dst is not None else None
                 if node is None or node.finished or e.closed or len(e) < e.capacity or _blocked(node):

@@ -157,7 +157,7 @@ def tick_at(delay: float, loop: asyncio.AbstractEventLoop | None = None) -> floa
     poll, not in one of its own (see module doc)."""
     loop = loop or asyncio.get_running_loop()
     poller = _Poller._by_loop.get(loop)
-    interval = poller.interval if poller is not None and poller.entries else POLL_INTERVAL
+    interval = poller.interval if poller is not None else POLL_INTERVAL
     if interval <= 0:
         return loop.time() + delay
     return tick(interval, delay, loop)
@@ -173,10 +173,14 @@ class _Poller:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.entries: list[tuple[Any, Any, Any, float]] = []   # (transport, socket, protocol, interval)
-        self.interval = POLL_INTERVAL   # the shortest its sockets were given
         self.handle: asyncio.TimerHandle | None = None
         self.polls = 0
         self.datagrams = 0
+
+    @property
+    def interval(self) -> float:
+        """The shortest interval its sockets were given (POLL_INTERVAL when it has none)."""
+        return min((e[3] for e in self.entries), default=POLL_INTERVAL)
 
     @classmethod
     def get(cls) -> _Poller:
@@ -204,7 +208,6 @@ class _Poller:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         remove(sock.fileno())   # (the transport keeps its socket; the loop no longer watches it)
         self.entries.append((transport, sock, protocol, interval))
-        self.interval = min(e[3] for e in self.entries)
         first = tick(self.interval, 0.0, self.loop)  # (the next instant of the grid, however near)
         if self.handle is None or self.handle.when() > first:
             if self.handle is not None:
@@ -218,7 +221,6 @@ class _Poller:
         keep = self.read_all()
         self.entries = keep
         if keep:
-            self.interval = min(e[3] for e in keep)
             self.handle = self.loop.call_at(tick(self.interval, self.interval / 2, self.loop), self.poll)
 
     def read_all(self) -> list[tuple[Any, Any, Any, float]]:

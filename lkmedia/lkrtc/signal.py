@@ -33,7 +33,7 @@ from livekit.protocol import rtc as proto_rtc
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from ..core.clock import sleep_until, tick
+from ..core.clock import sleep_to_tick
 
 log = logging.getLogger("lkmedia.lkrtc.signal")
 
@@ -192,7 +192,7 @@ class SignalClient:
         interval = join.ping_interval or 5
         timeout = join.ping_timeout or 15
         while not self.closed:
-            await sleep_until(tick(interval, interval / 2))  # (with the other timers: lkmedia.core.clock.tick)
+            await sleep_to_tick(interval)  # (with the other timers: lkmedia.core.clock.tick)
             if time.monotonic() - self._last_heard > timeout:
                 self._finish(f"no message from the server for {timeout} s")
                 await self._abort()

@@ -41,7 +41,6 @@ from livekit.protocol import models as proto_models
 
 from ..core import Caps, LkmediaError, OutputPort, Policy, Source
 from ..lkrtc import EncodedFrame, RemoteTrack, SignalError, Subscriber, fastpath
-from ..lkrtc.fastpath import tick_at
 from ..lkrtc.packets import AUDIO_RATE, Packetizer
 from .follow import followed_tracks
 
@@ -135,7 +134,7 @@ class EncodedTrackSource(Source):
                     self._consider(p, t)
             started = time.monotonic()
             while not self.stop_requested and self._failure is None:
-                await self.wait_stop(deadline=tick_at(TICK))  # (in a poll's wake-up)
+                await self.wait_stop(deadline=fastpath.tick_at(TICK))  # (in a poll's wake-up)
                 self._fill_silence()
                 if self.outs and all(o.ended for o in self.outs.values()):
                     break

@@ -23,7 +23,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from ..core.clock import sleep_until, tick
+from ..core.clock import sleep_to_tick
 from . import codec
 from .host import HostPool
 from .kind import JobError, JobKind
@@ -204,7 +204,7 @@ class Supervisor:
     async def _ping(self, proc: JobProcess) -> None:
         lv = self.liveness
         for seq in itertools.count(1):
-            await sleep_until(tick(lv.ping_interval, lv.ping_interval / 2))  # (every job's ping in one wake-up)
+            await sleep_to_tick(lv.ping_interval)  # (every job's ping in one wake-up)
             if self._done:
                 return  # it said Done: nothing more to ask
             silent = time.monotonic() - self._last_answer

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
-from ..core.clock import sleep_until, tick
+from ..core.clock import sleep_to_tick
 from .admission import GB, Admission
 from .host import HostPool
 from .kind import JobError, JobKind
@@ -377,7 +377,7 @@ class Worker:
     async def _monitor(self) -> None:
         sampler = ProcSampler()
         while True:
-            await sleep_until(tick(MONITOR_EVERY, MONITOR_EVERY / 2))  # (with the pings: lkmedia.core.clock.tick)
+            await sleep_to_tick(MONITOR_EVERY)  # (with the pings: lkmedia.core.clock.tick)
             pids = {jid: sup.pid for jid, sup in self.jobs.items() if sup.pid and not sup.shared}
             try:
                 sample = await asyncio.to_thread(sampler.sample, pids)
