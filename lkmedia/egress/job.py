@@ -25,6 +25,7 @@ from ..storage.factory import settings_from_yaml
 from ..worker.kind import Report
 from .errors import EgressError
 from .info import FINAL, fill_results, set_status
+from .lookup import RoomLookup
 from .recipe import Recipe, build_recipe, filename_fields, participant_passthrough, published_video
 from .spec import EgressLaunch
 from .tiles import TileDirector
@@ -174,10 +175,11 @@ class EgressJob:
             return await self._build_chrome(token)
         track = None
         video_passthrough = False
+        lookup = RoomLookup(launch.ws_url, launch.api_key, launch.api_secret, cfg.room_name, token, self._stop)
         if cfg.request_type == "track":
-            track = await self._find_track(cfg.track_id)
+            track = await lookup.track(cfg.track_id, FIND_TRACK_WAIT)
         elif cfg.request_type == "participant":
-            part = await self._await_participant(cfg.identity)
+            part = await lookup.participant(cfg.identity, SUBSCRIBE_TIMEOUT)
             video_passthrough = participant_passthrough(cfg, published_video(part, cfg.screen_share))
         self._track_codec = track["codec"] if track else ("h264" if video_passthrough else "")
         fields = filename_fields(cfg, identity=track["identity"] if track else "", track=track)
@@ -288,46 +290,6 @@ class EgressJob:
             r.mixer.set_channel(edge.dst, channel)  # type: ignore[union-attr]
 
         return link
-
-    def _room_api(self) -> api.LiveKitAPI:
-        url = self.launch.ws_url
-        http = url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
-        return api.LiveKitAPI(http, self.launch.api_key, self.launch.api_secret)
-
-    async def _await_participant(self, identity: str, wait: float = SUBSCRIBE_TIMEOUT) -> Any:
-        """As the Go egress: wait for the participant to be in the room, then fail naming it.
-        Its ParticipantInfo (None if the job was stopped meanwhile)."""
-        deadline = time.monotonic() + wait
-        async with self._room_api() as lkapi:
-            while True:
-                res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=self.cfg.room_name))
-                found = next((p for p in res.participants if p.identity == identity), None)
-                if found is not None or self._stop.is_set():
-                    return found
-                if time.monotonic() >= deadline:
-                    raise EgressError(f"participant {identity} not found in room {self.cfg.room_name!r} "
-                                      f"(waited {wait:g} s)", "not_found")
-                await asyncio.sleep(0.25)
-
-    async def _find_track(self, track_id: str, wait: float = FIND_TRACK_WAIT) -> dict[str, str]:
-        """The track's participant, kind and codec from the room service. A track published
-        a moment ago is listed a little later (~0.5 s): look again for ``wait`` seconds."""
-        deadline = time.monotonic() + wait
-        async with self._room_api() as lkapi:
-            while True:
-                res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=self.cfg.room_name))
-                for p in res.participants:
-                    for t in p.tracks:
-                        if t.sid == track_id:
-                            kind = "audio" if t.type == 0 else "video"
-                            codec = (t.mime_type.split("/", 1)[-1] or ("opus" if kind == "audio" else "vp8")).lower()
-                            return {"identity": p.identity, "kind": kind, "codec": codec, "track_id": t.sid,
-                                    "track_type": kind, "track_source": api.TrackSource.Name(t.source).lower()}
-                if self._stop.is_set():  # stopped while it looked: run() ends it ABORTED
-                    return {"identity": "", "kind": "audio", "codec": "opus", "track_id": track_id}
-                if time.monotonic() >= deadline:
-                    raise EgressError(f"track {track_id} not found in room {self.cfg.room_name!r}", "not_found")
-                await asyncio.sleep(0.25)
 
     async def _wait_active(self, g: Any) -> None:
         """ACTIVE once media reaches the encoders (the Go egress: pipeline playing). A

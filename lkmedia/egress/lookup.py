@@ -1,0 +1,105 @@
+"""What a job looks up in its room before it subscribes: its participant (participant
+egress) or its track's participant, kind and codec (track egress).
+
+livekit-server answers ListParticipants from its Redis participant store (unless its
+``api.enable_psrpc_for_get_list_participants`` is on), and that store can miss a published
+track until something else about its participant changes: each new track stores a snapshot
+of its participant from a goroutine of its own, and a snapshot taken before the
+participant's next track was added can land last
+(tests/integration/livekit/test_participant_store.py). A track the store has not listed
+after ``ASK_ROOM_AFTER`` s is looked for in the room itself: the participant list a join
+gets (the job's own token, hidden; it leaves at once).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+
+from livekit import api
+from livekit.protocol import models as lkm
+
+from ..lkrtc.signal import SignalClient, SignalError
+from .errors import EgressError
+
+ASK_ROOM_AFTER = 1.5  # seconds without the track in ListParticipants before the room is asked
+POLL = 0.25
+
+
+class RoomLookup:
+    def __init__(self, ws_url: str, api_key: str, api_secret: str, room: str, token: str,
+                 stopped: asyncio.Event) -> None:
+        self.ws_url, self.room, self.token = ws_url, room, token
+        self._key, self._secret = api_key, api_secret
+        self._stopped = stopped
+
+    def _api(self) -> api.LiveKitAPI:
+        http = self.ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+        return api.LiveKitAPI(http, self._key, self._secret)
+
+    async def _listed(self, lkapi: api.LiveKitAPI) -> list[lkm.ParticipantInfo]:
+        try:
+            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=self.room))
+        except api.TwirpError as e:
+            # (with psrpc on, the room answers: not_found, or no answer at all, before it exists)
+            if e.code in ("not_found", "unavailable"):
+                return []
+            raise
+        return list(res.participants)
+
+    async def _in_room(self) -> list[lkm.ParticipantInfo]:
+        """The participants as the room has them (a join's list), [] if the join failed."""
+        client = SignalClient(self.ws_url, self.token)
+        try:
+            join = await client.connect()
+        except SignalError:
+            return []
+        finally:
+            await client.close()
+        return list(join.other_participants)
+
+    async def participant(self, identity: str, wait: float) -> lkm.ParticipantInfo | None:
+        """As the Go egress: wait for the participant to be in the room, then fail naming it.
+        Its ParticipantInfo (None if the job was stopped meanwhile)."""
+        deadline = time.monotonic() + wait
+        async with self._api() as lkapi:
+            while True:
+                found = next((p for p in await self._listed(lkapi) if p.identity == identity), None)
+                if found is not None or self._stopped.is_set():
+                    return found
+                if time.monotonic() >= deadline:
+                    raise EgressError(f"participant {identity} not found in room {self.room!r} "
+                                      f"(waited {wait:g} s)", "not_found")
+                await asyncio.sleep(POLL)
+
+    async def track(self, track_id: str, wait: float) -> dict[str, str]:
+        """The track's participant, kind, codec and source. A track published a moment ago
+        is listed a little later (~0.5 s): look again for ``wait`` seconds, past
+        ``ASK_ROOM_AFTER`` in the room itself too."""
+        start = time.monotonic()
+        ask_at = start + ASK_ROOM_AFTER
+        async with self._api() as lkapi:
+            while True:
+                listed = await self._listed(lkapi)
+                found = _track(listed, track_id)
+                if found is None and listed and time.monotonic() >= ask_at:  # (the room exists)
+                    ask_at = time.monotonic() + 2 * ASK_ROOM_AFTER  # (a join is not free)
+                    found = _track(await self._in_room(), track_id)
+                if found is not None:
+                    return found
+                if self._stopped.is_set():  # stopped while it looked: run() ends it ABORTED
+                    return {"identity": "", "kind": "audio", "codec": "opus", "track_id": track_id}
+                if time.monotonic() - start >= wait:
+                    raise EgressError(f"track {track_id} not found in room {self.room!r}", "not_found")
+                await asyncio.sleep(POLL)
+
+
+def _track(participants: Iterable[lkm.ParticipantInfo], track_id: str) -> dict[str, str] | None:
+    for p in participants:
+        for t in p.tracks:
+            if t.sid == track_id:
+                kind = "audio" if t.type == lkm.TrackType.AUDIO else "video"
+                codec = (t.mime_type.split("/", 1)[-1] or ("opus" if kind == "audio" else "vp8")).lower()
+                return {"identity": p.identity, "kind": kind, "codec": codec, "track_id": t.sid,
+                        "track_type": kind, "track_source": lkm.TrackSource.Name(t.source).lower()}
+    return None
