@@ -246,7 +246,7 @@ class JobsConfig:
     kill_timeout: Seconds = _checked(Seconds(20.0), _non_negative)  # a killed job's finalising, then SIGKILL
     calibrate: bool = False  # admit by the CPU each request type was measured to use here
     spare: bool = True  # keep one job process started and waiting: a job starts without the imports
-    ping_interval: Seconds = _checked(Seconds(1.0), _positive)  # the service pings each job process
+    ping_interval: Seconds = _checked(Seconds(1.0), _positive)  # each job process's heartbeat (its Pong, unasked)
     ping_timeout: Seconds = _checked(Seconds(10.0), _positive)  # unanswered this long: hung, SIGKILL, FAILED
     max_starting: int = _checked(0, _non_negative)  # jobs starting at once (0: one per CPU); others queue
     light_per_process: int = _checked(25, _non_negative)  # track egresses sharing one process (0, 1: their own)

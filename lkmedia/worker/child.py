@@ -4,8 +4,10 @@
 The worker service (lkmedia.worker.process) starts it ahead of need; it imports the
 MODULEs (a job kind's media stack), then waits on its end of the socketpair ``FD`` for a
 ``Start`` (or ``Recover``). It runs that one job with the kind's runner module, sends every
-Info the job sets as a numbered ``Status``, answers ``Ping`` from its event loop (a loop
-that stops turning is found by the service), then sends ``Done`` and exits. It never
+Info the job sets as a numbered ``Status``, sends a ``Pong`` from its event loop every
+``heartbeat`` s (a loop that stops turning is found by the service; on the clock's shared
+ticks, lkmedia.core.clock, so that it costs the job no wake-up of its own), then sends
+``Done`` and exits. It never
 talks to Redis: the service alone does.
 
 It dies with the service (PR_SET_PDEATHSIG); SIGINT is ignored (a Ctrl-C reaches the whole
@@ -27,6 +29,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from ..core.clock import sleep_to_tick
 from . import codec
 from .kind import Job, JobError
 from .messages import Channel, Done, Kill, Ping, Pong, Recover, Reply, Request, Start, Status, Stop
@@ -90,6 +93,16 @@ async def _commands(chan: Channel, job: Job | None) -> None:
             await chan.send(Reply(msg.id, error=str(e), code=e.code))
 
 
+async def _beat(chan: Channel, every: float) -> None:
+    """A Pong every ``every`` s, unasked, until cancelled or the channel fails."""
+    seq = 0
+    with contextlib.suppress(ConnectionError, OSError):
+        while True:
+            await sleep_to_tick(every)
+            seq += 1
+            await chan.send(Pong(seq))
+
+
 class _Host:
     """What the jobs of one shared process (lkmedia.worker.host) share: logging set up once,
     and SIGTERM, which stops every one of them."""
@@ -130,6 +143,7 @@ async def _serve(fd: int, host: _Host | None = None) -> int:
             stopping = job.stop
             loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(stopping("SIGTERM")))
     listener = loop.create_task(_commands(chan, job), name="job-commands")
+    beat = loop.create_task(_beat(chan, first.heartbeat), name="job-heartbeat") if first.heartbeat > 0 else None
     try:
         if job is not None:
             await job.run()
@@ -139,8 +153,10 @@ async def _serve(fd: int, host: _Host | None = None) -> int:
     finally:
         if host is not None and job is not None:
             host.jobs.discard(job)
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
+        for task in (listener, beat):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (listener, beat) if t is not None), return_exceptions=True)
         with contextlib.suppress(ConnectionError, OSError):
             await chan.send(Done(report.seq, report.last))
         await chan.finish()

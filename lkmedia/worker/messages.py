@@ -4,7 +4,8 @@ channel that carries them (a socketpair, one JSON line per message, lkmedia.work
 Service -> job: ``Start`` (or ``Recover``) first, then ``Stop``, ``Kill`` and ``Request`` (a
 job kind's own control call), each answered by a ``Reply`` with its id, and ``Ping``.
 Job -> service: ``Status`` (the job's Info, numbered in the order the job set it),
-``Reply``, ``Pong`` and last ``Done`` (the final Info). The job owns its Info; the service
+``Reply``, ``Pong`` (a Ping's answer, and every ``heartbeat`` s unasked: a job whose event
+loop stops turning stops sending them) and last ``Done`` (the final Info). The job owns its Info; the service
 relays what it is sent and never edits it.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Start:
     info: bytes
     log_level: str = "info"
     json_log: bool = False
+    heartbeat: float = 0.0  # seconds between the job's unasked Pongs (0: none, Pings answered)
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Recover:
     cause: str
     log_level: str = "info"
     json_log: bool = False
+    heartbeat: float = 0.0
 
 
 @dataclass

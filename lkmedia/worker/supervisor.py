@@ -1,8 +1,9 @@
 """One job under supervision, from its process start to a final Info relayed.
 
 The supervisor hands the job process its spec, relays every Info the job sends (in the
-job's order, through a small queue, so that a slow relay never stops it reading), pings it
-and kills a process that stops answering, asks it to stop, to kill itself (outputs still
+job's order, through a small queue, so that a slow relay never stops it reading), hears its
+heartbeat (a Pong every ``ping_interval`` s, sent unasked: a ping would cost both processes
+a wake-up more per interval) and kills a process whose heartbeat stops, asks it to stop, to kill itself (outputs still
 finalised) or to carry out a kind's own request, and SIGKILLs it when a kill is not
 answered. A process that ends without a final Info (crashed, killed, hung) is reported from
 what it left: a fresh job process runs the kind's recovery (``Recover``), off this event
@@ -27,7 +28,7 @@ from ..core.clock import sleep_to_tick
 from . import codec
 from .host import HostPool
 from .kind import JobError, JobKind
-from .messages import Done, Kill, Ping, Pong, Recover, Reply, Request, Start, Status, Stop
+from .messages import Done, Kill, Pong, Recover, Reply, Request, Start, Status, Stop
 from .process import JobProcess, Spawner
 from .record import JobRecord
 
@@ -98,7 +99,7 @@ class Supervisor:
             if recover is None:
                 await self._drive(Start(self.kind.runner, codec.encode(self.kind.launch(self.spec)),
                                         self.info.SerializeToString(),
-                                        self.logs.level, self.logs.json))
+                                        self.logs.level, self.logs.json, self.liveness.ping_interval))
                 if not self.kind.is_final(self.info):
                     recover = self.kill_error or self._exit_cause()
                     log.error("%s %s: %s: reporting what it wrote", self.kind.name, self.job_id, recover)
@@ -124,14 +125,15 @@ class Supervisor:
         before = self.info
         try:
             await self._drive(Recover(self.kind.runner, codec.encode(self.kind.launch(self.spec)),
-                                      self.info.SerializeToString(), cause, self.logs.level, self.logs.json))
+                                      self.info.SerializeToString(), cause, self.logs.level, self.logs.json,
+                                      self.liveness.ping_interval))
         except Exception as e:
             log.error("%s %s: recovery failed: %s", self.kind.name, self.job_id, e)
         if not self.kind.is_final(self.info):  # recovery itself failed: say so, with the cause
             self._take(self.kind.ended(before, "failed", f"{cause}; its output could not be recovered"))
 
     async def _drive(self, first: Start | Recover) -> None:
-        """One process from the spare to its exit: its first message, then read and ping."""
+        """One process from the spare to its exit: its first message, then read and watch."""
         self._ready.clear()
         self._done = False
         self._seq = 0  # each process numbers its own Infos
@@ -144,7 +146,7 @@ class Supervisor:
         self._ready.set()
         if self._early_stop and isinstance(first, Start):
             await proc.send(Stop(0, self._early_stop))  # (its reply, id 0, is not waited for)
-        pinger = asyncio.get_running_loop().create_task(self._ping(proc), name=f"ping:{self.job_id}")
+        pinger = asyncio.get_running_loop().create_task(self._watch(proc), name=f"watch:{self.job_id}")
         try:
             await self._read(proc)
         finally:
@@ -201,10 +203,12 @@ class Supervisor:
             except Exception as e:  # the relay retries on its own; a refusal is logged here
                 log.error("%s %s: its status could not be relayed: %s", self.kind.name, self.job_id, e)
 
-    async def _ping(self, proc: JobProcess) -> None:
+    async def _watch(self, proc: JobProcess) -> None:
+        """SIGKILL a process that has sent nothing for ``ping_timeout`` s (its heartbeat
+        included: a Pong every ``ping_interval`` s)."""
         lv = self.liveness
-        for seq in itertools.count(1):
-            await sleep_to_tick(lv.ping_interval)  # (every job's ping in one wake-up)
+        while True:
+            await sleep_to_tick(lv.ping_interval)  # (every job's watch in one wake-up)
             if self._done:
                 return  # it said Done: nothing more to ask
             silent = time.monotonic() - self._last_answer
@@ -215,8 +219,6 @@ class Supervisor:
                 log.error("%s %s: %s: SIGKILL", self.kind.name, self.job_id, self.kill_error)
                 proc.signal(signal.SIGKILL)
                 return
-            with contextlib.suppress(ConnectionError, OSError):
-                await proc.send(Ping(seq))
 
     # -- control ------------------------------------------------------------------------
     async def _call(self, make: Callable[[int], Stop | Kill | Request]) -> Reply:
