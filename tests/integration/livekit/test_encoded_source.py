@@ -169,6 +169,17 @@ async def test_opus_passthrough_to_ogg(livekit_stack: DevStack, room_name: str, 
     assert abs(samples / RATE - p.duration) <= 0.03
 
 
+async def settled(count: Any, limit: float = 10.0) -> None:
+    """Until ``count()`` has not moved for two polls and a repair (a NACK and its answer)."""
+    quiet = 2 * fastpath.POLL_INTERVAL + 0.3
+    deadline = asyncio.get_running_loop().time() + limit
+    while asyncio.get_running_loop().time() < deadline:
+        seen = count()
+        await asyncio.sleep(quiet)
+        if count() == seen:
+            return
+
+
 async def record_clip_video(stack: DevStack, room: str, out: Path, *, width: int, height: int, frames: int,
                             codec: str = "vp8") -> tuple[EncodedTrackSource, dict[str, int]]:
     """A clip publisher's video, recorded by EncodedTrackSource into ``out`` until the track
@@ -195,12 +206,13 @@ async def record_clip_video(stack: DevStack, room: str, out: Path, *, width: int
             assert first < 300, f"nothing forwarded after {first} frames: {src.stats()}"
             await send_video(vsrc, 1, width, height, first=first)
             first += 1
-        # (what was sent so far is read within a poll of the sockets: let it all arrive,
-        # so that the counts below are of the same frames)
-        await asyncio.sleep(2 * fastpath.POLL_INTERVAL + 0.1)
+        # (what was sent so far is read within a poll of the sockets, a frame held back for
+        # a repair a NACK later: let it all arrive, so that the counts below are of the same
+        # frames; a fixed 0.6 s here once left 2 repaired frames to be counted as sent later)
+        await settled(received)
         before, received_before = await pub.sent("video"), received()
         await send_video(vsrc, frames, width, height, first=first)
-        await asyncio.sleep(0.5 + 2 * fastpath.POLL_INTERVAL)  # (the last ones read, or repaired and read)
+        await settled(received)  # (the last ones read, or repaired and read)
         after = await pub.sent("video")
         got = received() - received_before
         await pub.room.local_participant.unpublish_track(pub.pubs["video"].sid)
