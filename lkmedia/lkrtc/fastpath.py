@@ -32,8 +32,8 @@ polled every 0.1 s, 0.0051 every 0.25 s, 0.0039 every 0.25 s with the other time
 the polls. The cost is up to the interval more latency on receipt (a file or a stream
 does not mind half a second): a hole is seen, and its retransmission read, that much
 later (the receiver's NACK retry and the time a hole may hold frames back add the
-interval), and the arrival times the jitter in receiver reports is computed from are the
-poll's. A track that ends by another way than its packets (the signalling says it was
+interval). Each datagram is still dated when it arrived (the kernel's stamp,
+``arrival``), not when it was read. A track that ends by another way than its packets (the signalling says it was
 unpublished, the subscriber closes) first has what waits in the sockets read
 (``drain``). ``LKMEDIA_RTP_POLL`` sets the interval (0: a wake-up per datagram). The
 sockets' receive buffers are raised to ``RECEIVE_BUFFER`` (where the system allows:
@@ -48,6 +48,7 @@ import logging
 import os
 import socket
 import struct
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,9 @@ from ..core.clock import tick
 log = logging.getLogger("lkmedia.lkrtc.fastpath")
 
 _HEADER = struct.Struct("!BBHII")
+SO_TIMESTAMPNS = 35  # (Linux's; Python's socket module has no name for it)
+_TIMESPEC = struct.Struct("qq")
+_stamp: float | None = None  # the kernel's arrival time of the datagram being handled
 ENABLED = os.environ.get("LKMEDIA_RTP_FAST_PATH", "1") != "0"
 RECEIVE_BUFFER = 1 << 20
 POLL_INTERVAL = float(os.environ.get("LKMEDIA_RTP_POLL", "0.25"))  # 0: a wake-up per datagram
@@ -98,6 +102,15 @@ def parse_rtp(data: bytes) -> Rtp:
     if pos > end:
         raise ValueError("RTP header longer than the packet")
     return Rtp(b1 >> 7, b1 & 0x7F, seq, ts, ssrc, data[pos:end])
+
+
+def arrival() -> float:
+    """When the datagram being handled arrived, on ``time.monotonic()``'s scale: the
+    kernel's stamp when the poller read it (SO_TIMESTAMPNS), else now. A track's first
+    packet starts its RTP clock until a sender report comes (livekit-server sends one every
+    3 s): dated at the poll, a participant egress's first beeps came up to a poll interval
+    (217 ms) off their picture."""
+    return _stamp if _stamp is not None else time.monotonic()
 
 
 def unwrap_rtx(rtx: Any, payload_type: int, ssrc: int) -> Rtp:
@@ -207,6 +220,8 @@ class _Poller:
                     sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), RECEIVE_BUFFER)
                 except OSError:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # (arrival())
         remove(sock.fileno())   # (the transport keeps its socket; the loop no longer watches it)
         entry = (transport, sock, protocol, interval)
         self.entries.append(entry)
@@ -267,15 +282,22 @@ class _Poller:
         return keep
 
     def _read(self, entry: tuple[Any, Any, Any, float]) -> None:
-        """Read one socket until it is empty, handing each datagram on."""
+        """Read one socket until it is empty, handing each datagram on, dated (arrival())."""
+        global _stamp
         _, sock, protocol, _ = entry
         received = protocol.datagram_received
         size = self.BUFFER
         n = 0
+        shift = time.time() - time.monotonic()  # (the kernel stamps on the real-time clock)
         try:
             while True:
-                data, addr = sock.recvfrom(size)
+                data, anc, _, addr = sock.recvmsg(size, 64)
                 n += 1
+                _stamp = None
+                for level, kind, raw in anc:
+                    if kind == SO_TIMESTAMPNS and level == socket.SOL_SOCKET:
+                        sec, nsec = _TIMESPEC.unpack(raw)
+                        _stamp = sec + nsec * 1e-9 - shift
                 received(data, addr)
         except (BlockingIOError, InterruptedError):
             pass
@@ -283,6 +305,8 @@ class _Poller:
             protocol.error_received(e)
         except Exception:
             log.exception("handling a datagram failed")
+        finally:
+            _stamp = None
         self.datagrams += n
 
 

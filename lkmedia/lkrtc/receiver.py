@@ -40,7 +40,7 @@ from aiortc.rtp import (
 from aiortc.stats import RTCStatsReport
 
 from .clock import StreamClock
-from .fastpath import POLL_INTERVAL, tick_at, unwrap_rtx
+from .fastpath import POLL_INTERVAL, arrival, tick_at, unwrap_rtx
 from .frames import EncodedFrame, FrameAssembler, Unit, depayload, is_blank
 
 log = logging.getLogger("lkmedia.lkrtc.receiver")
@@ -224,7 +224,7 @@ class EncodedReceiver:
         if media is None:
             return
         packet = media
-        now = time.monotonic()
+        now = arrival()  # (when it arrived, not when the poll read it)
         self.packets += 1
         asm = self._asm
         seq = asm.extend(packet.sequence_number)

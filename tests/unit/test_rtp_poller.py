@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from typing import Any
 
 from lkmedia.lkrtc import fastpath
@@ -233,5 +234,41 @@ async def test_a_stun_request_in_flight_is_answered_between_polls() -> None:
     finally:
         loop.remove_reader(echo.fileno())
         echo.close()
+        transport.close()
+        await asyncio.sleep(1.1)
+
+
+async def test_a_datagram_is_dated_when_it_arrived_not_when_it_was_read() -> None:
+    """A track's first packet sets where its RTP clock starts until a sender report comes
+    (livekit-server sends one every 3 s): dated at the poll, a participant egress's first
+    three beeps came up to a poll interval off their picture (217 ms at 0.25 s)."""
+    arrivals: list[tuple[bytes, float]] = []
+
+    class Dated(_Protocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            arrivals.append((data, fastpath.arrival()))
+
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(Dated, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    poller = fastpath._Poller.get()
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert poller.add(protocol, 1.0)
+        await _just_polled(poller)
+        tx.sendto(b"first", ("127.0.0.1", port))
+        sent_first = time.monotonic()
+        await asyncio.sleep(0.3)
+        tx.sendto(b"second", ("127.0.0.1", port))
+        sent_second = time.monotonic()
+        await _just_polled(poller)
+        read = time.monotonic()
+        assert [d for d, _ in arrivals] == [b"first", b"second"]
+        (_, first), (_, second) = arrivals
+        assert abs(first - sent_first) < 0.01 and abs(second - sent_second) < 0.01, (first, second, read)
+        assert read - first > 0.3
+        assert fastpath.arrival() >= read  # (outside a poll: now)
+    finally:
+        tx.close()
         transport.close()
         await asyncio.sleep(1.1)
