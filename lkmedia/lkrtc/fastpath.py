@@ -33,9 +33,10 @@ the polls. The cost is up to the interval more latency on receipt (a file or a s
 does not mind half a second): a hole is seen, and its retransmission read, that much
 later (the receiver's NACK retry and the time a hole may hold frames back add the
 interval). Each datagram is still dated when it arrived (the kernel's stamp,
-``arrival``), not when it was read. A track that ends by another way than its packets (the signalling says it was
-unpublished, the subscriber closes) first has what waits in the sockets read
-(``drain``). ``LKMEDIA_RTP_POLL`` sets the interval (0: a wake-up per datagram). The
+``arrival``), not when it was read, and while a STUN request is in flight (ICE consent)
+the loop watches its socket. A track that ends by another way than its packets (the
+signalling says it was unpublished, the subscriber closes) first has what waits in the
+sockets read (``drain``). ``LKMEDIA_RTP_POLL`` sets the interval (0: a wake-up per datagram). The
 sockets' receive buffers are raised to ``RECEIVE_BUFFER`` (where the system allows:
 net.core.rmem_max, unless the process may force it) so that a poll interval of a
 high-bitrate track, or a busy moment of the loop, fits in them many times over.

@@ -7,8 +7,7 @@ MODULEs (a job kind's media stack), then waits on its end of the socketpair ``FD
 Info the job sets as a numbered ``Status``, sends a ``Pong`` from its event loop every
 ``heartbeat`` s (a loop that stops turning is found by the service; on the clock's shared
 ticks, lkmedia.core.clock, so that it costs the job no wake-up of its own), then sends
-``Done`` and exits. It never
-talks to Redis: the service alone does.
+``Done`` and exits. It never talks to Redis: the service alone does.
 
 It dies with the service (PR_SET_PDEATHSIG); SIGINT is ignored (a Ctrl-C reaches the whole
 process group; the service decides what stops); SIGTERM stops the job cleanly.

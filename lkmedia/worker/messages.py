@@ -5,8 +5,8 @@ Service -> job: ``Start`` (or ``Recover``) first, then ``Stop``, ``Kill`` and ``
 job kind's own control call), each answered by a ``Reply`` with its id, and ``Ping``.
 Job -> service: ``Status`` (the job's Info, numbered in the order the job set it),
 ``Reply``, ``Pong`` (a Ping's answer, and every ``heartbeat`` s unasked: a job whose event
-loop stops turning stops sending them) and last ``Done`` (the final Info). The job owns its Info; the service
-relays what it is sent and never edits it.
+loop stops turning stops sending them) and last ``Done`` (the final Info). The job owns
+its Info; the service relays what it is sent and never edits it.
 """
 from __future__ import annotations
 

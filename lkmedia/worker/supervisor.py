@@ -3,11 +3,12 @@
 The supervisor hands the job process its spec, relays every Info the job sends (in the
 job's order, through a small queue, so that a slow relay never stops it reading), hears its
 heartbeat (a Pong every ``ping_interval`` s, sent unasked: a ping would cost both processes
-a wake-up more per interval) and kills a process whose heartbeat stops, asks it to stop, to kill itself (outputs still
-finalised) or to carry out a kind's own request, and SIGKILLs it when a kill is not
-answered. A process that ends without a final Info (crashed, killed, hung) is reported from
-what it left: a fresh job process runs the kind's recovery (``Recover``), off this event
-loop. It alone writes the job's ``job.json`` and removes it at the end.
+a wake-up more per interval) and kills a process whose heartbeat stops, asks it to stop,
+to kill itself (outputs still finalised) or to carry out a kind's own request, and
+SIGKILLs it when a kill is not answered. A process that ends without a final Info
+(crashed, killed, hung) is reported from what it left: a fresh job process runs the kind's
+recovery (``Recover``), off this event loop. It alone writes the job's ``job.json`` and
+removes it at the end.
 """
 from __future__ import annotations
 
