@@ -88,7 +88,7 @@ async def main(seconds: float, runs: int) -> None:
                  "--video-file", str(inp)], work / "publisher.log", _env(LKM_BENCH_TOKEN=stack.token(IDENTITY, ROOM)))
     try:
         async with stack.api() as lkapi:
-            await _wait_published(lkapi, pub)
+            await _wait_published(lkapi, pub, stack=stack)
         for _ in range(runs):
             for way in ("rtc", "encoded"):
                 print(json.dumps(await _run(way, stack, work, seconds)), flush=True)

@@ -47,16 +47,6 @@ class RoomLookup:
             raise
         return list(res.participants)
 
-    async def _in_room(self) -> list[lkm.ParticipantInfo]:
-        """The participants as the room has them (a join's list), [] if the join failed."""
-        client = SignalClient(self.ws_url, self.token)
-        try:
-            join = await client.connect()
-        except SignalError:
-            return []
-        finally:
-            await client.close()
-        return list(join.other_participants)
 
     async def participant(self, identity: str, wait: float) -> lkm.ParticipantInfo | None:
         """As the Go egress: wait for the participant to be in the room, then fail naming it.
@@ -84,7 +74,7 @@ class RoomLookup:
                 found = _track(listed, track_id)
                 if found is None and listed and time.monotonic() >= ask_at:  # (the room exists)
                     ask_at = time.monotonic() + 2 * ASK_ROOM_AFTER  # (a join is not free)
-                    found = _track(await self._in_room(), track_id)
+                    found = _track(await room_participants(self.ws_url, self.token), track_id)
                 if found is not None:
                     return found
                 if self._stopped.is_set():  # stopped while it looked: run() ends it ABORTED
@@ -92,6 +82,19 @@ class RoomLookup:
                 if time.monotonic() - start >= wait:
                     raise EgressError(f"track {track_id} not found in room {self.room!r}", "not_found")
                 await asyncio.sleep(POLL)
+
+
+async def room_participants(ws_url: str, token: str) -> list[lkm.ParticipantInfo]:
+    """The participants as the room has them (a join's list; then leave), [] if the join
+    failed. ``token``: a hidden one, so that nobody sees the join."""
+    client = SignalClient(ws_url, token)
+    try:
+        join = await client.connect()
+    except SignalError:
+        return []
+    finally:
+        await client.close()
+    return list(join.other_participants)
 
 
 def _track(participants: Iterable[lkm.ParticipantInfo], track_id: str) -> dict[str, str] | None:
