@@ -27,6 +27,8 @@ POLL = 0.25
 
 
 class RoomLookup:
+    """One job's lookups in ``room`` (``stopped``: the job was stopped meanwhile)."""
+
     def __init__(self, ws_url: str, api_key: str, api_secret: str, room: str, token: str,
                  stopped: asyncio.Event) -> None:
         self.ws_url, self.room, self.token = ws_url, room, token
@@ -46,7 +48,6 @@ class RoomLookup:
                 return []
             raise
         return list(res.participants)
-
 
     async def participant(self, identity: str, wait: float) -> lkm.ParticipantInfo | None:
         """As the Go egress: wait for the participant to be in the room, then fail naming it.
