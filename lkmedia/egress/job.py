@@ -39,6 +39,7 @@ S = lk.EgressStatus
 #: subscriptionTimeout).
 SUBSCRIBE_TIMEOUT = 30.0
 FIND_TRACK_WAIT = 5.0  # seconds a track egress looks for its track before failing
+VIDEO_LISTED_WAIT = 2.0  # seconds a participant egress waits for its participant's video to be listed
 
 
 def egress_token(egress_id: str, room_name: str, api_key: str, api_secret: str) -> str:
@@ -180,6 +181,11 @@ class EgressJob:
             track = await lookup.track(cfg.track_id, FIND_TRACK_WAIT)
         elif cfg.request_type == "participant":
             part = await lookup.participant(cfg.identity, SUBSCRIBE_TIMEOUT)
+            if cfg.video_enabled and part is not None and published_video(part, cfg.screen_share) is None:
+                # (listed before its video: whether its video can be written as published
+                # depends on the video's codec and size)
+                part = await lookup.with_video(cfg.identity, lambda p: published_video(p, cfg.screen_share) is not None,
+                                               VIDEO_LISTED_WAIT)
             video_passthrough = participant_passthrough(cfg, published_video(part, cfg.screen_share))
         self._track_codec = track["codec"] if track else ("h264" if video_passthrough else "")
         fields = filename_fields(cfg, identity=track["identity"] if track else "", track=track)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from livekit import api
 from livekit.protocol import models as lkm
@@ -61,6 +61,27 @@ class RoomLookup:
                 if time.monotonic() >= deadline:
                     raise EgressError(f"participant {identity} not found in room {self.room!r} "
                                       f"(waited {wait:g} s)", "not_found")
+                await asyncio.sleep(POLL)
+
+    async def with_video(self, identity: str, has_video: Callable[[lkm.ParticipantInfo], bool],
+                         wait: float) -> lkm.ParticipantInfo | None:
+        """The participant once ``has_video`` says it has its video listed, or as last
+        seen after ``wait`` s (past ``ASK_ROOM_AFTER``, as the room has it): a participant is
+        listed as soon as it joins, each track once its media arrives (and the store can
+        miss one), and a participant egress decides on its video's codec and size."""
+        start = time.monotonic()
+        ask_at = start + ASK_ROOM_AFTER
+        seen: lkm.ParticipantInfo | None = None
+        async with self._api() as lkapi:
+            while True:
+                listed = await self._listed(lkapi)
+                if listed and time.monotonic() >= ask_at:
+                    ask_at = time.monotonic() + 2 * ASK_ROOM_AFTER
+                    listed = await room_participants(self.ws_url, self.token) or listed
+                seen = next((p for p in listed if p.identity == identity), seen)
+                if (seen is not None and has_video(seen)) or self._stopped.is_set() \
+                        or time.monotonic() - start >= wait:
+                    return seen
                 await asyncio.sleep(POLL)
 
     async def track(self, track_id: str, wait: float) -> dict[str, str]:

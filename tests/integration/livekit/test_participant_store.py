@@ -25,11 +25,11 @@ from lkmedia.testing.rooms import wait_tracks
 ROOM = "stale-store"
 
 
-async def _forget_tracks(stack: DevStack, room: str, identity: str) -> str:
+async def _forget_tracks(stack: DevStack, room: str, identity: str, tracks: int = 1) -> str:
     """Store ``identity`` in livekit-server's participant store as it was before it
-    published; returns the sid of the track it publishes."""
+    published (once it has ``tracks``); returns the sid of its first track."""
     async with stack.api() as lkapi:
-        p = await wait_tracks(lkapi, room, identity, 1)
+        p = await wait_tracks(lkapi, room, identity, tracks)
     track_id = p.tracks[0].sid
     del p.tracks[:]
     host, port = stack.redis_address.rsplit(":", 1)
@@ -63,6 +63,32 @@ async def test_a_track_egress_finds_a_track_the_participant_store_does_not_list(
         (f,) = done.file_results
         assert probe(f.location).stream("audio").codec == "opus"
         assert f.duration / 1e9 > 2.0, f.duration
+    finally:
+        await pub.stop()
+        stack.cleanup()
+
+
+async def test_a_participant_egress_decides_on_the_video_the_room_has(tmp_path: Path) -> None:
+    """Listed without its video, a participant publishing H.264 at the output's size was
+    transcoded: the job decided on what the store said."""
+    stack = DevStack(config={"api": {"enable_psrpc_for_get_list_participants": False}},
+                     workdir=tmp_path / "stack")
+    stack.start()
+    pub = PublisherProcess(stack.url, stack.token("pub", ROOM), video_codec="h264")
+    try:
+        await pub.start()
+        await _forget_tracks(stack, ROOM, "pub", 2)
+        async with egress_service(stack, tmp_path) as _svc, stack.api() as lkapi:
+            info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
+                room_name=ROOM, identity="pub", advanced=lk.EncodingOptions(width=640, height=360, framerate=30),
+                file_outputs=[lk.EncodedFileOutput(filepath="pub.mp4")]))
+            cur = await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE, S.EGRESS_FAILED}, timeout=30)
+            assert cur.status == S.EGRESS_ACTIVE, cur.error
+            await asyncio.sleep(3)
+            await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+            done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
+        assert done.status == S.EGRESS_COMPLETE, done.error
+        assert "passthrough: the publisher's h264 video written as it arrived" in done.details, done.details
     finally:
         await pub.stop()
         stack.cleanup()
