@@ -41,6 +41,17 @@ async def _forget_tracks(stack: DevStack, room: str, identity: str, tracks: int 
     return track_id
 
 
+async def _record(lkapi: api.LiveKitAPI, info: lk.EgressInfo) -> lk.EgressInfo:
+    """ACTIVE (not FAILED), 3 s, StopEgress: the final EgressInfo, COMPLETE."""
+    cur = await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE, S.EGRESS_FAILED}, timeout=30)
+    assert cur.status == S.EGRESS_ACTIVE, cur.error
+    await asyncio.sleep(3)
+    await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+    done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
+    assert done.status == S.EGRESS_COMPLETE, done.error
+    return done
+
+
 async def test_a_track_egress_finds_a_track_the_participant_store_does_not_list(tmp_path: Path) -> None:
     stack = DevStack(config={"api": {"enable_psrpc_for_get_list_participants": False}},
                      workdir=tmp_path / "stack")
@@ -52,14 +63,8 @@ async def test_a_track_egress_finds_a_track_the_participant_store_does_not_list(
         async with egress_service(stack, tmp_path) as _svc, stack.api() as lkapi:
             res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=ROOM))
             assert [len(p.tracks) for p in res.participants] == [0], "the store was not made stale"
-            info = await lkapi.egress.start_track_egress(lk.TrackEgressRequest(
-                room_name=ROOM, track_id=track_id, file=lk.DirectFileOutput(filepath="track")))
-            cur = await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE, S.EGRESS_FAILED}, timeout=30)
-            assert cur.status == S.EGRESS_ACTIVE, cur.error
-            await asyncio.sleep(3)
-            await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
-            done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
-        assert done.status == S.EGRESS_COMPLETE, done.error
+            done = await _record(lkapi, await lkapi.egress.start_track_egress(lk.TrackEgressRequest(
+                room_name=ROOM, track_id=track_id, file=lk.DirectFileOutput(filepath="track"))))
         (f,) = done.file_results
         assert probe(f.location).stream("audio").codec == "opus"
         assert f.duration / 1e9 > 2.0, f.duration
@@ -79,15 +84,9 @@ async def test_a_participant_egress_decides_on_the_video_the_room_has(tmp_path: 
         await pub.start()
         await _forget_tracks(stack, ROOM, "pub", 2)
         async with egress_service(stack, tmp_path) as _svc, stack.api() as lkapi:
-            info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
+            done = await _record(lkapi, await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
                 room_name=ROOM, identity="pub", advanced=lk.EncodingOptions(width=640, height=360, framerate=30),
-                file_outputs=[lk.EncodedFileOutput(filepath="pub.mp4")]))
-            cur = await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE, S.EGRESS_FAILED}, timeout=30)
-            assert cur.status == S.EGRESS_ACTIVE, cur.error
-            await asyncio.sleep(3)
-            await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
-            done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
-        assert done.status == S.EGRESS_COMPLETE, done.error
+                file_outputs=[lk.EncodedFileOutput(filepath="pub.mp4")])))
         assert "passthrough: the publisher's h264 video written as it arrived" in done.details, done.details
     finally:
         await pub.stop()
