@@ -114,17 +114,19 @@ def flash_times(path: str, threshold: float = 175.0) -> list[float]:
 
 
 def beep_times(path: str, threshold: float = 0.1) -> list[float]:
-    """Onsets of each beep: first sample above ``threshold`` after at least 0.3 s of quiet."""
-    chunks: list[np.ndarray] = []
-    start: float | None = None
-    rate = 0
+    """Onsets of each beep: first sample above ``threshold`` after at least 0.3 s of quiet.
+    Each decoded frame's samples are dated from that frame's own time, so a gap in the
+    stream (a lost packet in a remuxed file) does not move the beeps after it."""
+    onsets: list[float] = []
+    last = -10.0
     with av.open(path) as c:
         if not c.streams.audio:
             return []
+        end = 0.0
         for f in c.decode(c.streams.audio[0]):
-            if start is None:
-                start = float(f.time or 0.0)
             rate = f.sample_rate
+            start = float(f.time) if f.time is not None else end
+            end = start + f.samples / rate
             a = f.to_ndarray()
             if a.dtype.kind == "i":
                 a = a.astype(np.float32) / 32768.0
@@ -132,17 +134,11 @@ def beep_times(path: str, threshold: float = 0.1) -> list[float]:
                 a = a.mean(axis=0)
             else:
                 a = a.reshape(-1, len(f.layout.channels)).mean(axis=1)
-            chunks.append(a.astype(np.float32))
-    if not chunks or start is None:
-        return []
-    x = np.abs(np.concatenate(chunks))
-    loud = np.flatnonzero(x > threshold)
-    onsets: list[float] = []
-    last = -10 * rate
-    for i in map(int, loud):
-        if i - last > 0.3 * rate:
-            onsets.append(start + i / rate)
-        last = i
+            for i in map(int, np.flatnonzero(np.abs(a) > threshold)):
+                t = start + i / rate
+                if t - last > 0.3:
+                    onsets.append(t)
+                last = t
     return onsets
 
 

@@ -6,6 +6,7 @@ recorded file is what the mixer and compositor (and the encoders and muxer) add.
 from __future__ import annotations
 
 import asyncio
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,30 @@ async def test_mixing_adds_nothing_to_the_direct_path(tmp_path: Path) -> None:
     got = check(tmp_path / "mixed.mp4", 640)
     assert len(got) == len(ref)
     assert all(abs(a - b) <= 0.002 for a, b in zip(got, ref)), (got, ref)
+
+
+def test_a_gap_in_remuxed_audio_does_not_move_the_beeps_after_it(tmp_path: Path) -> None:
+    """A remuxed track has holes where packets were lost: the probe dates each beep from
+    its own frame's time, not by counting samples from the start (which put every beep
+    after a 20 ms hole 20 ms early)."""
+    import av
+
+    gen = SyntheticSource(width=256, height=144, fps=30, channels=1)
+    path = tmp_path / "gap.mkv"
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=30)
+        v.width, v.height, v.pix_fmt = 256, 144, "yuv420p"
+        a = c.add_stream("libopus", rate=48_000, layout="mono")
+        for i in range(30 * 4):
+            f = gen.video_frame(i)
+            f.pts, f.time_base = i, Fraction(1, 30)
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+        for s in range(0, 48_000 * 4, 960):
+            pkts = a.encode(gen.audio_frame(s))
+            if 48_000 + 24_000 <= s < 48_000 + 24_000 + 960:  # one packet lost, between beeps 2 and 3
+                continue
+            c.mux(pkts)
+        c.mux(a.encode(None))
+    offsets = av_offsets(str(path))
+    assert len(offsets) == 4 and all(abs(o) <= 0.010 for o in offsets), offsets
