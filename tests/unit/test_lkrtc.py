@@ -75,6 +75,30 @@ def test_sender_reports_put_two_tracks_on_one_clock() -> None:
     assert video.shifts == 2
 
 
+def test_a_late_first_report_is_corrected_by_an_earlier_one() -> None:
+    """A report can come out late (its sender dated it when a packet left), never early:
+    a participant's track follows the earliest of its recent reports, so a first report
+    12 ms late puts the audio 12 ms late only until a punctual one comes; a later late one
+    does not move it back. A lone track is not moved for so little."""
+    p = ParticipantClock()
+    audio, video = p.stream(48_000), p.stream(90_000)
+    audio.time(0, 100.0)
+    video.time(0, 100.0)
+    video.sender_report(ntp(1000.0), 0)                    # capture 0 was at NTP 1000.0
+    audio.sender_report(ntp(1000.0 + 0.012), 0)            # ... says 12 ms later: late
+    assert audio.time(48_000, 101.0) - video.time(90_000, 101.0) == pytest.approx(0.012)
+    audio.sender_report(ntp(1003.0), 3 * 48_000)           # punctual
+    assert audio.time(4 * 48_000, 104.0) - video.time(4 * 90_000, 104.0) == pytest.approx(0.0, abs=1e-6)
+    audio.sender_report(ntp(1006.0 + 0.009), 6 * 48_000)   # late again: the earliest still holds
+    assert audio.time(7 * 48_000, 107.0) - video.time(7 * 90_000, 107.0) == pytest.approx(0.0, abs=1e-6)
+    assert audio.shifts == 2
+    lone = StreamClock(48_000)
+    lone.time(0, 100.0)
+    lone.sender_report(ntp(1000.0 + 0.012), 0)
+    lone.sender_report(ntp(1003.0), 3 * 48_000)
+    assert lone.shifts == 0
+
+
 def test_a_timestamp_jump_restarts_from_arrival() -> None:
     c = StreamClock(48_000, max_skew=2.0)
     c.time(0, 10.0)
