@@ -31,7 +31,7 @@ from google.protobuf.message import Message
 from ..core.clock import sleep_to_tick
 from . import codec
 from .kind import Job, JobError
-from .messages import Channel, Done, Kill, Ping, Pong, Recover, Reply, Request, Start, Status, Stop
+from .messages import Channel, Done, Kill, Pong, Recover, Reply, Request, Start, Status, Stop
 
 log = logging.getLogger("lkmedia.worker.child")
 PR_SET_PDEATHSIG = 1
@@ -63,7 +63,7 @@ class _Reporter:
 
 async def _commands(chan: Channel, job: Job | None) -> None:
     """Answer the service until it closes the channel (then stop the job cleanly). While
-    a dead job is recovered (``job`` None) only pings are answered."""
+    a dead job is recovered (``job`` None) every call is answered "unavailable"."""
     while True:
         msg = await chan.receive()
         if msg is None:
@@ -71,9 +71,6 @@ async def _commands(chan: Channel, job: Job | None) -> None:
                 log.warning("the service went away: stopping the job")
                 await job.stop("the worker service went away")
             return
-        if isinstance(msg, Ping):
-            await chan.send(Pong(msg.seq))
-            continue
         if not isinstance(msg, Stop | Kill | Request):
             log.warning("unexpected %s from the service", type(msg).__name__)
             continue

@@ -2,10 +2,10 @@
 channel that carries them (a socketpair, one JSON line per message, lkmedia.worker.codec).
 
 Service -> job: ``Start`` (or ``Recover``) first, then ``Stop``, ``Kill`` and ``Request`` (a
-job kind's own control call), each answered by a ``Reply`` with its id, and ``Ping``.
+job kind's own control call), each answered by a ``Reply`` with its id.
 Job -> service: ``Status`` (the job's Info, numbered in the order the job set it),
-``Reply``, ``Pong`` (a Ping's answer, and every ``heartbeat`` s unasked: a job whose event
-loop stops turning stops sending them) and last ``Done`` (the final Info). The job owns
+``Reply``, ``Pong`` (every ``heartbeat`` s, unasked: a job whose event loop stops turning
+stops sending them) and last ``Done`` (the final Info). The job owns
 its Info; the service relays what it is sent and never edits it.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Start:
     info: bytes
     log_level: str = "info"
     json_log: bool = False
-    heartbeat: float = 0.0  # seconds between the job's unasked Pongs (0: none, Pings answered)
+    heartbeat: float = 0.0  # seconds between the job's unasked Pongs (0: none)
 
 
 @dataclass
@@ -66,11 +66,6 @@ class Request:
 
 
 @dataclass
-class Ping:
-    seq: int
-
-
-@dataclass
 class Status:
     seq: int
     info: bytes
@@ -95,9 +90,9 @@ class Done:
     info: bytes
 
 
-Message = Start | Recover | Stop | Kill | Request | Ping | Status | Reply | Pong | Done
-_TYPES: dict[str, type[Any]] = {c.__name__: c for c in (Start, Recover, Stop, Kill, Request, Ping, Status,
-                                                        Reply, Pong, Done)}
+Message = Start | Recover | Stop | Kill | Request | Status | Reply | Pong | Done
+_TYPES: dict[str, type[Any]] = {c.__name__: c for c in (Start, Recover, Stop, Kill, Request, Status, Reply,
+                                                        Pong, Done)}
 
 
 class ChannelError(ConnectionError):

@@ -11,7 +11,7 @@ from livekit.protocol import egress as lk
 from lkmedia.egress.spec import EgressLaunch, spec_from_request
 from lkmedia.rpc.messages import pack_start_egress
 from lkmedia.worker import codec
-from lkmedia.worker.messages import Channel, Done, Ping, Reply, Start, Status, Stop
+from lkmedia.worker.messages import Channel, Done, Reply, Request, Start, Status, Stop
 
 
 @dataclass
@@ -68,13 +68,13 @@ async def test_typed_messages_cross_the_channel() -> None:
 
 
 @pytest.mark.parametrize("graceful", [True, False])
-async def test_the_final_status_is_read_even_when_pings_are_left_unread(graceful: bool) -> None:
+async def test_the_final_status_is_read_even_when_requests_are_left_unread(graceful: bool) -> None:
     """Was: jobs that ended together lost their results. A job that closes its socket with
-    the service's pings unread in it resets the connection, and asyncio's reader then
+    the service's messages unread in it resets the connection, and asyncio's reader then
     drops the final Status and Done it had already received."""
     svc, job = await _pair()
     for seq in range(3):
-        await svc.send(Ping(seq))  # never read by the job
+        await svc.send(Request(seq, "state"))  # never read by the job
     await job.send(Status(1, b"ACTIVE"))
     await job.send(Status(2, b"COMPLETE"))
     await job.send(Done(2, b"COMPLETE"))
