@@ -13,8 +13,10 @@ gets (the job's own token, hidden; it leaves at once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import TypeVar
 
 from livekit import api
 from livekit.protocol import models as lkm
@@ -22,6 +24,7 @@ from livekit.protocol import models as lkm
 from ..lkrtc.signal import SignalClient, SignalError
 from .errors import EgressError
 
+T = TypeVar("T")
 ASK_ROOM_AFTER = 1.5  # seconds without the track in ListParticipants before the room is asked
 POLL = 0.25
 
@@ -66,44 +69,53 @@ class RoomLookup:
     async def with_video(self, identity: str, has_video: Callable[[lkm.ParticipantInfo], bool],
                          wait: float) -> lkm.ParticipantInfo | None:
         """The participant once ``has_video`` says it has its video listed, or as last
-        seen after ``wait`` s (past ``ASK_ROOM_AFTER``, as the room has it): a participant is
-        listed as soon as it joins, each track once its media arrives (and the store can
-        miss one), and a participant egress decides on its video's codec and size."""
-        start = time.monotonic()
-        ask_at = start + ASK_ROOM_AFTER
+        seen after ``wait`` s: a participant is listed as soon as it joins, each track once
+        its media arrives (and the store can miss one), and a participant egress decides on
+        its video's codec and size."""
         seen: lkm.ParticipantInfo | None = None
-        async with self._api() as lkapi:
-            while True:
-                listed = await self._listed(lkapi)
-                if listed and time.monotonic() >= ask_at:
-                    ask_at = time.monotonic() + 2 * ASK_ROOM_AFTER
-                    listed = await room_participants(self.ws_url, self.token) or listed
-                seen = next((p for p in listed if p.identity == identity), seen)
-                if (seen is not None and has_video(seen)) or self._stopped.is_set() \
-                        or time.monotonic() - start >= wait:
-                    return seen
-                await asyncio.sleep(POLL)
+
+        def pick(listed: list[lkm.ParticipantInfo]) -> lkm.ParticipantInfo | None:
+            nonlocal seen
+            p = next((p for p in listed if p.identity == identity), None)
+            seen = p or seen
+            return p if p is not None and has_video(p) else None
+
+        start = time.monotonic()
+        async with self._api() as lkapi, contextlib.aclosing(self._look(lkapi, pick)) as looks:
+            async for found in looks:
+                if found is not None or self._stopped.is_set() or time.monotonic() - start >= wait:
+                    return found or seen
+        return seen  # (not reached: the looks never end)
 
     async def track(self, track_id: str, wait: float) -> dict[str, str]:
         """The track's participant, kind, codec and source. A track published a moment ago
-        is listed a little later (~0.5 s): look again for ``wait`` seconds, past
-        ``ASK_ROOM_AFTER`` in the room itself too."""
+        is listed a little later (~0.5 s): look again for ``wait`` seconds."""
         start = time.monotonic()
-        ask_at = start + ASK_ROOM_AFTER
-        async with self._api() as lkapi:
-            while True:
-                listed = await self._listed(lkapi)
-                found = _track(listed, track_id)
-                if found is None and listed and time.monotonic() >= ask_at:  # (the room exists)
-                    ask_at = time.monotonic() + 2 * ASK_ROOM_AFTER  # (a join is not free)
-                    found = _track(await room_participants(self.ws_url, self.token), track_id)
+        async with self._api() as lkapi, \
+                contextlib.aclosing(self._look(lkapi, lambda listed: _track(listed, track_id))) as looks:
+            async for found in looks:
                 if found is not None:
                     return found
                 if self._stopped.is_set():  # stopped while it looked: run() ends it ABORTED
-                    return {"identity": "", "kind": "audio", "codec": "opus", "track_id": track_id}
+                    break
                 if time.monotonic() - start >= wait:
                     raise EgressError(f"track {track_id} not found in room {self.room!r}", "not_found")
-                await asyncio.sleep(POLL)
+        return {"identity": "", "kind": "audio", "codec": "opus", "track_id": track_id}
+
+    async def _look(self, lkapi: api.LiveKitAPI,
+                    pick: Callable[[list[lkm.ParticipantInfo]], T | None]) -> AsyncGenerator[T | None, None]:
+        """What ``pick`` finds in the store's list, every ``POLL`` s; where it finds nothing
+        in a room that exists, past ``ASK_ROOM_AFTER`` s (then every twice that: a join is
+        not free), in the room's own list."""
+        ask_at = time.monotonic() + ASK_ROOM_AFTER
+        while True:
+            listed = await self._listed(lkapi)
+            found = pick(listed)
+            if found is None and listed and time.monotonic() >= ask_at:
+                ask_at = time.monotonic() + 2 * ASK_ROOM_AFTER
+                found = pick(await room_participants(self.ws_url, self.token))
+            yield found
+            await asyncio.sleep(POLL)
 
 
 async def room_participants(ws_url: str, token: str) -> list[lkm.ParticipantInfo]:
