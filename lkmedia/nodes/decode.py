@@ -132,8 +132,10 @@ class Decoder(Processor):
     """Packets (``FileSource(decode=False)``, an ingress, ...) to raw frames.
 
     The decoder is opened from the first packet's template stream (``packet.stream``),
-    so extradata (SPS/PPS, AudioSpecificConfig, OpusHead) comes along. Undecodable
-    packets are skipped and counted in ``stats()``.
+    so extradata (SPS/PPS, AudioSpecificConfig, OpusHead) comes along; packets of another
+    template (a live source's next track, maybe in another codec) get a decoder of their
+    own, after what the last one held is flushed. Undecodable packets are skipped and
+    counted in ``stats()``.
     """
 
     threaded = True
@@ -142,6 +144,7 @@ class Decoder(Processor):
         super().__init__(name, capacity=capacity)
         self.max_errors = max_errors
         self._cc: Any = None
+        self._template: Any = None
         self._retimer: Retimer | None = None
         self._kind: str | None = None
         self._codec: str | None = None
@@ -169,6 +172,7 @@ class Decoder(Processor):
             sample_rate=caps.sample_rate, layout=caps.layout)
 
     def _open(self, packet: av.Packet) -> None:
+        self._template = packet.stream
         self._cc = open_decoder(packet.stream, self._codec)
         kind = self._kind or self._cc.type
         fps = None
@@ -179,7 +183,11 @@ class Decoder(Processor):
     def process(self, packet: Any) -> Iterable[Any]:
         if not isinstance(packet, av.Packet):
             return ()  # a Gap or other in-band item has no meaning on a packet edge
+        held: list[Any] = []
         if self._cc is None:
+            self._open(packet)
+        elif packet.stream is not None and packet.stream is not self._template:
+            held = list(self.flush())
             self._open(packet)
         assert self._retimer is not None
         self.packets += 1
@@ -189,9 +197,9 @@ class Decoder(Processor):
             frames = self._cc.decode(packet)
         except av.FFmpegError as e:
             self._bad(e)
-            return ()
+            return held
         self._errors_in_row = 0
-        return self._out(frames)
+        return [*held, *self._out(frames)] if held else self._out(frames)
 
     def _bad(self, e: Exception) -> None:
         self.errors += 1
