@@ -23,7 +23,12 @@ backlog that overflows drops its oldest frames (video then up to the next key fr
 
 End. An output ends (EOS) when its track is unpublished or its participant leaves; the
 source ends when every output has ended, on ``request_stop()``, or fails when nothing it
-follows appeared within ``wait_timeout`` s or the connection is lost.
+follows appeared within ``wait_timeout`` s or the connection is lost. With
+``rejoin_grace`` (for a graph that decodes), a track that goes away leaves its output
+open instead: the next track of that kind it follows (republished, or its participant
+back with a new sid, maybe in another codec) feeds it on with packets of a template of
+their own (lkmedia.nodes.decode.Decoder opens a decoder for them), and the source ends
+once every track has been gone ``rejoin_grace`` s.
 """
 from __future__ import annotations
 
@@ -72,6 +77,7 @@ class _Out:
     overflowed: int = 0      # frames the backlog dropped
     since: float | None = None   # graph time the track was subscribed
     last_frame: float = 0.0      # time.monotonic() of its last frame
+    lost_at: float | None = None  # time.monotonic() its track went away (rejoin_grace)
 
 
 class EncodedTrackSource(Source):
@@ -84,7 +90,8 @@ class EncodedTrackSource(Source):
                  video_track_id: str | None = None, kind: str | None = None, screen_share: bool = False,
                  video_codec: str | None = None, wait_timeout: float | None = None,
                  connect_timeout: float = 10.0, fill_gaps: bool = True, backlog: float = 10.0,
-                 ice_servers: list[Any] | None = None, name: str | None = None) -> None:
+                 rejoin_grace: float | None = None, ice_servers: list[Any] | None = None,
+                 name: str | None = None) -> None:
         super().__init__(name)
         self.track_ids = followed_tracks(self.name, participant_identity=participant_identity, track_id=track_id,
                                          audio_track_id=audio_track_id, video_track_id=video_track_id, kind=kind)
@@ -102,6 +109,8 @@ class EncodedTrackSource(Source):
         self.connect_timeout = connect_timeout
         self.fill_gaps = fill_gaps
         self.backlog_seconds = backlog
+        self.rejoin_grace = rejoin_grace
+        self._appeared = False      # a followed track was subscribed (wait_timeout is over)
         self._ice_servers = ice_servers
         self.outs: dict[str, _Out] = {}
         for k in ("video", "audio"):
@@ -138,7 +147,10 @@ class EncodedTrackSource(Source):
                 self._fill_silence()
                 if self.outs and all(o.ended for o in self.outs.values()):
                     break
-                if (self.wait_timeout is not None and all(o.track is None for o in self.outs.values())
+                if self._gone():
+                    self.report("source_gone", seconds=self.rejoin_grace)
+                    break
+                if (self.wait_timeout is not None and not self._appeared
                         and time.monotonic() - started > self.wait_timeout):
                     raise EncodedSourceError(f"{self.name}: {self._wanted()} did not appear within "
                                              f"{self.wait_timeout:g} s")
@@ -149,6 +161,13 @@ class EncodedTrackSource(Source):
                 self._fill_silence(lag=0.0)  # a silent track is written up to the stop
             await sub.close()
             await self._drain()
+
+    def _gone(self) -> bool:
+        """Every track followed went away ``rejoin_grace`` s ago or more."""
+        if self.rejoin_grace is None or not self._appeared:
+            return False
+        lost = [o.lost_at for o in self.outs.values()]
+        return all(t is not None and time.monotonic() - t >= self.rejoin_grace for t in lost)
 
     def _wanted(self) -> str:
         return self.participant_identity or ", ".join(s for s in self.track_ids.values() if s)
@@ -201,19 +220,41 @@ class EncodedTrackSource(Source):
             log.warning("%s: cannot subscribe to %s: %s", self.name, sid, e)
             return
         out.since, out.last_frame = time.monotonic() - self._offset, time.monotonic()
-        out.pump = asyncio.get_running_loop().create_task(self._pump(out), name=f"{self.name}-{out.kind}")
+        if out.pump is None:
+            out.pump = asyncio.get_running_loop().create_task(self._pump(out), name=f"{self.name}-{out.kind}")
+        if out.lost_at is not None:
+            self.report("track_resumed", participant=out.track.participant, kind=out.kind,
+                        gap=round(time.monotonic() - out.lost_at, 3))
+        self._appeared, out.lost_at = True, None
         self.report("track_subscribed", participant=out.track.participant, kind=out.kind, track_sid=sid,
                     codec=out.track.codec)
 
     def _track_ended(self, out: _Out, track: RemoteTrack) -> None:
-        if out.track is track and not out.ended:
+        if out.track is not track or out.ended:
+            return
+        if self.rejoin_grace is None:
             out.ended = True
             out.wake.set()
             self.report("track_ended", participant=track.participant, kind=out.kind, track_sid=track.sid)
+            return
+        # (the output stays open for the next track it follows: see the module doc)
+        out.track, out.packetizer, out.lost_at = None, None, time.monotonic()
+        self.report("track_lost", participant=track.participant, kind=out.kind, track_sid=track.sid)
+
+    def _lost(self, sid: str | None = None, participant_sid: str | None = None) -> None:
+        """A track followed was unpublished (``sid``), or its participant left."""
+        for o in self.outs.values():
+            t = o.track
+            if t is not None and (t.sid == sid or (participant_sid is not None and t.participant_sid == participant_sid)):
+                self._track_ended(o, t)
 
     def _on_event(self, kind: str, fields: dict[str, Any]) -> None:
         if kind == "track_published":
             self._consider(fields["participant"], fields["track"])
+        elif kind == "track_unpublished" and self.rejoin_grace is not None:
+            self._lost(sid=fields["track"].sid)
+        elif kind == "participant_left" and self.rejoin_grace is not None:
+            self._lost(participant_sid=fields["participant"].sid)
         elif kind == "disconnected":
             self._failure = f"disconnected from the room ({fields.get('reason')})"
             if self._stop_event is not None:
@@ -228,7 +269,7 @@ class EncodedTrackSource(Source):
     # -- frames ------------------------------------------------------------------------
     def _frame_handler(self, out: _Out) -> Any:
         def on_frame(track: RemoteTrack, frame: EncodedFrame) -> None:
-            if out.ended:
+            if out.ended or out.track is None or track.sid != out.track.sid:  # (a track gone: rejoin_grace)
                 return
             out.last_frame = time.monotonic()
             if out.packetizer is None:  # the codec is the one the first packet carried
@@ -253,7 +294,7 @@ class EncodedTrackSource(Source):
             return
         mono = time.monotonic()
         for o in self.outs.values():
-            if o.kind != "audio" or o.ended or o.since is None or mono - o.last_frame < SILENCE_LAG:
+            if o.kind != "audio" or o.ended or o.track is None or o.since is None or mono - o.last_frame < SILENCE_LAG:
                 continue
             if o.packetizer is None:
                 o.packetizer = Packetizer("audio", "opus", fill_gaps=True)
