@@ -163,10 +163,11 @@ class EncodedTrackSource(Source):
             await self._drain()
 
     def _gone(self) -> bool:
-        """Every track followed went away ``rejoin_grace`` s ago or more."""
+        """Every track followed went away ``rejoin_grace`` s ago or more (an output that
+        never had one, such as an audio-only participant's video, does not count)."""
         if self.rejoin_grace is None or not self._appeared:
             return False
-        lost = [o.lost_at for o in self.outs.values()]
+        lost = [o.lost_at for o in self.outs.values() if o.since is not None or o.track is not None]
         return all(t is not None and time.monotonic() - t >= self.rejoin_grace for t in lost)
 
     def _wanted(self) -> str:

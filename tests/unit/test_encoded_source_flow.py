@@ -25,6 +25,7 @@ async def test_frames_stay_in_order_when_the_edge_frees_while_the_backlog_drains
     out.pump = asyncio.get_running_loop().create_task(src._pump(out))
     on_frame = src._frame_handler(out)
     track = RemoteTrack("TR_1", "audio", "p", "PA_1", "opus", "", "audio/opus")
+    out.track = track  # (subscribed)
     src._offset = 0.0
     sent = 0
 
