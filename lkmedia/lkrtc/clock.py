@@ -106,10 +106,11 @@ class StreamClock:
             p.offset = here - ntp_s
         base = ntp_s - ext / self.rate
         shift = ntp_s + p.offset - here
-        if not self.synced or abs(shift) > self.resync:
-            self._reports.clear()  # (the first report, or the sender's clock stepped)
+        restart = not self.synced or abs(shift) > self.resync  # (the first report, or the sender's clock stepped)
+        if restart:
+            self._reports.clear()
         self._reports.append(base)
-        if not self.synced or abs(shift) > self.resync:
+        if restart:
             self._move(shift)
         elif p.streams > 1:
             earliest = shift + min(self._reports) - base
