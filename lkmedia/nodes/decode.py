@@ -199,7 +199,7 @@ class Decoder(Processor):
             self._bad(e)
             return held
         self._errors_in_row = 0
-        return [*held, *self._out(frames)] if held else self._out(frames)
+        return held + self._out(frames)
 
     def _bad(self, e: Exception) -> None:
         self.errors += 1
