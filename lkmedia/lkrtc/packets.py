@@ -177,10 +177,12 @@ class Packetizer:
         return out
 
     def _fill(self, start: int, end: int) -> list[av.Packet]:
-        """Empty frames (TOC only: 'lost', concealed by the decoder) from start to about end."""
+        """Empty frames (TOC only: 'lost', concealed by the decoder) from start to the frame
+        boundary nearest end, where the next packet goes (to the nearest, not the last one
+        before it: after a clock move of a ms back, that put every later packet a frame early)."""
         toc = self._last_toc & 0xFC            # same mode, bandwidth and channels; one frame
         size = _OPUS_FRAME[toc >> 3]
-        count = (end - start) // size
+        count = (2 * (end - start) + size) // (2 * size)
         filler = bytes([toc])
         out = [self._packet(filler, start + i * size, size, AUDIO_TIME_BASE, True) for i in range(count)]
         self.filled += count

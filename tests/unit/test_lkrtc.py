@@ -255,6 +255,22 @@ def test_packetizer_fills_holes_and_the_ogg_decodes_clean(tmp_path: Path) -> Non
         assert sum(f.samples for f in c.decode(audio=0)) == 100 * 960
 
 
+def test_a_packet_after_a_filled_hole_keeps_its_time_to_the_nearest_frame() -> None:
+    """A packet after a hole (DTX silence, lost packets) whose time moved a little (the
+    clock followed a sender report 1.2 ms back) goes on the 20 ms frame nearest its time:
+    filling whole frames up to below it put it (and every later one) 20 ms early."""
+    packets = _opus_packets(40)
+    pz = Packetizer("audio", "opus")
+    out = []
+    for i, data in enumerate(packets):
+        if 5 <= i < 35:
+            continue                                              # 600 ms of DTX
+        moved = -0.0012 if i >= 35 else 0.0
+        out += pz(EncodedFrame(data, i * 960, True, 0.0, 0, 10.0 + i * 0.02 + moved), 10.0)
+    assert [p.pts for p in out] == [960 * i for i in range(40)]
+    assert pz.filled == 30
+
+
 def test_packetizer_silence_before_and_between_packets_decodes_to_zeros(tmp_path: Path) -> None:
     """A publisher that sends nothing is written as Opus silence; its packets continue
     after the silence, and the silence decodes to digital zeros."""
