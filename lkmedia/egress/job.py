@@ -18,6 +18,7 @@ from livekit.protocol import egress as lk
 
 from ..chrome.session import ChromeSession
 from ..core import GraphError, LkmediaError
+from ..nodes.decode import Decoder
 from ..sources.livekit import RoomSource, TrackSource
 from ..sources.livekit_encoded import VIDEO_CODECS, EncodedTrackSource
 from ..sources.screen import ScreenSource
@@ -40,6 +41,7 @@ S = lk.EgressStatus
 SUBSCRIBE_TIMEOUT = 30.0
 FIND_TRACK_WAIT = 5.0  # seconds a track egress looks for its track before failing
 VIDEO_LISTED_WAIT = 2.0  # seconds a participant egress waits for its participant's video to be listed
+REJOIN_GRACE = 5.0  # seconds a participant egress waits for tracks that went away (as TrackSource)
 
 
 def egress_token(egress_id: str, room_name: str, api_key: str, api_secret: str) -> str:
@@ -176,6 +178,7 @@ class EgressJob:
             return await self._build_chrome(token)
         track = None
         video_passthrough = False
+        decode_here = False  # lkmedia's subscriber, FFmpeg's decoders (else livekit.rtc decodes)
         lookup = RoomLookup(launch.ws_url, launch.api_key, launch.api_secret, cfg.room_name, token, self._stop)
         if cfg.request_type == "track":
             track = await lookup.track(cfg.track_id, FIND_TRACK_WAIT)
@@ -186,7 +189,9 @@ class EgressJob:
                 # depends on the video's codec and size)
                 part = await lookup.with_video(cfg.identity, lambda p: published_video(p, cfg.screen_share) is not None,
                                                VIDEO_LISTED_WAIT)
-            video_passthrough = participant_passthrough(cfg, published_video(part, cfg.screen_share))
+            video = published_video(part, cfg.screen_share)
+            video_passthrough = participant_passthrough(cfg, video)
+            decode_here = video is None or video["codec"] in VIDEO_CODECS
         self._track_codec = track["codec"] if track else ("h264" if video_passthrough else "")
         fields = filename_fields(cfg, identity=track["identity"] if track else "", track=track)
         r = build_recipe(cfg, self.dir, live=True, fields=fields, freeze_timeout=launch.freeze_timeout,
@@ -215,12 +220,16 @@ class EgressJob:
                 codec = self._track_codec
                 src = EncodedTrackSource(launch.ws_url, token, video_codec=codec if codec in VIDEO_CODECS else None,
                                          **kw)
+            elif decode_here:  # (cheaper per frame than livekit.rtc's decoded frames: bench/README.md)
+                src = EncodedTrackSource(launch.ws_url, token, fill_gaps=False, rejoin_grace=REJOIN_GRACE, **kw)
             else:
                 src = TrackSource(launch.ws_url, token, **kw)
-            if "video" in src.outputs and r.video_in is not None:
-                g.link(src.out("video"), r.video_in)
-            if "audio" in src.outputs and r.audio_in is not None:
-                g.link(src.out("audio"), r.audio_in)
+            for kind, into in (("video", r.video_in), ("audio", r.audio_in)):
+                if kind in src.outputs and into is not None:
+                    if decode_here and not r.passthrough:
+                        g.chain(src.out(kind), Decoder(name=f"{kind}_decoder"), into)
+                    else:
+                        g.link(src.out(kind), into)
         self.source = src
         return r
 
