@@ -7,7 +7,7 @@ so one encode can feed MP4, MPEG-TS, FLV and WebM muxers at once.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -21,6 +21,7 @@ from ..core.edge import Policy
 from .presets import DEFAULT_AUDIO_BITRATE, DEFAULT_KEYFRAME_INTERVAL, get_preset
 
 VIDEO_TIME_BASE = Fraction(1, 90_000)
+MAX_SILENCE_FILL = 60.0  # seconds of hole in an audio input filled with silence (longer: the clock jumps)
 
 #: Encoder name -> codec name that edges and muxers talk about.
 VIDEO_CODECS = {"libx264": "h264", "h264": "h264", "libvpx": "vp8", "vp8": "vp8",
@@ -201,6 +202,19 @@ class VideoEncoder(Processor):
         return {"frames_in": self.frames_in, "frames_out": self.frames_out, "bytes_out": self.bytes_out}
 
 
+def _silence(like: av.AudioFrame, samples: int) -> Iterator[av.AudioFrame]:
+    """``samples`` of digital silence in ``like``'s format, layout and rate, a second at most a frame."""
+    rate = like.sample_rate
+    while samples > 0:
+        n = min(samples, rate)
+        f = av.AudioFrame(format=like.format.name, layout=like.layout.name, samples=n)
+        for plane in f.planes:
+            plane.update(bytes(plane.buffer_size))
+        f.sample_rate = rate
+        yield f
+        samples -= n
+
+
 class AudioEncoder(Processor):
     """AAC, Opus, MP3 or PCM. Input frames are resampled to what the codec takes."""
 
@@ -267,16 +281,23 @@ class AudioEncoder(Processor):
         if self.stream is None:
             self._open()
         assert self._resampler is not None
+        out: list[av.Packet] = []
         if frame.pts is not None and frame.time_base is not None:
             start = round(frame.pts * frame.time_base * self.sample_rate)
             if self._next_pts is None:
                 self._next_pts = start
-            elif self._in_expected is not None and abs(start - self._in_expected) > self.sample_rate // 5:
-                # A jump in the input (a gap, a new segment): move the output clock too.
-                self._next_pts += start - self._in_expected
+            elif self._in_expected is not None:
+                hole = start - self._in_expected
+                if hole > self.sample_rate * MAX_SILENCE_FILL:
+                    # A jump in the input (a new segment): move the output clock too.
+                    self._next_pts += hole
+                elif hole > self.sample_rate // 500:
+                    # A hole (lost or DTX-skipped packets): silence, so what follows keeps its time.
+                    for gap in _silence(frame, hole * frame.sample_rate // self.sample_rate):
+                        for f in self._resampler.resample(gap):
+                            out.extend(self._encode(f))
             self._in_expected = start + round(frame.samples * self.sample_rate / (frame.sample_rate or self.sample_rate))
         self.samples_in += frame.samples
-        out: list[av.Packet] = []
         for f in self._resampler.resample(frame):
             out.extend(self._encode(f))
         return out

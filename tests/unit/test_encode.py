@@ -179,3 +179,21 @@ def test_keyframes_follow_time_when_the_frame_rate_wanders() -> None:
     pkts.extend(enc.flush())
     keys = [float(p.pts * p.time_base) for p in pkts if p.is_keyframe]
     assert len(keys) == 5 and all(abs(k - round(k)) < 0.09 for k in keys), keys
+
+
+def test_audio_after_a_hole_in_the_input_keeps_its_time(tmp_path: Path) -> None:
+    """Holes in the input (a decoder's lost or DTX-skipped packets) become silence: the
+    audio after one was encoded straight on, up to 200 ms early, and past that it moved by
+    the hole but carried the resampler's leftover samples along (up to a frame late)."""
+    from lkmedia.probe import beep_times
+    src = SyntheticSource(audio=True, video=False, sample_rate=48000)
+    enc = AudioEncoder("aac", sample_rate=48_000, bitrate=96_000)
+    enc._open()
+    pkts = []
+    for k in range(175):  # 3.5 s in 20 ms frames, less 100 ms at 1.2 s and 300 ms at 2.3 s
+        if 60 <= k < 65 or 115 <= k < 130:
+            continue
+        pkts.extend(enc.process(src.audio_frame(k * 960)))
+    pkts.extend(enc.flush())
+    beeps = beep_times(str(mux(pkts, tmp_path / "holes.m4a")))
+    assert [round(b, 3) for b in beeps] == pytest.approx([0.0, 1.0, 2.0, 3.0], abs=0.003)
