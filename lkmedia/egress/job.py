@@ -221,7 +221,7 @@ class EgressJob:
                 src = EncodedTrackSource(launch.ws_url, token, video_codec=codec if codec in VIDEO_CODECS else None,
                                          **kw)
             elif decode_here:  # (cheaper per frame than livekit.rtc's decoded frames: bench/README.md)
-                src = EncodedTrackSource(launch.ws_url, token, fill_gaps=False, rejoin_grace=REJOIN_GRACE, **kw)
+                src = EncodedTrackSource(launch.ws_url, token, rejoin_grace=REJOIN_GRACE, **kw)
             else:
                 src = TrackSource(launch.ws_url, token, **kw)
             for kind, into in (("video", r.video_in), ("audio", r.audio_in)):
