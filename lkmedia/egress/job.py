@@ -41,6 +41,7 @@ S = lk.EgressStatus
 SUBSCRIBE_TIMEOUT = 30.0
 FIND_TRACK_WAIT = 5.0  # seconds a track egress looks for its track before failing
 VIDEO_LISTED_WAIT = 2.0  # seconds a participant egress waits for its participant's video to be listed
+END_SOURCE_CLOSED = "Source closed"  # (the Go egress's end reason when its participant or room went away)
 REJOIN_GRACE = 5.0  # seconds a participant egress waits for tracks that went away (as TrackSource)
 
 
@@ -73,6 +74,7 @@ class EgressJob:
         self._track_codec = ""
         self._stop = asyncio.Event()
         self._stop_reason = ""
+        self._source_closed = asyncio.Event()  # the participant or track followed has gone for good
         self._limit = False
         self._kill_error = ""  # set by kill(): the job ends FAILED with it, outputs finalised
         self.active_at: float | None = None
@@ -154,14 +156,17 @@ class EgressJob:
         limit_s = self.launch.max_duration
         limit = asyncio.ensure_future(asyncio.sleep(limit_s)) if limit_s > 0 else None
         stop = asyncio.ensure_future(self._stop.wait())
+        closed = asyncio.ensure_future(self._source_closed.wait())
         done_graph = asyncio.ensure_future(g.wait())
-        waiters = [x for x in (limit, stop, done_graph) if x is not None]
+        waiters = [x for x in (limit, stop, closed, done_graph) if x is not None]
         try:
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if limit is not None and limit in done:
                 self._limit = True
                 await self._set(S.EGRESS_ENDING)
-            for w in (limit, stop):
+            elif closed in done and not self._stop.is_set():
+                await self.stop(END_SOURCE_CLOSED)  # (as the Go egress: ENDING, then COMPLETE)
+            for w in (limit, stop, closed):
                 if w is not None and not w.done():
                     w.cancel()
             errors: list[Any] = done_graph.result() if done_graph in done else await g.stop()
@@ -224,6 +229,7 @@ class EgressJob:
                 src = EncodedTrackSource(launch.ws_url, token, rejoin_grace=REJOIN_GRACE, **kw)
             else:
                 src = TrackSource(launch.ws_url, token, **kw)
+            g.listen(self._on_source_event)
             for kind, into in (("video", r.video_in), ("audio", r.audio_in)):
                 if kind in src.outputs and into is not None:
                     if decode_here and not r.passthrough:
@@ -232,6 +238,12 @@ class EgressJob:
                         g.link(src.out(kind), into)
         self.source = src
         return r
+
+    def _on_source_event(self, node: Any, event: str, fields: dict[str, Any]) -> None:
+        """The source's participant (or track) gone past its rejoin grace: the egress ends,
+        even where a live node (the audio mixer) would run on."""
+        if node is self.source and event == "source_gone":
+            self._source_closed.set()
 
     async def _build_chrome(self, token: str) -> Recipe:
         """The page in the job's own Chrome (lkmedia.egress.web), its display and sound

@@ -70,6 +70,34 @@ async def test_participant_egress_records_an_mp4_through_the_real_api(
     print(f"start latency API -> ACTIVE: {start_latency:.2f} s; A/V offsets {offsets}")
 
 
+async def test_an_audio_only_participant_who_leaves_ends_its_egress(
+    livekit_stack: DevStack, service: EgressService, room_name: str
+) -> None:
+    """A participant egress ends (COMPLETE, its audio kept) once its participant has left,
+    as the Go egress's does: an audio-only one stayed ACTIVE after its publisher left."""
+    from lkmedia.dev.publisher import PublisherProcess
+    pub = PublisherProcess(livekit_stack.url, livekit_stack.token("voice", room_name), video=False)
+    await pub.start()
+    try:
+        async with livekit_stack.api() as lkapi:
+            info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
+                room_name=room_name, identity="voice", preset=lk.EncodingOptionsPreset.H264_720P_30,
+                file_outputs=[lk.EncodedFileOutput(filepath="{room_name}/voice.mp4")]))
+            await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
+            await asyncio.sleep(3)
+            await pub.stop()
+            done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED,
+                                                              S.EGRESS_ABORTED, S.EGRESS_LIMIT_REACHED}, timeout=25)
+    finally:
+        await pub.stop()
+    assert done.status == S.EGRESS_COMPLETE, done.error
+    (f,) = done.file_results
+    p = probe(f.location)
+    assert not p.has("video") and p.has("audio") and p.duration > 2.5, p
+    assert decode_errors(f.location) == ""
+    assert "End reason: Source closed" in done.details
+
+
 async def test_invalid_requests_fail_with_a_message_and_the_service_keeps_serving(
     livekit_stack: DevStack, service: EgressService, publisher: object, room_name: str
 ) -> None:
