@@ -99,15 +99,17 @@ class Template:
         self._b.start_encoding()
 
 
-def make_template(codec: str, first: EncodedFrame) -> Template:
+def make_template(codec: str, first: EncodedFrame) -> Template | None:
+    """The stream a track's packets belong to, or None for a video frame whose picture size
+    cannot be read from it alone."""
     if codec == "opus":
         channels = 2 if first.data and first.data[0] & 0x04 else 1
         return Template("opus", rate=AUDIO_RATE, extradata=opus_head(channels),
                         layout="stereo" if channels == 2 else "mono")
     size = vp8_size(first.data) if codec == "vp8" else _decoded_size(codec, first.data)
-    params: dict[str, Any] = {}
-    if size is not None:
-        params["width"], params["height"] = size
+    if size is None:
+        return None
+    params: dict[str, Any] = {"width": size[0], "height": size[1]}
     if codec == "h264":
         sets = h264_parameter_sets(first.data)
         if sets:
@@ -134,14 +136,33 @@ class Packetizer:
         self.filled_seconds = 0.0
         self.dropped = 0                # frames that would have gone back in time
         self.silent_seconds = 0.0       # silence written while the publisher sent nothing
+        self.need_key = False           # video: no usable first frame yet (ask for a key frame)
 
     def __call__(self, frame: EncodedFrame, offset: float) -> list[av.Packet]:
         if self.template is None:
-            self.template = make_template(self.codec, frame)
+            self.template = self._first(frame)
+            if self.template is None:
+                return []
         t = frame.time - offset
         if self.kind == "audio":
             return self._audio(frame, t)
         return self._video(frame, t)
+
+    def _first(self, frame: EncodedFrame) -> Template | None:
+        """The stream's template, from a frame that decodes alone (video: a key frame whose
+        picture size can be read). Until one comes, frames are dropped and ``need_key`` says
+        a key frame should be asked for (one that had lost a packet, or came without its
+        parameter sets, left every frame after it failing until the publisher sent another)."""
+        if self.kind == "video" and not frame.keyframe:
+            self.dropped += 1
+            return None
+        template = make_template(self.codec, frame)
+        if template is None:
+            self.dropped += 1
+            self.need_key = True
+            return None
+        self.need_key = False
+        return template
 
     def _packet(self, data: bytes, pts: int, duration: int, time_base: Fraction, key: bool) -> av.Packet:
         p = av.Packet(data)

@@ -114,6 +114,14 @@ class EncodedReceiver:
         self.sender_reports = 0
         self.blank_frames = 0
 
+    def request_keyframe(self) -> None:
+        """Video: drop frames until a key frame comes, and ask the sender for one (PLI,
+        repeated while none comes). For a consumer that could not use a frame it was given."""
+        if self._asm.keyframes:
+            self._asm.need_key = True
+            self._asm.dropped_frames += 1  # (counts as refused: the next PLI goes out at once)
+            self._wake.set()
+
     # -- what aiortc's transceiver and peer connection use -----------------------
     @property
     def started(self) -> bool:

@@ -275,7 +275,10 @@ class EncodedTrackSource(Source):
             out.last_frame = time.monotonic()
             if out.packetizer is None:  # the codec is the one the first packet carried
                 out.packetizer = Packetizer(out.kind, track.codec or "", fill_gaps=self.fill_gaps)
-            self._emit(out, out.packetizer(frame, self._offset))
+            packets = out.packetizer(frame, self._offset)
+            if out.packetizer.need_key and track.receiver is not None:
+                track.receiver.request_keyframe()  # (its first frame would not decode alone)
+            self._emit(out, packets)
 
         return on_frame
 

@@ -301,6 +301,24 @@ def test_packetizer_video_times_only_grow() -> None:
     assert pz.template is not None and pz.template.stream.codec_context.width == 320
 
 
+def test_an_undecodable_first_h264_frame_is_dropped_and_a_key_frame_asked_for() -> None:
+    """A track's first frame must give the stream its picture size: one that does not
+    decode alone (a key frame that lost a packet, a frame that is not one) is dropped and
+    a key frame is asked for. It raised, and so did every frame after it (each retried the
+    template) until the publisher happened to send a key frame: seconds of video lost."""
+    from lkmedia.lkrtc.frames import _BLANK
+    pz = Packetizer("video", "h264")
+    broken = _BLANK["h264"].rsplit(b"\x00\x00\x00\x01", 1)[0]      # its IDR slice lost
+    assert pz(EncodedFrame(broken, 0, True, 0.0, 0, 1.0), 0.0) == []
+    assert pz.need_key and pz.dropped == 1 and pz.template is None
+    idr_alone = b"\x00\x00\x00\x01" + _BLANK["h264"].rsplit(b"\x00\x00\x00\x01", 1)[1]  # no SPS, PPS
+    assert pz(EncodedFrame(idr_alone, 1500, True, 0.0, 0, 1.02), 0.0) == []
+    assert pz(EncodedFrame(b"\x00\x00\x00\x01\x41\x9a", 3000, False, 0.0, 0, 1.03), 0.0) == []
+    (p,) = pz(EncodedFrame(_BLANK["h264"], 6000, True, 0.0, 0, 1.07), 0.0)
+    assert p.is_keyframe and not pz.need_key and pz.dropped == 3
+    assert pz.template is not None and pz.template.stream.codec_context.width == 2
+
+
 def test_join_url_and_candidates() -> None:
     url = join_url("https://lk.example.com/prefix/", auto_subscribe=False)
     assert url.startswith("wss://lk.example.com/prefix/rtc?auto_subscribe=0")
