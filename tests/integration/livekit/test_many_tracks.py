@@ -72,7 +72,11 @@ async def _load_tracks(lkapi: api.LiveKitAPI, room: str, start: Callable[[int, i
                 load.stop()
                 break
             await asyncio.sleep(1)
-    raise AssertionError(f"lk load-test published {had} of {n} tracks in three runs: {load.tail()}")
+    # (failed twice in full runs, never alone: what the server said goes with the failure)
+    server = [ln[:300] for ln in load.stack.log_path.read_text(errors="replace").splitlines()
+              if "\tWARN\t" in ln or "\tERROR\t" in ln][-15:]
+    raise AssertionError(f"lk load-test published {had} of {n} tracks in three runs: {load.tail()}\n"
+                         "livekit-server's last warnings and errors:\n" + "\n".join(server))
 
 
 async def _run_all(lkapi: api.LiveKitAPI, svc: EgressServiceProcess, requests: list[lk.TrackEgressRequest],
