@@ -396,9 +396,8 @@ def bench_egress(ctx: Any, row: Callable[..., Any]) -> list[Any]:
     per = [r["cpu_per_media_s"] for r in runs]
     cpu.lkmedia = round(statistics.median(per), 3)
     diff = d["x264_option_diff_vs_ffmpeg"]
-    included = ("lkmedia includes WebRTC receive (DTLS/SRTP, RTP), jitter buffer, depacketising, VP8 decode "
-                "in libwebrtc, frame conversion to PyAV, frame-rate conversion, the live audio mixer, and "
-                "ffmpeg's does not")
+    included = ("lkmedia includes WebRTC receive (DTLS/SRTP, RTP, NACK), frame assembly, the live audio "
+                "mixer and frame-rate conversion, and ffmpeg's does not; both decode VP8 and Opus with FFmpeg")
     if ff.ok:
         cpu.peer = round(ff.cpu / seconds, 3)
         cpu.ratio = round(cpu.lkmedia / cpu.peer, 3)
