@@ -134,7 +134,7 @@ class Packetizer:
         self.bytes = 0
         self.filled = 0                 # empty Opus frames put in holes
         self.filled_seconds = 0.0
-        self.dropped = 0                # frames that would have gone back in time
+        self.dropped = 0                # frames dropped: back in time, or before a usable first one
         self.silent_seconds = 0.0       # silence written while the publisher sent nothing
         self.need_key = False           # video: no usable first frame yet (ask for a key frame)
 

@@ -203,7 +203,7 @@ class VideoEncoder(Processor):
 
 
 def _silence(like: av.AudioFrame, samples: int) -> Iterator[av.AudioFrame]:
-    """``samples`` of digital silence in ``like``'s format, layout and rate, a second at most a frame."""
+    """``samples`` of digital silence in ``like``'s format, layout and rate, in frames of a second at most."""
     rate = like.sample_rate
     while samples > 0:
         n = min(samples, rate)
