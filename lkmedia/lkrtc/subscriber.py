@@ -175,6 +175,11 @@ class Subscriber:
                             info.name, info.mime_type, on_frame, on_end)
         self.tracks[track_sid] = track
         await self.signal.update_subscription([track_sid], True)
+        if kind == "video":
+            # A recorder wants the top layer from the first frame: left to itself the server
+            # once sent a simulcast H.264 track's 320x180 layer for 2 s, then 640x360, then
+            # 1280x720 (1 of 4 runs; asked for its published size: 720p from the first frame).
+            await self.signal.update_track_settings([track_sid], width=info.width or 3840, height=info.height or 2160)
         return track
 
     async def unsubscribe(self, track_sid: str) -> None:
