@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fractions
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -238,15 +239,20 @@ def _write_ogg(path: Path, pz: Packetizer, packets: list[av.Packet]) -> Path:
     return path
 
 
-def test_packetizer_fills_holes_and_the_ogg_decodes_clean(tmp_path: Path) -> None:
-    packets = _opus_packets(100)
+def _packetize(n: int, missing: range, moved: Callable[[int], float], offset: float) -> tuple[Packetizer, list[av.Packet]]:
+    """``n`` Opus packets 20 ms apart from local time 10 s, less ``missing``, packet i's time
+    moved by ``moved(i)``, through one Packetizer."""
     pz = Packetizer("audio", "opus")
-    out = []
-    for i, data in enumerate(packets):
-        if 40 <= i < 50:
-            continue                                              # 200 ms never arrived
-        jitter = 0.004 if i % 3 else 0.0                          # times snap to continuity
-        out += pz(EncodedFrame(data, i * 960, True, 0.0, 0, 10.0 + i * 0.02 + jitter), 9.5)
+    out: list[av.Packet] = []
+    for i, data in enumerate(_opus_packets(n)):
+        if i not in missing:
+            out += pz(EncodedFrame(data, i * 960, True, 0.0, 0, 10.0 + i * 0.02 + moved(i)), offset)
+    return pz, out
+
+
+def test_packetizer_fills_holes_and_the_ogg_decodes_clean(tmp_path: Path) -> None:
+    # 200 ms never arrived; times jittered by 4 ms snap to continuity
+    pz, out = _packetize(100, range(40, 50), lambda i: 0.004 if i % 3 else 0.0, 9.5)
     assert pz.filled == 10 and pz.filled_seconds == pytest.approx(0.2)
     assert [p.pts for p in out] == [round(0.5 * 48_000) + 960 * i for i in range(100)]
     path = _write_ogg(tmp_path / "fill.ogg", pz, out)
@@ -259,14 +265,7 @@ def test_a_packet_after_a_filled_hole_keeps_its_time_to_the_nearest_frame() -> N
     """A packet after a hole (DTX silence, lost packets) whose time moved a little (the
     clock followed a sender report 1.2 ms back) goes on the 20 ms frame nearest its time:
     filling whole frames up to below it put it (and every later one) 20 ms early."""
-    packets = _opus_packets(40)
-    pz = Packetizer("audio", "opus")
-    out = []
-    for i, data in enumerate(packets):
-        if 5 <= i < 35:
-            continue                                              # 600 ms of DTX
-        moved = -0.0012 if i >= 35 else 0.0
-        out += pz(EncodedFrame(data, i * 960, True, 0.0, 0, 10.0 + i * 0.02 + moved), 10.0)
+    pz, out = _packetize(40, range(5, 35), lambda i: -0.0012 if i >= 35 else 0.0, 10.0)  # 600 ms of DTX
     assert [p.pts for p in out] == [960 * i for i in range(40)]
     assert pz.filled == 30
 
