@@ -1,5 +1,8 @@
 """Module and function sizes: python3 scripts/code_sizes.py [ROOT] (modules over 500 lines, functions over 60)."""
-import ast, pathlib, sys
+import ast
+import pathlib
+import sys
+
 root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ".")
 mods, funcs = [], []
 for p in sorted((root / "lkmedia").rglob("*.py")):
