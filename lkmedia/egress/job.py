@@ -214,30 +214,38 @@ class EgressJob:
                 g.listen(self.director.on_event)
             g.add(src)
         else:
-            kw: dict[str, Any] = {"name": "tracks", "wait_timeout": SUBSCRIBE_TIMEOUT}
-            if cfg.request_type == "participant":
-                kw.update(participant_identity=cfg.identity, screen_share=cfg.screen_share)
-            elif cfg.request_type == "track_composite":
-                kw.update(audio_track_id=cfg.audio_track_id or None, video_track_id=cfg.video_track_id or None)
-            else:
-                kw.update(track_id=cfg.track_id, kind=track["kind"] if track else None)
-            if r.passthrough:  # the publisher's packets, never decoded (lkmedia.lkrtc)
-                codec = self._track_codec
-                src = EncodedTrackSource(launch.ws_url, token, video_codec=codec if codec in VIDEO_CODECS else None,
-                                         **kw)
-            elif decode_here:  # (cheaper per frame than livekit.rtc's decoded frames: bench/README.md)
-                src = EncodedTrackSource(launch.ws_url, token, rejoin_grace=REJOIN_GRACE, **kw)
-            else:
-                src = TrackSource(launch.ws_url, token, **kw)
-            g.listen(self._on_source_event)
-            for kind, into in (("video", r.video_in), ("audio", r.audio_in)):
-                if kind in src.outputs and into is not None:
-                    if decode_here and not r.passthrough:
-                        g.chain(src.out(kind), Decoder(name=f"{kind}_decoder"), into)
-                    else:
-                        g.link(src.out(kind), into)
+            src = self._track_source(r, token, track, decode_here)
         self.source = src
         return r
+
+    def _track_source(self, r: Recipe, token: str, track: dict[str, Any] | None, decode_here: bool) -> Any:
+        """A participant's, a track pair's or a track's source, linked into the recipe:
+        the publisher's packets as they came (passthrough), decoded here by FFmpeg
+        (``decode_here``), or decoded by livekit.rtc."""
+        cfg, launch, g = self.cfg, self.launch, r.graph
+        kw: dict[str, Any] = {"name": "tracks", "wait_timeout": SUBSCRIBE_TIMEOUT}
+        if cfg.request_type == "participant":
+            kw.update(participant_identity=cfg.identity, screen_share=cfg.screen_share)
+        elif cfg.request_type == "track_composite":
+            kw.update(audio_track_id=cfg.audio_track_id or None, video_track_id=cfg.video_track_id or None)
+        else:
+            kw.update(track_id=cfg.track_id, kind=track["kind"] if track else None)
+        src: Any
+        if r.passthrough:  # the publisher's packets, never decoded (lkmedia.lkrtc)
+            codec = self._track_codec
+            src = EncodedTrackSource(launch.ws_url, token, video_codec=codec if codec in VIDEO_CODECS else None, **kw)
+        elif decode_here:  # (cheaper per frame than livekit.rtc's decoded frames: bench/README.md)
+            src = EncodedTrackSource(launch.ws_url, token, rejoin_grace=REJOIN_GRACE, **kw)
+        else:
+            src = TrackSource(launch.ws_url, token, **kw)
+        g.listen(self._on_source_event)
+        for kind, into in (("video", r.video_in), ("audio", r.audio_in)):
+            if kind in src.outputs and into is not None:
+                if decode_here and not r.passthrough:
+                    g.chain(src.out(kind), Decoder(name=f"{kind}_decoder"), into)
+                else:
+                    g.link(src.out(kind), into)
+        return src
 
     def _on_source_event(self, node: Any, event: str, fields: dict[str, Any]) -> None:
         """The source's participant (or track) gone past its rejoin grace: the egress ends,
