@@ -20,11 +20,11 @@ from typing import Any
 
 from bench import peers
 from bench.livekit_rig import egress_service, make_clip, publishers_up, record
+from bench.peers import ROOT
 from bench.room_composite import ffmpeg_grid_peer
 from bench.sampling import TreeSampler
 
 GO_EGRESS = (0.497, 0.509)  # CPU s per media s, Go egress v1.9.1, same input, these machines
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(seconds: float, runs: int) -> dict[str, Any]:
@@ -56,8 +56,8 @@ def main(seconds: float, runs: int) -> dict[str, Any]:
     lk_opts = peers.x264_options(Path(out[0]["location"]))
     peer_out = work / "ffmpeg_peer.mp4"
     cmd = ffmpeg_grid_peer(clip, 1, peer_out, lk_opts, out[0]["file_duration_s"])
-    m = peers.measure(cmd)
-    peer = m.cpu / out[0]["file_duration_s"] if m.ok else None
+    ff = peers.measure(cmd)
+    peer = ff.cpu / out[0]["file_duration_s"] if ff.ok else None
     mine = sorted(r["cpu_per_media_s"] for r in out)
     summary = {"lkmedia": mine, "go_egress": GO_EGRESS, "ratio_to_go": [round(m / (sum(GO_EGRESS) / 2), 3) for m in mine],
                "ffmpeg_cli": round(peer, 4) if peer else None,

@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.egress import IDENTITY, ROOM, _wait_published, make_vp8_input
 from bench.egress_procs import Child, _env
+from bench.peers import ROOT
 from lkmedia.core import Graph
 from lkmedia.dev.stack import DevStack
 from lkmedia.nodes.audio_mix import AudioMixer
@@ -33,8 +34,6 @@ from lkmedia.probe import probe
 from lkmedia.sinks.file import FileSink
 from lkmedia.sources.livekit import TrackSource
 from lkmedia.sources.livekit_encoded import EncodedTrackSource
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cpu() -> float:
