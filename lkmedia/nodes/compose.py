@@ -92,7 +92,8 @@ class _Video:
         self.frames = 0
 
     def end(self) -> int | None:
-        """When a departed input leaves the picture: its last frame's end."""
+        """When a departed input leaves the picture: its last frame's end (live: or when
+        its EOS came, if later; until then its last frame was held)."""
         if self.last_pts is None:
             return self.covered
         return max(self.last_pts + self.last_dur, self.covered or 0)
@@ -115,7 +116,8 @@ class Compositor(Node):
     shown in the order they joined; ``set_speaker`` picks the speaker of the speaker
     layouts (default: the first input). Live inputs carry graph-clock timestamps; one
     whose first timestamp is more than 1 s off is re-based to its arrival time. Live mode
-    ends on ``Graph.stop()``; non-live mode when every input is at EOS.
+    ends on ``Graph.stop()``, with the last frame before the stop's time (each made at its
+    due time, as before); non-live mode when every input is at EOS.
     """
 
     dynamic_inputs = True
@@ -229,6 +231,9 @@ class Compositor(Node):
     def _take(self, st: _Video, item: Any) -> None:
         if item is EOS:
             st.eos = True
+            if self.live and self.graph is not None:  # held up to now: it leaves from here
+                now = round(self.graph.clock.now() * 90_000)
+                st.covered = now if st.covered is None else max(st.covered, now)
             return
         if isinstance(item, Gap):  # nothing until item.end: hold the last frame
             end = round(item.end * 90_000) + (st.offset or 0)
@@ -377,25 +382,23 @@ class Compositor(Node):
         clock = self.graph.clock
         now = clock.now()
         self._index = 0 if now < self.latency else math.ceil(now * self.fps)
-        stop_at: float | None = None
+        end: int | None = None  # once stopping: the first frame not to make
         while True:
             self._sync_inputs()
             self._drain(list(self._states.values()))
             now = clock.now()
+            if self._stop and end is None:
+                # The recording ends where stop was asked. Frames after it would show the
+                # inputs leaving (a black tail) while the sources hang up.
+                end = max(self._index, math.ceil(now * self.fps - 1e-9))
+            if end is not None and self._index >= end:
+                return
             due = float(self._index / self.fps) + self.latency
             if now >= due:
                 if now - due > 1 / float(self.fps):
                     self.late += 1  # we are behind: the frame goes out late but goes out
                 await self._emit_frame()
                 continue
-            if self._stop:
-                if stop_at is None:
-                    stop_at = now
-                t = self._pts(self._index)
-                left = [st for st in self._states.values() if not st.eos or st.queue
-                        or (st.end() or 0) > t]
-                if not left or now > stop_at + self.latency + 1.0:
-                    return
             await self._waiter.wait([], max(0.0, due - clock.now()))
 
     def stats(self) -> dict[str, Any]:

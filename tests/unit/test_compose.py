@@ -29,14 +29,16 @@ def solid(yuv: tuple[int, int, int], w: int, h: int, pts: int) -> av.VideoFrame:
 class Solid(Source):
     """Solid-colour frames at ``fps`` for ``seconds`` (or at the given ``times``),
     optionally switching colour at ``switch`` seconds. live: sent on the graph clock;
-    stall_after: stop sending (without EOS) after that many seconds."""
+    stall_after: stop sending (without EOS) after that many seconds; eos_delay: on stop,
+    no more frames, and EOS that much later."""
 
     def __init__(self, yuv: tuple[int, int, int], seconds: float = 1.0, fps: float = 30, w: int = 640,
                  h: int = 360, times: list[float] | None = None, then: tuple[float, tuple[int, int, int]] | None = None,
-                 live: bool = False, stall_after: float | None = None, gap: tuple[float, float] | None = None) -> None:
+                 live: bool = False, stall_after: float | None = None, gap: tuple[float, float] | None = None,
+                 eos_delay: float = 0.0) -> None:
         super().__init__()
         self.yuv, self.w, self.h, self.then, self.live = yuv, w, h, then, live
-        self.stall_after, self.gap = stall_after, gap
+        self.stall_after, self.gap, self.eos_delay = stall_after, gap, eos_delay
         self.times = times if times is not None else [i / fps for i in range(round(seconds * fps))]
         self.add_output("out", Caps("video", width=w, height=h, pix_fmt="yuv420p"))
 
@@ -44,6 +46,7 @@ class Solid(Source):
         clock = self.graph.clock  # type: ignore[union-attr]
         for t in self.times:
             if self.stop_requested:
+                await asyncio.sleep(self.eos_delay)  # (a source that takes its time to hang up)
                 return
             if self.stall_after is not None and t >= self.stall_after:
                 await self.wait_stop()
@@ -252,6 +255,25 @@ async def test_live_stalled_input_holds_and_frames_stay_on_time() -> None:
     assert min(lateness) >= -0.005  # never before its deadline
     assert sorted(lateness)[int(len(lateness) * 0.9)] <= 0.08 and max(lateness) <= 0.3, lateness
     assert yuv_at(out.frames[-1], 320, 180) == RED  # last frame held
+
+
+async def test_a_live_composition_ends_where_stop_was_asked_however_slowly_inputs_end() -> None:
+    """Sources that take their time to disconnect after stop (CI: five LiveKit
+    participants on two cores) must not leave a black tail on the recording: the last
+    frame is the stop's, with the inputs still on it."""
+    g = Graph()
+    comp = Compositor(width=640, height=360, live=True, latency=0.1)
+    out = Collect()
+    g.link(Solid(RED, seconds=10, live=True, eos_delay=0.6), comp)
+    g.link(comp, out)
+    await g.start()
+    await asyncio.sleep(1.0)
+    t_stop = g.clock.now()
+    await asyncio.wait_for(g.stop(5), 10)
+    check_timeline(out.frames)
+    assert out.frames[-1].pts / 90_000 <= t_stop + 1 / 30, (out.frames[-1].pts / 90_000, t_stop)
+    assert out.frames[-1].pts / 90_000 >= t_stop - 2 / 30, (out.frames[-1].pts / 90_000, t_stop)
+    assert yuv_at(out.frames[-1], 320, 180) == RED
 
 
 async def test_live_with_no_inputs_emits_background() -> None:
