@@ -88,8 +88,10 @@ class FakeEgress:
         return lk_egress.EgressInfo.FromString(info.SerializeToString())
 
     async def _finish(self, egress_id: str) -> None:
-        await self._update(egress_id, S.EGRESS_COMPLETE)
+        # The handler goes before the final update: livekit-server shows COMPLETE as soon as
+        # it has it, before our update call returns (the test saw the handler still there).
         await self.handlers.pop(egress_id).close()
+        await self._update(egress_id, S.EGRESS_COMPLETE)
 
     def _spawn(self, coro) -> None:  # noqa: ANN001
         t = asyncio.create_task(coro)
