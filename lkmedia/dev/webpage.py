@@ -30,10 +30,11 @@ v.addEventListener("ended", () => console.log("END_RECORDING"));
 
 
 async def flash_beep_clip(path: str | os.PathLike[str], seconds: float, *, width: int = 640, height: int = 360,
-                          fps: int = 30) -> Path:
+                          fps: int = 30, flash_frames: int = 1) -> Path:
     """A WebM (VP8 + Opus) of the synthetic flash/beep source (lkmedia.sources.synthetic)."""
     g = Graph()
-    src = SyntheticSource(width=width, height=height, fps=fps, duration=seconds, name="src")
+    src = SyntheticSource(width=width, height=height, fps=fps, duration=seconds, flash_frames=flash_frames,
+                          name="src")
     sink = FileSink(str(path), name="file")
     venc = VideoEncoder("libvpx", width=width, height=height, fps=fps, bitrate=1_500_000, keyframe_interval=1.0,
                         name="venc")

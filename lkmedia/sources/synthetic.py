@@ -30,6 +30,8 @@ class SyntheticSource(Source):
     """Outputs "video" (yuv420p, time base 1/90000) and "audio" (s16 planar-free, 1/rate).
 
     duration: seconds to produce (None: until stopped). live: pace by the graph clock.
+    flash_frames: how many frames each flash lasts (one; more for a capture that may miss
+    a single frame, as a screen grab of a playing video can).
     """
 
     def __init__(
@@ -47,9 +49,13 @@ class SyntheticSource(Source):
         audio_frame_samples: int = 960,
         color: tuple[int, int, int] | None = None,
         audio_mode: str = "beep",
+        flash_frames: int = 1,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
+        if flash_frames < 1:
+            raise ValueError(f"{self.name}: flash_frames must be at least 1, got {flash_frames}")
+        self.flash_frames = flash_frames
         if width % 2 or height % 2 or width < 16 or height < 16:
             raise ValueError(f"{self.name}: width and height must be even and at least 16")
         if not (video or audio):
@@ -96,8 +102,9 @@ class SyntheticSource(Source):
         return f
 
     def is_flash(self, i: int) -> bool:
-        """The first frame at or after each whole second flashes."""
-        return i == 0 or math.floor((i - 1) / self.fps) != math.floor(i / self.fps)
+        """The first ``flash_frames`` frames at or after each whole second flash."""
+        return any(k == 0 or math.floor((k - 1) / self.fps) != math.floor(k / self.fps)
+                   for k in range(max(0, i - self.flash_frames + 1), i + 1))
 
     def audio_frame(self, start: int) -> av.AudioFrame:
         n = self.audio_frame_samples

@@ -154,6 +154,8 @@ def test_synthetic_flash_and_beep_are_at_whole_seconds() -> None:
     src = SyntheticSource(width=64, height=48, fps=30)
     flashes = [i for i in range(90) if src.is_flash(i)]
     assert flashes == [0, 30, 60]
+    longer = SyntheticSource(width=64, height=48, fps=30, flash_frames=2)
+    assert [i for i in range(90) if longer.is_flash(i)] == [0, 1, 30, 31, 60, 61]
     import numpy as np
     lum = [np.frombuffer(src.video_frame(i).planes[0], np.uint8).mean() for i in (0, 1, 30)]
     assert lum[0] > 200 and lum[1] < 150 and lum[2] > 200

@@ -53,7 +53,10 @@ async def service(livekit_stack: DevStack, tmp_path: Path) -> AsyncIterator[Egre
 async def pages(tmp_path: Path) -> AsyncIterator[PageServer]:
     d = tmp_path / "pages"
     d.mkdir()
-    await flash_beep_clip(d / "clip.webm", 30)
+    # Two-frame flashes: a 30 fps grab of a 30 fps video now and then shows a frame twice
+    # and skips the next, and one-frame flashes were missed (6 of 10 once, in CI). The flash
+    # seen may be the second frame: an offset reads up to 33 ms earlier than it is.
+    await flash_beep_clip(d / "clip.webm", 30, flash_frames=2)
     write_video_page(d, "clip.webm")
     (d / "silent.html").write_text("<html><body style='background:#08f'>no start signal here</body></html>")
     (d / "away.html").write_text("<html><body style='background:#0a0'><script>console.log('START_RECORDING');"
