@@ -3,7 +3,8 @@ its own process and the real livekit-server: light jobs share job processes
 (``jobs.light_per_process``, 25 by default), and each writes the publisher's own packets.
 
 - 100 audio track egresses, 60 s each: 90 from `lk load-test` publishers (Go SDK) and 10
-  from FFmpeg's WHIP muxer, which writes the SHA-1 of every Opus packet it sends. Every one
+  from FFmpeg's WHIP muxer (in a room of their own, below), which writes the SHA-1 of every
+  Opus packet it sends. Every one
   ends COMPLETE with an OGG that plays its full length; the WHIP tracks' OGGs hold exactly
   their publisher's packets, in order.
 - 20 VP8 720p video track egresses from `lk room join` publishers: all COMPLETE, WebM at
@@ -16,6 +17,7 @@ import contextlib
 import hashlib
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,9 +74,15 @@ async def _load_tracks(lkapi: api.LiveKitAPI, room: str, start: Callable[[int, i
                 load.stop()
                 break
             await asyncio.sleep(1)
-    # (failed twice in full runs, never alone: what the server said goes with the failure)
-    server = [ln[:300] for ln in load.stack.log_path.read_text(errors="replace").splitlines()
-              if "\tWARN\t" in ln or "\tERROR\t" in ln][-15:]
+    # (what the server said goes with a failure, and its whole log beside the load tests' logs)
+    log = load.stack.log_path.read_text(errors="replace")
+    (load.log_path.parent / "livekit-server.log").write_text(log)
+    server = [ln[:300] for ln in log.splitlines() if "\tWARN\t" in ln or "\tERROR\t" in ln][-15:]
+    # (when joins reach the server and its StartSession never answers: where it waits)
+    with urllib.request.urlopen(f"{load.stack.http_url}/debug/pprof/goroutine?debug=2", timeout=10) as r:
+        stacks = r.read().decode(errors="replace")
+    (load.log_path.parent / "goroutines.txt").write_text(stacks)
+    server += [g[:1500] for g in stacks.split("\n\n") if "StartSession" in g][:2]
     raise AssertionError(f"lk load-test published {had} of {n} tracks in three runs: {load.tail()}\n"
                          "livekit-server's last warnings and errors:\n" + "\n".join(server))
 
@@ -89,8 +97,9 @@ async def _run_all(lkapi: api.LiveKitAPI, svc: EgressServiceProcess, requests: l
         await wait_egress(lkapi, eid, {S.EGRESS_ACTIVE}, 120)
     print(f"\n{len(ids)} track egresses ACTIVE {time.monotonic() - t0:.1f} s after the first call")
     await asyncio.sleep(seconds)
-    ended_early = [i for i in (await lkapi.egress.list_egress(lk.ListEgressRequest(room_name=requests[0].room_name))).items
-                   if i.egress_id in ids and i.status in TERMINAL]
+    listed = [i for room in sorted({r.room_name for r in requests})
+              for i in (await lkapi.egress.list_egress(lk.ListEgressRequest(room_name=room))).items]
+    ended_early = [i for i in listed if i.egress_id in ids and i.status in TERMINAL]
     assert not ended_early, [(i.egress_id, S.Name(i.status), i.error, i.details) for i in ended_early][:5]
     slowest = 0.0
 
@@ -147,23 +156,38 @@ async def test_a_hundred_audio_track_egresses_write_their_publishers_packets(
     body = service_config_body(livekit_stack, CONFIG)
     sent_dir = tmp_path / "sent"
     sent_dir.mkdir()
+    # The WHIP publishers have a room of their own, and join it one at a time. livekit-server
+    # v1.13.5 deadlocks a room (every later join hangs: "could not establish signal
+    # connection", three full CI runs) when a track is published there while a WHIP
+    # participant is in it and another participant joins or publishes: its onTrackPublished
+    # holds the room's read lock while subscribing the WHIP participants synchronously,
+    # which takes the read lock again, behind the writer that waits (its goroutines, seen
+    # through /debug/pprof: Room.onTrackPublished -> SubscriptionManager.subscribeSynchronous
+    # -> Room.GetParticipantByID, against another Room.onTrackPublished's Lock).
+    whip_room = f"{room_name}-whip"
     async with contextlib.AsyncExitStack() as stack:
         async def whip(who: str) -> WhipClient:
             return await stack.enter_async_context(whip_client(
-                f"{livekit_stack.http_url}/whip/v1", livekit_stack.token(who, room_name), SECONDS + 150,
+                f"{livekit_stack.http_url}/whip/v1", livekit_stack.token(who, whip_room), SECONDS + 150,
                 env={"LKM_WHIP_SENT": str(sent_dir / f"{who}.txt"), "LKM_WHIP_AUDIO_ONLY": "1"}))
 
-        clients = {f"whip{k}": await whip(f"whip{k}") for k in range(WHIP_TRACKS)}
         svc = stack.enter_context(EgressServiceProcess(body, tmp_path / "w", name="w"))
         lkapi = await stack.enter_async_context(livekit_stack.api())
+        clients: dict[str, WhipClient] = {}
+        for k in range(WHIP_TRACKS):
+            one = {f"whip{k}": await whip(f"whip{k}")}
+            await replace_silent_whips(lkapi, whip_room, one, whip)
+            clients.update(one)
         await _load_tracks(lkapi, room_name, lambda k, count: stack.enter_context(LkLoadTest(
             livekit_stack, room_name, video_publishers=0, audio_publishers=count, identity_prefix=f"lk{k or ''}",
             log_path=tmp_path / f"lk-load-test-{k}.log")), LOAD_TRACKS)
-        await replace_silent_whips(lkapi, room_name, clients, whip)
-        tracks = await published_tracks(lkapi, room_name, WHIP_TRACKS + LOAD_TRACKS, AUDIO, timeout=30)
-        requests = [lk.TrackEgressRequest(room_name=room_name, track_id=sid,
+        tracks = {**{(room_name, sid): who for sid, who in
+                     (await published_tracks(lkapi, room_name, LOAD_TRACKS, AUDIO, timeout=30)).items()},
+                  **{(whip_room, sid): who for sid, who in
+                     (await published_tracks(lkapi, whip_room, WHIP_TRACKS, AUDIO, timeout=30)).items()}}
+        requests = [lk.TrackEgressRequest(room_name=room, track_id=sid,
                                           file=lk.DirectFileOutput(filepath=f"{who}-{sid}.ogg"))
-                    for sid, who in tracks.items()]
+                    for (room, sid), who in tracks.items()]
         done = await _run_all(lkapi, svc, requests, SECONDS)
         for c in clients.values():
             c.proc.kill()
