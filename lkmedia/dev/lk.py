@@ -102,7 +102,7 @@ def _lk_env(stack: DevStack) -> dict[str, str]:
 
 class LkJoin:
     """``lk room join --publish FILE...``: a participant publishing pre-encoded files (H.264
-    with one slice per frame, ``.ivf`` VP8, ``.ogg`` Opus), an independent client. It
+    with one slice per frame, ``.ivf`` VP8, VP9 or AV1, ``.ogg`` Opus), an independent client. It
     unpublishes each track when its file ends, and stays in the room until stopped."""
 
     def __init__(self, stack: DevStack, room: str, identity: str, files: Sequence[str | Path], *,
@@ -145,3 +145,36 @@ def h264_clip(path: str | Path, seconds: float, *, width: int = 640, height: int
                     "-c:v", "libx264", "-threads", "1", "-g", str(fps), "-profile:v", "baseline", "-pix_fmt", "yuv420p",
                     "-b:v", bitrate, "-bsf:v", "h264_mp4toannexb", str(path)], check=True)
     return Path(path)
+
+
+def vp9_clip(path: str | Path, seconds: float, *, width: int = 640, height: int = 360, fps: int = 30,
+             bitrate: str = "1M") -> Path:
+    """An IVF VP9 clip for ``lk room join --publish``: libvpx in real-time mode, a key frame
+    every second, no hidden frames (each IVF frame one picture, as WebRTC sends VP9)."""
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size={width}x{height}:rate={fps}",
+                    "-t", f"{seconds:g}", "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8",
+                    "-lag-in-frames", "0", "-auto-alt-ref", "0", "-g", str(fps), "-b:v", bitrate, "-pix_fmt", "yuv420p",
+                    "-f", "ivf", str(path)], check=True)
+    return Path(path)
+
+
+def av1_clip(path: str | Path, seconds: float, *, width: int = 640, height: int = 360, fps: int = 30,
+             bitrate: str = "1M") -> Path:
+    """An IVF AV1 clip for ``lk room join --publish``: SVT-AV1's fastest preset, low delay
+    (no hidden frames), a key frame every second."""
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size={width}x{height}:rate={fps}",
+                    "-t", f"{seconds:g}", "-c:v", "libsvtav1", "-preset", "12", "-g", str(fps),
+                    "-svtav1-params", "pred-struct=1", "-b:v", bitrate, "-pix_fmt", "yuv420p", "-f", "ivf", str(path)],
+                   check=True)
+    return Path(path)
+
+
+def ivf_frames(path: str | Path) -> list[bytes]:
+    """The frames of an IVF file, in order."""
+    data = Path(path).read_bytes()
+    pos, out = int.from_bytes(data[6:8], "little"), []  # (the header's own length)
+    while pos + 12 <= len(data):
+        size = int.from_bytes(data[pos:pos + 4], "little")
+        out.append(data[pos + 12:pos + 12 + size])
+        pos += 12 + size
+    return out

@@ -56,6 +56,7 @@ class SyntheticPublisher:
         color: tuple[int, int, int] | None = None,
         audio_mode: str = "beep",
         video_source: str = "camera",
+        scalability_mode: str | None = None,
     ) -> None:
         if not (video or audio):
             raise ValueError("SyntheticPublisher needs video, audio or both")
@@ -71,6 +72,7 @@ class SyntheticPublisher:
         self.channels = channels
         self.video_codec = codecs[video_codec]
         self.video_bitrate = video_bitrate
+        self.scalability_mode = scalability_mode  # e.g. "L3T3_KEY", as browsers send VP9
         if video_source not in ("camera", "screen_share"):
             raise ValueError(f"video_source must be 'camera' or 'screen_share', not {video_source!r}")
         self.video_source = (rtc.TrackSource.SOURCE_CAMERA if video_source == "camera"
@@ -161,6 +163,8 @@ class SyntheticPublisher:
             opts = rtc.TrackPublishOptions(source=self.video_source, video_codec=self.video_codec,
                                            simulcast=False)
             opts.video_encoding.max_bitrate = self.video_bitrate
+            if self.scalability_mode:
+                opts.scalability_mode = self.scalability_mode
             opts.video_encoding.max_framerate = float(self.fps)
             self.video_pub = await lp.publish_track(track, opts)
 

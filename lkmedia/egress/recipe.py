@@ -30,12 +30,12 @@ from ..sinks.template import render_filename
 from ..sinks.websocket import WebSocketSink
 from .config import EgressConfig
 
-#: Track egress keeps the track's codec family: Opus -> OGG, VP8/VP9 -> WebM, H.264 -> MP4.
+#: Track egress keeps the track's codec family: Opus -> OGG, VP8/VP9 -> WebM, H.264/AV1 -> MP4.
 #: The codecs in TRACK_PASSTHROUGH are written as the publisher encoded them (lkmedia.lkrtc's
 #: subscriber; RED audio reaches it as plain Opus); the others (and WebSocket audio) are
 #: decoded by livekit.rtc and re-encoded. A publisher that sends no audio packets at all (a
 #: silent microphone, ``lk load-test``'s audio) is written as Opus silence.
-TRACK_PASSTHROUGH = {"opus": "ogg", "red": "ogg", "vp8": "webm", "h264": "mp4"}
+TRACK_PASSTHROUGH = {"opus": "ogg", "red": "ogg", "vp8": "webm", "vp9": "webm", "h264": "mp4", "av1": "mp4"}
 TRACK_FORMATS = {"opus": ("ogg", "opus"), "vp8": ("webm", "libvpx"), "vp9": ("webm", "libvpx-vp9"),
                  "h264": ("mp4", "libx264"), "av1": ("mp4", "libx264"), "pcmu": ("ogg", "opus"),
                  "pcma": ("ogg", "opus")}

@@ -1,8 +1,11 @@
 """RTP payloads to whole encoded frames, without decoding.
 
 ``depayload(codec, payload)`` strips the RTP payload format of one packet: Opus as it is,
-VP8 without its payload descriptor, H.264 as Annex B NAL units (aiortc's depayloaders). It
-also says whether the packet starts a frame and whether that frame is a key frame.
+VP8 and VP9 without their payload descriptors, H.264 as Annex B NAL units (aiortc's
+depayloader). It also says whether the packet starts a frame, whether that frame is a key
+frame, and (VP9) whether it starts another spatial layer of the same picture: a VP9
+picture of several layers (SVC, as libwebrtc sends VP9) becomes one superframe with its
+index, as a VP9 decoder and a WebM file take it.
 
 ``FrameAssembler`` puts packets back in sequence order and hands out complete frames:
 a frame is the packets from one frame start up to the packet with the marker bit (or up to
@@ -13,10 +16,12 @@ decoder could not use them: the receiver then asks the sender for one (PLI).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiortc.codecs.h264 import H264PayloadDescriptor
 
+from . import av1
 from .clock import unwrap
 
 H264_IDR = 5
@@ -36,6 +41,7 @@ class Unit:
     key: bool           # ... of a key frame
     data: bytes
     arrival: float
+    part: bool = False  # starts a spatial layer's frame (VP9): past a frame's first, a new one
 
 
 @dataclass(slots=True)
@@ -110,16 +116,95 @@ def vp8_payload(payload: bytes) -> tuple[bytes, bool]:
     return payload[pos:], (b0 & 0x1F) == 0x10  # S set, partition 0
 
 
-def depayload(codec: str, payload: bytes) -> tuple[bytes, bool, bool]:
-    """(data, starts a frame, starts a key frame) for one packet of ``codec``
-    ("opus", "vp8", "h264"); raises ValueError for a malformed payload."""
+def vp9_payload(payload: bytes) -> tuple[bytes, bool, bool, bool]:
+    """(the VP9 data, starts a layer frame, starts a key picture, starts a layer frame) of
+    one packet: its payload descriptor (RFC 9628 section 4.2) skipped. A picture is the
+    layer frames of one timestamp: livekit-server forwards all of a key picture's spatial
+    layers and, in libwebrtc's L3T3_KEY, only the top one of the others. A key picture
+    starts with the base layer (spatial layer 0) not predicted from an earlier picture (P
+    clear). Each layer frame after a picture's first becomes a frame of its superframe."""
+    n = len(payload)
+    if n < 1:
+        raise ValueError("VP9 descriptor is too short")
+    b0 = payload[0]
+    flexible = b0 & 0x10
+    pos = 1
+    if b0 & 0x80:  # I: a picture id, 7 or 15 bits
+        if n < 2:
+            raise ValueError("VP9 descriptor has a truncated picture id")
+        pos += 2 if payload[1] & 0x80 else 1
+    sid = 0
+    if b0 & 0x20:  # L: TID U SID D, and TL0PICIDX in non-flexible mode
+        if n <= pos:
+            raise ValueError("VP9 descriptor has truncated layer indices")
+        sid = (payload[pos] >> 1) & 0x07
+        pos += 1 if flexible else 2
+    if flexible and b0 & 0x40:  # F and P: up to three reference indices, N: one more follows
+        for _ in range(3):
+            if n <= pos:
+                raise ValueError("VP9 descriptor has truncated reference indices")
+            more = payload[pos] & 0x01
+            pos += 1
+            if not more:
+                break
+    if b0 & 0x02:  # V: the scalability structure
+        pos = _vp9_skip_ss(payload, pos)
+    if n < pos:
+        raise ValueError("VP9 descriptor is truncated")
+    begins = bool(b0 & 0x08)  # (a picture's lower layers may not have been forwarded to us)
+    return payload[pos:], begins, begins and sid == 0 and not b0 & 0x40, begins
+
+
+def _vp9_skip_ss(payload: bytes, pos: int) -> int:
+    """Where a VP9 payload descriptor's scalability structure at ``pos`` ends."""
+    n = len(payload)
+    if n <= pos:
+        raise ValueError("VP9 descriptor has a truncated scalability structure")
+    ss = payload[pos]
+    pos += 1
+    if ss & 0x10:  # Y: each spatial layer's width and height
+        pos += 4 * ((ss >> 5) + 1)
+    if ss & 0x08:  # G: the picture group description
+        if n <= pos:
+            raise ValueError("VP9 descriptor has a truncated picture group")
+        count = payload[pos]
+        pos += 1
+        for _ in range(count):
+            if n <= pos:
+                raise ValueError("VP9 descriptor has a truncated picture group")
+            pos += 1 + ((payload[pos] >> 2) & 0x03)
+    return pos
+
+
+def vp9_superframe(frames: list[bytes]) -> bytes:
+    """The frames of one picture (its spatial layers) as one VP9 superframe: the frames
+    one after the other, then the index of their sizes (VP9 bitstream spec, Annex B)."""
+    if len(frames) == 1:
+        return frames[0]
+    if len(frames) > 8:
+        raise ValueError(f"a VP9 superframe holds 8 frames at most, got {len(frames)}")
+    largest = max(len(f) for f in frames)
+    mag = 1 if largest < 1 << 8 else 2 if largest < 1 << 16 else 3 if largest < 1 << 24 else 4
+    marker = bytes([0xC0 | (mag - 1) << 3 | (len(frames) - 1)])
+    return b"".join(frames) + marker + b"".join(len(f).to_bytes(mag, "little") for f in frames) + marker
+
+
+def depayload(codec: str, payload: bytes) -> tuple[bytes, bool, bool, bool]:
+    """(data, starts a frame, starts a key frame, starts another layer of the frame) for
+    one packet of ``codec`` ("opus", "vp8", "vp9", "av1", "h264"); raises ValueError for a
+    malformed payload. AV1's data is the whole payload: ``av1.temporal_unit`` reads it."""
     if codec == "vp8":
         data, start = vp8_payload(payload)
-        return data, start, start and bool(data) and not data[0] & 1
+        return data, start, start and bool(data) and not data[0] & 1, False
+    if codec == "vp9":
+        return vp9_payload(payload)
+    if codec == "av1":  # (the OBUs are put together per frame: FrameAssembler.join)
+        start, key = av1.aggregation(payload)
+        return payload, start, start and key, False
     if codec == "h264":
         hdesc, data = H264PayloadDescriptor.parse(payload)
-        return data, hdesc.first_fragment, _h264_key(payload)
-    return payload, True, True
+        return data, hdesc.first_fragment, _h264_key(payload), False
+    return payload, True, True, False
 
 
 def vp8_size(frame: bytes) -> tuple[int, int] | None:
@@ -142,6 +227,9 @@ class FrameAssembler:
         self.max_wait = max_wait
         self.capacity = capacity
         self.need_key = keyframes       # nothing usable until a key frame
+        #: how a frame's packets become its data (default: one after the other; AV1's
+        #: ``av1.temporal_unit``); ValueError drops the frame
+        self.join: Callable[[list[bytes]], bytes] | None = None
         self._pending: dict[int, Unit] = {}
         self._head: int | None = None   # the sequence number the next frame starts at
         self._scan: int | None = None   # checked present from head up to here (same frame)
@@ -299,7 +387,25 @@ class FrameAssembler:
             return None
         if key:
             self.need_key = False
-        data = first.data if len(units) == 1 else b"".join(u.data for u in units)
+        if self.join is not None:  # (AV1: OBUs across packets)
+            try:
+                data = self.join([u.data for u in units])
+            except ValueError:
+                self.dropped_frames += 1
+                if self.keyframes:
+                    self.need_key = True
+                return None
+        elif len(units) == 1:
+            data = first.data
+        elif any(u.part for u in units[1:]):  # VP9 spatial layers: one superframe
+            cuts = [0, *(i for i, u in enumerate(units) if u.part and i), len(units)]
+            try:
+                data = vp9_superframe([b"".join(u.data for u in units[a:b]) for a, b in zip(cuts, cuts[1:])])
+            except ValueError:  # more layers than a superframe can hold: not a picture to keep
+                self.dropped_frames += 1
+                return None
+        else:
+            data = b"".join(u.data for u in units)
         frame = EncodedFrame(data, first.timestamp, key, units[-1].arrival, self._lost)
         self._lost = 0
         self.frames += 1

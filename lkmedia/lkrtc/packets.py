@@ -3,7 +3,8 @@
 ``Packetizer`` (one per output) turns each ``EncodedFrame`` into a packet with pts (graph
 seconds in 1/48000 for audio, 1/90000 for video), dts, duration, key-frame flag and a
 template stream (``packet.stream``) carrying what a muxer needs from the codec: Opus's
-OpusHead, the picture size of VP8/H.264 (from the first key frame), H.264's SPS/PPS.
+OpusHead, the picture size of the video (from the first key frame), H.264's SPS/PPS, AV1's
+sequence header.
 
 Audio stays continuous: consecutive Opus packets follow each other sample-exactly, and
 a hole (a loss nobody repaired, a DTX pause, a mute) is filled with empty Opus frames,
@@ -20,6 +21,7 @@ from typing import Any
 
 import av
 
+from . import av1
 from .frames import EncodedFrame, vp8_size
 
 log = logging.getLogger("lkmedia.lkrtc.packets")
@@ -36,7 +38,8 @@ MAX_FILL = 600.0         # seconds of hole filled at most (longer: the pts jumps
 #: sends it itself (OpusSilenceFrame).
 OPUS_SILENCE = bytes.fromhex("f8fffe")
 OPUS_SILENCE_SAMPLES = 960
-_ENCODERS = {"opus": "libopus", "vp8": "libvpx", "vp9": "libvpx-vp9", "h264": "libx264"}
+_ENCODERS = {"opus": "libopus", "vp8": "libvpx", "vp9": "libvpx-vp9", "av1": "libsvtav1", "h264": "libx264"}
+_DECODERS = {"av1": "libdav1d"}  # (FFmpeg's own AV1 decoder needs a hardware one)
 
 # Opus frame sizes in 48 kHz samples by TOC config (RFC 6716 §3.1)
 _OPUS_FRAME = ([480, 960, 1920, 2880] * 3) + [480, 960] * 2 + [120, 240, 480, 960] * 4
@@ -72,16 +75,17 @@ def h264_parameter_sets(au: bytes) -> bytes:
 
 
 def _decoded_size(codec: str, data: bytes) -> tuple[int, int] | None:
-    """Width and height by decoding one key frame (H.264, VP9: no header to read simply)."""
+    """Width and height by decoding one key frame (H.264, VP9: no header to read simply).
+    A VP9 superframe of spatial layers decodes to a picture per layer: the largest is the
+    track's."""
+    sizes: list[tuple[int, int]] = []
     try:
-        ctx: Any = av.CodecContext.create(codec, "r")
-        for frame in ctx.decode(av.Packet(data)):
-            return frame.width, frame.height
-        for frame in ctx.decode(None):
-            return frame.width, frame.height
+        ctx: Any = av.CodecContext.create(_DECODERS.get(codec, codec), "r")
+        for frame in [*ctx.decode(av.Packet(data)), *ctx.decode(None)]:
+            sizes.append((frame.width, frame.height))
     except av.FFmpegError as e:
         log.warning("cannot read the picture size of a %s key frame: %s", codec, e)
-    return None
+    return max(sizes, key=lambda wh: wh[0] * wh[1]) if sizes else None
 
 
 class Template:
@@ -114,6 +118,10 @@ def make_template(codec: str, first: EncodedFrame) -> Template | None:
         sets = h264_parameter_sets(first.data)
         if sets:
             params["extradata"] = sets
+    elif codec == "av1":  # (the muxer's av1C is made of it)
+        header = av1.sequence_header(first.data)
+        if header:
+            params["extradata"] = header
     params["pix_fmt"] = "yuv420p"
     return Template(codec, rate=30, **params)
 

@@ -39,13 +39,14 @@ from aiortc.rtp import (
 )
 from aiortc.stats import RTCStatsReport
 
+from . import av1
 from .clock import StreamClock
 from .fastpath import POLL_INTERVAL, arrival, tick_at, unwrap_rtx
 from .frames import EncodedFrame, FrameAssembler, Unit, depayload, is_blank
 
 log = logging.getLogger("lkmedia.lkrtc.receiver")
 
-CODECS = {"opus": "opus", "vp8": "vp8", "h264": "h264"}  # RTP name (lower case) -> ours
+CODECS = {"opus": "opus", "vp8": "vp8", "vp9": "vp9", "av1": "av1", "h264": "h264"}  # RTP name (lower case) -> ours
 RR_INTERVAL = 1.0
 BUSY_TICK = 0.04         # how often holes and NACKs are looked at while there are any
 # (the fast path reads the sockets every ``poll`` s (POLL_INTERVAL): a hole is seen, and
@@ -76,7 +77,7 @@ class EncodedReceiver:
         self._enabled = True
         self.on_frame = on_frame
         self.on_end = on_end
-        self.codec: str | None = None        # "opus", "vp8", "h264"
+        self.codec: str | None = None        # "opus", "vp8", "vp9", "av1", "h264"
         self.clock_rate = 90_000
         self.clock: StreamClock | None = None
         self.ssrc: int | None = None         # the media SSRC (not RTX)
@@ -241,13 +242,13 @@ class EncodedReceiver:
             self._note_seq(seq)
         if packet.payload:
             try:
-                data, start, key = depayload(self.codec or "", packet.payload)
+                data, start, key, part = depayload(self.codec or "", packet.payload)
             except ValueError:
                 self.bad_packets += 1
-                data, start, key = b"", False, False
+                data, start, key, part = b"", False, False, False
         else:
-            data, start, key = b"", False, False  # padding (the server's bandwidth probes)
-        frames = asm.push(Unit(seq, packet.timestamp, bool(packet.marker), start, key, data, now))
+            data, start, key, part = b"", False, False, False  # padding (the server's bandwidth probes)
+        frames = asm.push(Unit(seq, packet.timestamp, bool(packet.marker), start, key, data, now, part))
         for f in frames:
             self._deliver(f)
         if asm.stalled or (asm.need_key and asm.dropped_frames != self._dropped_seen):
@@ -255,6 +256,8 @@ class EncodedReceiver:
 
     def _start_codec(self, codec: RTCRtpCodecParameters) -> None:
         self.codec, self.clock_rate = CODECS[codec.name.lower()], codec.clockRate
+        if self.codec == "av1":
+            self._asm.join = av1.temporal_unit
         self._nack = any(fb.type == "nack" and not fb.parameter for fb in codec.rtcpFeedback)
         self.clock = self._make_clock(self.clock_rate)
 

@@ -25,6 +25,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 from livekit.protocol import models as proto_models
 from livekit.protocol import rtc as proto_rtc
@@ -50,6 +52,61 @@ FrameCallback = Callable[["RemoteTrack", EncodedFrame], None]
 _SOURCES = {proto_models.TrackSource.CAMERA: "camera", proto_models.TrackSource.MICROPHONE: "microphone",
             proto_models.TrackSource.SCREEN_SHARE: "screen_share",
             proto_models.TrackSource.SCREEN_SHARE_AUDIO: "screen_share_audio"}
+
+
+# Video codecs aiortc does not know, that we receive all the same (no decoder is needed:
+# lkmedia.lkrtc.frames reads their payload formats).
+_UNKNOWN_TO_AIORTC = ("VP9", "AV1")
+
+
+@dataclass
+class _Renamed:
+    """What ``_as_vp8`` changed in an offer: the codecs it named VP8, by payload type, and
+    each m-line's codecs as offered, in order (by mid)."""
+
+    codecs: dict[int, RTCRtpCodecParameters] = field(default_factory=dict)
+    offered: dict[str, list[RTCRtpCodecParameters]] = field(default_factory=dict)
+
+
+def _as_vp8(sdp: str) -> tuple[str, _Renamed]:
+    """The offer with ``_UNKNOWN_TO_AIORTC`` codecs named VP8, so that aiortc negotiates
+    them (its codec list is global, and shared with the publishers it also runs)."""
+    renamed = _Renamed()
+    for m in SessionDescription.parse(sdp).media:
+        renamed.offered[m.rtp.muxId] = m.rtp.codecs
+        for c in m.rtp.codecs:
+            if c.name.upper() in _UNKNOWN_TO_AIORTC and c.payloadType is not None:
+                renamed.codecs[c.payloadType] = c
+    if not renamed.codecs:
+        return sdp, renamed
+    pts = "|".join(str(pt) for pt in renamed.codecs)
+    return re.sub(rf"^a=rtpmap:({pts}) [^/\s]+/", r"a=rtpmap:\1 VP8/", sdp, flags=re.M), renamed
+
+
+def _restore_codecs(pc: RTCPeerConnection, renamed: _Renamed) -> None:
+    """Give the codecs ``_as_vp8`` renamed their names, format parameters and payload types
+    back in what aiortc negotiated (aiortc keeps an offered payload type only in 96-127:
+    livekit-server offers AV1 as 35), with their RTX: the answer then accepts them."""
+    if not renamed.codecs:
+        return
+    for tr in pc.getTransceivers():
+        codecs = tr._codecs  # (aiortc's negotiated codecs: no public way to change them)
+        offered = renamed.offered.get(tr.mid or "", [])
+        # aiortc made one VP8 entry per codec offered as VP8, in the offer's order
+        as_vp8 = iter([c for c in codecs if c.mimeType.lower() == "video/vp8"])
+        for oc in offered:
+            if oc.name.upper() != "VP8" and oc.payloadType not in renamed.codecs:
+                continue
+            ours = next(as_vp8, None)
+            if ours is None:
+                break
+            if oc.payloadType in renamed.codecs:
+                ours.payloadType, ours.mimeType, ours.parameters = oc.payloadType, oc.mimeType, dict(oc.parameters)
+        have = {c.payloadType for c in codecs}
+        for oc in offered:  # the RTX of a codec aiortc did not know was left out: put it back
+            if oc.name.lower() == "rtx" and oc.parameters.get("apt") in renamed.codecs and oc.payloadType not in have:
+                codecs.append(RTCRtpCodecParameters(mimeType=oc.mimeType, clockRate=oc.clockRate,
+                                                    payloadType=oc.payloadType, parameters=dict(oc.parameters)))
 
 
 @dataclass
@@ -213,7 +270,9 @@ class Subscriber:
         pc = self.pc
         assert pc is not None
         self.offers += 1
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=sd.sdp, type="offer"))
+        sdp, renamed = _as_vp8(sd.sdp)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        _restore_codecs(pc, renamed)
         self._bind(sd)  # before anything yields: aiortc starts receivers in a task it just scheduled
         await pc.setLocalDescription(await pc.createAnswer())
         for c in self._early_candidates:

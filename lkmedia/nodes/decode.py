@@ -20,7 +20,10 @@ log = logging.getLogger("lkmedia.nodes.decode")
 
 VIDEO_TIME_BASE = Fraction(1, 90_000)
 #: Where FFmpeg's default decoder for a codec is not the software one we want.
-_PREFERRED_DECODER = {"av1": "libdav1d"}
+#: libdav1d: FFmpeg's own AV1 decoder needs a hardware one. libvpx for VP9, as browsers and
+#: the Go egress decode it: a superframe of spatial layers (libwebrtc's SVC) gives its top
+#: layer, where FFmpeg's own decoder gives a picture per layer.
+_PREFERRED_DECODER = {"av1": "libdav1d", "vp9": "libvpx-vp9"}
 
 
 def decoder_codec(codec: str) -> av.Codec:

@@ -53,7 +53,7 @@ log = logging.getLogger("lkmedia.sources.livekit_encoded")
 
 TICK = 0.5
 SILENCE_LAG = 1.0   # an audio track that sent nothing for this long is written as silence up to then
-VIDEO_CODECS = ("vp8", "h264")
+VIDEO_CODECS = ("vp8", "vp9", "av1", "h264")
 
 
 class EncodedSourceError(LkmediaError):

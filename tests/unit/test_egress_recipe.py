@@ -71,11 +71,13 @@ async def test_audio_only_room_composite_mixes_tracks_into_ogg(tmp_path: Path) -
 
 @pytest.mark.parametrize("codec,fmt,vcodec,encoder", [("vp8", "webm", "vp8", "libvpx"),
                                                        ("h264", "mp4", "h264", "libx264"),
-                                                       ("vp9", "webm", "vp9", None)])
+                                                       ("vp9", "webm", "vp9", "libvpx-vp9"),
+                                                       ("av1", "mp4", "av1", "libsvtav1"),
+                                                       ("h265", "mp4", "h264", None)])
 async def test_track_egress_keeps_the_codec_family_and_size(tmp_path: Path, codec: str, fmt: str, vcodec: str,
                                                             encoder: str | None) -> None:
-    """VP8 and H.264 tracks are written as published (the recipe's input is the file sink:
-    packets in, remuxed); VP9 is re-encoded from decoded frames."""
+    """VP8, VP9, AV1 and H.264 tracks are written as published (the recipe's input is the
+    file sink: packets in, remuxed); the others (H.265) are decoded and re-encoded to H.264."""
     cfg = egress_config("EG_3", "", lk.TrackEgressRequest(room_name="r", track_id="TR_v",
                                                           file=lk.DirectFileOutput(filepath="t/{track_id}")))
     r = build_recipe(cfg, str(tmp_path), live=False, track_codec=codec, track_kind="video", now=NOW)

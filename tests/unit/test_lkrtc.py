@@ -181,19 +181,97 @@ def test_assembler_audio_every_packet_a_frame() -> None:
 def test_depayload_key_frames() -> None:
     # VP8: descriptor with S=1, PID=0; a key frame's first byte has P=0
     key = bytes([0x10]) + bytes.fromhex("9000009d012a4001f000")
-    data, start, is_key = depayload("vp8", key)
+    data, start, is_key, _ = depayload("vp8", key)
     assert start and is_key and vp8_size(data) == (320, 240)
-    data, start, is_key = depayload("vp8", bytes([0x00, 0x91]))  # continuation, not a start
+    data, start, is_key, _ = depayload("vp8", bytes([0x00, 0x91]))  # continuation, not a start
     assert not start and not is_key
     # H.264: a single IDR NAL, a STAP-A holding an SPS, an FU-A starting an IDR
     assert depayload("h264", bytes([0x65, 0x88]))[2]
     stap = bytes([0x18]) + struct.pack("!H", 3) + bytes([0x67, 1, 2]) + struct.pack("!H", 2) + bytes([0x68, 1])
-    data, start, is_key = depayload("h264", stap)
+    data, start, is_key, _ = depayload("h264", stap)
     assert start and is_key and data == b"\x00\x00\x00\x01\x67\x01\x02\x00\x00\x00\x01\x68\x01"
     assert h264_parameter_sets(data) == data
-    assert depayload("h264", bytes([0x7C, 0x85, 0xAA]))[1:] == (True, True)
-    assert depayload("h264", bytes([0x7C, 0x05, 0xAA]))[1:] == (False, False)
-    assert depayload("opus", b"\xf8\x01") == (b"\xf8\x01", True, True)
+    assert depayload("h264", bytes([0x7C, 0x85, 0xAA]))[1:] == (True, True, False)
+    assert depayload("h264", bytes([0x7C, 0x05, 0xAA]))[1:] == (False, False, False)
+    assert depayload("opus", b"\xf8\x01") == (b"\xf8\x01", True, True, False)
+
+
+# RFC 9628's descriptor: I P L F B E V Z, then what those bits say is there
+VI, VP, VL, VF, VB, VE, VV = 0x80, 0x40, 0x20, 0x10, 0x08, 0x04, 0x02
+
+
+def test_vp9_descriptor_what_starts_a_picture_and_a_key_picture() -> None:
+    # non-flexible (libwebrtc): 15-bit picture id, TID/U/SID/D + TL0PICIDX, and on the key
+    # picture a scalability structure: 3 layers with sizes, a group of 2 pictures (1 and 0 refs)
+    ss = bytes([0b010_1_1_000]) + bytes(12) + bytes([2, 0b000_1_01_00, 1, 0b001_0_00_00])
+    key = bytes([VI | VL | VB | VV, 0x80 | 0x12, 0x34, 0 << 1, 7]) + ss + b"KEY"
+    assert depayload("vp9", key) == (b"KEY", True, True, True)
+    # the same picture's second spatial layer (SID 1, D): a layer frame's start, not a key
+    # picture's (alone, as livekit-server forwards the top layer of a predicted picture)
+    layer1 = bytes([VI | VL | VB, 0x80 | 0x12, 0x34, 1 << 1 | 1, 7]) + b"S1"
+    assert depayload("vp9", layer1) == (b"S1", True, False, True)
+    # a predicted picture, a continuation packet, and one with no optional fields at all
+    assert depayload("vp9", bytes([VI | VP | VL | VB, 0x05, 0, 8]) + b"d") == (b"d", True, False, True)
+    assert depayload("vp9", bytes([VI | VP | VL | VE, 0x05, 0, 8]) + b"e") == (b"e", False, False, False)
+    assert depayload("vp9", bytes([VB | VE]) + b"f") == (b"f", True, True, True)
+    # flexible mode: the layer byte without TL0PICIDX, two reference indices (N set on the first)
+    flex = bytes([VI | VP | VL | VF | VB, 0x09, 0 << 1, 0x03, 0x04]) + b"g"
+    assert depayload("vp9", flex) == (b"g", True, False, True)
+    for bad in (b"", bytes([VI]), bytes([VL]), bytes([VF | VP]), bytes([VV]), bytes([VV, 0x10]) + bytes(3),
+                bytes([VV, 0x08]), bytes([VF | VP, 0x01])):
+        with pytest.raises(ValueError):
+            depayload("vp9", bad)
+
+
+def _vp9_frames(n: int, size: tuple[int, int] = (64, 48)) -> list[bytes]:
+    ctx = av.CodecContext.create("libvpx-vp9", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = *size, "yuv420p"
+    ctx.time_base = fractions.Fraction(1, 30)
+    ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "auto-alt-ref": "0"}
+    out = []
+    for i in range(n):
+        f = av.VideoFrame(*size, "yuv420p")
+        for p in f.planes:
+            np.frombuffer(p, np.uint8)[:] = (i * 40) % 256
+        f.pts = i
+        out += [bytes(p) for p in ctx.encode(f)]
+    out += [bytes(p) for p in ctx.encode(None)]
+    return out
+
+
+def test_vp9_spatial_layers_become_one_superframe_ffmpeg_decodes() -> None:
+    from lkmedia.lkrtc.frames import vp9_superframe
+
+    base, top = _vp9_frames(1, (64, 48))[0], _vp9_frames(1, (128, 96))[0] + bytes(300)  # (2-byte sizes)
+    a = FrameAssembler(keyframes=True)
+    units = [Unit(1, 90, False, True, True, base[:10], 0.0), Unit(2, 90, False, False, False, base[10:], 0.0),
+             Unit(3, 90, False, False, False, top[:5], 0.0, True), Unit(4, 90, True, False, False, top[5:], 0.0)]
+    [frame] = [f for x in units for f in a.push(x)]
+    assert frame.keyframe and frame.data == vp9_superframe([base, top])
+    ctx = av.CodecContext.create("vp9", "r")  # (FFmpeg's decoder splits a superframe by its index)
+    assert [(d.width, d.height) for d in [*ctx.decode(av.Packet(frame.data)), *ctx.decode(None)]] == [
+        (64, 48), (128, 96)]
+    assert vp9_superframe([base]) == base
+    with pytest.raises(ValueError):
+        vp9_superframe([base] * 9)
+
+
+def test_vp9_frames_in_packets_come_out_whole_and_decode() -> None:
+    """libvpx's frames cut into RTP payloads with a descriptor, reassembled and decoded."""
+    frames = _vp9_frames(6)
+    a = FrameAssembler(keyframes=True)
+    got, seq = [], 100
+    for i, fr in enumerate(frames):
+        chunks = [fr[k:k + 40] for k in range(0, len(fr), 40)]
+        for j, c in enumerate(chunks):
+            b0 = VI | VL | (VP if i else 0) | (VB if j == 0 else 0) | (VE if j == len(chunks) - 1 else 0)
+            data, start, key, part = depayload("vp9", bytes([b0, i, 0, 0]) + c)
+            got += a.push(Unit(seq, 3000 * i, j == len(chunks) - 1, start, key, data, 0.0, part))
+            seq += 1
+    assert [f.data for f in got] == frames and [f.keyframe for f in got] == [True] + [False] * 5
+    ctx = av.CodecContext.create("vp9", "r")
+    decoded = [d for f in got for d in ctx.decode(av.Packet(f.data))]
+    assert len(decoded) == 6 and (decoded[0].width, decoded[0].height) == (64, 48)
 
 
 def test_server_blank_frames_are_recognised() -> None:

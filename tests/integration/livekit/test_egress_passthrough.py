@@ -5,18 +5,25 @@ packet it sends.
 
 - An audio track egress's OGG holds exactly those packets, in order.
 - A participant egress at the publisher's size writes its H.264 as it arrived (no video
-  encoder ran) beside AAC, in sync (that publisher: the flash/beep one, livekit.rtc)."""
+  encoder ran) beside AAC, in sync (that publisher: the flash/beep one, livekit.rtc).
+- A VP9 (AV1) track egress (publisher: ``lk room join`` with an IVF clip) writes a WebM
+  (MP4) whose frames are the clip's own, in order.
+- A participant egress of libwebrtc's VP9 (spatial layers) decodes it here, in sync."""
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import av
+import pytest
 from livekit.protocol import egress as lk
 from livekit.protocol import models as lkm
 
+from lkmedia.dev.lk import LkJoin, av1_clip, ivf_frames, vp9_clip
 from lkmedia.dev.stack import DevStack
+from lkmedia.lkrtc import av1
 from lkmedia.lkrtc.packets import OPUS_SILENCE
 from lkmedia.probe import assert_av_sync, av_offsets, decode_errors, probe
 from lkmedia.testing.egress import S, egress_service, wait_egress
@@ -100,3 +107,120 @@ async def test_a_participant_egress_at_the_publishers_size_writes_its_h264_as_pu
     assert v.frames is not None and v.frames >= 7 * 20, v.frames
     assert len(offsets) >= 5, offsets
     assert_av_sync(offsets)
+
+
+@pytest.mark.parametrize("codec,clip,ext", [("vp9", vp9_clip, ".webm"), ("av1", av1_clip, ".mp4")])
+async def test_a_vp9_or_av1_track_egress_writes_the_publishers_frames_as_published(
+        livekit_stack: DevStack, room_name: str, tmp_path: Path, codec: str, clip: Callable[..., Path],
+        ext: str) -> None:
+    path = await asyncio.to_thread(clip, tmp_path / "clip.ivf", 30)
+    # (AV1 over RTP carries no temporal delimiter: the clip's frames without theirs)
+    sent = [av1.without_delimiters(f) if codec == "av1" else f for f in ivf_frames(path)]
+    with LkJoin(livekit_stack, room_name, "pub", [path], log_path=tmp_path / "lk-join.log"):
+        async with egress_service(livekit_stack, tmp_path) as _svc, livekit_stack.api() as lkapi:
+            p = await wait_tracks(lkapi, room_name, "pub", 1)
+            (video,) = p.tracks
+            assert video.mime_type.lower() == f"video/{codec}", video
+            info = await lkapi.egress.start_track_egress(lk.TrackEgressRequest(
+                room_name=room_name, track_id=video.sid, file=lk.DirectFileOutput(filepath="tracks/{track_id}")))
+            await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
+            await asyncio.sleep(6)
+            await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+            done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
+    assert done.status == S.EGRESS_COMPLETE, done.error
+    assert f"passthrough: the publisher's {codec}" in done.details, done.details
+    (f,) = done.file_results
+    v = probe(f.location).stream("video")
+    assert f.filename.endswith(ext) and (v.codec, v.width, v.height) == (codec, 640, 360)
+    assert decode_errors(f.location) == ""
+    with av.open(f.location) as c:
+        written = [bytes(p) for p in c.demux(video=0) if p.size]
+    first = sent.index(written[0]) if written and written[0] in sent else None
+    assert first is not None, "the file's first frame is none of the clip's"
+    same = next((k for k, (a, b) in enumerate(zip(written, sent[first:])) if a != b), len(written))
+    print(f"\n{codec} track egress: {len(written)} frames, the clip's {first}th to {first + len(written) - 1}th")
+    assert same == len(written), f"frame {same} of {len(written)} is not the clip's next one"
+    assert len(written) >= 5 * 30, len(written)
+
+
+async def test_a_participant_egress_of_libwebrtcs_vp9_decodes_it_here_in_sync(livekit_stack: DevStack, room_name: str,
+                                                                             tmp_path: Path) -> None:
+    """The flash/beep publisher (livekit.rtc) sending VP9 as browsers do (three spatial
+    layers, L3T3_KEY): lkmedia's subscriber takes it (each picture one superframe), libvpx
+    decodes it (the top layer of each); the MP4 is whole, at the size asked, in sync."""
+    from lkmedia.dev.publisher import PublisherProcess
+
+    pub = PublisherProcess(livekit_stack.url, livekit_stack.token("pub", room_name), video_codec="vp9",
+                           scalability_mode="L3T3_KEY")
+    await pub.start()
+    try:
+        async with egress_service(livekit_stack, tmp_path) as _svc, livekit_stack.api() as lkapi:
+            info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
+                room_name=room_name, identity="pub", advanced=lk.EncodingOptions(width=640, height=360, framerate=30),
+                file_outputs=[lk.EncodedFileOutput(filepath="{publisher_identity}.mp4")]))
+            await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
+            await asyncio.sleep(8)
+            await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+            done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
+    finally:
+        await pub.stop()
+    assert done.status == S.EGRESS_COMPLETE, done.error
+    assert "transcoded" in done.details, done.details
+    (f,) = done.file_results
+    p = probe(f.location)
+    v = p.stream("video")
+    assert (v.codec, v.width, v.height) == ("h264", 640, 360) and decode_errors(f.location) == ""
+    offsets = av_offsets(f.location)
+    print(f"\nparticipant egress of VP9: {v.frames} frames, {p.duration:.2f} s; "
+          f"A/V offsets (ms) {[round(o * 1000, 1) for o in offsets]}")
+    assert v.frames is not None and v.frames >= 7 * 25, v.frames
+    assert len(offsets) >= 5, offsets
+    assert_av_sync(offsets)
+
+
+def _superframes(path: str) -> tuple[int, int]:
+    """(packets, packets holding several frames: a VP9 superframe's index at their end)."""
+    with av.open(path) as c:
+        tails = [bytes(p)[-1] for p in c.demux(video=0) if p.size]
+    return len(tails), sum((t & 0xE0) == 0xC0 for t in tails)
+
+
+async def test_a_vp9_track_egress_of_spatial_layers_keeps_each_picture_whole(livekit_stack: DevStack, room_name: str,
+                                                                              tmp_path: Path) -> None:
+    """libwebrtc's VP9 in three spatial layers (L3T3_KEY, as browsers send it), 1280x720:
+    livekit-server forwards a key picture's three layers and the top one of the others.
+    The WebM has each picture as one packet (a key picture a superframe of three), and
+    libvpx (a browser's decoder) gets a 1280x720 picture from each."""
+    from lkmedia.dev.publisher import PublisherProcess
+
+    pub = PublisherProcess(livekit_stack.url, livekit_stack.token("pub", room_name), video_codec="vp9",
+                           scalability_mode="L3T3_KEY", width=1280, height=720, video_bitrate=2_500_000, audio=False)
+    await pub.start()
+    try:
+        async with egress_service(livekit_stack, tmp_path) as _svc, livekit_stack.api() as lkapi:
+            p = await wait_tracks(lkapi, room_name, "pub", 1)
+            (video,) = p.tracks
+            info = await lkapi.egress.start_track_egress(lk.TrackEgressRequest(
+                room_name=room_name, track_id=video.sid, file=lk.DirectFileOutput(filepath="tracks/{track_id}")))
+            await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
+            await asyncio.sleep(6)
+            await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+            done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
+    finally:
+        await pub.stop()
+    assert done.status == S.EGRESS_COMPLETE, done.error
+    assert "passthrough: the publisher's vp9" in done.details, done.details
+    (f,) = done.file_results
+    # (not the probe's size: FFmpeg's own decoder, which ffprobe asks, shows each layer of a
+    # superframe, the first 320x180; libvpx, as browsers, the top one)
+    assert f.filename.endswith(".webm") and probe(f.location).stream("video").codec == "vp9"
+    packets, superframes = _superframes(f.location)
+    sizes: dict[tuple[int, int], int] = {}
+    with av.open(f.location) as c:
+        dec = av.CodecContext.create("libvpx-vp9", "r")
+        for pk in c.demux(video=0):
+            for fr in dec.decode(pk):
+                sizes[(fr.width, fr.height)] = sizes.get((fr.width, fr.height), 0) + 1
+    print(f"\nVP9 L3T3_KEY track egress: {packets} packets, {superframes} superframes; libvpx decoded {sizes}")
+    assert superframes >= 1 and packets >= 5 * 25, (packets, superframes)
+    assert list(sizes) == [(1280, 720)] and sizes[(1280, 720)] >= packets - 1, sizes

@@ -65,7 +65,8 @@ class ClipPublisher:
         src = rtc.VideoSource(width, height)
         track = rtc.LocalVideoTrack.create_video_track("clip-video", src)
         opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False,
-                                       video_codec={"vp8": rtc.VideoCodec.VP8, "h264": rtc.VideoCodec.H264}[codec])
+                                       video_codec={"vp8": rtc.VideoCodec.VP8, "vp9": rtc.VideoCodec.VP9,
+                                                    "h264": rtc.VideoCodec.H264}[codec])
         self.pubs["video"] = await self.room.local_participant.publish_track(track, opts)
         self.tracks["video"] = track
         return src
@@ -222,10 +223,11 @@ async def record_clip_video(stack: DevStack, room: str, out: Path, *, width: int
     return src, {**sent, "received": got, "received_before": received_before}
 
 
-@pytest.mark.parametrize("codec,ext", [("vp8", "webm"), ("h264", "mp4")])
+@pytest.mark.parametrize("codec,ext", [("vp8", "webm"), ("vp9", "webm"), ("h264", "mp4")])
 async def test_video_passthrough(livekit_stack: DevStack, room_name: str, tmp_path: Path, codec: str,
                                  ext: str) -> None:
-    """VP8 into WebM, H.264 (Annex B access units) into MP4, as the publisher encoded them."""
+    """VP8 and VP9 into WebM, H.264 (Annex B access units) into MP4, as the publisher
+    encoded them (VP9 in spatial layers: test_egress_passthrough)."""
     out = tmp_path / f"video.{ext}"
     width, height, frames = 320, 240, 120
     src, sent = await record_clip_video(livekit_stack, room_name, out, width=width, height=height, frames=frames,
