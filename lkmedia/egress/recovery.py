@@ -76,17 +76,18 @@ def _media_files(job_dir: str) -> list[str]:
 
 
 def media_seconds(path: str) -> float:
-    """Duration of a (possibly unfinished) media file, from its packets."""
+    """Duration of a (possibly unfinished) media file, from its packets: from the first
+    packet of any stream to the end of the last. (A killed recording's streams end apart:
+    its last video fragment may be lost while its audio goes on.)"""
     import av
 
     try:
         with av.open(path) as c:
             if not c.streams:
                 return 0.0
-            s = c.streams.video[0] if c.streams.video else c.streams[0]
             first = last = None
-            for pk in c.demux(s):
-                if pk.pts is None:
+            for pk in c.demux():
+                if pk.pts is None or pk.time_base is None:
                     continue
                 t0 = float(pk.pts * pk.time_base)
                 t1 = t0 + float((pk.duration or 0) * pk.time_base)
