@@ -2,10 +2,10 @@
 
 ``depayload(codec, payload)`` strips the RTP payload format of one packet: Opus as it is,
 VP8 and VP9 without their payload descriptors, H.264 as Annex B NAL units (aiortc's
-depayloader). It also says whether the packet starts a frame, whether that frame is a key
-frame, and (VP9) whether it starts another spatial layer of the same picture: a VP9
-picture of several layers (SVC, as libwebrtc sends VP9) becomes one superframe with its
-index, as a VP9 decoder and a WebM file take it.
+depayloader), AV1 as it is (its OBUs are joined per frame: ``av1``). It also says whether
+the packet starts a frame, whether that frame is a key frame, and (VP9) whether it starts
+a spatial layer's frame: a VP9 picture of several layers (SVC, as browsers send VP9)
+becomes one superframe with its index, as a VP9 decoder and a WebM file take it.
 
 ``FrameAssembler`` puts packets back in sequence order and hands out complete frames:
 a frame is the packets from one frame start up to the packet with the marker bit (or up to
