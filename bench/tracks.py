@@ -40,7 +40,7 @@ async def _scenario(stack: Any, work: Path, room: str, n: int, speech: bool, sec
     from lkmedia.dev.lk import LkLoadTest
     from lkmedia.testing.egress import TERMINAL, EgressServiceProcess, S, service_config_body, wait_egress
     from lkmedia.testing.rooms import published_tracks
-    from lkmedia.testing.whip import replace_silent_whips, whip_client
+    from lkmedia.testing.whip import whip_client, whips_one_at_a_time
 
     body = service_config_body(stack, CONFIG)
     async with contextlib.AsyncExitStack() as es:
@@ -49,13 +49,12 @@ async def _scenario(stack: Any, work: Path, room: str, n: int, speech: bool, sec
                 f"{stack.http_url}/whip/v1", stack.token(who, room), int(seconds) + 240,
                 env={"LKM_WHIP_AUDIO_ONLY": "1"}))
 
-        clients = {f"whip{k}": await whip(f"whip{k}") for k in range(n)} if speech else {}
         if not speech:
             es.enter_context(LkLoadTest(stack, room, video_publishers=0, audio_publishers=n))
         svc = es.enter_context(EgressServiceProcess(body, work / f"svc-{room}", name=room))
         lkapi = await es.enter_async_context(stack.api())
-        if speech:  # (FFmpeg's WHIP muxer now and then never gets through ICE: replaced)
-            await replace_silent_whips(lkapi, room, clients, whip)
+        if speech:  # (one at a time: livekit-server can deadlock a room of WHIP publishers)
+            await whips_one_at_a_time(lkapi, room, (f"whip{k}" for k in range(n)), whip)
         sids = list(await published_tracks(lkapi, room, n, timeout=90))
         await asyncio.sleep(3)  # the service's spare processes up, idle
         idle = TreeSampler(svc.proc.pid)  # type: ignore[union-attr]

@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from livekit import api
@@ -88,3 +88,22 @@ async def replace_silent_whips(lkapi: api.LiveKitAPI, room: str, clients: dict[s
             print(f"\n{who} had not published in {patience:g} s (exit {old.proc.returncode}): {err.decode()[-500:]}")
             clients[f"{who}r"] = await start(f"{who}r")
     raise AssertionError(f"WHIP clients that never published: {missing}")
+
+
+async def whips_one_at_a_time(lkapi: api.LiveKitAPI, room: str, names: Iterable[str],
+                              start: Callable[[str], Awaitable[WhipClient]]) -> dict[str, WhipClient]:
+    """WHIP clients ``start(name)`` into ``room``, each one's track published (a silent one
+    replaced, as ``replace_silent_whips`` does) before the next starts.
+
+    livekit-server v1.13.5 deadlocks a room (every later join hangs) when a track is
+    published there while a WHIP participant is in it and another participant joins or
+    publishes: ``Room.onTrackPublished`` holds the room's read lock while it subscribes the
+    WHIP participants synchronously, which takes the read lock again, behind a writer that
+    waits for it (seen in the server's goroutines through /debug/pprof: thousands of
+    StartSession calls waiting in Room.Hold). Ten WHIP clients starting at once did it."""
+    clients: dict[str, WhipClient] = {}
+    for who in names:
+        one = {who: await start(who)}
+        await replace_silent_whips(lkapi, room, one, start)
+        clients.update(one)
+    return clients

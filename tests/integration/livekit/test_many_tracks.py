@@ -30,7 +30,7 @@ from lkmedia.lkrtc.packets import OPUS_SILENCE
 from lkmedia.probe import decode_errors, probe
 from lkmedia.testing.egress import TERMINAL, EgressServiceProcess, S, service_config_body, wait_egress
 from lkmedia.testing.rooms import AUDIO, VIDEO, published_tracks
-from lkmedia.testing.whip import WhipClient, replace_silent_whips, whip_client
+from lkmedia.testing.whip import WhipClient, whip_client, whips_one_at_a_time
 
 WHIP_TRACKS = 10
 LOAD_TRACKS = 90
@@ -156,14 +156,9 @@ async def test_a_hundred_audio_track_egresses_write_their_publishers_packets(
     body = service_config_body(livekit_stack, CONFIG)
     sent_dir = tmp_path / "sent"
     sent_dir.mkdir()
-    # The WHIP publishers have a room of their own, and join it one at a time. livekit-server
-    # v1.13.5 deadlocks a room (every later join hangs: "could not establish signal
-    # connection", three full CI runs) when a track is published there while a WHIP
-    # participant is in it and another participant joins or publishes: its onTrackPublished
-    # holds the room's read lock while subscribing the WHIP participants synchronously,
-    # which takes the read lock again, behind the writer that waits (its goroutines, seen
-    # through /debug/pprof: Room.onTrackPublished -> SubscriptionManager.subscribeSynchronous
-    # -> Room.GetParticipantByID, against another Room.onTrackPublished's Lock).
+    # The WHIP publishers have a room of their own, and join it one at a time: else
+    # livekit-server v1.13.5 can deadlock the room (whips_one_at_a_time says how; every lk
+    # join then failed, "could not establish signal connection", in three full CI runs).
     whip_room = f"{room_name}-whip"
     async with contextlib.AsyncExitStack() as stack:
         async def whip(who: str) -> WhipClient:
@@ -173,11 +168,7 @@ async def test_a_hundred_audio_track_egresses_write_their_publishers_packets(
 
         svc = stack.enter_context(EgressServiceProcess(body, tmp_path / "w", name="w"))
         lkapi = await stack.enter_async_context(livekit_stack.api())
-        clients: dict[str, WhipClient] = {}
-        for k in range(WHIP_TRACKS):
-            one = {f"whip{k}": await whip(f"whip{k}")}
-            await replace_silent_whips(lkapi, whip_room, one, whip)
-            clients.update(one)
+        clients = await whips_one_at_a_time(lkapi, whip_room, (f"whip{k}" for k in range(WHIP_TRACKS)), whip)
         await _load_tracks(lkapi, room_name, lambda k, count: stack.enter_context(LkLoadTest(
             livekit_stack, room_name, video_publishers=0, audio_publishers=count, identity_prefix=f"lk{k or ''}",
             log_path=tmp_path / f"lk-load-test-{k}.log")), LOAD_TRACKS)
