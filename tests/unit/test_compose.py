@@ -90,6 +90,22 @@ async def compose(*sources: Source, **kw: object) -> tuple[Compositor, Collect]:
     return comp, out
 
 
+async def live_for(src: Source, seconds: float) -> tuple[Collect, float]:
+    """A live compositor (latency 0.1 s) of ``src`` run ``seconds``, then stopped: its
+    frames (their timeline checked) and the graph-clock time of the stop."""
+    g = Graph()
+    comp = Compositor(width=640, height=360, live=True, latency=0.1)
+    out = Collect()
+    g.link(src, comp)
+    g.link(comp, out)
+    await g.start()
+    await asyncio.sleep(seconds)
+    t_stop = g.clock.now()
+    await asyncio.wait_for(g.stop(5), 10)
+    check_timeline(out.frames)
+    return out, t_stop
+
+
 def check_timeline(frames: list[av.VideoFrame], fps: int = 30, first: int = 0) -> None:
     for i, f in enumerate(frames):
         assert f.pts == round((first + i) * 90_000 / fps) and f.time_base == Fraction(1, 90_000)
@@ -241,15 +257,7 @@ def test_bad_parameters_are_named() -> None:
 
 
 async def test_live_stalled_input_holds_and_frames_stay_on_time() -> None:
-    g = Graph()
-    comp = Compositor(width=640, height=360, live=True, latency=0.1)
-    out = Collect()
-    g.link(Solid(RED, seconds=10, live=True, stall_after=0.3), comp)
-    g.link(comp, out)
-    await g.start()
-    await asyncio.sleep(1.0)
-    await asyncio.wait_for(g.stop(5), 10)
-    check_timeline(out.frames)
+    out, _ = await live_for(Solid(RED, seconds=10, live=True, stall_after=0.3), 1.0)
     assert len(out.frames) >= 25
     lateness = [at - (f.pts / 90_000 + 0.1) for f, at in zip(out.frames, out.arrivals)]
     assert min(lateness) >= -0.005  # never before its deadline
@@ -261,16 +269,7 @@ async def test_a_live_composition_ends_where_stop_was_asked_however_slowly_input
     """Sources that take their time to disconnect after stop (CI: five LiveKit
     participants on two cores) must not leave a black tail on the recording: the last
     frame is the stop's, with the inputs still on it."""
-    g = Graph()
-    comp = Compositor(width=640, height=360, live=True, latency=0.1)
-    out = Collect()
-    g.link(Solid(RED, seconds=10, live=True, eos_delay=0.6), comp)
-    g.link(comp, out)
-    await g.start()
-    await asyncio.sleep(1.0)
-    t_stop = g.clock.now()
-    await asyncio.wait_for(g.stop(5), 10)
-    check_timeline(out.frames)
+    out, t_stop = await live_for(Solid(RED, seconds=10, live=True, eos_delay=0.6), 1.0)
     assert out.frames[-1].pts / 90_000 <= t_stop + 1 / 30, (out.frames[-1].pts / 90_000, t_stop)
     assert out.frames[-1].pts / 90_000 >= t_stop - 2 / 30, (out.frames[-1].pts / 90_000, t_stop)
     assert yuv_at(out.frames[-1], 320, 180) == RED

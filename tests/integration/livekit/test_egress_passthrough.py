@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
+from livekit import api
 from livekit.protocol import egress as lk
 from livekit.protocol import models as lkm
 
@@ -73,40 +75,75 @@ async def test_an_opus_track_egress_writes_the_publishers_own_packets(livekit_st
     assert len(ours) >= 4.5 * 50 and filler <= 2, (len(ours), filler)
 
 
-async def test_a_participant_egress_at_the_publishers_size_writes_its_h264_as_published(
-        livekit_stack: DevStack, room_name: str, tmp_path: Path) -> None:
-    """The flash/beep publisher (another process, livekit.rtc) sending 640x360 H.264 without
-    simulcast, recorded at 640x360: its video is remuxed, its Opus decoded and encoded to
-    AAC. (A WHIP publisher's video is listed with no size: it is transcoded.)"""
+async def _record(stack: DevStack, tmp_path: Path, start: Callable[[api.LiveKitAPI], Awaitable[lk.EgressInfo]],
+                  seconds: float) -> lk.EgressInfo:
+    """Through an egress service, the egress ``start(lkapi)`` starts, stopped ``seconds``
+    after it went ACTIVE; it ends COMPLETE."""
+    async with egress_service(stack, tmp_path) as _svc, stack.api() as lkapi:
+        info = await start(lkapi)
+        await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
+        await asyncio.sleep(seconds)
+        await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
+        done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
+    assert done.status == S.EGRESS_COMPLETE, done.error
+    return done
+
+
+async def _record_publisher(stack: DevStack, room: str, tmp_path: Path,
+                            start: Callable[[api.LiveKitAPI], Awaitable[lk.EgressInfo]], seconds: float,
+                            **options: Any) -> lk.EgressInfo:
+    """``_record`` with the flash/beep publisher "pub" (another process, livekit.rtc,
+    ``options`` its own) in ``room`` meanwhile."""
     from lkmedia.dev.publisher import PublisherProcess
 
-    pub = PublisherProcess(livekit_stack.url, livekit_stack.token("pub", room_name), video_codec="h264")
+    pub = PublisherProcess(stack.url, stack.token("pub", room), **options)
     await pub.start()
     try:
-        async with egress_service(livekit_stack, tmp_path) as _svc, livekit_stack.api() as lkapi:
-            info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
-                room_name=room_name, identity="pub",
-                advanced=lk.EncodingOptions(width=640, height=360, framerate=30),
-                file_outputs=[lk.EncodedFileOutput(filepath="{publisher_identity}.mp4")]))
-            await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
-            await asyncio.sleep(8)
-            await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
-            done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
+        return await _record(stack, tmp_path, start, seconds)
     finally:
         await pub.stop()
-    assert done.status == S.EGRESS_COMPLETE, done.error
-    assert "passthrough: the publisher's h264 video written as it arrived" in done.details, done.details
+
+
+def _whole_in_sync(done: lk.EgressInfo, what: str, fps: int) -> None:
+    """A participant egress's MP4: H.264 640x360 and AAC, no decode errors, at least ``fps``
+    frames a second over 7 s, flashes and beeps in sync."""
     (f,) = done.file_results
     p = probe(f.location)
     v = p.stream("video")
     assert (v.codec, v.width, v.height) == ("h264", 640, 360) and p.stream("audio").codec == "aac"
     assert decode_errors(f.location) == ""
     offsets = av_offsets(f.location)
-    print(f"\nparticipant egress, H.264 as published: {v.frames} frames, {p.duration:.2f} s; "
+    print(f"\nparticipant egress, {what}: {v.frames} frames, {p.duration:.2f} s; "
           f"A/V offsets (ms) {[round(o * 1000, 1) for o in offsets]}")
-    assert v.frames is not None and v.frames >= 7 * 20, v.frames
+    assert v.frames is not None and v.frames >= 7 * fps, v.frames
     assert len(offsets) >= 5, offsets
     assert_av_sync(offsets)
+
+
+def _participant_640x360(room: str) -> Callable[[api.LiveKitAPI], Awaitable[lk.EgressInfo]]:
+    return lambda lkapi: lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
+        room_name=room, identity="pub", advanced=lk.EncodingOptions(width=640, height=360, framerate=30),
+        file_outputs=[lk.EncodedFileOutput(filepath="{publisher_identity}.mp4")]))
+
+
+def _video_track_of_pub(room: str, codec: str) -> Callable[[api.LiveKitAPI], Awaitable[lk.EgressInfo]]:
+    async def start(lkapi: api.LiveKitAPI) -> lk.EgressInfo:
+        (video,) = (await wait_tracks(lkapi, room, "pub", 1)).tracks
+        assert video.mime_type.lower() == f"video/{codec}", video
+        return await lkapi.egress.start_track_egress(lk.TrackEgressRequest(
+            room_name=room, track_id=video.sid, file=lk.DirectFileOutput(filepath="tracks/{track_id}")))
+    return start
+
+
+async def test_a_participant_egress_at_the_publishers_size_writes_its_h264_as_published(
+        livekit_stack: DevStack, room_name: str, tmp_path: Path) -> None:
+    """The flash/beep publisher (another process, livekit.rtc) sending 640x360 H.264 without
+    simulcast, recorded at 640x360: its video is remuxed, its Opus decoded and encoded to
+    AAC. (A WHIP publisher's video is listed with no size: it is transcoded.)"""
+    done = await _record_publisher(livekit_stack, room_name, tmp_path, _participant_640x360(room_name), 8,
+                                   video_codec="h264")
+    assert "passthrough: the publisher's h264 video written as it arrived" in done.details, done.details
+    _whole_in_sync(done, "H.264 as published", 20)
 
 
 @pytest.mark.parametrize("codec,clip,ext", [("vp9", vp9_clip, ".webm"), ("av1", av1_clip, ".mp4")])
@@ -117,17 +154,7 @@ async def test_a_vp9_or_av1_track_egress_writes_the_publishers_frames_as_publish
     # (AV1 over RTP carries no temporal delimiter: the clip's frames without theirs)
     sent = [av1.without_delimiters(f) if codec == "av1" else f for f in ivf_frames(path)]
     with LkJoin(livekit_stack, room_name, "pub", [path], log_path=tmp_path / "lk-join.log"):
-        async with egress_service(livekit_stack, tmp_path) as _svc, livekit_stack.api() as lkapi:
-            p = await wait_tracks(lkapi, room_name, "pub", 1)
-            (video,) = p.tracks
-            assert video.mime_type.lower() == f"video/{codec}", video
-            info = await lkapi.egress.start_track_egress(lk.TrackEgressRequest(
-                room_name=room_name, track_id=video.sid, file=lk.DirectFileOutput(filepath="tracks/{track_id}")))
-            await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
-            await asyncio.sleep(6)
-            await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
-            done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
-    assert done.status == S.EGRESS_COMPLETE, done.error
+        done = await _record(livekit_stack, tmp_path, _video_track_of_pub(room_name, codec), 6)
     assert f"passthrough: the publisher's {codec}" in done.details, done.details
     (f,) = done.file_results
     v = probe(f.location).stream("video")
@@ -148,34 +175,10 @@ async def test_a_participant_egress_of_libwebrtcs_vp9_decodes_it_here_in_sync(li
     """The flash/beep publisher (livekit.rtc) sending VP9 as browsers do (three spatial
     layers, L3T3_KEY): lkmedia's subscriber takes it (each picture one superframe), libvpx
     decodes it (the top layer of each); the MP4 is whole, at the size asked, in sync."""
-    from lkmedia.dev.publisher import PublisherProcess
-
-    pub = PublisherProcess(livekit_stack.url, livekit_stack.token("pub", room_name), video_codec="vp9",
-                           scalability_mode="L3T3_KEY")
-    await pub.start()
-    try:
-        async with egress_service(livekit_stack, tmp_path) as _svc, livekit_stack.api() as lkapi:
-            info = await lkapi.egress.start_participant_egress(lk.ParticipantEgressRequest(
-                room_name=room_name, identity="pub", advanced=lk.EncodingOptions(width=640, height=360, framerate=30),
-                file_outputs=[lk.EncodedFileOutput(filepath="{publisher_identity}.mp4")]))
-            await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
-            await asyncio.sleep(8)
-            await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
-            done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
-    finally:
-        await pub.stop()
-    assert done.status == S.EGRESS_COMPLETE, done.error
+    done = await _record_publisher(livekit_stack, room_name, tmp_path, _participant_640x360(room_name), 8,
+                                   video_codec="vp9", scalability_mode="L3T3_KEY")
     assert "transcoded" in done.details, done.details
-    (f,) = done.file_results
-    p = probe(f.location)
-    v = p.stream("video")
-    assert (v.codec, v.width, v.height) == ("h264", 640, 360) and decode_errors(f.location) == ""
-    offsets = av_offsets(f.location)
-    print(f"\nparticipant egress of VP9: {v.frames} frames, {p.duration:.2f} s; "
-          f"A/V offsets (ms) {[round(o * 1000, 1) for o in offsets]}")
-    assert v.frames is not None and v.frames >= 7 * 25, v.frames
-    assert len(offsets) >= 5, offsets
-    assert_av_sync(offsets)
+    _whole_in_sync(done, "VP9 decoded", 25)
 
 
 def _superframes(path: str) -> tuple[int, int]:
@@ -191,24 +194,9 @@ async def test_a_vp9_track_egress_of_spatial_layers_keeps_each_picture_whole(liv
     livekit-server forwards a key picture's three layers and the top one of the others.
     The WebM has each picture as one packet (a key picture a superframe of three), and
     libvpx (a browser's decoder) gets a 1280x720 picture from each."""
-    from lkmedia.dev.publisher import PublisherProcess
-
-    pub = PublisherProcess(livekit_stack.url, livekit_stack.token("pub", room_name), video_codec="vp9",
-                           scalability_mode="L3T3_KEY", width=1280, height=720, video_bitrate=2_500_000, audio=False)
-    await pub.start()
-    try:
-        async with egress_service(livekit_stack, tmp_path) as _svc, livekit_stack.api() as lkapi:
-            p = await wait_tracks(lkapi, room_name, "pub", 1)
-            (video,) = p.tracks
-            info = await lkapi.egress.start_track_egress(lk.TrackEgressRequest(
-                room_name=room_name, track_id=video.sid, file=lk.DirectFileOutput(filepath="tracks/{track_id}")))
-            await wait_egress(lkapi, info.egress_id, {S.EGRESS_ACTIVE})
-            await asyncio.sleep(6)
-            await lkapi.egress.stop_egress(lk.StopEgressRequest(egress_id=info.egress_id))
-            done = await wait_egress(lkapi, info.egress_id, {S.EGRESS_COMPLETE, S.EGRESS_FAILED}, timeout=30)
-    finally:
-        await pub.stop()
-    assert done.status == S.EGRESS_COMPLETE, done.error
+    done = await _record_publisher(livekit_stack, room_name, tmp_path, _video_track_of_pub(room_name, "vp9"), 6,
+                                   video_codec="vp9", scalability_mode="L3T3_KEY", width=1280, height=720,
+                                   video_bitrate=2_500_000, audio=False)
     assert "passthrough: the publisher's vp9" in done.details, done.details
     (f,) = done.file_results
     # (not the probe's size: FFmpeg's own decoder, which ffprobe asks, shows each layer of a
