@@ -96,25 +96,8 @@ def temporal_unit(payloads: list[bytes]) -> bytes:
     return b"".join(out)
 
 
-def sequence_header(tu: bytes) -> bytes | None:
-    """The sequence header OBU of a temporal unit (OBUs with size fields), if it has one."""
-    pos = 0
-    while pos < len(tu):
-        header = tu[pos]
-        n = 2 if header & _EXTENSION else 1
-        if not header & _HAS_SIZE:
-            return None
-        size, start = read_leb128(tu, pos + n)
-        end = start + size
-        if (header >> 3) & 0x0F == OBU_SEQUENCE_HEADER:
-            return tu[pos:end]
-        pos = end
-    return None
-
-
-def without_delimiters(tu: bytes) -> bytes:
-    """A temporal unit as an encoder or an IVF file gives it (OBUs with size fields) without
-    its temporal delimiter: what ``temporal_unit`` makes of the same picture sent over RTP."""
+def sized_obus(tu: bytes) -> list[tuple[int, bytes]]:
+    """(type, the whole OBU) of each OBU of a temporal unit whose OBUs have size fields."""
     out, pos = [], 0
     while pos < len(tu):
         header = tu[pos]
@@ -122,7 +105,20 @@ def without_delimiters(tu: bytes) -> bytes:
         if not header & _HAS_SIZE:
             raise ValueError("AV1: an OBU without a size field in a temporal unit")
         size, start = read_leb128(tu, pos + n)
-        if (header >> 3) & 0x0F != OBU_TEMPORAL_DELIMITER:
-            out.append(tu[pos:start + size])
+        out.append(((header >> 3) & 0x0F, tu[pos:start + size]))
         pos = start + size
-    return b"".join(out)
+    return out
+
+
+def sequence_header(tu: bytes) -> bytes | None:
+    """The sequence header OBU of a temporal unit (OBUs with size fields), if it has one."""
+    try:
+        return next((obu for kind, obu in sized_obus(tu) if kind == OBU_SEQUENCE_HEADER), None)
+    except ValueError:
+        return None
+
+
+def without_delimiters(tu: bytes) -> bytes:
+    """A temporal unit as an encoder or an IVF file gives it (OBUs with size fields) without
+    its temporal delimiter: what ``temporal_unit`` makes of the same picture sent over RTP."""
+    return b"".join(obu for kind, obu in sized_obus(tu) if kind != OBU_TEMPORAL_DELIMITER)

@@ -31,14 +31,12 @@ def _tus(n: int) -> list[bytes]:
 def _obus(tu: bytes) -> list[bytes]:
     """The OBUs of a temporal unit (with size fields), each as RTP carries it: no size
     field, no temporal delimiter."""
-    out, pos = [], 0
-    while pos < len(tu):
-        h = tu[pos]
-        n = 2 if h & 0x04 else 1
-        size, start = av1.read_leb128(tu, pos + n)
-        if (h >> 3) & 0x0F != av1.OBU_TEMPORAL_DELIMITER:
-            out.append(bytes([h & ~0x02]) + tu[pos + 1:pos + n] + tu[start:start + size])
-        pos = start + size
+    out = []
+    for kind, obu in av1.sized_obus(tu):
+        n = 2 if obu[0] & 0x04 else 1
+        _, start = av1.read_leb128(obu, n)
+        if kind != av1.OBU_TEMPORAL_DELIMITER:
+            out.append(bytes([obu[0] & ~0x02]) + obu[1:n] + obu[start:])
     return out
 
 
